@@ -1,0 +1,391 @@
+"""Every default of a seglib run, written once, plus the one helper that knows where files live.
+
+``TrainConfig`` is the single source of hyperparameters. Each field carries a one-line
+comment (unit, and why that value) and, where a notebook slider edits it, the slider's
+range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.seed()``
+is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
+checks the plumbing, not the results.
+
+``get_paths`` is the only place that spells out file locations, so notebooks, the CLI and
+the tests agree on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The four categories of the project, in the order that defines label ids 1..4.
+DEFAULT_CATEGORIES: tuple[str, ...] = ("cake", "car", "dog", "person")
+#: Their ids in COCO 2017 (non-contiguous; background is 0 in the model, not in COCO).
+COCO_IDS: dict[str, int] = {"person": 1, "car": 3, "dog": 18, "cake": 61}
+
+PROFILES = ("seed", "smoke")
+ARCHS = ("v1", "v2")
+WEIGHT_CHOICES = ("coco", "imagenet", "none")  # or a path to a local file
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+DATA_SOURCES = ("coco", "synthetic")
+
+
+def _slider(lo: float, hi: float, step: float, log: bool = False) -> dict[str, Any]:
+    return {"slider": {"min": lo, "max": hi, "step": step, "log": log}}
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters and run settings. Defaults are the seed recipe.
+
+    Raises:
+        ValueError: from ``__post_init__`` when a value is out of range or not a valid choice.
+    """
+
+    # --- data -------------------------------------------------------------------------
+    # Category names; their order defines labels 1..k (0 is background).
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    # Where images come from: real COCO 2017, or the generated offline stand-in.
+    data_source: str = "coco"
+    # Images in each split: 300 train (train2017); 300 val + 30 test (val2017, disjoint).
+    num_train: int = 300
+    num_val: int = 300
+    num_test: int = 30
+    # Synthetic COCO only: images per split and their side in px.
+    synthetic_images: int = 40
+    synthetic_size: int = 256
+    # px; instances whose mask box is narrower or shorter are dropped (no degenerate boxes).
+    min_box_size: float = 2.0
+
+    # --- augmentation -----------------------------------------------------------------
+    # 0 disables crop/scale/colour jitter; 1 is the seed recipe's strength.
+    aug_strength: float = field(default=1.0, metadata=_slider(0.0, 2.0, 0.1))
+    # Probability of a horizontal flip per training image.
+    hflip_prob: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
+
+    # --- model ------------------------------------------------------------------------
+    # torchvision Mask R-CNN R50-FPN: "v1" (maskrcnn_resnet50_fpn) or "v2" (improved recipe).
+    arch: str = "v1"
+    # "coco" (COCO-trained, the seed), "imagenet" (backbone only), "none", or a .pth path.
+    weights: str = "coco"
+    # ResNet stages left trainable (0-5); torchvision's default for fine-tuning is 3.
+    trainable_backbone_layers: int = 3
+    # px; the model's internal resize (shorter side, longer side cap). COCO standard.
+    min_size: int = field(default=800, metadata=_slider(128, 1024, 32))
+    max_size: int = 1333
+    # RPN proposals kept before/after NMS per image; torchvision defaults.
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    # ROIs sampled per image for the box/mask heads; dominates CPU cost at small sizes.
+    box_batch_size_per_image: int = 512
+    # Detections kept per image at inference.
+    box_detections_per_img: int = 100
+
+    # --- optimisation -----------------------------------------------------------------
+    # SGD learning rate for batch_size 2 (seed recipe).
+    lr: float = field(default=0.001, metadata=_slider(1e-5, 1e-1, 0.1, log=True))
+    momentum: float = 0.9
+    # L2 penalty, torchvision detection reference value.
+    weight_decay: float = 1e-4
+    batch_size: int = field(default=2, metadata=_slider(1, 16, 1))
+    num_epochs: int = field(default=10, metadata=_slider(1, 50, 1))
+    # Stop after this many iterations in total (None: run all epochs). For smoke runs.
+    max_iters: int | None = None
+    # Iterations of linear warmup from lr * warmup_factor; guards against early NaN losses.
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    # After warmup: step decay at lr_milestones (epochs), cosine to 0, or constant.
+    lr_schedule: str = "multistep"
+    lr_milestones: tuple[int, ...] = (8,)
+    lr_gamma: float = 0.1
+    # Max global gradient norm (None: no clipping); second guard against divergence.
+    grad_clip_norm: float | None = 10.0
+
+    # --- runtime ----------------------------------------------------------------------
+    # "auto" picks CUDA when present and warns loudly when it falls back to the CPU.
+    device: str = "auto"
+    # Mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); ignored on CPU.
+    amp: bool = True
+    # DataLoader worker processes; 0 loads in the main process (safe in notebooks).
+    num_workers: int = 2
+    # Group images of similar aspect ratio into batches (less padding, faster on GPU).
+    aspect_ratio_grouping: bool = True
+    # Seeds python, numpy and torch; also the subset sampling seed.
+    seed: int = 0
+    # Validate (and update best.pt) every this many epochs.
+    eval_interval: int = 1
+    # Iterations between host syncs that report losses to the callback and metrics.jsonl.
+    log_interval: int = 20
+    # Predictions below this score are ignored by mean IoU, overlays and the confusion matrix.
+    score_thresh: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
+
+    def __post_init__(self) -> None:
+        # JSON round-trips give lists; keep tuples so configs compare equal.
+        self.categories = tuple(self.categories)
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        errors = []
+
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                errors.append(msg)
+
+        check(len(self.categories) > 0, "categories must not be empty")
+        check(len(set(self.categories)) == len(self.categories), f"categories repeat: {self.categories}")
+        check(self.data_source in DATA_SOURCES, f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
+        for name in ("num_train", "num_val", "num_test", "synthetic_images"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(self.synthetic_size >= 32, f"synthetic_size must be >= 32 px, got {self.synthetic_size}")
+        check(self.min_box_size >= 0, f"min_box_size must be >= 0, got {self.min_box_size}")
+        check(0.0 <= self.aug_strength <= 2.0, f"aug_strength must be in [0, 2], got {self.aug_strength}")
+        check(0.0 <= self.hflip_prob <= 1.0, f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+        check(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
+        check(
+            self.weights in WEIGHT_CHOICES or self.weights.endswith((".pth", ".pt")),
+            f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {self.weights!r}",
+        )
+        check(0 <= self.trainable_backbone_layers <= 5, f"trainable_backbone_layers must be in [0, 5], got {self.trainable_backbone_layers}")
+        check(32 <= self.min_size <= self.max_size, f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        for name in (
+            "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img",
+        ):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(0.0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr}")
+        check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}")
+        check(self.max_iters is None or self.max_iters >= 1, f"max_iters must be None or >= 1, got {self.max_iters}")
+        check(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        check(0.0 < self.warmup_factor <= 1.0, f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(0.0 < self.lr_gamma <= 1.0, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm}")
+        check(self.device in DEVICES or self.device.startswith("cuda:"), f"device must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
+        check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        check(self.eval_interval >= 1, f"eval_interval must be >= 1, got {self.eval_interval}")
+        check(self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}")
+        check(0.0 <= self.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {self.score_thresh}")
+        if errors:
+            raise ValueError("invalid TrainConfig: " + "; ".join(errors))
+
+    # --- profiles ---------------------------------------------------------------------
+    @classmethod
+    def seed(cls, **overrides: Any) -> TrainConfig:
+        """The seed experiment: real COCO subset, COCO-trained weights, SGD lr 0.001, 10 epochs."""
+        return cls(**overrides)
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> TrainConfig:
+        """A plumbing check that trains in seconds on 2 CPU cores, offline.
+
+        Synthetic data, 128 px images, no pretrained weights, and ROI/proposal counts cut so a
+        step costs about 1.5 s instead of 6 s. Its numbers say nothing about model quality.
+        """
+        values: dict[str, Any] = dict(
+            data_source="synthetic",
+            num_train=12,
+            num_val=6,
+            num_test=4,
+            synthetic_images=24,
+            synthetic_size=128,
+            weights="none",
+            trainable_backbone_layers=5,
+            min_size=128,
+            max_size=128,
+            rpn_pre_nms_top_n_train=200,
+            rpn_post_nms_top_n_train=100,
+            rpn_pre_nms_top_n_test=200,
+            rpn_post_nms_top_n_test=100,
+            box_batch_size_per_image=64,
+            box_detections_per_img=50,
+            lr=0.005,
+            num_epochs=2,
+            max_iters=None,
+            warmup_iters=2,
+            lr_milestones=(),
+            device="cpu",
+            amp=False,
+            num_workers=0,
+            log_interval=1,
+            score_thresh=0.05,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_profile(cls, profile: str, **overrides: Any) -> TrainConfig:
+        """``seed`` or ``smoke``; raises ValueError naming the valid profiles otherwise."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+        return getattr(cls, profile)(**overrides)
+
+    # --- serialisation ----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """k + 1: the categories plus background."""
+        return len(self.categories) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as indented JSON, atomically."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a config written by ``save``.
+
+        Raises:
+            ValueError: the file is not valid JSON or holds unknown keys (names the file).
+        """
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+
+def slider_fields() -> dict[str, dict[str, Any]]:
+    """Field name -> slider range, for every TrainConfig field a notebook slider edits."""
+    return {f.name: f.metadata["slider"] for f in dataclasses.fields(TrainConfig) if "slider" in f.metadata}
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it into place.
+
+    A crash mid-write leaves the old file (or none), never a truncated one.
+    """
+    return write_bytes_atomic(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- paths ----------------------------------------------------------------------------
+def default_data_root() -> Path:
+    """``$SEGLIB_DATA`` if set, else the repository's ``data/`` folder."""
+    env = os.environ.get("SEGLIB_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[1] / "data"
+
+
+def default_profile() -> str:
+    """``$SEGLIB_PROFILE`` if set (validated), else ``seed``."""
+    profile = os.environ.get("SEGLIB_PROFILE", "seed")
+    if profile not in PROFILES:
+        raise ValueError(f"SEGLIB_PROFILE={profile!r} is not a profile; choose one of {PROFILES}")
+    return profile
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file location of one profile. Nothing is created until a step writes there.
+
+    Layout under ``root`` (default ``data/``)::
+
+        coco/                 real COCO 2017 root (annotations/, train2017/, val2017/)
+        synthetic-coco/       generated offline stand-in with the same layout
+        subset/<profile>/     train.json val.json test.json manifest.json images/
+        runs/<profile>/       config.json metrics.jsonl last.pt best.pt eval/ predictions/ figures/
+    """
+
+    root: Path
+    profile: str
+
+    @property
+    def coco_root(self) -> Path:
+        """Source COCO root for this profile: real for ``seed``, synthetic for ``smoke``."""
+        return self.root / ("synthetic-coco" if self.profile == "smoke" else "coco")
+
+    @property
+    def subset(self) -> Path:
+        return self.root / "subset" / self.profile
+
+    @property
+    def run(self) -> Path:
+        return self.root / "runs" / self.profile
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run / "best.pt"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run / "eval"
+
+    @property
+    def predictions(self) -> Path:
+        return self.run / "predictions"
+
+    @property
+    def figures(self) -> Path:
+        return self.run / "figures"
+
+    @property
+    def notebooks_out(self) -> Path:
+        """Executed copies of the notebooks written by ``python -m seglib run``."""
+        return self.run / "notebooks"
+
+    def split_json(self, split: str) -> Path:
+        """``subset/<profile>/<split>.json`` for split in train/val/test."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; choose train, val or test")
+        return self.subset / f"{split}.json"
+
+    def require(self, path: Path, made_by: str) -> Path:
+        """Return ``path`` if it exists, else raise FileNotFoundError naming the step that makes it."""
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist yet: run {made_by} first (profile {self.profile!r}).")
+        return path
+
+
+def get_paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
+    """Paths for ``profile`` (default ``$SEGLIB_PROFILE`` or seed) under ``root`` (default data/)."""
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    return Paths(Path(root).resolve() if root else default_data_root(), profile)

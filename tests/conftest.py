@@ -1,0 +1,37 @@
+"""Shared fixtures: a synthetic COCO root and subset built once per session, and coco-tiny."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-tiny"
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory) -> Path:
+    """A synthetic COCO 2017 root: 24 images per split, 128 px, seed 0."""
+    from seglib.synthetic import make_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synthetic-coco")
+    make_synthetic_coco(root, images_per_split=24, size=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_subset(synthetic_coco, tmp_path_factory) -> Path:
+    """A four-category subset of ``synthetic_coco``: 12 train, 6 val, 4 test images."""
+    from seglib.coco import build_subset
+
+    out = tmp_path_factory.mktemp("subset")
+    build_subset(synthetic_coco, out, num_train=12, num_val=6, num_test=4, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def coco_tiny() -> Path:
+    """The read-only real COCO excerpt beside the checkout; skips when it is absent."""
+    if not (COCO_TINY / "instances_train2017_tiny.json").is_file():
+        pytest.skip(f"real-data fixture not found at {COCO_TINY} (it ships in ../shared, outside the repo)")
+    return COCO_TINY
