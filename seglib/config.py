@@ -2,8 +2,8 @@
 
 ``TrainConfig`` is the single source of hyperparameters. Each field carries a one-line
 comment (unit, and why that value) and, where a notebook slider edits it, the slider's
-range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.seed()``
-is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
+range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.seed_recipe()``
+(profile ``seed``; the name avoids the ``seed`` field) is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
 checks the plumbing, not the results.
 
 ``get_paths`` is the only place that spells out file locations, so notebooks, the CLI and
@@ -176,8 +176,8 @@ class TrainConfig:
 
     # --- profiles ---------------------------------------------------------------------
     @classmethod
-    def seed(cls, **overrides: Any) -> TrainConfig:
-        """The seed experiment: real COCO subset, COCO-trained weights, SGD lr 0.001, 10 epochs."""
+    def seed_recipe(cls, **overrides: Any) -> TrainConfig:
+        """The ``seed`` profile, the seed experiment: real COCO subset, COCO-trained weights, SGD lr 0.001, 10 epochs."""
         return cls(**overrides)
 
     @classmethod
@@ -223,7 +223,8 @@ class TrainConfig:
         """``seed`` or ``smoke``; raises ValueError naming the valid profiles otherwise."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-        return getattr(cls, profile)(**overrides)
+        make = cls.seed_recipe if profile == "seed" else cls.smoke
+        return make(**overrides)
 
     # --- serialisation ----------------------------------------------------------------
     @property

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from seglib.config import (
+    DEFAULT_CATEGORIES,
+    TrainConfig,
+    get_paths,
+    slider_fields,
+    write_json_atomic,
+)
+
+
+def test_seed_defaults_are_the_seed_recipe():
+    cfg = TrainConfig.seed_recipe()
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.001, 0.9, 1e-4)
+    assert (cfg.batch_size, cfg.num_epochs, cfg.weights, cfg.arch) == (2, 10, "coco", "v1")
+    assert (cfg.num_train, cfg.num_val, cfg.num_test) == (300, 300, 30)
+    assert cfg.categories == DEFAULT_CATEGORIES
+    assert cfg.num_classes == 5
+
+
+def test_smoke_profile_is_offline_tiny_and_cpu():
+    cfg = TrainConfig.smoke()
+    assert cfg.data_source == "synthetic" and cfg.weights == "none" and cfg.device == "cpu"
+    assert cfg.max_size <= 128
+    assert cfg.rpn_post_nms_top_n_train <= 100 and cfg.box_batch_size_per_image <= 64
+    assert TrainConfig.smoke(lr=0.01).lr == 0.01
+    assert TrainConfig.from_profile("smoke") == TrainConfig.smoke()
+    assert TrainConfig.from_profile("seed") == TrainConfig()
+    assert TrainConfig().seed == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"arch": "v3"}, "arch"),
+        ({"weights": "imagenet21k"}, "weights"),
+        ({"min_size": 900, "max_size": 800}, "min_size"),
+        ({"categories": ("dog", "dog")}, "categories"),
+        ({"device": "tpu"}, "device"),
+        ({"lr_schedule": "poly"}, "lr_schedule"),
+    ],
+)
+def test_invalid_values_raise_value_error_naming_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change)
+
+
+def test_unknown_profile_lists_valid_ones():
+    with pytest.raises(ValueError, match="seed"):
+        TrainConfig.from_profile("huge")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = TrainConfig.smoke(lr_milestones=(3, 5), grad_clip_norm=None)
+    path = cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(path) == cfg
+    assert json.loads(path.read_text())["categories"] == list(DEFAULT_CATEGORIES)
+
+
+def test_load_names_the_file_on_bad_json_and_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        TrainConfig.load(bad)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.load(unknown)
+
+
+def test_slider_ranges_contain_their_defaults():
+    cfg = TrainConfig.seed_recipe()
+    sliders = slider_fields()
+    assert {"lr", "batch_size", "num_epochs", "min_size"} <= set(sliders)
+    for name, rng in sliders.items():
+        assert rng["min"] <= getattr(cfg, name) <= rng["max"], name
+
+
+def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path):
+    path = write_json_atomic(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"x": object()})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_paths_follow_profile_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGLIB_DATA", str(tmp_path))
+    monkeypatch.setenv("SEGLIB_PROFILE", "smoke")
+    paths = get_paths()
+    assert paths.profile == "smoke"
+    assert paths.coco_root == tmp_path / "synthetic-coco"
+    assert paths.split_json("val") == tmp_path / "subset" / "smoke" / "val.json"
+    assert get_paths("seed").coco_root == tmp_path / "coco"
+    with pytest.raises(FileNotFoundError, match="notebook 01"):
+        paths.require(paths.subset, "notebook 01")
+    monkeypatch.setenv("SEGLIB_PROFILE", "fast")
+    with pytest.raises(ValueError, match="SEGLIB_PROFILE"):
+        get_paths()
