@@ -1,0 +1,46 @@
+# The README's two commands are `make run` (the seed experiment) and `make test`.
+# Every target creates .venv and installs the pinned requirements on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.seglib-installed
+
+.PHONY: install test unit notebooks lint demo run bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(STAMP)
+
+# The README's test command: unit tests, then every notebook under nbval in the smoke profile.
+test: install lint unit notebooks
+
+lint: install
+	$(PY) -m ruff check seglib tests bench
+
+unit: install
+	$(PY) -m pytest tests -q
+
+# Notebooks run in a throw-away data folder so a test run never touches data/.
+notebooks: install
+	tmp=$$(mktemp -d) && \
+	SEGLIB_PROFILE=smoke SEGLIB_DATA=$$tmp $(PY) -m pytest -q -p no:python --nbval-lax \
+		--nbval-current-env --nbval-cell-timeout=600 notebooks; \
+	status=$$?; rm -rf $$tmp; exit $$status
+
+# Offline demo: synthetic data, tiny images, CPU. Checks the plumbing, not the model.
+demo: install
+	SEGLIB_PROFILE=smoke $(PY) -m seglib run --profile smoke
+
+# The seed experiment on real COCO: needs internet (COCO images, torchvision weights) or
+# both already in place; fails fast otherwise and points to `make demo`.
+run: install
+	$(PY) -m seglib run --profile seed
+
+bench: install
+	$(PY) bench/bench_data.py
+	$(PY) bench/bench_train.py
