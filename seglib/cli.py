@@ -1,0 +1,276 @@
+"""``python -m seglib <command>``: the pipeline's steps, headless.
+
+Each command parses its arguments, calls one library function and prints what it returned.
+This is the only module (with the notebooks) that prints.
+
+    synth          write a synthetic COCO 2017 root (offline stand-in)
+    subset         build the cake/car/dog/person subset from a COCO root (copy or download)
+    train          train Mask R-CNN (torchrun-aware)
+    evaluate       COCO box/mask AP and mean IoU for a checkpoint, the zero-shot baseline,
+                   or a predictions file
+    predict        run a checkpoint on images: COCO results JSON + overlay PNGs
+    fetch-weights  download torchvision weights into the TORCH_HOME cache (needs internet)
+    run            execute notebooks 01-05 headless with nbclient
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seglib.config import DEFAULT_CATEGORIES, PROFILES, TrainConfig, get_paths, write_json_atomic
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic COCO 2017 root")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the COCO-shaped root into")
+    p.add_argument("--images", type=int, default=40, help="images per split (default 40)")
+    p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from seglib.synthetic import make_synthetic_coco
+
+    summary = make_synthetic_coco(args.out, images_per_split=args.images, size=args.size, seed=args.seed)
+    print(f"synthetic COCO written to {args.out}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_subset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("subset", help="build the category subset from a COCO 2017 root")
+    p.add_argument("--coco-root", type=Path, required=True, help="folder with annotations/, train2017/, val2017/")
+    p.add_argument("--out", type=Path, required=True, help="subset folder to write")
+    p.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES), metavar="NAME")
+    p.add_argument("--train", type=int, default=300, help="train images, from train2017 (default 300)")
+    p.add_argument("--val", type=int, default=300, help="val images, from val2017 (default 300)")
+    p.add_argument("--test", type=int, default=30, help="test images, from val2017, disjoint from val (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--download", action="store_true", help="fetch missing images (and the annotations archive)")
+    p.add_argument("--base-url", default=None, help="replaces http://images.cocodataset.org, keeping its layout")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    p.set_defaults(func=cmd_subset)
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    from seglib.coco import build_subset
+
+    manifest = build_subset(
+        args.coco_root,
+        args.out,
+        categories=args.categories,
+        num_train=args.train,
+        num_val=args.val,
+        num_test=args.test,
+        seed=args.seed,
+        download=args.download,
+        base_url=args.base_url,
+        workers=args.workers,
+        progress=True,
+    )
+    print(f"subset written to {args.out}")
+    print(_format_counts(manifest["counts"]))
+    return 0
+
+
+def _format_counts(counts: dict) -> str:
+    lines = [f"{'split':<6} {'category':<10} {'images':>7} {'instances':>10}"]
+    for split, per_cat in counts.items():
+        for name, c in per_cat.items():
+            if isinstance(c, dict):
+                lines.append(f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10}")
+    return "\n".join(lines)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train Mask R-CNN on a subset (works under torchrun)")
+    p.add_argument("--data", type=Path, default=None, help="subset folder (default: data/subset/<profile>)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: data/runs/<profile>)")
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--config", type=Path, default=None, help="TrainConfig JSON; overrides the profile")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--epochs", type=int, dest="num_epochs")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weights", help="coco | imagenet | none | path/to/file.pth")
+    p.add_argument("--arch", choices=("v1", "v2"))
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--max-size", type=int)
+    p.add_argument("--max-iters", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    p.set_defaults(func=cmd_train)
+
+
+_TRAIN_OVERRIDES = (
+    "num_epochs", "lr", "batch_size", "weights", "arch", "device", "min_size", "max_size",
+    "max_iters", "num_workers", "seed", "amp",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The profile (or --config file) with the command-line overrides applied."""
+    cfg = TrainConfig.load(args.config) if args.config else TrainConfig.from_profile(args.profile)
+    overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k, None) is not None}
+    return cfg.replace(**overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seglib.engine import train
+
+    paths = get_paths(args.profile)
+    cfg = config_from_args(args)
+    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
+    out = args.out or paths.run
+    summary = train(cfg, data, out, resume=args.resume, progress=True)
+    if summary.get("rank", 0) == 0:
+        print(f"run folder: {out}")
+        best = summary.get("best")
+        if best is not None:
+            print(f"best val mask AP: {best}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="COCO AP and mean IoU")
+    p.add_argument("--data", type=Path, help="subset folder (with --checkpoint or --zero-shot)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate")
+    p.add_argument("--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model")
+    p.add_argument("--arch", choices=("v1", "v2"), default="v1", help="architecture for --zero-shot")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--gt", type=Path, help="ground-truth split JSON (with --predictions)")
+    p.add_argument("--predictions", type=Path, help="COCO results JSON (with --gt)")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="for mean IoU (default 0.5)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="write the metrics JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seglib.metrics import evaluate_results, format_table
+
+    if args.gt or args.predictions:
+        if not (args.gt and args.predictions):
+            raise ValueError("--gt and --predictions go together")
+        metrics = evaluate_results(args.gt, args.predictions, score_thresh=args.score_thresh)
+    else:
+        if not args.data or not (args.checkpoint or args.zero_shot):
+            raise ValueError("give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions")
+        from seglib.dataset import open_split
+        from seglib.engine import evaluate, resolve_device
+
+        device = resolve_device(args.device)
+        dataset = open_split(args.data, args.split)
+        if args.zero_shot:
+            from seglib.model import build_zero_shot_model
+
+            model = build_zero_shot_model(dataset.categories, arch=args.arch)
+        else:
+            from seglib.model import model_from_checkpoint
+
+            model, _, _ = model_from_checkpoint(args.checkpoint, device=device)
+        model.to(device)
+        metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
+    print(format_table(metrics))
+    if args.out:
+        write_json_atomic(args.out, metrics)
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict on images: COCO results JSON and overlay PNGs")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image files or folders")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from seglib.engine import predict_images, resolve_device
+    from seglib.model import model_from_checkpoint
+
+    device = resolve_device(args.device)
+    model, _, categories = model_from_checkpoint(args.checkpoint, device=device)
+    written = predict_images(
+        model, args.images, args.out, device, categories=categories, score_thresh=args.score_thresh
+    )
+    print(f"{written['num_images']} images, {written['num_predictions']} predictions")
+    print(f"results: {written['results']}")
+    print(f"overlays: {args.out}")
+    return 0
+
+
+def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch-weights", help="download torchvision weights into the TORCH_HOME cache")
+    p.add_argument("kind", choices=("coco", "imagenet"))
+    p.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    p.set_defaults(func=cmd_fetch_weights)
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from seglib.model import fetch_weights
+
+    path = fetch_weights(args.kind, args.arch)
+    print(f"weights ready: {path}")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="execute notebooks 01-05 in order, headless")
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--out", type=Path, default=None, help="folder for executed notebooks (default: the run folder)")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from seglib.runner import preflight, run_notebooks
+
+    paths = get_paths(args.profile)
+    for note in preflight(args.profile, paths):
+        print(note)
+    if args.profile == "seed":
+        from seglib.model import fetch_weights, weights_file
+
+        if not weights_file("coco", "v1").is_file():
+            # `make run` is the explicit request for the seed experiment, whose weights these are.
+            print(f"fetched {fetch_weights('coco', 'v1')}")
+    out = args.out or paths.notebooks_out
+    for done in run_notebooks(args.profile, out, timeout=args.timeout):
+        print(f"executed {done}", flush=True)
+    print(f"executed notebooks in {out}; figures in {paths.figures}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_subset, _add_train, _add_evaluate, _add_predict, _add_fetch_weights, _add_run):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as e:
+        # Bad input and seglib's own errors already name the file, annotation or choice at
+        # fault, so a one-line message serves better than a traceback. Anything else is a bug.
+        if not isinstance(e, (ValueError, FileNotFoundError)) and not type(e).__module__.startswith("seglib"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
