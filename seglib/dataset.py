@@ -1,0 +1,347 @@
+"""One split of a category subset as Mask R-CNN training data.
+
+``CocoSubsetDataset`` reads a split json written by ``seglib.coco.build_subset`` (categories
+renumbered 1..k) and yields torchvision's Mask R-CNN ``(image, target)`` pairs. Polygons and
+uncompressed RLE are turned into compressed RLE once, at construction, so ``__getitem__`` only
+decodes RLE instead of rasterising every polygon again on every epoch.
+
+What it guarantees, whatever the json holds:
+- images are RGB uint8 before becoming float tensors (grayscale, CMYK, palette, alpha, 16-bit
+  and EXIF-rotated files included);
+- crowd instances are never targets (they stay in ``.coco`` as evaluation ignore regions);
+- boxes come from the (augmented) masks and instances below ``min_box_size`` are dropped, so
+  no degenerate box reaches the model;
+- an image with no instance left gets empty targets of the right shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from seglib.transforms import boxes_from_masks
+
+__all__ = ["CocoSubsetDataset", "DatasetError", "collate_fn", "load_rgb", "open_split"]
+
+Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+class DatasetError(ValueError):
+    """A split json, annotation or image that cannot be used; the message names it."""
+
+
+# --- images ---------------------------------------------------------------------------------
+def _open_image(path: Path) -> Image.Image:
+    """Open and fully decode ``path`` so truncated files fail here, naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
+        )
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(
+            f"image {path} cannot be decoded ({e}); delete it and re-run `python -m seglib subset`"
+        ) from e
+    return image
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode as uint8 [H, W, 3]."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # PIL's own conversion clips these to 0..255 instead of rescaling them.
+        arr = np.asarray(image)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+            arr = arr.astype(np.uint32) >> 8
+        gray = np.clip(arr, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("P", "PA"):
+        # Palette transparency must go through RGBA, or PIL warns and may mis-map colours.
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as RGB, upright according to its EXIF orientation.
+
+    Args:
+        path: any format PIL reads; modes L, LA, P, CMYK, RGBA, I;16, ... are converted.
+
+    Returns:
+        uint8 [H, W, 3].
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DatasetError: the file cannot be decoded (truncated, not an image); names the file.
+    """
+    image = _open_image(Path(path))
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+# --- annotations ----------------------------------------------------------------------------
+def _read_split_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"split json {path} does not exist; `python -m seglib subset` makes it"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(
+            f"{path} is not valid JSON ({e}); it may be truncated: rebuild it with `python -m seglib subset`"
+        ) from e
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DatasetError(
+            f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists"
+        )
+    return data
+
+
+def _to_rle(segm: Any, h: int, w: int, where: str) -> dict[str, Any] | None:
+    """Compressed RLE of one annotation's segmentation, or None when it covers nothing.
+
+    Polygons with fewer than 3 points are skipped: pycocotools would read a 4-number polygon
+    as a box.
+    """
+    try:
+        if isinstance(segm, list):
+            polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6]
+            if any(len(p) % 2 for p in polygons):
+                raise DatasetError(f"{where}: a polygon has an odd number of coordinates")
+            if not polygons:
+                return None
+            return mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+            if list(segm["size"]) != [h, w]:
+                raise DatasetError(
+                    f"{where}: RLE size {segm['size']} differs from the image's [{h}, {w}]"
+                )
+            if isinstance(segm["counts"], list):
+                return mask_utils.frPyObjects(segm, h, w)
+            counts = segm["counts"]
+            return {
+                "size": [h, w],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
+    except DatasetError:
+        raise
+    except Exception as e:  # pycocotools raises bare TypeError/ValueError/IndexError here
+        raise DatasetError(f"{where}: segmentation cannot be decoded ({e})") from e
+    raise DatasetError(
+        f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}"
+    )
+
+
+def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
+    """``image_dir / file_name``, refusing names that would leave ``image_dir``."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DatasetError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
+    for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
+        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+            raise DatasetError(
+                f"{where}: file_name {file_name!r} escapes the image folder {image_dir}"
+            )
+    return image_dir / file_name
+
+
+class CocoSubsetDataset(torch.utils.data.Dataset):
+    """Mask R-CNN training pairs from one split json (categories renumbered 1..k).
+
+    ``dataset[i]`` is ``(image, target)``: image float32 [3, H, W] in 0..1; target with
+    boxes float32 [N, 4] XYXY pixels (from the masks), labels int64 [N] in 1..k,
+    masks uint8 [N, H, W] (0/1), image_id int64 scalar, area float32 [N] (mask pixels),
+    iscrowd int64 [N] (all 0). H, W are after ``transforms``.
+
+    Attributes:
+        coco: pycocotools ``COCO`` of the whole split json, crowd instances included (ground truth).
+        ids: image ids, in the order of the json.
+        categories: category dicts (id 1..k, name, coco_id, ...), sorted by id.
+        class_names: category names; ``class_names[label - 1]`` names a label.
+
+    Raises (at construction):
+        FileNotFoundError: the split json does not exist.
+        DatasetError: malformed json, a category id outside 1..k, an annotation of an unknown
+            image, an undecodable segmentation, or a file_name escaping ``image_dir``.
+    """
+
+    def __init__(
+        self,
+        split_json: str | Path,
+        image_dir: str | Path,
+        transforms: Transform | None = None,
+        min_box_size: float = 2.0,
+    ) -> None:
+        if not min_box_size >= 0:
+            raise ValueError(f"min_box_size must be >= 0 px, got {min_box_size}")
+        self.split_json = Path(split_json)
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+        self.min_box_size = float(min_box_size)
+        data = _read_split_json(self.split_json)
+        src = str(self.split_json)
+
+        self.categories = sorted(data["categories"], key=lambda c: c.get("id", 0))
+        cat_ids = [c.get("id") for c in self.categories]
+        if cat_ids != list(range(1, len(cat_ids) + 1)):
+            raise DatasetError(
+                f"{src}: category ids must be 1..k in a subset, got {cat_ids}; build it with `python -m seglib subset`"
+            )
+        self.class_names = [str(c.get("name", c["id"])) for c in self.categories]
+
+        self._images: list[dict[str, Any]] = []
+        index: dict[int, int] = {}
+        for img in data["images"]:
+            where = f"{src}: image {img.get('id')!r}"
+            try:
+                img_id, h, w = int(img["id"]), int(img["height"]), int(img["width"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise DatasetError(f"{where} needs integer id, height and width ({e})") from e
+            if img_id in index:
+                raise DatasetError(f"{where} appears twice")
+            path = _safe_image_path(self.image_dir, img.get("file_name"), where)
+            index[img_id] = len(self._images)
+            self._images.append({"id": img_id, "height": h, "width": w, "path": path})
+        self.ids = [img["id"] for img in self._images]
+
+        # Per image: (label, compressed RLE) of every non-crowd instance that covers something.
+        self._instances: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in self._images]
+        for ann in data["annotations"]:
+            where = f"{src}: annotation {ann.get('id')!r}"
+            cat = ann.get("category_id")
+            if isinstance(cat, bool) or not isinstance(cat, int) or not 1 <= cat <= len(cat_ids):
+                raise DatasetError(
+                    f"{where} has category_id {cat!r}; a subset's ids run 1..{len(cat_ids)}"
+                )
+            if ann.get("image_id") not in index:
+                raise DatasetError(
+                    f"{where} refers to image {ann.get('image_id')!r}, which is not in the json"
+                )
+            if ann.get("iscrowd", 0):
+                continue
+            i = index[ann["image_id"]]
+            rle = _to_rle(
+                ann.get("segmentation"), self._images[i]["height"], self._images[i]["width"], where
+            )
+            if rle is not None:
+                self._instances[i].append((cat, rle))
+
+        self.coco = COCO()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco.dataset = data
+            self.coco.createIndex()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def get_height_and_width(self, i: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``i`` from the json, without decoding it (before transforms)."""
+        img = self._images[i]
+        return img["height"], img["width"]
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 [H, W, 3] in the frame of the json's width and height.
+
+        Raises:
+            FileNotFoundError / DatasetError: missing or undecodable file, or one whose size
+                matches the json neither EXIF-rotated nor as stored (names both sizes).
+        """
+        img = self._images[i]
+        raw = _open_image(img["path"])
+        upright = ImageOps.exif_transpose(raw)
+        want = (img["width"], img["height"])
+        # Annotations live in the json's frame; prefer the upright image, but fall back to the
+        # stored pixels when only those match (annotated without applying EXIF).
+        if upright.size == want:
+            return _to_rgb(upright)
+        if raw.size == want:
+            return _to_rgb(raw)
+        raise DatasetError(
+            f"image {img['path']} is {upright.size[0]}x{upright.size[1]} (stored {raw.size[0]}x{raw.size[1]}) "
+            f"but the json says {want[0]}x{want[1]} for image {img['id']}; re-fetch it with `python -m seglib subset`"
+        )
+
+    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Non-crowd instances of image ``i``: masks uint8 [N, H, W] and labels int64 [N] (json frame)."""
+        img = self._images[i]
+        instances = self._instances[i]
+        if not instances:
+            return np.zeros((0, img["height"], img["width"]), np.uint8), np.zeros(0, np.int64)
+        labels = np.array([label for label, _ in instances], dtype=np.int64)
+        masks = mask_utils.decode([rle for _, rle in instances])  # [H, W, N], Fortran order
+        return np.ascontiguousarray(masks.transpose(2, 0, 1)), labels
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.load_image(i)
+        masks, labels = self.load_instances(i)
+        if self.transforms is not None:
+            image, masks, labels = self.transforms(image=image, masks=masks, labels=labels)
+        boxes = boxes_from_masks(masks)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = (
+            (widths > 0)
+            & (heights > 0)
+            & (widths >= self.min_box_size)
+            & (heights >= self.min_box_size)
+        )
+        masks = np.ascontiguousarray(masks[keep], dtype=np.uint8)
+        n = int(keep.sum())
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),
+            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]),
+            "masks": torch.from_numpy(masks),
+            "image_id": torch.tensor(self._images[i]["id"], dtype=torch.int64),
+            "area": torch.from_numpy(masks.sum(axis=(1, 2), dtype=np.int64).astype(np.float32)),
+            "iscrowd": torch.zeros(n, dtype=torch.int64),
+        }
+        tensor = (
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+        )
+        return tensor, target
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoSubsetDataset({self.split_json}, {len(self)} images, classes={self.class_names}, "
+            f"transforms={self.transforms!r}, min_box_size={self.min_box_size})"
+        )
+
+
+def open_split(
+    data_dir: str | Path, split: str, transforms: Transform | None = None, min_box_size: float = 2.0
+) -> CocoSubsetDataset:
+    """The dataset over ``data_dir/{split}.json`` with images in ``data_dir/images``.
+
+    Raises:
+        FileNotFoundError: the split json or the images folder is missing (says which command makes it).
+    """
+    data_dir = Path(data_dir)
+    split_json = data_dir / f"{split}.json"
+    image_dir = data_dir / "images"
+    for path in (split_json, image_dir):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: `python -m seglib subset --coco-root DIR --out {data_dir}` makes it"
+            )
+    return CocoSubsetDataset(
+        split_json, image_dir, transforms=transforms, min_box_size=min_box_size
+    )
+
+
+def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """``[(image, target), ...]`` -> ``([images], [targets])``; module-level so workers can pickle it."""
+    return [item[0] for item in batch], [item[1] for item in batch]
