@@ -1,0 +1,344 @@
+"""Metrics on hand-built ground truth small enough to check by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from seglib import metrics
+
+H, W = 64, 64
+CATEGORIES = [
+    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
+    {"id": 2, "name": "car", "supercategory": "vehicle", "coco_id": 3},
+    {"id": 3, "name": "dog", "supercategory": "animal", "coco_id": 18},
+]
+
+
+def square(x: int, y: int, s: int, h: int = H, w: int = W) -> np.ndarray:
+    mask = np.zeros((h, w), dtype=np.uint8)
+    mask[y : y + s, x : x + s] = 1
+    return mask
+
+
+def rle(mask: np.ndarray) -> dict:
+    out = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": out["size"], "counts": out["counts"].decode()}
+
+
+def ann(ann_id, image_id, category_id, mask, iscrowd=0):
+    x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask))).tolist()
+    seg = rle(mask)
+    if iscrowd:  # crowd regions in COCO are uncompressed RLE
+        seg = {"size": list(mask.shape), "counts": _uncompressed(mask)}
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": seg,
+            "area": float(mask.sum()), "bbox": [x, y, w, h], "iscrowd": iscrowd}
+
+
+def _uncompressed(mask: np.ndarray) -> list[int]:
+    flat = mask.flatten(order="F")
+    counts, value, run = [], 0, 0
+    for px in flat:
+        if px == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = px, 1
+    counts.append(run)
+    return counts
+
+
+def det(image_id, category_id, mask, score=1.0):
+    r = rle(mask)
+    return {"image_id": image_id, "category_id": category_id, "bbox": mask_utils.toBbox(r).tolist(),
+            "score": score, "segmentation": r}
+
+
+@pytest.fixture
+def gt() -> dict:
+    """Image 1: cake + car; image 2 (48 px high): cake as a polygon + a dog crowd; image 3: empty."""
+    cake2 = {"id": 3, "image_id": 2, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]],
+             "area": 900.0, "bbox": [10, 10, 30, 30], "iscrowd": 0}
+    return {
+        "info": {}, "licenses": [],
+        "images": [{"id": 1, "width": W, "height": H, "file_name": "1.jpg"},
+                   {"id": 2, "width": W, "height": 48, "file_name": "2.jpg"},
+                   {"id": 3, "width": W, "height": H, "file_name": "3.jpg"}],
+        "annotations": [ann(1, 1, 1, square(0, 0, 20)), ann(2, 1, 2, square(30, 30, 20)), cake2,
+                        ann(4, 2, 3, square(44, 0, 20, h=48), iscrowd=1)],
+        "categories": copy.deepcopy(CATEGORIES),
+    }
+
+
+def perfect(gt: dict) -> list[dict]:
+    coco = metrics.load_ground_truth(gt)
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+             "segmentation": coco.annToRLE(a)} for a in gt["annotations"] if not a["iscrowd"]]
+
+
+def test_perfect_predictions_give_ap_and_iou_one(gt):
+    m = metrics.evaluate_results(gt, perfect(gt))
+    for iou_type in ("bbox", "segm"):
+        assert m[iou_type]["AP"] == pytest.approx(1.0)
+        assert m[iou_type]["AP50"] == pytest.approx(1.0)
+        assert m[iou_type]["per_class"]["cake"]["AP"] == pytest.approx(1.0)
+        assert m[iou_type]["per_class"]["dog"]["AP"] == -1.0  # crowd only: undefined
+    assert m["mean_iou"] == pytest.approx(1.0)
+    assert m["pixel_iou"]["cake"] == pytest.approx(1.0)
+    assert m["pixel_iou"]["dog"] == -1.0
+    assert (m["num_images"], m["num_predictions"]) == (3, 3)
+    json.dumps(m)
+
+
+def test_inputs_are_not_modified(gt):
+    before, results = copy.deepcopy(gt), perfect(gt)
+    results_before = copy.deepcopy(results)
+    coco = metrics.load_ground_truth(gt)
+    metrics.evaluate_results(coco, results)
+    assert gt == before and results == results_before
+    assert coco.dataset["annotations"][2]["segmentation"] == before["annotations"][2]["segmentation"]
+
+
+def test_disjoint_predictions_give_zero(gt):
+    results = [det(3, 1, square(0, 0, 20)), det(1, 2, square(0, 40, 10)), det(2, 1, square(50, 0, 5, h=48))]
+    m = metrics.evaluate_results(gt, results)
+    assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
+    assert m["mean_iou"] == 0.0
+    assert m["pixel_iou"]["cake"] == 0.0 and m["pixel_iou"]["car"] == 0.0
+
+
+def _direct_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        drop = "segmentation" if iou_type == "bbox" else "bbox"
+        evaluator = COCOeval(coco, coco.loadRes([{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)]), iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+def test_agrees_with_pycocotools(gt):
+    results = [det(1, 1, square(2, 0, 20), 0.9), det(1, 1, square(0, 5, 18), 0.4), det(1, 2, square(32, 28, 20), 0.8),
+               det(2, 1, square(12, 12, 26, h=48), 0.7), det(2, 3, square(46, 2, 10, h=48), 0.95),
+               det(3, 2, square(5, 5, 30), 0.6)]
+    m = metrics.evaluate_results(gt, results)
+    for iou_type in ("bbox", "segm"):
+        ours = [m[iou_type][k] for k in metrics.SUMMARY_KEYS]
+        np.testing.assert_allclose(ours, _direct_stats(gt, results, iou_type)[:9])
+    assert 0 < m["segm"]["AP"] < 1
+
+
+def test_empty_predictions_give_zero_ap(gt):
+    m = metrics.evaluate_results(gt, [])
+    assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
+    assert m["mean_iou"] == 0.0 and m["num_predictions"] == 0
+    assert m["pixel_iou"]["cake"] == 0.0
+
+
+def test_empty_ground_truth_is_undefined_not_an_error(gt):
+    gt["annotations"] = []
+    m = metrics.evaluate_results(gt, [det(1, 1, square(0, 0, 20))])
+    assert m["segm"]["AP"] == -1.0 and m["bbox"]["AP"] == -1.0
+    assert m["mean_iou"] == -1.0
+    assert np.isnan(metrics.mean_iou(gt, []))
+    assert m["pixel_iou"] == {"cake": 0.0, "car": -1.0, "dog": -1.0}
+    gt["images"] = []
+    assert metrics.evaluate_results(gt, [])["num_images"] == 0
+
+
+def test_crowd_only_ground_truth_ignores_detections_inside(gt):
+    gt["annotations"] = [a for a in gt["annotations"] if a["iscrowd"]]
+    inside = det(2, 3, square(46, 2, 10, h=48))
+    m = metrics.evaluate_results(gt, [inside])
+    assert m["segm"]["AP"] == -1.0 and m["mean_iou"] == -1.0
+    assert m["pixel_iou"]["dog"] == -1.0  # all predicted pixels lie in the ignored crowd
+    matrix, _ = metrics.confusion_matrix(gt, [inside])
+    assert matrix.sum() == 0
+
+
+def test_image_id_as_numpy_or_tensor(gt):
+    torch = pytest.importorskip("torch")
+    plain = metrics.evaluate_results(gt, perfect(gt))
+    results = perfect(gt)
+    results[0]["image_id"] = np.int64(results[0]["image_id"])
+    results[1]["image_id"] = torch.tensor(results[1]["image_id"])
+    results[2]["category_id"] = torch.tensor(results[2]["category_id"])
+    assert metrics.evaluate_results(gt, results) == plain
+
+
+def test_unknown_category_raises_naming_it(gt):
+    results = perfect(gt)
+    results[0]["category_id"] = 61  # the COCO id instead of the split's id
+    with pytest.raises(ValueError, match=r"category_id \[61\].*valid ids.*1: 'cake'"):
+        metrics.evaluate_results(gt, results)
+
+
+def test_unknown_image_raises_naming_it(gt):
+    with pytest.raises(ValueError, match=r"image ids \[99\]"):
+        metrics.evaluate_results(gt, [det(99, 1, square(0, 0, 10))])
+
+
+def test_bad_mask_size_and_missing_keys_raise(gt):
+    with pytest.raises(ValueError, match=r"mask size \[64, 64\].*\[48, 64\]"):
+        metrics.mean_iou(gt, [det(2, 1, square(0, 0, 10))])
+    with pytest.raises(ValueError, match=r"result 0 lacks \['segmentation'\]"):
+        metrics.mean_iou(gt, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}])
+
+
+def test_paths_are_accepted(gt, tmp_path):
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    results = perfect(gt)
+    for r in results:  # annToRLE gives bytes counts for polygons; a JSON file holds str
+        counts = r["segmentation"]["counts"]
+        r["segmentation"] = {"size": r["segmentation"]["size"], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"]["AP"] == pytest.approx(1.0)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        metrics.evaluate_results(tmp_path / "missing.json", [])
+
+
+def test_mean_iou_hand_computed(gt):
+    results = [
+        det(1, 1, square(10, 0, 20)),  # half-overlapping square on cake 1: IoU 200 / 600
+        det(1, 2, square(30, 30, 20)),  # exact car: IoU 1
+        det(1, 2, square(30, 30, 20), score=0.2),  # below threshold: ignored
+        det(2, 2, square(10, 10, 30, h=48)),  # wrong class on cake 3: does not count
+    ]
+    assert metrics.mean_iou(gt, results) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert metrics.best_ious(gt, results) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 0.0})
+
+
+def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
+    cake3 = mask_utils.decode(metrics.load_ground_truth(gt).annToRLE(gt["annotations"][2])).astype(bool)
+    results = [det(1, 1, square(10, 0, 20)), det(2, 1, cake3.astype(np.uint8)),
+               det(2, 3, square(34, 0, 20, h=48))]  # dog: half inside the dog crowd (44..63)
+    iou = metrics.pixel_iou(gt, results)
+    a3 = int(cake3.sum())
+    assert iou["cake"] == pytest.approx((200 + a3) / (600 + a3))
+    assert iou["dog"] == 0.0  # 200 px outside the crowd count, the 200 inside do not
+    assert iou["car"] == 0.0
+
+
+def test_pixel_iou_ignores_crowd_pixels_inside_an_instance(crowded):
+    crowded["annotations"].append(ann(6, 2, 2, square(30, 0, 20)))  # half under the car crowd (x 40..59)
+    # Image 2: 200 of the 400 matched px are in the crowd, so I = U = 200; image 1: car B
+    # (400 px) is missed, so U += 400.
+    assert metrics.pixel_iou(crowded, [det(2, 2, square(30, 0, 20))])["car"] == pytest.approx(200 / 600)
+
+
+def test_confusion_matrix_hand_example(gt):
+    results = [
+        det(1, 1, square(0, 0, 20), 0.9),  # cake -> cake
+        det(1, 1, square(0, 0, 20), 0.8),  # duplicate: background -> cake
+        det(1, 3, square(30, 30, 20), 0.9),  # car predicted as dog
+        det(3, 1, square(0, 0, 20), 0.9),  # false positive on an empty image
+        det(2, 3, square(46, 2, 10, h=48), 0.9),  # inside the crowd: ignored
+        det(2, 1, square(10, 10, 30, h=48), 0.1),  # below threshold: cake 3 stays missed
+    ]
+    matrix, labels = metrics.confusion_matrix(gt, results)
+    assert labels == ["background", "cake", "car", "dog"]
+    assert matrix.dtype == np.int64
+    np.testing.assert_array_equal(matrix, [[0, 2, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+
+
+@pytest.fixture
+def crowded() -> dict:
+    """Image 1: cake A and car B side by side (box IoU 1/3), dog C alone; image 2: cake D alone."""
+    return {
+        "images": [{"id": 1, "width": W, "height": H}, {"id": 2, "width": W, "height": H}],
+        "annotations": [ann(1, 1, 1, square(0, 0, 20)), ann(2, 1, 2, square(10, 0, 20)),
+                        ann(3, 1, 3, square(40, 40, 20)), ann(4, 2, 1, square(0, 0, 20)),
+                        ann(5, 2, 2, square(40, 0, 20), iscrowd=1)],
+        "categories": copy.deepcopy(CATEGORIES),
+    }
+
+
+def test_instance_overlap_and_occlusion_breakdown(crowded):
+    assert metrics.instance_overlap(crowded) == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0})
+    results = [det(1, 1, square(0, 0, 20)), det(1, 3, square(40, 40, 20)), det(2, 1, square(10, 0, 20))]
+    out = metrics.occlusion_breakdown(crowded, results)
+    assert {k: out["occluded"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
+        {"instances": 2, "recall": 0.5, "mean_iou": 0.5})
+    assert {k: out["isolated"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
+        {"instances": 2, "recall": 0.5, "mean_iou": (1 + 1 / 3) / 2})
+    assert out["occluded"]["per_class"]["car"] == {"instances": 1, "recall": 0.0, "mean_iou": 0.0}
+    assert out["occluded"]["per_class"]["dog"] == {"instances": 0, "recall": -1.0, "mean_iou": -1.0}
+    assert metrics.occlusion_breakdown(crowded, results, overlap_thresh=0.5)["occluded"]["instances"] == 0
+
+
+def test_size_buckets_use_coco_ranges(crowded):
+    for a, area in zip(crowded["annotations"], (1023.0, 1024.0, 9216.0, 50.0, 99999.0), strict=True):
+        a["area"] = area
+    assert metrics.size_buckets(crowded) == {
+        "cake": {"small": 2, "medium": 0, "large": 0},
+        "car": {"small": 0, "medium": 1, "large": 0},  # the large crowd is not counted
+        "dog": {"small": 0, "medium": 0, "large": 1},
+    }
+
+
+def test_worst_images_ranks_by_mean_iou(gt):
+    results = [det(1, 1, square(0, 0, 20)), det(1, 2, square(30, 30, 20)), det(2, 1, square(0, 0, 5, h=48))]
+    assert metrics.worst_images(gt, results, n=5) == [(2, 0.0), (1, 1.0)]
+
+
+def test_pr_curves_and_with_curves(gt):
+    curves = metrics.pr_curves(gt, perfect(gt))
+    assert set(curves) == {"cake", "car", "all"}  # dog has no ground truth
+    assert len(curves["all"]["recall"]) == 101 and curves["all"]["recall"][-1] == 1.0
+    assert min(curves["cake"]["precision"]) == 1.0
+    m = metrics.evaluate_results(gt, [det(3, 1, square(0, 0, 20))], with_curves=True)
+    assert max(m["segm"]["pr_curves"]["all"]["precision"]) == 0.0
+    assert "pr_curves" not in metrics.evaluate_results(gt, [])["bbox"]
+    with pytest.raises(ValueError, match="iou_type"):
+        metrics.pr_curves(gt, [], iou_type="mask")
+
+
+def test_format_table_contains_the_numbers(gt):
+    results = perfect(gt)[:2]  # cake 3 missed
+    table = metrics.format_table(metrics.evaluate_results(gt, results))
+    assert "segm" in table and "bbox" in table
+    assert "mean IoU" in table and "66.7" in table  # two of three instances found exactly
+    assert "cake" in table and "dog" in table and "100.0" in table
+    assert "-" in table.splitlines()[-3]  # dog row: undefined AP shown as "-"
+
+
+def test_filter_predictions_threshold_and_nms():
+    a = det(1, 1, square(0, 0, 20), 0.9)
+    dup = det(1, 1, square(1, 0, 20), 0.8)
+    other_class = det(1, 2, square(0, 0, 20), 0.7)
+    low = det(1, 1, square(40, 40, 10), 0.1)
+    results = [dup, a, other_class, low]
+    assert metrics.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
+    assert metrics.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [a, other_class]
+    assert metrics.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [a, other_class, low]
+    assert metrics.filter_predictions(results, nms_thresh=0.99) == results
+    with pytest.raises(ValueError, match="nms_thresh"):
+        metrics.filter_predictions(results, nms_thresh=1.5)
+
+
+@pytest.mark.coco_tiny
+def test_real_coco_annotations(coco_tiny):
+    """Real polygons, an uncompressed crowd RLE and 80 categories: perfect is 1, and we match pycocotools."""
+    gt = json.loads((coco_tiny / "instances_train2017_tiny.json").read_text())
+    results = perfect(gt)
+    m = metrics.evaluate_results(gt, results)
+    assert m["segm"]["AP"] == pytest.approx(1.0) and m["bbox"]["AP"] == pytest.approx(1.0)
+    assert m["mean_iou"] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    kept = [dict(r, score=float(rng.uniform()), bbox=[v + rng.uniform(-4, 4) for v in r["bbox"]])
+            for r in results if rng.uniform() > 0.2]
+    m = metrics.evaluate_results(gt, kept)
+    for iou_type in ("bbox", "segm"):
+        np.testing.assert_allclose([m[iou_type][k] for k in metrics.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9])
+    assert 0.0 < m["bbox"]["AP"] < 1.0
