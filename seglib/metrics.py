@@ -34,12 +34,20 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+#: What every function accepts as ground truth and as results (see the module docstring).
+GroundTruth = COCO | str | Path | Mapping
+Results = Sequence[Mapping] | str | Path
+
 IOU_TYPES = ("bbox", "segm")
 #: Keys of each iou-type section, in the order of ``COCOeval.stats``.
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 SUMMARY_KEYS = STAT_KEYS[:9]
 #: COCO's area ranges in px² (upper bound exclusive here, so each instance is in one bucket).
-SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, float("inf"))}
+SIZE_RANGES = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, float("inf")),
+}
 
 
 # --- loading ----------------------------------------------------------------------------
@@ -47,7 +55,7 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def load_ground_truth(gt: COCO | str | Path | Mapping) -> COCO:
+def load_ground_truth(gt: GroundTruth) -> COCO:
     """Return ``gt`` as a pycocotools COCO (a COCO is returned unchanged).
 
     Raises:
@@ -60,7 +68,9 @@ def load_ground_truth(gt: COCO | str | Path | Mapping) -> COCO:
     if isinstance(gt, (str, Path)):
         path = Path(gt)
         if not path.is_file():
-            raise FileNotFoundError(f"ground-truth file {path} not found; pass a split json such as subset/<profile>/val.json")
+            raise FileNotFoundError(
+                f"ground-truth file {path} not found; pass a split json such as subset/<profile>/val.json"
+            )
         try:
             gt = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -70,7 +80,9 @@ def load_ground_truth(gt: COCO | str | Path | Mapping) -> COCO:
         raise ValueError(f"gt must be a COCO, a path or a dict, got {type(gt).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in gt]
     if missing:
-        raise ValueError(f"{source} lacks keys {missing}; a COCO split json has images, annotations and categories")
+        raise ValueError(
+            f"{source} lacks keys {missing}; a COCO split json has images, annotations and categories"
+        )
     coco = COCO()
     coco.dataset = dict(gt)
     with _quiet():
@@ -94,16 +106,20 @@ def _as_rle(seg: Any, h: int, w: int, where: str) -> dict:
             seg = mask_utils.frPyObjects(dict(seg), h, w)
         size = [int(s) for s in seg["size"]]
         if size != [h, w]:
-            raise ValueError(f"{where}: mask size {size} differs from the image's [height, width] [{h}, {w}]; "
-                             "encode masks at the original image size")
+            raise ValueError(
+                f"{where}: mask size {size} differs from the image's [height, width] [{h}, {w}]; "
+                "encode masks at the original image size"
+            )
         counts = seg["counts"]
         return {"size": size, "counts": counts.decode() if isinstance(counts, bytes) else counts}
     if isinstance(seg, list) and seg:
         return _as_rle(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)), h, w, where)
-    raise ValueError(f"{where}: segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}")
+    raise ValueError(
+        f"{where}: segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}"
+    )
 
 
-def load_results(results: Sequence[Mapping] | str | Path, gt: COCO | str | Path | Mapping) -> list[dict]:
+def load_results(results: Results, gt: GroundTruth) -> list[dict]:
     """Validate results against ``gt`` and return clean copies (plain ints/floats, RLE with str counts).
 
     Raises:
@@ -115,7 +131,9 @@ def load_results(results: Sequence[Mapping] | str | Path, gt: COCO | str | Path 
     if isinstance(results, (str, Path)):
         path = Path(results)
         if not path.is_file():
-            raise FileNotFoundError(f"results file {path} not found; write it with `python -m seglib predict`")
+            raise FileNotFoundError(
+                f"results file {path} not found; write it with `python -m seglib predict`"
+            )
         try:
             results = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -126,9 +144,15 @@ def load_results(results: Sequence[Mapping] | str | Path, gt: COCO | str | Path 
     valid_cats = sorted(coco.getCatIds())
     out, bad_images, bad_cats = [], set(), set()
     for i, r in enumerate(results):
-        missing = {"image_id", "category_id", "score", "segmentation"} - set(r) if isinstance(r, Mapping) else {"all"}
+        missing = (
+            {"image_id", "category_id", "score", "segmentation"} - set(r)
+            if isinstance(r, Mapping)
+            else {"all"}
+        )
         if missing:
-            raise ValueError(f"result {i} lacks {sorted(missing)}; each result needs image_id, category_id, score, segmentation")
+            raise ValueError(
+                f"result {i} lacks {sorted(missing)}; each result needs image_id, category_id, score, segmentation"
+            )
         image_id = _as_int(r["image_id"], f"result {i} image_id")
         category_id = _as_int(r["category_id"], f"result {i} category_id")
         if image_id not in sizes:
@@ -140,20 +164,35 @@ def load_results(results: Sequence[Mapping] | str | Path, gt: COCO | str | Path 
         h, w = sizes[image_id]
         seg = _as_rle(r["segmentation"], h, w, f"result {i} (image {image_id})")
         bbox = r.get("bbox")
-        bbox = mask_utils.toBbox(seg).tolist() if bbox is None else [float(v) for v in np.asarray(bbox).reshape(4)]
-        out.append({"image_id": image_id, "category_id": category_id, "bbox": bbox,
-                    "score": float(r["score"]), "segmentation": seg})
+        bbox = (
+            mask_utils.toBbox(seg).tolist()
+            if bbox is None
+            else [float(v) for v in np.asarray(bbox).reshape(4)]
+        )
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": bbox,
+                "score": float(r["score"]),
+                "segmentation": seg,
+            }
+        )
     if bad_images:
-        raise ValueError(f"results reference image ids {sorted(bad_images)[:10]} that are not in the ground truth "
-                         f"({len(sizes)} images); evaluate predictions against the split they were made on")
+        raise ValueError(
+            f"results reference image ids {sorted(bad_images)[:10]} that are not in the ground truth "
+            f"({len(sizes)} images); evaluate predictions against the split they were made on"
+        )
     if bad_cats:
         names = {c: coco.cats[c]["name"] for c in valid_cats}
-        raise ValueError(f"results use category_id {sorted(bad_cats)} not in the ground truth; valid ids: {names}. "
-                         "Map model labels to the split's category ids (1..k), not COCO's ids")
+        raise ValueError(
+            f"results use category_id {sorted(bad_cats)} not in the ground truth; valid ids: {names}. "
+            "Map model labels to the split's category ids (1..k), not COCO's ids"
+        )
     return out
 
 
-def _prepare(gt, results) -> tuple[COCO, list[dict]]:
+def _prepare(gt: GroundTruth, results: Results) -> tuple[COCO, list[dict]]:
     # COCOeval rewrites ground-truth annotations in place (adds "ignore", turns polygons into
     # RLE with bytes counts); a private copy keeps the caller's dict or dataset.coco intact.
     source = load_ground_truth(gt)
@@ -176,8 +215,11 @@ def _run_cocoeval(coco: COCO, results: list[dict], iou_type: str) -> COCOeval:
             dt = coco.loadRes(dets)
         else:  # loadRes indexes anns[0]; an empty result set is built by hand.
             dt = COCO()
-            dt.dataset = {"images": list(coco.dataset["images"]), "annotations": [],
-                          "categories": copy.deepcopy(coco.dataset["categories"])}
+            dt.dataset = {
+                "images": list(coco.dataset["images"]),
+                "annotations": [],
+                "categories": copy.deepcopy(coco.dataset["categories"]),
+            }
             dt.createIndex()
         evaluator = COCOeval(coco, dt, iou_type)
         evaluator.evaluate()
@@ -194,38 +236,56 @@ def _mean_valid(values: np.ndarray) -> float:
 def _iou_index(evaluator: COCOeval, iou_thresh: float) -> int:
     hits = np.flatnonzero(np.isclose(evaluator.params.iouThrs, iou_thresh))
     if not hits.size:
-        raise ValueError(f"iou_thresh {iou_thresh} is not one of COCOeval's thresholds {evaluator.params.iouThrs.tolist()}")
+        raise ValueError(
+            f"iou_thresh {iou_thresh} is not one of COCOeval's thresholds {evaluator.params.iouThrs.tolist()}"
+        )
     return int(hits[0])
 
 
 def _section(evaluator: COCOeval, names: dict[int, str]) -> dict:
-    section = {k: float(v) for k, v in zip(SUMMARY_KEYS, evaluator.stats[: len(SUMMARY_KEYS)], strict=True)}
+    section = {
+        k: float(v) for k, v in zip(SUMMARY_KEYS, evaluator.stats[: len(SUMMARY_KEYS)], strict=True)
+    }
     precision = evaluator.eval["precision"]  # [iou T, recall R, class K, area A, maxDets M]
     t50, t75 = _iou_index(evaluator, 0.5), _iou_index(evaluator, 0.75)
     section["per_class"] = {
-        names[c]: {"AP": _mean_valid(precision[:, :, k, 0, -1]),
-                   "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
-                   "AP75": _mean_valid(precision[t75, :, k, 0, -1])}
+        names[c]: {
+            "AP": _mean_valid(precision[:, :, k, 0, -1]),
+            "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
+            "AP75": _mean_valid(precision[t75, :, k, 0, -1]),
+        }
         for k, c in enumerate(evaluator.params.catIds)
     }
     return section
 
 
 def _curves(evaluator: COCOeval, names: dict[int, str], iou_thresh: float) -> dict:
-    precision = evaluator.eval["precision"][_iou_index(evaluator, iou_thresh), :, :, 0, -1]  # [R, K]
+    precision = evaluator.eval["precision"][
+        _iou_index(evaluator, iou_thresh), :, :, 0, -1
+    ]  # [R, K]
     recall = evaluator.params.recThrs.tolist()
     curves = {}
     for k, c in enumerate(evaluator.params.catIds):
         if (precision[:, k] > -1).any():
-            curves[names[c]] = {"recall": recall, "precision": precision[:, k].tolist(), "AP": _mean_valid(precision[:, k])}
+            curves[names[c]] = {
+                "recall": recall,
+                "precision": precision[:, k].tolist(),
+                "AP": _mean_valid(precision[:, k]),
+            }
     has_gt = (precision > -1).all(axis=0)
     if has_gt.any():
         overall = precision[:, has_gt].mean(axis=1)
-        curves["all"] = {"recall": recall, "precision": overall.tolist(), "AP": float(overall.mean())}
+        curves["all"] = {
+            "recall": recall,
+            "precision": overall.tolist(),
+            "AP": float(overall.mean()),
+        }
     return curves
 
 
-def pr_curves(gt, results, *, iou_type: str = "segm", iou_thresh: float = 0.5) -> dict[str, dict]:
+def pr_curves(
+    gt: GroundTruth, results: Results, *, iou_type: str = "segm", iou_thresh: float = 0.5
+) -> dict[str, dict]:
     """Precision against recall from COCOeval, per class and over all classes.
 
     Read from ``COCOeval.eval["precision"]`` at one IoU threshold, area "all", 100 detections
@@ -245,7 +305,9 @@ def pr_curves(gt, results, *, iou_type: str = "segm", iou_thresh: float = 0.5) -
     return _curves(_run_cocoeval(coco, results, iou_type), _class_names(coco), iou_thresh)
 
 
-def evaluate_results(gt, results, *, score_thresh: float = 0.5, with_curves: bool = False) -> dict:
+def evaluate_results(
+    gt: GroundTruth, results: Results, *, score_thresh: float = 0.5, with_curves: bool = False
+) -> dict:
     """COCO AP for boxes and masks plus mean and pixel IoU, as a JSON-able dict.
 
     AP is computed over all images of ``gt`` (images without predictions count) and all
@@ -297,14 +359,21 @@ def _group(items, key) -> dict:
 
 def _best_ious(coco: COCO, results: list[dict], score_thresh: float) -> dict[int, float]:
     plain, _ = _gt_rles(coco)
-    dets = _group((r for r in results if r["score"] >= score_thresh), lambda r: (r["image_id"], r["category_id"]))
+    dets = _group(
+        (r for r in results if r["score"] >= score_thresh),
+        lambda r: (r["image_id"], r["category_id"]),
+    )
     best: dict[int, float] = {}
     for (image_id, cat), anns in _group(plain, lambda a: (a["image_id"], a["category_id"])).items():
         found = dets.get((image_id, cat))
         if not found:
             best.update({a["id"]: 0.0 for a in anns})
             continue
-        ious = np.asarray(mask_utils.iou([d["segmentation"] for d in found], [a["rle"] for a in anns], [0] * len(anns)))
+        ious = np.asarray(
+            mask_utils.iou(
+                [d["segmentation"] for d in found], [a["rle"] for a in anns], [0] * len(anns)
+            )
+        )
         best.update({a["id"]: float(v) for a, v in zip(anns, ious.max(axis=0), strict=True)})
     return {a["id"]: best[a["id"]] for a in plain}
 
@@ -314,13 +383,13 @@ def _mean_iou(coco: COCO, results: list[dict], score_thresh: float) -> float:
     return float(np.mean(best)) if best else float("nan")
 
 
-def best_ious(gt, results, *, score_thresh: float = 0.5) -> dict[int, float]:
+def best_ious(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> dict[int, float]:
     """Annotation id -> mask IoU with its best same-class prediction (0.0 if none), non-crowd GT only."""
     coco, results = _prepare(gt, results)
     return _best_ious(coco, results, score_thresh)
 
 
-def mean_iou(gt, results, *, score_thresh: float = 0.5) -> float:
+def mean_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> float:
     """Mean over ground-truth instances of the mask IoU with their best prediction.
 
     Definition: for every non-crowd ground-truth instance g of class c in image i, take the
@@ -364,10 +433,12 @@ def _pixel_iou(coco: COCO, results: list[dict], score_thresh: float) -> dict[str
             u -= int(mask_utils.area(mask_utils.merge([either, c], intersect=True)))
         inter[cat] += i
         union[cat] += u
-    return {name: (inter[c] / union[c] if union[c] else -1.0) for c, name in _class_names(coco).items()}
+    return {
+        name: (inter[c] / union[c] if union[c] else -1.0) for c, name in _class_names(coco).items()
+    }
 
 
-def pixel_iou(gt, results, *, score_thresh: float = 0.5) -> dict[str, float]:
+def pixel_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> dict[str, float]:
     """Per-class semantic IoU of the union masks, accumulated over the split.
 
     For class c and image i, G is the union of c's non-crowd ground-truth masks and P the
@@ -382,7 +453,9 @@ def pixel_iou(gt, results, *, score_thresh: float = 0.5) -> dict[str, float]:
     return _pixel_iou(coco, results, score_thresh)
 
 
-def confusion_matrix(gt, results, *, score_thresh: float = 0.5, iou_thresh: float = 0.5) -> tuple[np.ndarray, list[str]]:
+def confusion_matrix(
+    gt: GroundTruth, results: Results, *, score_thresh: float = 0.5, iou_thresh: float = 0.5
+) -> tuple[np.ndarray, list[str]]:
     """Class confusion of matched detections, with background as class 0.
 
     Per image, predictions with score >= ``score_thresh`` are taken in descending score; each
@@ -402,18 +475,29 @@ def confusion_matrix(gt, results, *, score_thresh: float = 0.5, iou_thresh: floa
     index = {c: i + 1 for i, c in enumerate(names)}
     matrix = np.zeros((len(names) + 1, len(names) + 1), dtype=np.int64)
     plain, crowd = _gt_rles(coco)
-    gts, crowds = _group(plain, operator.itemgetter("image_id")), _group(crowd, operator.itemgetter("image_id"))
-    dets = _group((r for r in results if r["score"] >= score_thresh), operator.itemgetter("image_id"))
+    gts, crowds = (
+        _group(plain, operator.itemgetter("image_id")),
+        _group(crowd, operator.itemgetter("image_id")),
+    )
+    dets = _group(
+        (r for r in results if r["score"] >= score_thresh), operator.itemgetter("image_id")
+    )
     for image_id in coco.getImgIds():
         anns = gts.get(image_id, [])
         found = sorted(dets.get(image_id, []), key=lambda d: -d["score"])
         ious = np.zeros((len(found), len(anns)))
         if found and anns:
-            ious = np.asarray(mask_utils.iou([d["segmentation"] for d in found], [a["rle"] for a in anns], [0] * len(anns)))
+            ious = np.asarray(
+                mask_utils.iou(
+                    [d["segmentation"] for d in found], [a["rle"] for a in anns], [0] * len(anns)
+                )
+            )
         in_crowd = np.zeros(len(found), dtype=bool)
         if found and crowds.get(image_id):
             regions = crowds[image_id]
-            cover = mask_utils.iou([d["segmentation"] for d in found], [a["rle"] for a in regions], [1] * len(regions))
+            cover = mask_utils.iou(
+                [d["segmentation"] for d in found], [a["rle"] for a in regions], [1] * len(regions)
+            )
             in_crowd = np.asarray(cover).max(axis=1) >= iou_thresh
         taken = np.zeros(len(anns), dtype=bool)
         for j, det in enumerate(found):
@@ -431,7 +515,7 @@ def confusion_matrix(gt, results, *, score_thresh: float = 0.5, iou_thresh: floa
 
 
 # --- dataset statistics and occlusion -----------------------------------------------------
-def instance_overlap(gt) -> dict[int, float]:
+def instance_overlap(gt: GroundTruth) -> dict[int, float]:
     """Annotation id -> largest box IoU with another non-crowd instance of the same image.
 
     Any class counts as an occluder; 0.0 for an instance alone in its image. Crowd
@@ -442,13 +526,15 @@ def instance_overlap(gt) -> dict[int, float]:
     overlap: dict[int, float] = {}
     for anns in _group(plain, operator.itemgetter("image_id")).values():
         boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        ious = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(anns))).reshape(len(anns), len(anns))
+        ious = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(anns))).reshape(
+            len(anns), len(anns)
+        )
         np.fill_diagonal(ious, 0.0)
         overlap.update({a["id"]: float(v) for a, v in zip(anns, ious.max(axis=1), strict=True)})
     return {a["id"]: overlap[a["id"]] for a in plain}
 
 
-def size_buckets(gt) -> dict[str, dict[str, int]]:
+def size_buckets(gt: GroundTruth) -> dict[str, dict[str, int]]:
     """Per class, non-crowd instances in COCO's area ranges (px², annotation ``area``).
 
     small: area < 32², medium: 32² <= area < 96², large: area >= 96². (COCOeval's ranges
@@ -471,13 +557,21 @@ def size_buckets(gt) -> dict[str, dict[str, int]]:
 
 def _bucket_stats(ious: list[float], iou_thresh: float) -> dict[str, float]:
     values = np.asarray(ious, dtype=np.float64)
-    return {"instances": int(values.size),
-            "recall": float((values >= iou_thresh).mean()) if values.size else -1.0,
-            "mean_iou": float(values.mean()) if values.size else -1.0}
+    return {
+        "instances": int(values.size),
+        "recall": float((values >= iou_thresh).mean()) if values.size else -1.0,
+        "mean_iou": float(values.mean()) if values.size else -1.0,
+    }
 
 
-def occlusion_breakdown(gt, results, *, score_thresh: float = 0.5, iou_thresh: float = 0.5,
-                        overlap_thresh: float = 0.1) -> dict[str, dict]:
+def occlusion_breakdown(
+    gt: GroundTruth,
+    results: Results,
+    *,
+    score_thresh: float = 0.5,
+    iou_thresh: float = 0.5,
+    overlap_thresh: float = 0.1,
+) -> dict[str, dict]:
     """Recall and mean IoU of occluded against isolated ground-truth instances.
 
     A non-crowd instance is "occluded" when its box has IoU >= ``overlap_thresh`` with the box
@@ -495,17 +589,24 @@ def occlusion_breakdown(gt, results, *, score_thresh: float = 0.5, iou_thresh: f
     overlap = instance_overlap(coco)
     buckets: dict[str, dict] = {}
     for bucket in ("occluded", "isolated"):
-        chosen = [a for a in coco.dataset["annotations"]
-                  if a["id"] in best and (overlap[a["id"]] >= overlap_thresh) == (bucket == "occluded")]
+        chosen = [
+            a
+            for a in coco.dataset["annotations"]
+            if a["id"] in best and (overlap[a["id"]] >= overlap_thresh) == (bucket == "occluded")
+        ]
         buckets[bucket] = _bucket_stats([best[a["id"]] for a in chosen], iou_thresh)
         buckets[bucket]["per_class"] = {
-            name: _bucket_stats([best[a["id"]] for a in chosen if a["category_id"] == c], iou_thresh)
+            name: _bucket_stats(
+                [best[a["id"]] for a in chosen if a["category_id"] == c], iou_thresh
+            )
             for c, name in names.items()
         }
     return buckets
 
 
-def worst_images(gt, results, *, score_thresh: float = 0.5, n: int = 8) -> list[tuple[int, float]]:
+def worst_images(
+    gt: GroundTruth, results: Results, *, score_thresh: float = 0.5, n: int = 8
+) -> list[tuple[int, float]]:
     """The ``n`` images with the lowest per-image mean IoU (as ``mean_iou``), worst first.
 
     Only images with at least one non-crowd ground-truth instance are ranked; ties go to the
@@ -522,8 +623,13 @@ def worst_images(gt, results, *, score_thresh: float = 0.5, n: int = 8) -> list[
 
 
 # --- cached predictions and reporting -----------------------------------------------------
-def filter_predictions(results: Sequence[Mapping], *, score_thresh: float = 0.0, nms_thresh: float | None = None,
-                       iou_type: str = "segm") -> list[dict]:
+def filter_predictions(
+    results: Sequence[Mapping],
+    *,
+    score_thresh: float = 0.0,
+    nms_thresh: float | None = None,
+    iou_type: str = "segm",
+) -> list[dict]:
     """Re-apply a score threshold and, optionally, per-class NMS to cached COCO results.
 
     NMS is greedy per (image, class) in descending score: a result is dropped when its mask
@@ -539,15 +645,25 @@ def filter_predictions(results: Sequence[Mapping], *, score_thresh: float = 0.0,
         raise ValueError(f"nms_thresh must be in [0, 1] or None, got {nms_thresh}")
     kept = [i for i, r in enumerate(results) if float(r["score"]) >= score_thresh]
     if nms_thresh is not None:
-        groups = _group(kept, lambda i: (_as_int(results[i]["image_id"], "image_id"), _as_int(results[i]["category_id"], "category_id")))
+        groups = _group(
+            kept,
+            lambda i: (
+                _as_int(results[i]["image_id"], "image_id"),
+                _as_int(results[i]["category_id"], "category_id"),
+            ),
+        )
         survivors = set()
         for members in groups.values():
             members.sort(key=lambda i: -float(results[i]["score"]))
             if iou_type == "segm":
                 items = [results[i]["segmentation"] for i in members]
             else:
-                items = np.asarray([np.asarray(results[i]["bbox"], dtype=np.float64).reshape(4) for i in members])
-            ious = np.asarray(mask_utils.iou(items, items, [0] * len(members))).reshape(len(members), len(members))
+                items = np.asarray(
+                    [np.asarray(results[i]["bbox"], dtype=np.float64).reshape(4) for i in members]
+                )
+            ious = np.asarray(mask_utils.iou(items, items, [0] * len(members))).reshape(
+                len(members), len(members)
+            )
             alive = []
             for j in range(len(members)):
                 if not alive or ious[j, alive].max() <= nms_thresh:
@@ -565,14 +681,23 @@ def format_table(metrics: Mapping) -> str:
     """A fixed-width text table of an ``evaluate_results`` dict, in percent ("-" = undefined)."""
     cols = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     sections = [t for t in IOU_TYPES if t in metrics]
-    lines = [f"{'':<14}" + "".join(f"{c:>7}" for c in cols)]
-    lines += [f"{t:<14}" + "".join(f" {_pct(metrics[t].get(c, -1))}" for c in cols) for t in sections]
+    lines = [f"{'(percent)':<14}" + "".join(f"{c:>7}" for c in cols)]
+    lines += [
+        f"{t:<14}" + "".join(f" {_pct(metrics[t].get(c, -1))}" for c in cols) for t in sections
+    ]
     names = list(metrics[sections[0]].get("per_class", {})) if sections else []
     if names:
         pixel = metrics.get("pixel_iou", {})
-        lines += ["", f"{'per class':<14}" + "".join(f"{t + ' AP':>10}" for t in sections) + f"{'pixel IoU':>11}"]
+        lines += [
+            "",
+            f"{'per class':<14}"
+            + "".join(f"{t + ' AP':>10}" for t in sections)
+            + f"{'pixel IoU':>11}",
+        ]
         for name in names:
-            row = "".join(f"    {_pct(metrics[t]['per_class'].get(name, {}).get('AP', -1))}" for t in sections)
+            row = "".join(
+                f"    {_pct(metrics[t]['per_class'].get(name, {}).get('AP', -1))}" for t in sections
+            )
             lines.append(f"{name[:14]:<14}{row}     {_pct(pixel.get(name, -1))}")
     if "mean_iou" in metrics:
         lines += ["", f"{'mean IoU':<14} {_pct(metrics['mean_iou'])}"]

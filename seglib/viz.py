@@ -24,7 +24,14 @@ from matplotlib.patches import Rectangle
 
 from seglib.config import write_bytes_atomic
 
-LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+LOSS_KEYS = (
+    "loss",
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+)
 BACKGROUND_COLOR = (0.6, 0.6, 0.6)
 
 
@@ -63,7 +70,9 @@ def _to_masks(masks: Any, h: int, w: int) -> np.ndarray:
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.ndim != 3 or m.shape[1:] != (h, w):
-        raise ValueError(f"masks must be [N,{h},{w}] or [N,1,{h},{w}] to match the image, got shape {m.shape}")
+        raise ValueError(
+            f"masks must be [N,{h},{w}] or [N,1,{h},{w}] to match the image, got shape {m.shape}"
+        )
     return m > 0.5 if np.issubdtype(m.dtype, np.floating) else m > 0
 
 
@@ -79,9 +88,19 @@ def _name(label: int, class_names: Sequence[str] | None) -> str:
     return str(label)
 
 
-def draw_instances(image: Any, *, boxes: Any = None, masks: Any = None, labels: Any = None, scores: Any = None,
-                   class_names: Sequence[str] | None = None, score_thresh: float = 0.0, ax: Axes | None = None,
-                   title: str | None = None, alpha: float = 0.5) -> Axes:
+def draw_instances(
+    image: Any,
+    *,
+    boxes: Any = None,
+    masks: Any = None,
+    labels: Any = None,
+    scores: Any = None,
+    class_names: Sequence[str] | None = None,
+    score_thresh: float = 0.0,
+    ax: Axes | None = None,
+    title: str | None = None,
+    alpha: float = 0.5,
+) -> Axes:
     """Overlay instance masks, boxes and "name score" captions on an image.
 
     Args:
@@ -99,20 +118,26 @@ def draw_instances(image: Any, *, boxes: Any = None, masks: Any = None, labels: 
     """
     img = _to_image(image)
     h, w = img.shape[:2]
-    arrays = {"boxes": None if boxes is None else _numpy(boxes).reshape(-1, 4),
-              "masks": None if masks is None else _to_masks(masks, h, w),
-              "labels": None if labels is None else _numpy(labels).reshape(-1).astype(np.int64),
-              "scores": None if scores is None else _numpy(scores).reshape(-1).astype(np.float64)}
+    arrays = {
+        "boxes": None if boxes is None else _numpy(boxes).reshape(-1, 4),
+        "masks": None if masks is None else _to_masks(masks, h, w),
+        "labels": None if labels is None else _numpy(labels).reshape(-1).astype(np.int64),
+        "scores": None if scores is None else _numpy(scores).reshape(-1).astype(np.float64),
+    }
     lengths = {k: len(v) for k, v in arrays.items() if v is not None}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"boxes, masks, labels and scores must have one entry per instance, got lengths {lengths}")
+        raise ValueError(
+            f"boxes, masks, labels and scores must have one entry per instance, got lengths {lengths}"
+        )
     n = next(iter(lengths.values()), 0)
     labels_ = arrays["labels"] if arrays["labels"] is not None else np.arange(1, n + 1)
     keep = np.ones(n, dtype=bool) if arrays["scores"] is None else arrays["scores"] >= score_thresh
     overlay = img.astype(np.float64)
     if arrays["masks"] is not None:
         for i in np.flatnonzero(keep):
-            overlay[arrays["masks"][i]] = (1 - alpha) * overlay[arrays["masks"][i]] + alpha * 255 * np.array(class_color(labels_[i]))
+            overlay[arrays["masks"][i]] = (1 - alpha) * overlay[
+                arrays["masks"][i]
+            ] + alpha * 255 * np.array(class_color(labels_[i]))
     ax = _new_ax(ax, (6.0, 6.0 * h / max(w, 1)))
     ax.imshow(overlay.astype(np.uint8))
     for i in np.flatnonzero(keep):
@@ -120,7 +145,16 @@ def draw_instances(image: Any, *, boxes: Any = None, masks: Any = None, labels: 
         if arrays["boxes"] is not None:
             x1, y1, x2, y2 = arrays["boxes"][i]
             # Pixel i covers [i - 0.5, i + 0.5] in imshow coordinates; XYXY x2 is exclusive.
-            ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
+            ax.add_patch(
+                Rectangle(
+                    (x1 - 0.5, y1 - 0.5),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    edgecolor=color,
+                    linewidth=1.5,
+                )
+            )
         elif arrays["masks"] is not None and arrays["masks"][i].any():
             ys, xs = np.nonzero(arrays["masks"][i])
             x1, y1 = xs.min(), ys.min()
@@ -129,8 +163,15 @@ def draw_instances(image: Any, *, boxes: Any = None, masks: Any = None, labels: 
         caption = _name(int(labels_[i]), class_names) if arrays["labels"] is not None else f"#{i}"
         if arrays["scores"] is not None:
             caption += f" {arrays['scores'][i]:.2f}"
-        ax.text(x1, y1, caption, fontsize=7, color="white", va="bottom",
-                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+        ax.text(
+            x1,
+            y1,
+            caption,
+            fontsize=7,
+            color="white",
+            va="bottom",
+            bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+        )
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
@@ -143,8 +184,14 @@ def _instances(d: Mapping) -> dict[str, Any]:
     return {k: d.get(k) for k in ("boxes", "masks", "labels", "scores")}
 
 
-def draw_prediction_vs_gt(image: Any, target: Mapping, prediction: Mapping, class_names: Sequence[str] | None = None,
-                          score_thresh: float = 0.5, axes: Sequence[Axes] | None = None) -> Figure:
+def draw_prediction_vs_gt(
+    image: Any,
+    target: Mapping,
+    prediction: Mapping,
+    class_names: Sequence[str] | None = None,
+    score_thresh: float = 0.5,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
     """Ground truth (left) and prediction (right) on the same image.
 
     ``target`` and ``prediction`` are the dataset's target and the model's output dicts
@@ -153,11 +200,23 @@ def draw_prediction_vs_gt(image: Any, target: Mapping, prediction: Mapping, clas
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
     n_gt = len(_numpy(target["labels"])) if target.get("labels") is not None else 0
-    draw_instances(image, **_instances(target), class_names=class_names, ax=axes[0], title=f"ground truth ({n_gt})")
+    draw_instances(
+        image,
+        **_instances(target),
+        class_names=class_names,
+        ax=axes[0],
+        title=f"ground truth ({n_gt})",
+    )
     scores = prediction.get("scores")
     shown = int((_numpy(scores) >= score_thresh).sum()) if scores is not None else 0
-    draw_instances(image, **_instances(prediction), class_names=class_names, score_thresh=score_thresh, ax=axes[1],
-                   title=f"prediction ({shown} with score >= {score_thresh:g})")
+    draw_instances(
+        image,
+        **_instances(prediction),
+        class_names=class_names,
+        score_thresh=score_thresh,
+        ax=axes[1],
+        title=f"prediction ({shown} with score >= {score_thresh:g})",
+    )
     return axes[0].figure
 
 
@@ -167,21 +226,35 @@ def make_grid(n: int, ncols: int = 4, size: float = 3.0) -> tuple[Figure, list[A
         raise ValueError(f"need n >= 1 and ncols >= 1, got n={n}, ncols={ncols}")
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_axis_off()
     return fig, flat[:n]
 
 
-def draw_instance_grid(samples: Sequence[tuple[Any, Mapping]], class_names: Sequence[str] | None = None, *,
-                       ncols: int = 4, size: float = 3.0, score_thresh: float = 0.0,
-                       titles: Sequence[str] | None = None) -> Figure:
+def draw_instance_grid(
+    samples: Sequence[tuple[Any, Mapping]],
+    class_names: Sequence[str] | None = None,
+    *,
+    ncols: int = 4,
+    size: float = 3.0,
+    score_thresh: float = 0.0,
+    titles: Sequence[str] | None = None,
+) -> Figure:
     """``draw_instances`` for each ``(image, target_or_prediction)`` pair, in a grid."""
     fig, axes = make_grid(len(samples), ncols, size)
     for i, (ax, (image, instances)) in enumerate(zip(axes, samples, strict=True)):
-        draw_instances(image, **_instances(instances), class_names=class_names, score_thresh=score_thresh, ax=ax,
-                       title=titles[i] if titles else None)
+        draw_instances(
+            image,
+            **_instances(instances),
+            class_names=class_names,
+            score_thresh=score_thresh,
+            ax=ax,
+            title=titles[i] if titles else None,
+        )
     return fig
 
 
@@ -193,13 +266,17 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
-def _series(history: Sequence[Mapping], key: str, x_key: str = "iteration") -> tuple[np.ndarray, np.ndarray]:
+def _series(
+    history: Sequence[Mapping], key: str, x_key: str = "iteration"
+) -> tuple[np.ndarray, np.ndarray]:
     rows = [r for r in history if r.get(key) is not None]
     xs = np.array([r.get(x_key, i) for i, r in enumerate(rows)], dtype=np.float64)
     return xs, np.array([r[key] for r in rows], dtype=np.float64)
 
 
-def plot_losses(history: Sequence[Mapping], ax: Axes | None = None, *, smooth: int = 1, logy: bool = False) -> Axes:
+def plot_losses(
+    history: Sequence[Mapping], ax: Axes | None = None, *, smooth: int = 1, logy: bool = False
+) -> Axes:
     """One line per loss component and a bold total, against iteration.
 
     ``history`` holds metrics.jsonl rows; rows without a loss key (e.g. eval rows) are skipped
@@ -212,8 +289,13 @@ def plot_losses(history: Sequence[Mapping], ax: Axes | None = None, *, smooth: i
         xs, ys = _series(history, key)
         if len(ys):
             ys = _smooth(ys, smooth)
-            ax.plot(xs[len(xs) - len(ys):], ys, label=key, color="black" if key == "loss" else None,
-                    linewidth=2.0 if key == "loss" else 1.0)
+            ax.plot(
+                xs[len(xs) - len(ys) :],
+                ys,
+                label=key,
+                color="black" if key == "loss" else None,
+                linewidth=2.0 if key == "loss" else 1.0,
+            )
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     if logy:
@@ -236,7 +318,9 @@ def plot_lr(history: Sequence[Mapping], ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_metric(history: Sequence[Mapping], key: str, ax: Axes | None = None, *, x_key: str = "epoch") -> Axes:
+def plot_metric(
+    history: Sequence[Mapping], key: str, ax: Axes | None = None, *, x_key: str = "epoch"
+) -> Axes:
     """Any logged value (e.g. a validation AP) against ``x_key``, from rows that have ``key``."""
     ax = _new_ax(ax)
     xs, ys = _series(history, key, x_key)
@@ -247,35 +331,57 @@ def plot_metric(history: Sequence[Mapping], key: str, ax: Axes | None = None, *,
 
 
 # --- bar charts -----------------------------------------------------------------------------
-def _grouped_bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[float]], *,
-                  fmt: str = "{:g}", colors: Sequence | None = None) -> Axes:
+def _grouped_bars(
+    ax: Axes,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    fmt: str = "{:g}",
+    colors: Sequence | None = None,
+) -> Axes:
     """Bars of each series side by side per group; NaN (undefined) draws no bar, labelled "n/a"."""
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for j, (name, values) in enumerate(series.items()):
         heights = np.asarray(values, dtype=np.float64)
-        bars = ax.bar(x + (j - (len(series) - 1) / 2) * width, np.nan_to_num(heights), width, label=name,
-                      color=colors[j] if colors else None)
-        ax.bar_label(bars, labels=["n/a" if np.isnan(v) else fmt.format(v) for v in heights], fontsize=7)
+        bars = ax.bar(
+            x + (j - (len(series) - 1) / 2) * width,
+            np.nan_to_num(heights),
+            width,
+            label=name,
+            color=colors[j] if colors else None,
+        )
+        ax.bar_label(
+            bars, labels=["n/a" if np.isnan(v) else fmt.format(v) for v in heights], fontsize=7
+        )
     ax.set_xticks(x, list(groups))
     if len(series) > 1:
         ax.legend(fontsize=8)
     return ax
 
 
-def plot_category_counts(counts: Mapping[str, Mapping[str, Mapping[str, int]]], ax: Axes | None = None, *,
-                         key: str = "instances") -> Axes:
+def plot_category_counts(
+    counts: Mapping[str, Mapping[str, Mapping[str, int]]],
+    ax: Axes | None = None,
+    *,
+    key: str = "instances",
+) -> Axes:
     """Images or instances (``key``) per category, one bar per split: ``counts[split][category][key]``."""
     ax = _new_ax(ax)
     categories = list(dict.fromkeys(c for split in counts.values() for c in split))
-    series = {split: [per_cat.get(c, {}).get(key, 0) for c in categories] for split, per_cat in counts.items()}
+    series = {
+        split: [per_cat.get(c, {}).get(key, 0) for c in categories]
+        for split, per_cat in counts.items()
+    }
     _grouped_bars(ax, categories, series)
     ax.set_ylabel(key)
     ax.set_title(f"{key} per category")
     return ax
 
 
-def plot_size_distribution(size_counts: Mapping[str, Mapping[str, int]], ax: Axes | None = None) -> Axes:
+def plot_size_distribution(
+    size_counts: Mapping[str, Mapping[str, int]], ax: Axes | None = None
+) -> Axes:
     """Instances per COCO area range, per class: ``size_counts[name]["small"|"medium"|"large"]``."""
     ax = _new_ax(ax)
     names = list(size_counts)
@@ -295,20 +401,35 @@ def plot_ap_bars(metrics: Mapping, ax: Axes | None = None, *, key: str = "AP") -
     ax = _new_ax(ax)
     types = [t for t in ("bbox", "segm") if t in metrics]
     names = list(metrics[types[0]]["per_class"]) if types else []
-    series = {t: [_pct(metrics[t]["per_class"][n].get(key)) for n in names] + [_pct(metrics[t].get(key))] for t in types}
+    series = {
+        t: [_pct(metrics[t]["per_class"][n].get(key)) for n in names] + [_pct(metrics[t].get(key))]
+        for t in types
+    }
     _grouped_bars(ax, [*names, "all"], series, fmt="{:.1f}")
     ax.set_ylabel(f"{key} (%)")
     ax.set_title(f"{key} per class")
     return ax
 
 
-def plot_ap_comparison(metrics_a: Mapping, metrics_b: Mapping, names: Sequence[str] = ("fine-tuned", "zero-shot"),
-                       ax: Axes | None = None, *, iou_type: str = "segm", key: str = "AP") -> Axes:
+def plot_ap_comparison(
+    metrics_a: Mapping,
+    metrics_b: Mapping,
+    names: Sequence[str] = ("fine-tuned", "zero-shot"),
+    ax: Axes | None = None,
+    *,
+    iou_type: str = "segm",
+    key: str = "AP",
+) -> Axes:
     """Per-class and overall AP (percent) of two runs on the same split, side by side."""
     ax = _new_ax(ax)
-    classes = list(dict.fromkeys([*metrics_a[iou_type]["per_class"], *metrics_b[iou_type]["per_class"]]))
-    series = {label: [_pct(m[iou_type]["per_class"].get(c, {}).get(key)) for c in classes] + [_pct(m[iou_type].get(key))]
-              for label, m in zip(names, (metrics_a, metrics_b), strict=True)}
+    classes = list(
+        dict.fromkeys([*metrics_a[iou_type]["per_class"], *metrics_b[iou_type]["per_class"]])
+    )
+    series = {
+        label: [_pct(m[iou_type]["per_class"].get(c, {}).get(key)) for c in classes]
+        + [_pct(m[iou_type].get(key))]
+        for label, m in zip(names, (metrics_a, metrics_b), strict=True)
+    }
     _grouped_bars(ax, [*classes, "all"], series, fmt="{:.1f}")
     ax.set_ylabel(f"{iou_type} {key} (%)")
     ax.set_title(f"{iou_type} {key}: {names[0]} vs {names[1]}")
@@ -318,25 +439,37 @@ def plot_ap_comparison(metrics_a: Mapping, metrics_b: Mapping, names: Sequence[s
 def plot_occlusion(breakdown: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
     """Recall and mean IoU (percent) of occluded against isolated instances (``occlusion_breakdown``)."""
     ax = _new_ax(ax)
-    series = {f"{bucket} (n={stats['instances']})": [_pct(stats["recall"]), _pct(stats["mean_iou"])]
-              for bucket, stats in breakdown.items()}
+    series = {
+        f"{bucket} (n={stats['instances']})": [_pct(stats["recall"]), _pct(stats["mean_iou"])]
+        for bucket, stats in breakdown.items()
+    }
     _grouped_bars(ax, ["recall", "mean IoU"], series, fmt="{:.1f}")
     ax.set_ylabel("%")
     ax.set_title("occluded vs isolated instances")
     return ax
 
 
-def plot_overlap_histogram(overlaps: Mapping[int, float] | Sequence[float], ax: Axes | None = None, *,
-                           overlap_thresh: float = 0.1, bins: int = 20) -> Axes:
+def plot_overlap_histogram(
+    overlaps: Mapping[int, float] | Sequence[float],
+    ax: Axes | None = None,
+    *,
+    overlap_thresh: float = 0.1,
+    bins: int = 20,
+) -> Axes:
     """Histogram of each instance's largest box IoU with another (``instance_overlap``)."""
     ax = _new_ax(ax)
-    values = np.asarray(list(overlaps.values()) if isinstance(overlaps, Mapping) else list(overlaps), dtype=np.float64)
+    values = np.asarray(
+        list(overlaps.values()) if isinstance(overlaps, Mapping) else list(overlaps),
+        dtype=np.float64,
+    )
     ax.hist(values, bins=bins, range=(0.0, 1.0), color="tab:blue")
     ax.axvline(overlap_thresh, color="black", linestyle="--")
     share = float((values >= overlap_thresh).mean()) if values.size else 0.0
     ax.set_xlabel("max box IoU with another instance")
     ax.set_ylabel("instances")
-    ax.set_title(f"{100 * share:.0f}% of {values.size} instances overlap another (IoU >= {overlap_thresh:g})")
+    ax.set_title(
+        f"{100 * share:.0f}% of {values.size} instances overlap another (IoU >= {overlap_thresh:g})"
+    )
     return ax
 
 
@@ -357,7 +490,9 @@ def plot_pr_curves(curves: Mapping[str, Mapping], ax: Axes | None = None) -> Axe
     return ax
 
 
-def plot_confusion(matrix: Any, labels: Sequence[str], ax: Axes | None = None, *, normalize: bool = False) -> Axes:
+def plot_confusion(
+    matrix: Any, labels: Sequence[str], ax: Axes | None = None, *, normalize: bool = False
+) -> Axes:
     """Confusion matrix heat map (rows ground truth, columns prediction), counts in the cells.
 
     ``normalize`` divides each row by its total (rows without instances stay 0).
@@ -370,8 +505,15 @@ def plot_confusion(matrix: Any, labels: Sequence[str], ax: Axes | None = None, *
     ax.imshow(m, cmap="Blues", vmin=0)
     high = m.max() / 2 if m.size and m.max() > 0 else 1.0
     for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=8,
-                color="white" if v > high else "black")
+        ax.text(
+            j,
+            i,
+            f"{v:.2f}" if normalize else f"{int(v)}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if v > high else "black",
+        )
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -380,7 +522,9 @@ def plot_confusion(matrix: Any, labels: Sequence[str], ax: Axes | None = None, *
 
 
 # --- files ----------------------------------------------------------------------------------
-def save_figure(fig: Figure | Axes, path: str | Path, *, dpi: int = 150, close: bool = False) -> Path:
+def save_figure(
+    fig: Figure | Axes, path: str | Path, *, dpi: int = 150, close: bool = False
+) -> Path:
     """Write a figure atomically (rendered in memory, then temp file + rename); format from the suffix.
 
     Raises:
@@ -391,7 +535,9 @@ def save_figure(fig: Figure | Axes, path: str | Path, *, dpi: int = 150, close: 
     formats = fig.canvas.get_supported_filetypes()
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in formats:
-        raise ValueError(f"cannot save {path}: suffix {path.suffix!r} is not one of {sorted(formats)}")
+        raise ValueError(
+            f"cannot save {path}: suffix {path.suffix!r} is not one of {sorted(formats)}"
+        )
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=dpi)
     write_bytes_atomic(path, buffer.getvalue())

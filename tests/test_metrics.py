@@ -39,8 +39,15 @@ def ann(ann_id, image_id, category_id, mask, iscrowd=0):
     seg = rle(mask)
     if iscrowd:  # crowd regions in COCO are uncompressed RLE
         seg = {"size": list(mask.shape), "counts": _uncompressed(mask)}
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": seg,
-            "area": float(mask.sum()), "bbox": [x, y, w, h], "iscrowd": iscrowd}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": seg,
+        "area": float(mask.sum()),
+        "bbox": [x, y, w, h],
+        "iscrowd": iscrowd,
+    }
 
 
 def _uncompressed(mask: np.ndarray) -> list[int]:
@@ -58,30 +65,58 @@ def _uncompressed(mask: np.ndarray) -> list[int]:
 
 def det(image_id, category_id, mask, score=1.0):
     r = rle(mask)
-    return {"image_id": image_id, "category_id": category_id, "bbox": mask_utils.toBbox(r).tolist(),
-            "score": score, "segmentation": r}
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": mask_utils.toBbox(r).tolist(),
+        "score": score,
+        "segmentation": r,
+    }
 
 
 @pytest.fixture
 def gt() -> dict:
     """Image 1: cake + car; image 2 (48 px high): cake as a polygon + a dog crowd; image 3: empty."""
-    cake2 = {"id": 3, "image_id": 2, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]],
-             "area": 900.0, "bbox": [10, 10, 30, 30], "iscrowd": 0}
+    cake2 = {
+        "id": 3,
+        "image_id": 2,
+        "category_id": 1,
+        "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]],
+        "area": 900.0,
+        "bbox": [10, 10, 30, 30],
+        "iscrowd": 0,
+    }
     return {
-        "info": {}, "licenses": [],
-        "images": [{"id": 1, "width": W, "height": H, "file_name": "1.jpg"},
-                   {"id": 2, "width": W, "height": 48, "file_name": "2.jpg"},
-                   {"id": 3, "width": W, "height": H, "file_name": "3.jpg"}],
-        "annotations": [ann(1, 1, 1, square(0, 0, 20)), ann(2, 1, 2, square(30, 30, 20)), cake2,
-                        ann(4, 2, 3, square(44, 0, 20, h=48), iscrowd=1)],
+        "info": {},
+        "licenses": [],
+        "images": [
+            {"id": 1, "width": W, "height": H, "file_name": "1.jpg"},
+            {"id": 2, "width": W, "height": 48, "file_name": "2.jpg"},
+            {"id": 3, "width": W, "height": H, "file_name": "3.jpg"},
+        ],
+        "annotations": [
+            ann(1, 1, 1, square(0, 0, 20)),
+            ann(2, 1, 2, square(30, 30, 20)),
+            cake2,
+            ann(4, 2, 3, square(44, 0, 20, h=48), iscrowd=1),
+        ],
         "categories": copy.deepcopy(CATEGORIES),
     }
 
 
 def perfect(gt: dict) -> list[dict]:
     coco = metrics.load_ground_truth(gt)
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
-             "segmentation": coco.annToRLE(a)} for a in gt["annotations"] if not a["iscrowd"]]
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+            "segmentation": coco.annToRLE(a),
+        }
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
 
 
 def test_perfect_predictions_give_ap_and_iou_one(gt):
@@ -104,11 +139,17 @@ def test_inputs_are_not_modified(gt):
     coco = metrics.load_ground_truth(gt)
     metrics.evaluate_results(coco, results)
     assert gt == before and results == results_before
-    assert coco.dataset["annotations"][2]["segmentation"] == before["annotations"][2]["segmentation"]
+    assert (
+        coco.dataset["annotations"][2]["segmentation"] == before["annotations"][2]["segmentation"]
+    )
 
 
 def test_disjoint_predictions_give_zero(gt):
-    results = [det(3, 1, square(0, 0, 20)), det(1, 2, square(0, 40, 10)), det(2, 1, square(50, 0, 5, h=48))]
+    results = [
+        det(3, 1, square(0, 0, 20)),
+        det(1, 2, square(0, 40, 10)),
+        det(2, 1, square(50, 0, 5, h=48)),
+    ]
     m = metrics.evaluate_results(gt, results)
     assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
     assert m["mean_iou"] == 0.0
@@ -121,7 +162,13 @@ def _direct_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
         coco.dataset = copy.deepcopy(gt)
         coco.createIndex()
         drop = "segmentation" if iou_type == "bbox" else "bbox"
-        evaluator = COCOeval(coco, coco.loadRes([{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)]), iou_type)
+        evaluator = COCOeval(
+            coco,
+            coco.loadRes(
+                [{k: v for k, v in r.items() if k != drop} for r in copy.deepcopy(results)]
+            ),
+            iou_type,
+        )
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -129,9 +176,14 @@ def _direct_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
 
 
 def test_agrees_with_pycocotools(gt):
-    results = [det(1, 1, square(2, 0, 20), 0.9), det(1, 1, square(0, 5, 18), 0.4), det(1, 2, square(32, 28, 20), 0.8),
-               det(2, 1, square(12, 12, 26, h=48), 0.7), det(2, 3, square(46, 2, 10, h=48), 0.95),
-               det(3, 2, square(5, 5, 30), 0.6)]
+    results = [
+        det(1, 1, square(2, 0, 20), 0.9),
+        det(1, 1, square(0, 5, 18), 0.4),
+        det(1, 2, square(32, 28, 20), 0.8),
+        det(2, 1, square(12, 12, 26, h=48), 0.7),
+        det(2, 3, square(46, 2, 10, h=48), 0.95),
+        det(3, 2, square(5, 5, 30), 0.6),
+    ]
     m = metrics.evaluate_results(gt, results)
     for iou_type in ("bbox", "segm"):
         ours = [m[iou_type][k] for k in metrics.SUMMARY_KEYS]
@@ -193,7 +245,9 @@ def test_bad_mask_size_and_missing_keys_raise(gt):
     with pytest.raises(ValueError, match=r"mask size \[64, 64\].*\[48, 64\]"):
         metrics.mean_iou(gt, [det(2, 1, square(0, 0, 10))])
     with pytest.raises(ValueError, match=r"result 0 lacks \['segmentation'\]"):
-        metrics.mean_iou(gt, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}])
+        metrics.mean_iou(
+            gt, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}]
+        )
 
 
 def test_paths_are_accepted(gt, tmp_path):
@@ -201,9 +255,14 @@ def test_paths_are_accepted(gt, tmp_path):
     results = perfect(gt)
     for r in results:  # annToRLE gives bytes counts for polygons; a JSON file holds str
         counts = r["segmentation"]["counts"]
-        r["segmentation"] = {"size": r["segmentation"]["size"], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+        r["segmentation"] = {
+            "size": r["segmentation"]["size"],
+            "counts": counts.decode() if isinstance(counts, bytes) else counts,
+        }
     (tmp_path / "res.json").write_text(json.dumps(results))
-    assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"]["AP"] == pytest.approx(1.0)
+    assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"][
+        "AP"
+    ] == pytest.approx(1.0)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         metrics.evaluate_results(tmp_path / "missing.json", [])
 
@@ -220,9 +279,14 @@ def test_mean_iou_hand_computed(gt):
 
 
 def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
-    cake3 = mask_utils.decode(metrics.load_ground_truth(gt).annToRLE(gt["annotations"][2])).astype(bool)
-    results = [det(1, 1, square(10, 0, 20)), det(2, 1, cake3.astype(np.uint8)),
-               det(2, 3, square(34, 0, 20, h=48))]  # dog: half inside the dog crowd (44..63)
+    cake3 = mask_utils.decode(metrics.load_ground_truth(gt).annToRLE(gt["annotations"][2])).astype(
+        bool
+    )
+    results = [
+        det(1, 1, square(10, 0, 20)),
+        det(2, 1, cake3.astype(np.uint8)),
+        det(2, 3, square(34, 0, 20, h=48)),
+    ]  # dog: half inside the dog crowd (44..63)
     iou = metrics.pixel_iou(gt, results)
     a3 = int(cake3.sum())
     assert iou["cake"] == pytest.approx((200 + a3) / (600 + a3))
@@ -231,10 +295,14 @@ def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
 
 
 def test_pixel_iou_ignores_crowd_pixels_inside_an_instance(crowded):
-    crowded["annotations"].append(ann(6, 2, 2, square(30, 0, 20)))  # half under the car crowd (x 40..59)
+    crowded["annotations"].append(
+        ann(6, 2, 2, square(30, 0, 20))
+    )  # half under the car crowd (x 40..59)
     # Image 2: 200 of the 400 matched px are in the crowd, so I = U = 200; image 1: car B
     # (400 px) is missed, so U += 400.
-    assert metrics.pixel_iou(crowded, [det(2, 2, square(30, 0, 20))])["car"] == pytest.approx(200 / 600)
+    assert metrics.pixel_iou(crowded, [det(2, 2, square(30, 0, 20))])["car"] == pytest.approx(
+        200 / 600
+    )
 
 
 def test_confusion_matrix_hand_example(gt):
@@ -257,28 +325,43 @@ def crowded() -> dict:
     """Image 1: cake A and car B side by side (box IoU 1/3), dog C alone; image 2: cake D alone."""
     return {
         "images": [{"id": 1, "width": W, "height": H}, {"id": 2, "width": W, "height": H}],
-        "annotations": [ann(1, 1, 1, square(0, 0, 20)), ann(2, 1, 2, square(10, 0, 20)),
-                        ann(3, 1, 3, square(40, 40, 20)), ann(4, 2, 1, square(0, 0, 20)),
-                        ann(5, 2, 2, square(40, 0, 20), iscrowd=1)],
+        "annotations": [
+            ann(1, 1, 1, square(0, 0, 20)),
+            ann(2, 1, 2, square(10, 0, 20)),
+            ann(3, 1, 3, square(40, 40, 20)),
+            ann(4, 2, 1, square(0, 0, 20)),
+            ann(5, 2, 2, square(40, 0, 20), iscrowd=1),
+        ],
         "categories": copy.deepcopy(CATEGORIES),
     }
 
 
 def test_instance_overlap_and_occlusion_breakdown(crowded):
     assert metrics.instance_overlap(crowded) == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0})
-    results = [det(1, 1, square(0, 0, 20)), det(1, 3, square(40, 40, 20)), det(2, 1, square(10, 0, 20))]
+    results = [
+        det(1, 1, square(0, 0, 20)),
+        det(1, 3, square(40, 40, 20)),
+        det(2, 1, square(10, 0, 20)),
+    ]
     out = metrics.occlusion_breakdown(crowded, results)
     assert {k: out["occluded"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
-        {"instances": 2, "recall": 0.5, "mean_iou": 0.5})
+        {"instances": 2, "recall": 0.5, "mean_iou": 0.5}
+    )
     assert {k: out["isolated"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
-        {"instances": 2, "recall": 0.5, "mean_iou": (1 + 1 / 3) / 2})
+        {"instances": 2, "recall": 0.5, "mean_iou": (1 + 1 / 3) / 2}
+    )
     assert out["occluded"]["per_class"]["car"] == {"instances": 1, "recall": 0.0, "mean_iou": 0.0}
     assert out["occluded"]["per_class"]["dog"] == {"instances": 0, "recall": -1.0, "mean_iou": -1.0}
-    assert metrics.occlusion_breakdown(crowded, results, overlap_thresh=0.5)["occluded"]["instances"] == 0
+    assert (
+        metrics.occlusion_breakdown(crowded, results, overlap_thresh=0.5)["occluded"]["instances"]
+        == 0
+    )
 
 
 def test_size_buckets_use_coco_ranges(crowded):
-    for a, area in zip(crowded["annotations"], (1023.0, 1024.0, 9216.0, 50.0, 99999.0), strict=True):
+    for a, area in zip(
+        crowded["annotations"], (1023.0, 1024.0, 9216.0, 50.0, 99999.0), strict=True
+    ):
         a["area"] = area
     assert metrics.size_buckets(crowded) == {
         "cake": {"small": 2, "medium": 0, "large": 0},
@@ -288,7 +371,11 @@ def test_size_buckets_use_coco_ranges(crowded):
 
 
 def test_worst_images_ranks_by_mean_iou(gt):
-    results = [det(1, 1, square(0, 0, 20)), det(1, 2, square(30, 30, 20)), det(2, 1, square(0, 0, 5, h=48))]
+    results = [
+        det(1, 1, square(0, 0, 20)),
+        det(1, 2, square(30, 30, 20)),
+        det(2, 1, square(0, 0, 5, h=48)),
+    ]
     assert metrics.worst_images(gt, results, n=5) == [(2, 0.0), (1, 1.0)]
 
 
@@ -321,7 +408,11 @@ def test_filter_predictions_threshold_and_nms():
     results = [dup, a, other_class, low]
     assert metrics.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
     assert metrics.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [a, other_class]
-    assert metrics.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [a, other_class, low]
+    assert metrics.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [
+        a,
+        other_class,
+        low,
+    ]
     assert metrics.filter_predictions(results, nms_thresh=0.99) == results
     with pytest.raises(ValueError, match="nms_thresh"):
         metrics.filter_predictions(results, nms_thresh=1.5)
@@ -336,9 +427,14 @@ def test_real_coco_annotations(coco_tiny):
     assert m["segm"]["AP"] == pytest.approx(1.0) and m["bbox"]["AP"] == pytest.approx(1.0)
     assert m["mean_iou"] == pytest.approx(1.0)
     rng = np.random.default_rng(0)
-    kept = [dict(r, score=float(rng.uniform()), bbox=[v + rng.uniform(-4, 4) for v in r["bbox"]])
-            for r in results if rng.uniform() > 0.2]
+    kept = [
+        dict(r, score=float(rng.uniform()), bbox=[v + rng.uniform(-4, 4) for v in r["bbox"]])
+        for r in results
+        if rng.uniform() > 0.2
+    ]
     m = metrics.evaluate_results(gt, kept)
     for iou_type in ("bbox", "segm"):
-        np.testing.assert_allclose([m[iou_type][k] for k in metrics.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9])
+        np.testing.assert_allclose(
+            [m[iou_type][k] for k in metrics.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9]
+        )
     assert 0.0 < m["bbox"]["AP"] < 1.0

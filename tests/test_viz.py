@@ -29,8 +29,12 @@ def instances():
     masks[0, 2:10, 2:10] = 1
     masks[1, 15:25, 20:40] = 1
     masks[2, 0:5, 40:48] = 1
-    return {"boxes": np.array([[2, 2, 10, 10], [20, 15, 40, 25], [40, 0, 48, 5]], dtype=np.float32),
-            "masks": masks, "labels": np.array([1, 2, 4]), "scores": np.array([0.9, 0.6, 0.2], dtype=np.float32)}
+    return {
+        "boxes": np.array([[2, 2, 10, 10], [20, 15, 40, 25], [40, 0, 48, 5]], dtype=np.float32),
+        "masks": masks,
+        "labels": np.array([1, 2, 4]),
+        "scores": np.array([0.9, 0.6, 0.2], dtype=np.float32),
+    }
 
 
 def rectangles(ax: Axes) -> list[Rectangle]:
@@ -95,9 +99,20 @@ def test_prediction_vs_gt_and_grid():
 
 
 def test_plot_losses_and_lr():
-    history = [{"iteration": i, "epoch": 0, "lr": 0.001 * i, "loss": 3.0 - i * 0.1, "loss_classifier": 1.0,
-                "loss_box_reg": 0.5, "loss_mask": 0.7, "loss_objectness": 0.3, "loss_rpn_box_reg": 0.1}
-               for i in range(10)]
+    history = [
+        {
+            "iteration": i,
+            "epoch": 0,
+            "lr": 0.001 * i,
+            "loss": 3.0 - i * 0.1,
+            "loss_classifier": 1.0,
+            "loss_box_reg": 0.5,
+            "loss_mask": 0.7,
+            "loss_objectness": 0.3,
+            "loss_rpn_box_reg": 0.1,
+        }
+        for i in range(10)
+    ]
     history.append({"epoch": 0, "segm_AP": 0.1})
     ax = viz.plot_losses(history, smooth=3)
     assert len(ax.lines) == 6 and len(ax.lines[0].get_xdata()) == 8
@@ -108,11 +123,16 @@ def test_plot_losses_and_lr():
 
 
 def test_bar_charts():
-    counts = {"train": {"cake": {"images": 3, "instances": 5}, "car": {"images": 2, "instances": 4}},
-              "val": {"cake": {"images": 1, "instances": 1}, "car": {"images": 2, "instances": 2}}}
+    counts = {
+        "train": {"cake": {"images": 3, "instances": 5}, "car": {"images": 2, "instances": 4}},
+        "val": {"cake": {"images": 1, "instances": 1}, "car": {"images": 2, "instances": 2}},
+    }
     ax = viz.plot_category_counts(counts)
     assert [p.get_height() for p in rectangles(ax)] == [5, 4, 1, 2]
-    sizes = {"cake": {"small": 1, "medium": 2, "large": 0}, "car": {"small": 0, "medium": 0, "large": 3}}
+    sizes = {
+        "cake": {"small": 1, "medium": 2, "large": 0},
+        "car": {"small": 0, "medium": 0, "large": 3},
+    }
     assert len(rectangles(viz.plot_size_distribution(sizes))) == 6
     section = {"AP": 0.5, "per_class": {"cake": {"AP": 0.4}, "car": {"AP": -1.0}}}
     m = {"bbox": section, "segm": {**section, "AP": 0.25}}
@@ -120,16 +140,25 @@ def test_bar_charts():
     assert [p.get_height() for p in rectangles(ax)] == [40.0, 0.0, 50.0, 40.0, 0.0, 25.0]
     assert "n/a" in [t.get_text() for t in ax.texts]  # undefined AP, not a zero
     assert len(rectangles(viz.plot_ap_comparison(m, m, ("a", "b")))) == 6
-    breakdown = {"occluded": {"instances": 2, "recall": 0.5, "mean_iou": 0.4},
-                 "isolated": {"instances": 3, "recall": 1.0, "mean_iou": 0.9}}
-    assert [p.get_height() for p in rectangles(viz.plot_occlusion(breakdown))] == [50.0, 40.0, 100.0, 90.0]
+    breakdown = {
+        "occluded": {"instances": 2, "recall": 0.5, "mean_iou": 0.4},
+        "isolated": {"instances": 3, "recall": 1.0, "mean_iou": 0.9},
+    }
+    assert [p.get_height() for p in rectangles(viz.plot_occlusion(breakdown))] == [
+        50.0,
+        40.0,
+        100.0,
+        90.0,
+    ]
     ax = viz.plot_overlap_histogram({1: 0.0, 2: 0.3, 3: 0.5}, overlap_thresh=0.1)
     assert "67%" in ax.get_title()
 
 
 def test_pr_curves_and_confusion():
-    curves = {"cake": {"recall": [0, 0.5, 1], "precision": [1, 1, 0], "AP": 0.66},
-              "all": {"recall": [0, 0.5, 1], "precision": [1, 0.5, 0], "AP": 0.5}}
+    curves = {
+        "cake": {"recall": [0, 0.5, 1], "precision": [1, 1, 0], "AP": 0.66},
+        "all": {"recall": [0, 0.5, 1], "precision": [1, 0.5, 0], "AP": 0.5},
+    }
     ax = viz.plot_pr_curves(curves)
     assert [line.get_label() for line in ax.lines] == ["cake (AP 66.0)", "all (AP 50.0)"]
     matrix = np.array([[0, 2, 0], [1, 3, 0], [0, 0, 0]], dtype=np.int64)
