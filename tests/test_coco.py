@@ -1,0 +1,330 @@
+"""Subset building (union, balance, renumbering, reproducibility, bad input) and downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seglib.coco import SubsetError, build_subset, load_instances
+from seglib.config import DEFAULT_CATEGORIES
+
+COCO_IDS = {"person": 1, "car": 3, "dog": 18, "cake": 61}
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _copy_root(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _subset(root: Path, out: Path, **kwargs) -> dict:
+    kwargs = {"num_train": 12, "num_val": 6, "num_test": 4, "progress": False, **kwargs}
+    return build_subset(root, out, **kwargs)
+
+
+# --- what it writes --------------------------------------------------------------------------
+def test_split_files_and_categories(synthetic_subset):
+    for split, n in (("train", 12), ("val", 6), ("test", 4)):
+        doc = _read(synthetic_subset / f"{split}.json")
+        assert list(doc) == ["info", "licenses", "images", "annotations", "categories"]
+        assert doc["categories"] == [
+            {"id": i + 1, "name": name, "supercategory": doc["categories"][i]["supercategory"],
+             "coco_id": COCO_IDS[name]}
+            for i, name in enumerate(DEFAULT_CATEGORIES)
+        ]
+        assert len(doc["images"]) == n
+        assert [im["id"] for im in doc["images"]] == sorted(im["id"] for im in doc["images"])
+        assert [a["id"] for a in doc["annotations"]] == sorted(a["id"] for a in doc["annotations"])
+        assert {a["category_id"] for a in doc["annotations"]} <= {1, 2, 3, 4}
+        for im in doc["images"]:
+            assert (synthetic_subset / "images" / im["file_name"]).is_file()
+            assert im["coco_url"].endswith(f"/{'train' if split == 'train' else 'val'}2017/{im['file_name']}")
+
+
+def test_original_ids_kept_and_labels_renumbered(synthetic_coco, synthetic_subset):
+    for split, folder in (("train", "train2017"), ("val", "val2017"), ("test", "val2017")):
+        src = _read(synthetic_coco / "annotations" / f"instances_{folder}.json")
+        src_anns = {a["id"]: a for a in src["annotations"]}
+        src_images = {im["id"]: im for im in src["images"]}
+        doc = _read(synthetic_subset / f"{split}.json")
+        to_coco = {c["id"]: c["coco_id"] for c in doc["categories"]}
+        for im in doc["images"]:
+            assert src_images[im["id"]]["file_name"] == im["file_name"]
+        for a in doc["annotations"]:
+            orig = src_anns[a["id"]]
+            assert orig["image_id"] == a["image_id"]
+            assert to_coco[a["category_id"]] == orig["category_id"]
+            assert orig["segmentation"] == a["segmentation"] and orig["iscrowd"] == a["iscrowd"]
+        # every annotation of a chosen category on a chosen image is there, crowd included
+        ids = {im["id"] for im in doc["images"]}
+        expected = {a["id"] for a in src["annotations"]
+                    if a["image_id"] in ids and a["category_id"] in COCO_IDS.values()}
+        assert {a["id"] for a in doc["annotations"]} == expected
+
+
+def test_splits_come_from_the_right_folder_and_are_disjoint(synthetic_coco, synthetic_subset):
+    train_ids = {im["id"] for im in _read(synthetic_coco / "annotations/instances_train2017.json")["images"]}
+    val_ids = {im["id"] for im in _read(synthetic_coco / "annotations/instances_val2017.json")["images"]}
+    got = {s: {im["id"] for im in _read(synthetic_subset / f"{s}.json")["images"]} for s in ("train", "val", "test")}
+    assert got["train"] <= train_ids
+    assert got["val"] <= val_ids and got["test"] <= val_ids
+    assert not got["val"] & got["test"]
+
+
+def test_every_image_qualifies(synthetic_subset):
+    for split in ("train", "val", "test"):
+        doc = _read(synthetic_subset / f"{split}.json")
+        with_instance = {a["image_id"] for a in doc["annotations"] if not a["iscrowd"]}
+        assert with_instance == {im["id"] for im in doc["images"]}
+
+
+def test_crowd_kept_with_iscrowd(synthetic_coco, tmp_path):
+    # all qualifying train images, so the synthetic crowd-plus-instance image is in
+    manifest = _subset(synthetic_coco, tmp_path, num_train=21, num_val=1, num_test=1)
+    doc = _read(tmp_path / "train.json")
+    crowd = [a for a in doc["annotations"] if a["iscrowd"]]
+    assert crowd and all(isinstance(a["segmentation"], dict) for a in crowd)
+    assert manifest["totals"]["train"]["crowd"] == len(crowd)
+
+
+def test_manifest(synthetic_coco, synthetic_subset):
+    manifest = _read(synthetic_subset / "manifest.json")
+    assert manifest["seed"] == 0
+    assert manifest["arguments"]["categories"] == list(DEFAULT_CATEGORIES)
+    assert manifest["source"]["coco_root"] == str(synthetic_coco.resolve())
+    for split in ("train", "val", "test"):
+        doc = _read(synthetic_subset / f"{split}.json")
+        assert set(manifest["counts"][split]) == set(DEFAULT_CATEGORIES)
+        person = [a for a in doc["annotations"] if a["category_id"] == 4 and not a["iscrowd"]]
+        assert manifest["counts"][split]["person"]["instances"] == len(person)
+        assert manifest["counts"][split]["person"]["images"] == len({a["image_id"] for a in person})
+        assert manifest["totals"][split]["images"] == len(doc["images"])
+        hashes = manifest["images"][split]
+        assert set(hashes) == {im["file_name"] for im in doc["images"]}
+        for name, digest in hashes.items():
+            assert hashlib.sha256((synthetic_subset / "images" / name).read_bytes()).hexdigest() == digest
+
+
+def test_class_balance_rarest_first(synthetic_coco, tmp_path):
+    """Each category reaches ~n/k images even where a plain random draw would starve it."""
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    # Make dog rare in train: keep it on only 2 of ~20 qualifying images.
+    path = root / "annotations/instances_train2017.json"
+    data = _read(path)
+    dog_images = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] == 18})
+    keep = set(dog_images[:2])
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 18 or a["image_id"] in keep]
+    path.write_text(json.dumps(data))
+    for seed in range(5):
+        manifest = _subset(root, tmp_path / f"out{seed}", num_train=8, num_val=4, num_test=2, seed=seed)
+        counts = manifest["counts"]["train"]
+        assert counts["dog"]["images"] == 2, seed  # n/k = 2; a plain draw gets both 16% of the time
+        assert all(counts[c]["images"] >= 2 for c in DEFAULT_CATEGORIES), counts
+
+
+def test_union_not_intersection(synthetic_coco, tmp_path):
+    """Images with only one of the chosen categories qualify (getImgIds would intersect)."""
+    manifest = _subset(synthetic_coco, tmp_path, categories=["dog", "cake"], num_train=10, num_val=4, num_test=2)
+    doc = _read(tmp_path / "train.json")
+    by_image: dict[int, set[int]] = {}
+    for a in doc["annotations"]:
+        by_image.setdefault(a["image_id"], set()).add(a["category_id"])
+    assert any(cats == {1} for cats in by_image.values()) and any(cats == {2} for cats in by_image.values())
+    assert [c["name"] for c in manifest["categories"]] == ["dog", "cake"]
+    assert [c["coco_id"] for c in manifest["categories"]] == [18, 61]
+
+
+def test_same_seed_same_bytes_other_seed_other_images(synthetic_coco, synthetic_subset, tmp_path):
+    _subset(synthetic_coco, tmp_path / "again", seed=0)
+    for name in ("train.json", "val.json", "test.json", "manifest.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (synthetic_subset / name).read_bytes(), name
+    _subset(synthetic_coco, tmp_path / "other", seed=1)
+    assert (tmp_path / "other/train.json").read_bytes() != (synthetic_subset / "train.json").read_bytes()
+
+
+def test_changing_one_count_keeps_the_other_splits(synthetic_coco, synthetic_subset, tmp_path):
+    _subset(synthetic_coco, tmp_path, num_train=10)
+    assert (tmp_path / "val.json").read_bytes() == (synthetic_subset / "val.json").read_bytes()
+
+
+def test_rerun_into_same_folder_is_stable(synthetic_coco, tmp_path):
+    first = _subset(synthetic_coco, tmp_path)
+    before = (tmp_path / "train.json").read_bytes()
+    second = _subset(synthetic_coco, tmp_path)
+    assert first == second and (tmp_path / "train.json").read_bytes() == before
+
+
+def test_awkward_images_are_copied_verbatim(synthetic_coco, tmp_path):
+    """Grayscale, CMYK and EXIF-rotated files pass the decode check and keep their bytes."""
+    _subset(synthetic_coco, tmp_path, num_train=21, num_val=15, num_test=6)
+    for split, folder in (("train", "train2017"), ("val", "val2017")):
+        for im in _read(tmp_path / f"{split}.json")["images"]:
+            assert (tmp_path / "images" / im["file_name"]).read_bytes() == (
+                synthetic_coco / folder / im["file_name"]).read_bytes()
+
+
+def test_counts_zero_split(synthetic_coco, tmp_path):
+    manifest = _subset(synthetic_coco, tmp_path, num_test=0)
+    assert _read(tmp_path / "test.json")["images"] == []
+    assert manifest["totals"]["test"]["images"] == 0
+
+
+# --- bad input -------------------------------------------------------------------------------
+def _no_outputs(out: Path) -> bool:
+    return not any((out / n).exists() for n in ("train.json", "val.json", "test.json", "manifest.json"))
+
+
+def test_unknown_category_lists_valid_ones(synthetic_coco, tmp_path):
+    with pytest.raises(SubsetError, match=r"unknown category \['horse'\].*cake.*person"):
+        _subset(synthetic_coco, tmp_path, categories=["cake", "horse"])
+    assert _no_outputs(tmp_path)
+
+
+def test_more_images_than_qualify(synthetic_coco, tmp_path):
+    with pytest.raises(SubsetError, match=r"train2017: asked for 30 train = 30 images but only 21.*"
+                                          r"val2017: asked for 20 val \+ 5 test = 25 images but only 21"):
+        _subset(synthetic_coco, tmp_path, num_train=30, num_val=20, num_test=5)
+    assert _no_outputs(tmp_path)
+
+
+def test_missing_annotations_says_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"instances_train2017\.json.*--download"):
+        _subset(tmp_path / "nowhere", tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "not_coco"])
+def test_malformed_json_names_the_file(synthetic_coco, tmp_path, damage):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    path = root / "annotations/instances_val2017.json"
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": b"\x00\xff<html>",
+                      "not_coco": b'{"images": {}}'}[damage])
+    with pytest.raises(SubsetError, match="instances_val2017.json"):
+        _subset(root, tmp_path / "out")
+    with pytest.raises(SubsetError, match="instances_val2017.json"):
+        load_instances(path)
+    assert _no_outputs(tmp_path / "out")
+
+
+def _damage_annotations(root: Path, folder: str, fn) -> None:
+    path = root / "annotations" / f"instances_{folder}.json"
+    data = _read(path)
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("category_id", 999, r"annotation \d+ has category_id 999"),
+    ("image_id", 123456789, r"annotation \d+ refers to image_id 123456789"),
+    ("segmentation", "oops", r"annotation \d+: segmentation must be"),
+    ("segmentation", [[1.0, 2.0, 3.0]], r"annotation \d+: each polygon"),
+])
+def test_bad_annotation_names_its_id(synthetic_coco, tmp_path, field, value, match):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    _damage_annotations(root, "train2017", lambda d: d["annotations"][5].__setitem__(field, value))
+    ann_id = _read(root / "annotations/instances_train2017.json")["annotations"][5]["id"]
+    with pytest.raises(SubsetError, match=match) as info:
+        _subset(root, tmp_path / "out")
+    assert str(ann_id) in str(info.value)
+    assert _no_outputs(tmp_path / "out")
+
+
+def test_degenerate_polygon_parts_are_dropped(synthetic_coco, tmp_path):
+    """A 4-number polygon is read as a box by pycocotools; it is dropped, the rest kept."""
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    data = _read(root / "annotations/instances_train2017.json")
+    target = next(a for a in data["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
+
+    def damage(d):
+        for a in d["annotations"]:
+            if a["id"] == target["id"]:
+                a["segmentation"] = [*a["segmentation"], [1.0, 1.0, 5.0, 5.0]]
+    _damage_annotations(root, "train2017", damage)
+    manifest = _subset(root, tmp_path / "out", num_train=21, num_val=2, num_test=1)
+    got = next(a for a in _read(tmp_path / "out/train.json")["annotations"] if a["id"] == target["id"])
+    assert got["segmentation"] == target["segmentation"]
+    assert manifest["dropped_annotations"] == []
+
+
+@pytest.mark.parametrize("name", ["../escape.jpg", "/etc/passwd", "sub/../../x.jpg", "C:\\x.jpg", ".."])
+def test_file_name_escaping_image_folder(synthetic_coco, tmp_path, name):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    _damage_annotations(root, "val2017", lambda d: d["images"][3].__setitem__("file_name", name))
+    with pytest.raises(SubsetError, match="escapes the image folder"):
+        _subset(root, tmp_path / "out")
+    assert _no_outputs(tmp_path / "out")
+
+
+def _chosen_file(root: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A train image the default subset picks, found by a throwaway build."""
+    _subset(root, tmp_path / "probe")
+    doc = _read(tmp_path / "probe/train.json")
+    crowd_images = {a["image_id"] for a in doc["annotations"] if a["iscrowd"]}
+    name = next(im["file_name"] for im in doc["images"] if im["id"] not in crowd_images)
+    return name, root / "train2017" / name
+
+
+def test_missing_image(synthetic_coco, tmp_path):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    name, path = _chosen_file(root, tmp_path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name}.*--download"):
+        _subset(root, tmp_path / "out")
+    assert _no_outputs(tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_image(synthetic_coco, tmp_path, damage):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    name, path = _chosen_file(root, tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"not a jpeg at all")
+    with pytest.raises(SubsetError, match=f"{name}.*corrupt"):
+        _subset(root, tmp_path / "out")
+    assert _no_outputs(tmp_path / "out")
+
+
+def test_image_size_mismatch(synthetic_coco, tmp_path):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    name, _ = _chosen_file(root, tmp_path)
+    _damage_annotations(root, "train2017", lambda d: [
+        im.__setitem__("width", 999) for im in d["images"] if im["file_name"] == name])
+    with pytest.raises(SubsetError, match=f"{name}.*999"):
+        _subset(root, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"categories": []}, "non-empty"),
+    ({"categories": ["cake", "cake"]}, "repeat"),
+    ({"num_train": -1}, "num_train"),
+    ({"num_train": 0, "num_val": 0, "num_test": 0}, "nothing to build"),
+    ({"workers": 0}, "workers"),
+    ({"base_url": "ftp://mirror"}, "base_url"),
+])
+def test_bad_arguments(synthetic_coco, tmp_path, kwargs, match):
+    with pytest.raises(SubsetError, match=match):
+        _subset(synthetic_coco, tmp_path, **kwargs)
+
+
+def test_library_is_silent(synthetic_coco, tmp_path, capsys):
+    _subset(synthetic_coco, tmp_path)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_sampling_is_spread_over_seeds(synthetic_coco, tmp_path):
+    """Different seeds draw different images (the sampler is not a fixed prefix)."""
+    picks = set()
+    for seed in range(4):
+        _subset(synthetic_coco, tmp_path / str(seed), seed=seed, num_train=6, num_val=2, num_test=1)
+        picks.add(tuple(im["id"] for im in _read(tmp_path / str(seed) / "train.json")["images"]))
+    assert len(picks) >= 3
+    assert np.all([len(p) == 6 for p in picks])
