@@ -14,8 +14,6 @@ survives whole: a crop never removes every instance (albumentations#383).
 
 from __future__ import annotations
 
-import os
-
 import albumentations as A
 import numpy as np
 import torch
@@ -67,10 +65,11 @@ class TrainTransform:
     the seed recipe (crops keep at least 60% of each side, brightness/contrast/saturation
     +-20%, hue +-0.02), 2 is the maximum (crops down to 20% of a side).
 
-    Randomness: the generator is (re)seeded from ``torch.initial_seed()`` the first time it is
-    used in a process and whenever that seed changes. So ``torch.manual_seed(s)`` makes the draws
-    reproducible in the main process, and each DataLoader worker (which torch seeds with
-    ``base_seed + worker_id``) draws its own stream instead of a forked copy of the same one.
+    Randomness: every call draws one seed from torch's global generator and seeds the crop and
+    albumentations from it, like torchvision's own transforms. So ``torch.manual_seed(s)`` makes
+    the draws reproducible, and each DataLoader worker (which torch seeds with
+    ``base_seed + worker_id``) draws its own stream instead of a forked copy of the same one
+    (albumentations' own generator would be copied into every worker).
     """
 
     def __init__(self, strength: float = 1.0, hflip_prob: float = 0.5) -> None:
@@ -97,19 +96,15 @@ class TrainTransform:
             ops,
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["guide_ids"], clip=True),
         )
-        self._seed_key: tuple[int, int] | None = None
         self._rng = np.random.default_rng(0)
 
     def __repr__(self) -> str:
         return f"TrainTransform(strength={self.strength}, hflip_prob={self.hflip_prob})"
 
-    def _reseed_if_needed(self) -> None:
-        key = (os.getpid(), torch.initial_seed())
-        if key != self._seed_key:
-            seed = torch.initial_seed() % 2**32
-            self._pipeline.set_random_seed(seed)
-            self._rng = np.random.default_rng(seed)
-            self._seed_key = key
+    def _reseed_from_torch(self) -> None:
+        seed = int(torch.randint(0, 2**32, (1,)).item())
+        self._pipeline.set_random_seed(seed)
+        self._rng = np.random.default_rng(seed)
 
     def _crop_guide(self, boxes: np.ndarray, h: int, w: int) -> np.ndarray:
         """A random window of at least ``min_crop`` of each side containing one instance's box.
@@ -161,7 +156,7 @@ class TrainTransform:
             raise ValueError(
                 f"labels must be [{masks.shape[0]}] to match masks, got {labels.shape}"
             )
-        self._reseed_if_needed()
+        self._reseed_from_torch()
 
         data = {"image": image, "guide_ids": [0]}
         data["bboxes"] = self._crop_guide(boxes_from_masks(masks), h, w)
@@ -173,7 +168,7 @@ class TrainTransform:
         if not len(masks):
             return image, np.zeros((0, *image.shape[:2]), dtype=np.uint8), labels.astype(np.int64)
         masks = np.asarray(out["masks"], dtype=np.uint8)
-        keep = masks.reshape(len(masks), -1).any(axis=1)
+        keep = masks.any(axis=(1, 2))
         return image, np.ascontiguousarray(masks[keep]), labels[keep].astype(np.int64)
 
 

@@ -1,0 +1,227 @@
+"""Train augmentation: masks, labels and image stay in sync over many random draws."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from seglib.dataset import load_rgb
+from seglib.transforms import TrainTransform, boxes_from_masks, eval_transforms, train_transforms
+
+# pycocotools 2.0.11 under numpy 2 warns inside its own decode; nothing seglib can change.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+DRAWS = 200
+
+
+# --- boxes_from_masks ---------------------------------------------------------------------
+def test_boxes_from_masks_are_tight_and_exclusive_at_the_far_edge():
+    masks = np.zeros((3, 6, 8), np.uint8)
+    masks[0, 1:4, 2:7] = 1  # rows 1..3, cols 2..6
+    masks[1, 5, 7] = 1  # one pixel in the bottom-right corner
+    boxes = boxes_from_masks(masks)
+    assert boxes.dtype == np.float32 and boxes.shape == (3, 4)
+    np.testing.assert_array_equal(boxes[0], [2, 1, 7, 4])
+    np.testing.assert_array_equal(boxes[1], [7, 5, 8, 6])
+    np.testing.assert_array_equal(boxes[2], [0, 0, 0, 0])  # empty mask: zeros, caller drops it
+
+
+def test_boxes_from_masks_handles_no_instances_and_bool_input():
+    assert boxes_from_masks(np.zeros((0, 5, 5), np.uint8)).shape == (0, 4)
+    masks = np.zeros((1, 4, 4), bool)
+    masks[0, 2, 1] = True
+    np.testing.assert_array_equal(boxes_from_masks(masks)[0], [1, 2, 2, 3])
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        boxes_from_masks(np.zeros((4, 4), np.uint8))
+
+
+# --- construction and simple cases --------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [{"strength": -0.1}, {"strength": 2.5}, {"hflip_prob": 1.5}])
+def test_train_transforms_rejects_out_of_range_settings(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        train_transforms(**kwargs)
+
+
+def test_eval_transforms_is_none():
+    assert eval_transforms() is None
+
+
+def _asymmetric_case():
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[:, :10] = (255, 0, 0)
+    masks = np.zeros((2, 20, 30), np.uint8)
+    masks[0, 2:12, 3:6] = 1  # an L: a vertical bar ...
+    masks[0, 10:12, 3:12] = 1  # ... and a foot to the right
+    masks[1, 15:18, 20:29] = 1
+    return image, masks, np.array([2, 1])
+
+
+def test_flip_mirrors_image_and_masks():
+    image, masks, labels = _asymmetric_case()
+    out_image, out_masks, out_labels = train_transforms(strength=0.0, hflip_prob=1.0)(
+        image=image, masks=masks, labels=labels
+    )
+    np.testing.assert_array_equal(out_image, image[:, ::-1])
+    np.testing.assert_array_equal(out_masks, masks[:, :, ::-1])
+    np.testing.assert_array_equal(out_labels, labels)
+    assert out_labels.dtype == np.int64 and out_masks.dtype == np.uint8
+
+
+def test_strength_zero_without_flip_is_identity():
+    image, masks, labels = _asymmetric_case()
+    out_image, out_masks, out_labels = train_transforms(strength=0.0, hflip_prob=0.0)(
+        image=image, masks=masks, labels=labels
+    )
+    np.testing.assert_array_equal(out_image, image)
+    np.testing.assert_array_equal(out_masks, masks)
+    np.testing.assert_array_equal(out_labels, labels)
+
+
+def test_no_instances_gives_empty_arrays_of_the_right_shape():
+    t = train_transforms(strength=2.0, hflip_prob=0.5)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        image, masks, labels = t(
+            image=np.full((40, 50, 3), 90, np.uint8),
+            masks=np.zeros((0, 40, 50), np.uint8),
+            labels=np.zeros(0, np.int64),
+        )
+        assert masks.shape == (0, *image.shape[:2]) and masks.dtype == np.uint8
+        assert labels.shape == (0,) and labels.dtype == np.int64
+
+
+def test_mismatched_inputs_are_rejected():
+    image, masks, labels = _asymmetric_case()
+    t = train_transforms()
+    with pytest.raises(ValueError, match="masks"):
+        t(image=image, masks=masks[:, :10], labels=labels)
+    with pytest.raises(ValueError, match="labels"):
+        t(image=image, masks=masks, labels=labels[:1])
+    with pytest.raises(ValueError, match="image"):
+        t(image=image[:, :, 0], masks=masks, labels=labels)
+
+
+def test_draws_are_reproducible_per_torch_seed_and_survive_pickling():
+    image, masks, labels = _asymmetric_case()
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    masks = np.zeros((1, 60, 80), np.uint8)
+    masks[0, 20:30, 30:40] = 1
+    t = train_transforms(strength=2.0)
+
+    def draw(transform, seed):
+        torch.manual_seed(seed)
+        return transform(image=image, masks=masks, labels=np.array([1]))
+
+    first, again = draw(t, 3), draw(t, 3)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    copy = pickle.loads(pickle.dumps(t))
+    np.testing.assert_array_equal(draw(copy, 3)[0], first[0])
+    shapes = {draw(t, seed)[0].shape for seed in range(10)}
+    assert len(shapes) > 1, "different seeds should give different crops"
+
+
+# --- the sync property --------------------------------------------------------------------
+def _check_invariants(n_in, image_in, out, k):
+    image, masks, labels = out
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert masks.dtype == np.uint8 and masks.ndim == 3 and masks.shape[1:] == image.shape[:2]
+    assert labels.dtype == np.int64 and labels.shape == (len(masks),)
+    assert set(np.unique(masks)) <= {0, 1}
+    assert masks.any(axis=(1, 2)).all(), "an empty mask survived"
+    assert ((labels >= 1) & (labels <= k)).all()
+    assert len(masks) <= n_in
+    if n_in:
+        assert len(masks) >= 1, "the crop removed every instance"
+    boxes = boxes_from_masks(masks)
+    assert ((boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)).all()
+    assert image.shape[0] <= image_in.shape[0] and image.shape[1] <= image_in.shape[1]
+
+
+def test_labels_masks_and_image_stay_paired_over_random_draws():
+    """Disjoint instances painted grey by label: after any draw, each surviving mask must sit
+    on its own grey level (jitter is monotonic on grey), in label order."""
+    rng = np.random.default_rng(0)
+    t = train_transforms(strength=1.0)
+    for seed in range(DRAWS):
+        h, w = rng.integers(40, 120, size=2)
+        masks, labels = [], []
+        for label in rng.permutation(4)[: rng.integers(0, 5)] + 1:
+            m = np.zeros((h, w), np.uint8)
+            x0, y0 = rng.integers(0, w - 3), rng.integers(0, h - 3)
+            m[y0 : y0 + rng.integers(1, 25), x0 : x0 + rng.integers(1, 25)] = 1
+            m[sum(masks, np.zeros((h, w), np.uint8)) > 0] = 0  # keep instances disjoint
+            if m.any():
+                masks.append(m)
+                labels.append(int(label))
+        masks = np.array(masks, np.uint8).reshape(len(masks), h, w)
+        labels = np.array(labels, np.int64)
+        image = np.zeros((h, w, 3), np.uint8)
+        for m, label in zip(masks, labels, strict=True):
+            image[m > 0] = 30 + 50 * label
+        torch.manual_seed(seed)
+        out = t(image=image, masks=masks, labels=labels)
+        _check_invariants(len(masks), image, out, k=4)
+        out_image, out_masks, out_labels = out
+        grey = out_image[:, :, 0].astype(int)
+        background = grey[~out_masks.any(axis=0)] if len(out_masks) else grey.ravel()
+        levels = []
+        for m in out_masks:
+            inside = grey[m > 0]
+            assert inside.min() == inside.max(), f"draw {seed}: mask and image out of sync"
+            levels.append(inside[0])
+        if len(background):
+            assert not levels or background.max() < min(levels)
+        order = np.argsort(levels)
+        assert (np.diff(out_labels[order]) > 0).all(), f"draw {seed}: labels swapped"
+
+
+def _coco_samples(json_path: Path, image_dir: Path):
+    """(image, masks, labels 1..k, k) per image of a COCO file, non-crowd instances only."""
+    coco = COCO()
+    coco.dataset = json.loads(json_path.read_text())
+    coco.createIndex()
+    contiguous = {cid: i + 1 for i, cid in enumerate(sorted(coco.cats))}
+    samples = []
+    for img_id in sorted(coco.imgs):
+        info = coco.imgs[img_id]
+        anns = [a for a in coco.imgToAnns[img_id] if not a["iscrowd"]]
+        image = load_rgb(image_dir / info["file_name"])
+        masks = np.zeros((len(anns), info["height"], info["width"]), np.uint8)
+        for j, ann in enumerate(anns):
+            masks[j] = coco.annToMask(ann)
+        labels = np.array([contiguous[a["category_id"]] for a in anns], np.int64)
+        samples.append((image, masks, labels))
+    return samples, len(contiguous)
+
+
+def _property_over_samples(samples, k):
+    t = TrainTransform(strength=1.0, hflip_prob=0.5)
+    seen_crop = seen_drop = False
+    for seed in range(DRAWS):
+        image, masks, labels = samples[seed % len(samples)]
+        torch.manual_seed(seed)
+        out = t(image=image, masks=masks, labels=labels)
+        _check_invariants(len(masks), image, out, k)
+        seen_crop |= out[0].shape != image.shape
+        seen_drop |= len(out[1]) < len(masks)
+    assert seen_crop and seen_drop, "the draws never cropped or never dropped an instance"
+
+
+def test_sync_property_on_synthetic_images(synthetic_coco):
+    samples, k = _coco_samples(
+        synthetic_coco / "annotations" / "instances_train2017.json", synthetic_coco / "train2017"
+    )
+    _property_over_samples(samples, k)
+
+
+@pytest.mark.coco_tiny
+def test_sync_property_on_real_coco_images(coco_tiny):
+    samples, k = _coco_samples(coco_tiny / "instances_train2017_tiny.json", coco_tiny / "train2017")
+    _property_over_samples(samples, k)
