@@ -536,8 +536,8 @@ def _place_images(jobs: list[tuple[str, dict[str, Any]]], workers: int, progress
             bar.close()
     if errors:
         first = errors[0]
-        if len(errors) > 1:
-            first.add_note(f"({len(errors) - 1} more image(s) failed too)")
+        if len(errors) > 1 and isinstance(first, (SubsetError, DownloadError, FileNotFoundError)):
+            raise type(first)(f"{first} ({len(errors) - 1} more image(s) failed too)") from first
         raise first
     return hashes
 
