@@ -103,7 +103,8 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
             raise SubsetError(f"{path}: category {c!r} needs an int 'id' and a str 'name'")
         cat_ids.add(c["id"])
-    images = {}
+    images: dict[int, dict[str, Any]] = {}
+    names: dict[str, int] = {}
     for im in data["images"]:
         if not isinstance(im, dict) or not isinstance(im.get("id"), int):
             raise SubsetError(f"{path}: image entry {str(im)[:80]} has no int 'id'")
@@ -113,7 +114,9 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         for key in ("width", "height"):
             if not isinstance(im.get(key), int) or im[key] < 1:
                 raise SubsetError(f"{where}: '{key}' must be a positive int, got {im.get(key)!r}")
-        _check_file_name(im.get("file_name"), where)
+        name = _check_file_name(im.get("file_name"), where)
+        if names.setdefault(name, im["id"]) != im["id"]:
+            raise SubsetError(f"{where}: file_name {name!r} is also used by image {names[name]}")
         images[im["id"]] = im
     for a in data["annotations"]:
         if not isinstance(a, dict) or not isinstance(a.get("id"), int):
@@ -206,7 +209,9 @@ def check_image(path: str | Path) -> tuple[int, int]:
             im.load()
             return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise SubsetError(f"image {path} is missing or corrupt: {e}") from e
+        raise SubsetError(
+            f"image {path} is missing or corrupt: {e}. Delete it; with --download a rerun fetches it again"
+        ) from e
 
 
 def download_file(url: str, dest: str | Path, *, retries: int = 5, backoff: float = 1.0,

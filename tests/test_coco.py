@@ -263,6 +263,13 @@ def test_file_name_escaping_image_folder(synthetic_coco, tmp_path, name):
     assert _no_outputs(tmp_path / "out")
 
 
+def test_duplicate_file_name(synthetic_coco, tmp_path):
+    root = _copy_root(synthetic_coco, tmp_path / "root")
+    _damage_annotations(root, "train2017", lambda d: d["images"][4].__setitem__("file_name", d["images"][2]["file_name"]))
+    with pytest.raises(SubsetError, match="is also used by image"):
+        _subset(root, tmp_path / "out")
+
+
 def _chosen_file(root: Path, tmp_path: Path) -> tuple[str, Path]:
     """A train image the default subset picks, found by a throwaway build."""
     _subset(root, tmp_path / "probe")
@@ -318,6 +325,12 @@ def test_library_is_silent(synthetic_coco, tmp_path, capsys):
     _subset(synthetic_coco, tmp_path)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_progress_bar_only_when_asked(synthetic_coco, tmp_path, capsys):
+    _subset(synthetic_coco, tmp_path, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "22/22" in captured.err
 
 
 def test_sampling_is_spread_over_seeds(synthetic_coco, tmp_path):
