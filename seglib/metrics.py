@@ -623,6 +623,33 @@ def worst_images(
 
 
 # --- cached predictions and reporting -----------------------------------------------------
+def results_to_instances(results: Sequence[Mapping], image_id: int, *, score_thresh: float = 0.0) -> dict[str, np.ndarray]:
+    """Decode one image's COCO results into the arrays the model returns, for drawing.
+
+    Returns:
+        ``boxes`` float32 [N,4] XYXY px, ``masks`` uint8 [N,H,W], ``labels`` int64 [N],
+        ``scores`` float32 [N], for results of ``image_id`` with score >= ``score_thresh``,
+        highest score first. With no such result the mask array is [0,0,0].
+    """
+    rows = sorted(
+        (r for r in results if int(r["image_id"]) == int(image_id) and r["score"] >= score_thresh),
+        key=operator.itemgetter("score"),
+        reverse=True,
+    )
+    boxes = np.array([r["bbox"] for r in rows], dtype=np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    if rows:
+        masks = np.stack([mask_utils.decode(_as_rle(r["segmentation"], *r["segmentation"]["size"], f"result for image {image_id}")) for r in rows])
+    else:
+        masks = np.zeros((0, 0, 0), dtype=np.uint8)
+    return {
+        "boxes": boxes,
+        "masks": masks.astype(np.uint8),
+        "labels": np.array([r["category_id"] for r in rows], dtype=np.int64),
+        "scores": np.array([r["score"] for r in rows], dtype=np.float32),
+    }
+
+
 def filter_predictions(
     results: Sequence[Mapping],
     *,

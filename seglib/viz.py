@@ -69,6 +69,8 @@ def _to_masks(masks: Any, h: int, w: int) -> np.ndarray:
     m = _numpy(masks)
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
+    if m.ndim >= 1 and m.shape[0] == 0:
+        return np.zeros((0, h, w), dtype=bool)  # no instances: any empty shape will do
     if m.ndim != 3 or m.shape[1:] != (h, w):
         raise ValueError(
             f"masks must be [N,{h},{w}] or [N,1,{h},{w}] to match the image, got shape {m.shape}"
@@ -318,6 +320,23 @@ def plot_lr(history: Sequence[Mapping], ax: Axes | None = None) -> Axes:
     return ax
 
 
+def training_figure(size: float = 4.0) -> tuple[Figure, list[Axes]]:
+    """A figure with loss and learning-rate axes, not registered with pyplot.
+
+    For live redraws through a display handle: pyplot would show it a second time at the end
+    of the notebook cell.
+    """
+    fig = Figure(figsize=(2.5 * size, size), layout="constrained")
+    return fig, list(fig.subplots(1, 2))
+
+
+def draw_training(history: Sequence[Mapping], axes: Sequence[Axes]) -> Sequence[Axes]:
+    """Loss components on ``axes[0]`` and the learning rate on ``axes[1]`` (redraws in place)."""
+    plot_losses(history, ax=axes[0])
+    plot_lr(history, ax=axes[1])
+    return axes
+
+
 def plot_metric(
     history: Sequence[Mapping], key: str, ax: Axes | None = None, *, x_key: str = "epoch"
 ) -> Axes:
@@ -544,3 +563,8 @@ def save_figure(
     if close:
         plt.close(fig)
     return path
+
+
+def close(fig: Figure | Axes) -> None:
+    """Release a pyplot figure (after displaying or saving it elsewhere)."""
+    plt.close(fig.figure if isinstance(fig, Axes) else fig)

@@ -13,7 +13,9 @@ import math
 from typing import Any
 
 import ipywidgets as W
+from IPython.display import display
 
+from seglib import metrics, viz
 from seglib.config import WEIGHT_CHOICES, TrainConfig, slider_fields
 
 _STYLE = {"description_width": "150px"}
@@ -112,3 +114,63 @@ def thresholds(form: W.VBox) -> dict[str, float]:
     """``{"score_thresh": s, "nms_thresh": t}`` from a ``threshold_form``."""
     score, nms = form.children
     return {"score_thresh": float(score.value), "nms_thresh": float(nms.value)}
+
+
+def threshold_explorer(form: W.VBox, dataset: Any, results: list[dict], indices: Any, ncols: int = 4) -> W.VBox:
+    """``form`` above overlays of cached ``results`` that redraw whenever a slider moves.
+
+    Images are decoded once. Errors inside a redraw land in the output area (ipywidgets
+    swallows them), so the notebook re-applies the same thresholds in a plain cell.
+    """
+    images = [(dataset[i][0], dataset.ids[i]) for i in indices]
+    out = W.Output()
+
+    def redraw(_change: Any = None) -> None:
+        kept = metrics.filter_predictions(results, **thresholds(form))
+        samples = [(image, metrics.results_to_instances(kept, image_id)) for image, image_id in images]
+        with out:
+            out.clear_output(wait=True)
+            fig = viz.draw_instance_grid(samples, dataset.class_names, ncols=ncols)
+            display(fig)
+            viz.close(fig)
+
+    for slider in form.children:
+        slider.observe(redraw, names="value")
+    redraw()
+    return W.VBox([form, out])
+
+
+class LiveLossPlot:
+    """A training callback that redraws loss components and the learning rate in place.
+
+    Pass it as ``engine.train(..., callback=LiveLossPlot())``. It keeps the logged rows in
+    ``history`` and redraws every ``every`` logged iterations and at each epoch end, through
+    one display handle, so the notebook shows a single live figure.
+    """
+
+    def __init__(self, every: int = 5):
+        self.every = every
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.fig, self.axes = viz.training_figure()
+        self._handle = None
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        if event == "iter":
+            self.history.append(dict(payload.get("losses", {}), **{k: v for k, v in payload.items() if k != "losses"}))
+            if len(self.history) % self.every == 0:
+                self.redraw()
+        elif event == "eval":
+            self.evals.append(payload)
+        elif event == "epoch_end":
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the rows so far into the figure and refresh its display."""
+        if not self.history:
+            return
+        viz.draw_training(self.history, self.axes)
+        if self._handle is None:
+            self._handle = display(self.fig, display_id=True)
+        else:
+            self._handle.update(self.fig)

@@ -438,3 +438,25 @@ def test_real_coco_annotations(coco_tiny):
             [m[iou_type][k] for k in metrics.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9]
         )
     assert 0.0 < m["bbox"]["AP"] < 1.0
+
+
+def test_results_to_instances_decodes_one_image_for_drawing(gt):
+    results = perfect(gt)
+    results[0] = dict(results[0], score=0.3)
+    coco = metrics.load_ground_truth(gt)
+    image_id = results[0]["image_id"]
+    inst = metrics.results_to_instances(results, image_id)
+    expected = [a for a in gt["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
+    assert inst["masks"].dtype == np.uint8 and inst["masks"].shape[0] == len(expected)
+    assert inst["labels"].dtype == np.int64 and inst["boxes"].dtype == np.float32
+    assert list(inst["scores"]) == sorted(inst["scores"], reverse=True)
+    by_label = {a["category_id"]: a for a in expected}
+    for box, mask, label in zip(inst["boxes"], inst["masks"], inst["labels"], strict=True):
+        a = by_label[int(label)]
+        np.testing.assert_array_equal(mask, coco.annToMask(a))
+        x, y, w, h = a["bbox"]
+        np.testing.assert_allclose(box, [x, y, x + w, y + h])
+    above = metrics.results_to_instances(results, image_id, score_thresh=0.5)
+    assert len(above["labels"]) == len(expected) - 1
+    none = metrics.results_to_instances(results, image_id=-5)
+    assert none["boxes"].shape == (0, 4) and none["masks"].shape[0] == 0

@@ -178,3 +178,15 @@ def test_save_figure_is_atomic_png(tmp_path):
     with pytest.raises(ValueError, match=r"'\.xyz' is not one of"):
         viz.save_figure(fig, tmp_path / "x.xyz")
     assert not (tmp_path / "x.xyz").exists()
+
+
+def test_training_figure_redraws_in_place_and_is_not_registered_with_pyplot():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig, axes = viz.training_figure()
+    assert plt.get_fignums() == before
+    history = [{"iteration": i, "lr": 0.01 * i, "loss": 3.0 - i, "loss_mask": 1.0} for i in range(3)]
+    viz.draw_training(history, axes)
+    viz.draw_training(history[:2], axes)
+    assert len(axes[1].lines) == 1 and len(axes[1].lines[0].get_xdata()) == 2

@@ -53,3 +53,46 @@ def test_augmentation_form_feeds_the_config():
 def test_threshold_form_reads_back():
     form = threshold_form(0.3, 0.6)
     assert thresholds(form) == pytest.approx({"score_thresh": 0.3, "nms_thresh": 0.6})
+
+
+def test_live_loss_plot_collects_iterations_and_redraws(capsys):
+    from seglib.widgets import LiveLossPlot
+
+    live = LiveLossPlot(every=2)
+    for i in range(4):
+        live("iter", {"epoch": 0, "iteration": i, "lr": 0.001, "losses": {"loss": 2.0 - 0.1 * i, "loss_mask": 0.5}})
+    live("eval", {"epoch": 0, "segm_AP": 0.1})
+    live("epoch_end", {"epoch": 0})
+    assert [row["iteration"] for row in live.history] == [0, 1, 2, 3]
+    assert live.history[2]["loss"] == pytest.approx(1.8) and live.evals == [{"epoch": 0, "segm_AP": 0.1}]
+    loss_ax = live.axes[0]
+    assert any(len(line.get_xdata()) == 4 for line in loss_ax.lines)
+
+
+def test_threshold_explorer_redraws_from_cached_predictions(synthetic_subset, monkeypatch):
+    import numpy as np
+    import pycocotools.mask as mask_utils
+
+    from seglib import widgets
+    from seglib.dataset import open_split
+
+    ds = open_split(synthetic_subset, "test")
+    coco = ds.coco
+    results = []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=ds.ids[:2], iscrowd=False)):
+        rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
+                        "score": 0.9, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    drawn = []
+    real_grid = widgets.viz.draw_instance_grid
+
+    def recording_grid(samples, *args, **kwargs):
+        drawn.append(sum(len(inst["labels"]) for _, inst in samples))
+        return real_grid(samples, *args, **kwargs)
+
+    monkeypatch.setattr(widgets.viz, "draw_instance_grid", recording_grid)
+    form = threshold_form(0.5, 0.5)
+    widgets.threshold_explorer(form, ds, results, indices=range(2), ncols=2)
+    assert drawn == [len(results)] and len(results) > 0
+    form.children[0].value = 0.95  # above every score: the view redraws with nothing kept
+    assert drawn == [len(results), 0]
