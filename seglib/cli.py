@@ -57,7 +57,7 @@ def _add_subset(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    from seglib.coco import build_subset
+    from seglib.coco import build_subset, format_counts
 
     manifest = build_subset(
         args.coco_root,
@@ -73,17 +73,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
         progress=True,
     )
     print(f"subset written to {args.out}")
-    print(_format_counts(manifest["counts"]))
+    print(format_counts(manifest["counts"]))
     return 0
-
-
-def _format_counts(counts: dict) -> str:
-    lines = [f"{'split':<6} {'category':<10} {'images':>7} {'instances':>10}"]
-    for split, per_cat in counts.items():
-        for name, c in per_cat.items():
-            if isinstance(c, dict):
-                lines.append(f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10}")
-    return "\n".join(lines)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .config import DEFAULT_CATEGORIES, write_bytes_atomic, write_json_atomic
+from .config import DEFAULT_CATEGORIES, Paths, TrainConfig, write_bytes_atomic, write_json_atomic
 
 COCO_BASE_URL = "http://images.cocodataset.org"
 ANNOTATIONS_ZIP = "annotations/annotations_trainval2017.zip"
@@ -676,3 +677,44 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
+
+
+# --- the notebooks' and CLI's entry points --------------------------------------------------
+def prepare_source(cfg: TrainConfig, paths: Paths) -> Path:
+    """The COCO root that ``cfg.data_source`` reads, generating the synthetic one when needed.
+
+    ``coco``: ``paths.coco_root`` as it is (``build_subset(download=True)`` fills it in).
+    ``synthetic``: generates the offline stand-in at ``paths.coco_root`` unless one made with
+    the same arguments is already there (recorded in ``synthetic.json``), and warns that the
+    data is synthetic every time, so no figure is mistaken for a COCO result.
+
+    Returns:
+        The root folder to pass to ``build_subset``.
+    """
+    root = paths.coco_root
+    if cfg.data_source == "coco":
+        return root
+    warnings.warn(
+        f"SYNTHETIC DATA: the {paths.profile!r} profile uses a generated stand-in for COCO at {root}. "
+        "It checks that the pipeline works; its metrics say nothing about real images.",
+        UserWarning,
+        stacklevel=2,
+    )
+    wanted = {"images_per_split": cfg.synthetic_images, "size": cfg.synthetic_size, "seed": cfg.seed}
+    marker = root / "synthetic.json"
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return root
+    from .synthetic import make_synthetic_coco
+
+    make_synthetic_coco(root, **wanted)
+    write_json_atomic(marker, wanted)
+    return root
+
+
+def format_counts(counts: dict[str, dict[str, dict[str, int]]]) -> str:
+    """A fixed-width table of ``manifest["counts"]``: images and instances per split and category."""
+    lines = [f"{'split':<6} {'category':<10} {'images':>7} {'instances':>10} {'crowd':>6}"]
+    for split, per_category in counts.items():
+        for name, c in per_category.items():
+            lines.append(f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10} {c.get('crowd', 0):>6}")
+    return "\n".join(lines)

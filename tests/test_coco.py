@@ -745,3 +745,41 @@ def test_coco_tiny_cake_alone(tiny_root, tmp_path):
     with pytest.raises(SubsetError, match=r"asked for 2 train = 2 images but only 1.*cake 1"):
         build_subset(tiny_root, tmp_path / "two", categories=["cake"], num_train=2, num_val=1, num_test=0,
                      progress=False)
+
+
+def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
+    from seglib.coco import prepare_source
+    from seglib.config import TrainConfig, get_paths
+
+    cfg = TrainConfig.smoke(synthetic_images=6, synthetic_size=64)
+    paths = get_paths("smoke", tmp_path)
+    with pytest.warns(UserWarning, match="SYNTHETIC DATA"):
+        root = prepare_source(cfg, paths)
+    ann = root / "annotations" / "instances_train2017.json"
+    first = ann.stat().st_mtime_ns
+    with pytest.warns(UserWarning, match="SYNTHETIC DATA"):
+        assert prepare_source(cfg, paths) == root
+    assert ann.stat().st_mtime_ns == first  # same arguments: reused
+    with pytest.warns(UserWarning):
+        prepare_source(cfg.replace(synthetic_images=7), paths)
+    assert len(json.loads(ann.read_text())["images"]) == 7  # new arguments: regenerated
+
+
+def test_prepare_source_leaves_real_coco_alone(tmp_path):
+    from seglib.coco import prepare_source
+    from seglib.config import TrainConfig, get_paths
+
+    paths = get_paths("seed", tmp_path)
+    assert prepare_source(TrainConfig.seed_recipe(), paths) == paths.coco_root
+    assert not paths.coco_root.exists()
+
+
+def test_format_counts_lists_every_split_and_category(synthetic_subset):
+    from seglib.coco import format_counts
+
+    manifest = json.loads((synthetic_subset / "manifest.json").read_text())
+    table = format_counts(manifest["counts"])
+    for split in ("train", "val", "test"):
+        for name in ("cake", "car", "dog", "person"):
+            c = manifest["counts"][split][name]
+            assert f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10}" in table
