@@ -1,9 +1,11 @@
 """One split of a category subset as Mask R-CNN training data.
 
 ``CocoSubsetDataset`` reads a split json written by ``seglib.coco.build_subset`` (categories
-renumbered 1..k) and yields torchvision's Mask R-CNN ``(image, target)`` pairs. Polygons and
-uncompressed RLE are turned into compressed RLE once, at construction, so ``__getitem__`` only
-decodes RLE instead of rasterising every polygon again on every epoch.
+renumbered 1..k) and yields torchvision's Mask R-CNN ``(image, target)`` pairs. Every mask
+(polygons, compressed or uncompressed RLE) is rasterised once, at construction, and kept as
+row-major run lengths; ``__getitem__`` rebuilds all masks of an image with one ``np.repeat``.
+That skips, on every epoch, both the polygon rasterisation and the column-major to row-major
+transpose that decoding COCO's (column-major) RLE needs: see bench/bench_data.py.
 
 What it guarantees, whatever the json holds:
 - images are RGB uint8 before becoming float tensors (grayscale, CMYK, palette, alpha, 16-bit
@@ -75,6 +77,13 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _mask_areas(masks: np.ndarray) -> np.ndarray:
+    """Pixel counts of uint8 [N, H, W] 0/1 masks as float32 [N]."""
+    # uint32 accumulation is about twice as fast as numpy's default int64 here.
+    flat = masks.reshape(len(masks), masks.shape[1] * masks.shape[2])
+    return np.add.reduce(flat, axis=1, dtype=np.uint32).astype(np.float32)
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image as RGB, upright according to its EXIF orientation.
 
@@ -113,8 +122,53 @@ def _read_split_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _to_rle(segm: Any, h: int, w: int, where: str) -> dict[str, Any] | None:
-    """Compressed RLE of one annotation's segmentation, or None when it covers nothing.
+def _counts_from_string(counts: bytes) -> list[int]:
+    """Run lengths of a COCO compressed RLE string (pycocotools' rleFrString, in Python).
+
+    Decoded here rather than by pycocotools so a malformed string raises instead of making
+    its C decoder write past the mask.
+    """
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def _row_major_runs(
+    counts: list[int], h: int, w: int, where: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values uint8, run lengths int32) of a mask read row by row, from COCO's column-major
+    run lengths (which start with a run of zeros); None for an empty mask."""
+    runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any() or runs.sum() != h * w:
+        raise DatasetError(
+            f"{where}: RLE run lengths do not cover the {h}x{w} image; the annotation is corrupt"
+        )
+    flat = np.repeat((np.arange(len(runs)) % 2).astype(np.uint8), runs).reshape(w, h).T.ravel()
+    if not flat.any():
+        return None
+    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    lengths = np.diff(np.concatenate([[0], starts, [flat.size]])).astype(np.int32)
+    values = flat[np.concatenate([[0], starts])]
+    return values, lengths
+
+
+def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | None:
+    """COCO run lengths (column-major, starting with zeros) of one annotation's segmentation,
+    from polygons, uncompressed RLE or compressed RLE; None when there is nothing to draw.
 
     Polygons with fewer than 3 points are skipped: pycocotools would read a 4-number polygon
     as a box.
@@ -126,23 +180,24 @@ def _to_rle(segm: Any, h: int, w: int, where: str) -> dict[str, Any] | None:
                 raise DatasetError(f"{where}: a polygon has an odd number of coordinates")
             if not polygons:
                 return None
-            return mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+            return _counts_from_string(
+                mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))["counts"]
+            )
         if isinstance(segm, dict) and "counts" in segm and "size" in segm:
             if list(segm["size"]) != [h, w]:
                 raise DatasetError(
                     f"{where}: RLE size {segm['size']} differs from the image's [{h}, {w}]"
                 )
-            if isinstance(segm["counts"], list):
-                return mask_utils.frPyObjects(segm, h, w)
             counts = segm["counts"]
-            return {
-                "size": [h, w],
-                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-            }
+            if isinstance(counts, list):
+                return [int(c) for c in counts]
+            return _counts_from_string(
+                counts.encode("ascii") if isinstance(counts, str) else counts
+            )
     except DatasetError:
         raise
-    except Exception as e:  # pycocotools raises bare TypeError/ValueError/IndexError here
-        raise DatasetError(f"{where}: segmentation cannot be decoded ({e})") from e
+    except Exception as e:  # pycocotools raises bare TypeError/ValueError; a cut string IndexError
+        raise DatasetError(f"{where}: segmentation cannot be decoded ({e!r})") from e
     raise DatasetError(
         f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}"
     )
@@ -219,8 +274,8 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             self._images.append({"id": img_id, "height": h, "width": w, "path": path})
         self.ids = [img["id"] for img in self._images]
 
-        # Per image: (label, compressed RLE) of every non-crowd instance that covers something.
-        self._instances: list[list[tuple[int, dict[str, Any]]]] = [[] for _ in self._images]
+        # Per image: label and row-major runs of every non-crowd instance that covers something.
+        per_image: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in self._images]
         for ann in data["annotations"]:
             where = f"{src}: annotation {ann.get('id')!r}"
             cat = ann.get("category_id")
@@ -235,11 +290,22 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             if ann.get("iscrowd", 0):
                 continue
             i = index[ann["image_id"]]
-            rle = _to_rle(
-                ann.get("segmentation"), self._images[i]["height"], self._images[i]["width"], where
+            h, w = self._images[i]["height"], self._images[i]["width"]
+            counts = _column_major_counts(ann.get("segmentation"), h, w, where)
+            if counts is None:
+                continue
+            runs = _row_major_runs(counts, h, w, where)
+            if runs is not None:
+                per_image[i].append((cat, *runs))
+        # One concatenation per image, so all its masks come back from a single np.repeat.
+        self._instances = [
+            (
+                np.array([c for c, _, _ in items], np.int64),
+                np.concatenate([v for _, v, _ in items]) if items else np.zeros(0, np.uint8),
+                np.concatenate([r for _, _, r in items]) if items else np.zeros(0, np.int32),
             )
-            if rle is not None:
-                self._instances[i].append((cat, rle))
+            for items in per_image
+        ]
 
         self.coco = COCO()
         with contextlib.redirect_stdout(io.StringIO()):
@@ -279,12 +345,9 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
     def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Non-crowd instances of image ``i``: masks uint8 [N, H, W] and labels int64 [N] (json frame)."""
         img = self._images[i]
-        instances = self._instances[i]
-        if not instances:
-            return np.zeros((0, img["height"], img["width"]), np.uint8), np.zeros(0, np.int64)
-        labels = np.array([label for label, _ in instances], dtype=np.int64)
-        masks = mask_utils.decode([rle for _, rle in instances])  # [H, W, N], Fortran order
-        return np.ascontiguousarray(masks.transpose(2, 0, 1)), labels
+        labels, values, runs = self._instances[i]
+        masks = np.repeat(values, runs).reshape(len(labels), img["height"], img["width"])
+        return masks, labels.copy()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = self.load_image(i)
@@ -306,7 +369,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]),
             "masks": torch.from_numpy(masks),
             "image_id": torch.tensor(self._images[i]["id"], dtype=torch.int64),
-            "area": torch.from_numpy(masks.sum(axis=(1, 2), dtype=np.int64).astype(np.float32)),
+            "area": torch.from_numpy(_mask_areas(masks)),
             "iscrowd": torch.zeros(n, dtype=torch.int64),
         }
         tensor = (

@@ -42,8 +42,9 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     boxes = np.zeros((n, 4), dtype=np.float32)
     if n == 0:
         return boxes
-    rows = masks.any(axis=2)  # [N, H]
-    cols = masks.any(axis=1)  # [N, W]
+    # max, not any: numpy reduces uint8 with max several times faster than with logical_or.
+    rows = masks.max(axis=2) > 0  # [N, H]
+    cols = masks.max(axis=1) > 0  # [N, W]
     present = rows.any(axis=1)
     boxes[:, 0] = cols.argmax(axis=1)
     boxes[:, 1] = rows.argmax(axis=1)
@@ -106,7 +107,7 @@ class TrainTransform:
         self._pipeline.set_random_seed(seed)
         self._rng = np.random.default_rng(seed)
 
-    def _crop_guide(self, boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> np.ndarray:
         """A random window of at least ``min_crop`` of each side containing one instance's box.
 
         BBoxSafeRandomCrop then crops a random region that contains this window, so the chosen
@@ -115,11 +116,12 @@ class TrainTransform:
         rng = self._rng
         frac = rng.uniform(self.min_crop, 1.0)
         gw, gh = frac * w, frac * h
-        if len(boxes) == 0:
+        if len(masks) == 0:
             gx, gy = rng.uniform(0, w - gw), rng.uniform(0, h - gh)
             return np.array([[gx, gy, gx + gw, gy + gh]], dtype=np.float32)
         # One pixel of margin: albumentations rounds crop coordinates down.
-        x1, y1, x2, y2 = (float(v) for v in boxes[rng.integers(len(boxes))])
+        j = int(rng.integers(len(masks)))
+        x1, y1, x2, y2 = (float(v) for v in boxes_from_masks(masks[j : j + 1])[0])
         x1, y1 = max(x1 - 1.0, 0.0), max(y1 - 1.0, 0.0)
         x2, y2 = min(x2 + 1.0, float(w)), min(y2 + 1.0, float(h))
         gw, gh = max(gw, x2 - x1), max(gh, y2 - y1)
@@ -159,7 +161,7 @@ class TrainTransform:
         self._reseed_from_torch()
 
         data = {"image": image, "guide_ids": [0]}
-        data["bboxes"] = self._crop_guide(boxes_from_masks(masks), h, w)
+        data["bboxes"] = self._crop_guide(masks, h, w)
         if len(masks):
             # albumentations 2.0.8 cannot stack an empty list of masks; leave them out instead.
             data["masks"] = masks
@@ -168,7 +170,7 @@ class TrainTransform:
         if not len(masks):
             return image, np.zeros((0, *image.shape[:2]), dtype=np.uint8), labels.astype(np.int64)
         masks = np.asarray(out["masks"], dtype=np.uint8)
-        keep = masks.any(axis=(1, 2))
+        keep = masks.reshape(len(masks), -1).max(axis=1) > 0
         return image, np.ascontiguousarray(masks[keep]), labels[keep].astype(np.int64)
 
 

@@ -331,14 +331,25 @@ def test_non_renumbered_categories_are_refused(tmp_path):
         CocoSubsetDataset(path, tmp_path)
 
 
-def test_bad_segmentation_names_the_annotation(tmp_path):
-    ann = {
-        "id": 77,
-        "image_id": 1,
-        "category_id": 1,
-        "iscrowd": 0,
-        "segmentation": {"counts": "x", "size": [5, 5]},
-    }
+def _good_rle_counts() -> str:
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:7, 3:9] = 1
+    return rle_str(mask)["counts"]
+
+
+@pytest.mark.parametrize(
+    "segmentation",
+    [
+        {"counts": "x", "size": [5, 5]},  # wrong size
+        {"counts": "x", "size": [10, 10]},  # runs do not cover the image
+        {"counts": _good_rle_counts()[:-1] + "k", "size": [10, 10]},  # ends mid-number
+        {"counts": [10, 200], "size": [10, 10]},  # uncompressed, too long
+        [[0, 0, 5, 0, 5, 5, 1]],  # odd polygon
+        "polygon",
+    ],
+)
+def test_bad_segmentation_names_the_annotation(tmp_path, segmentation):
+    ann = {"id": 77, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": segmentation}
     path = write_split(tmp_path, [(1, "a.png", 10, 10)], [ann])
     with pytest.raises(DatasetError, match="annotation 77"):
         CocoSubsetDataset(path, tmp_path)
