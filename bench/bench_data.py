@@ -1,0 +1,283 @@
+"""Data-pipeline benchmark: seglib's dataset + train augmentation against the naive baseline.
+
+    python bench/bench_data.py [--images N] [--size PX] [--iters N] [--work DIR] [--coco-tiny DIR]
+
+It builds (or reuses, under ``--work``) a synthetic COCO at COCO resolution and a four-category
+subset of it, then times full passes over the same training images, on one core (one process,
+torch and OpenCV limited to one thread), for:
+
+(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: polygons are converted to
+    compressed RLE once at construction; each ``__getitem__`` only decodes RLE;
+(b) the torchvision tutorial's approach: every ``__getitem__`` rebuilds every mask from its
+    polygons with pycocotools ``annToMask``; the image decode, the *same* augmentation and the
+    target building are seglib's (a subclass overriding only ``load_instances``).
+
+Both passes draw identical augmentations (same torch seed per pass) and the script checks that
+they produce identical targets, so only the mask path differs. Each repeat times (a) and (b)
+back to back, after a warm-up pass; the medians are reported. When the real coco-tiny excerpt
+is present, the same comparison runs on its 16 real images (all 80 categories, real polygons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import albumentations
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from seglib.coco import build_subset  # noqa: E402
+from seglib.dataset import CocoSubsetDataset  # noqa: E402
+from seglib.synthetic import make_synthetic_coco  # noqa: E402
+from seglib.transforms import train_transforms  # noqa: E402
+
+COCO_TINY = REPO.parent / "shared" / "fixtures" / "coco-tiny"
+
+
+class NaiveTutorialDataset(CocoSubsetDataset):
+    """The torchvision tutorial's way of making masks: every access rebuilds every mask from its
+    annotation with pycocotools ``annToMask``. Everything else (image decode, augmentation,
+    target building) is seglib's own code, so the comparison isolates the mask path."""
+
+    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img_id = self.ids[i]
+        h, w = self.get_height_and_width(i)
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False))
+        masks = np.zeros((len(anns), h, w), np.uint8)
+        for j, ann in enumerate(anns):
+            masks[j] = self.coco.annToMask(ann)
+        return masks, np.array([a["category_id"] for a in anns], np.int64)
+
+
+def one_pass(ds, seed: int) -> float:
+    """Seconds to read every item once, with the augmentation seeded by ``seed``."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    return time.perf_counter() - start
+
+
+def same_targets(a, b) -> bool:
+    torch.manual_seed(123)
+    first = [a[i] for i in range(len(a))]
+    torch.manual_seed(123)
+    second = [b[i] for i in range(len(b))]
+    for (ia, ta), (ib, tb) in zip(first, second, strict=True):
+        if not torch.equal(ia, ib) or any(not torch.equal(ta[k], tb[k]) for k in ta):
+            return False
+    return True
+
+
+def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
+    ours = CocoSubsetDataset(split_json, image_dir, transforms=train_transforms())
+    naive = NaiveTutorialDataset(split_json, image_dir, transforms=train_transforms())
+    plain_naive = NaiveTutorialDataset(split_json, image_dir)
+    data = ours.coco.dataset
+    polys = [a for a in data["annotations"] if not a["iscrowd"]]
+    vertices = [
+        sum(len(p) for p in a["segmentation"]) / 2
+        for a in polys
+        if isinstance(a["segmentation"], list)
+    ]
+    sizes = [(img["width"], img["height"]) for img in data["images"]]
+    identical = same_targets(ours, naive)
+
+    # Stage costs, no augmentation: image decode, and the two ways of producing masks.
+    plain = CocoSubsetDataset(split_json, image_dir)
+    stage = {"image decode": [], "masks: run lengths (ours)": [], "masks: annToMask (naive)": []}
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        for i in range(len(plain)):
+            plain.load_image(i)
+        t1 = time.perf_counter()
+        for i in range(len(plain)):
+            plain.load_instances(i)
+        t2 = time.perf_counter()
+        for i in range(len(plain_naive)):
+            plain_naive.load_instances(i)
+        t3 = time.perf_counter()
+        for key, dt in zip(stage, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            stage[key].append(dt / len(plain) * 1000)
+
+    one_pass(ours, 0)  # warm-up: page cache, allocator, lazy imports
+    one_pass(naive, 0)
+    ours_s, naive_s = [], []
+    for rep in range(iters):
+        ours_s.append(one_pass(ours, rep + 1))
+        naive_s.append(one_pass(naive, rep + 1))
+    n = len(ours)
+    ours_ips = sorted(n / s for s in ours_s)
+    naive_ips = sorted(n / s for s in naive_s)
+    return {
+        "name": name,
+        "images": n,
+        "size": f"{statistics.median(w for w, _ in sizes):.0f}x{statistics.median(h for _, h in sizes):.0f} (median WxH)",
+        "instances_per_image": len(polys) / n,
+        "vertices_per_polygon_instance": statistics.mean(vertices) if vertices else 0.0,
+        "identical_targets": identical,
+        "stage_ms": {k: statistics.median(v) for k, v in stage.items()},
+        "ours": ours_ips,
+        "naive": naive_ips,
+        "ratio": statistics.median(ours_ips) / statistics.median(naive_ips),
+    }
+
+
+def prepare_synthetic(work: Path, images: int, size: int) -> tuple[Path, Path]:
+    """A synthetic root and a subset of it under ``work``, rebuilt only when the settings change."""
+    stamp = {"images": images, "size": size, "seed": 0}
+    root, subset = work / "synthetic-coco", work / "subset"
+    stamp_file = work / "stamp.json"
+    if (
+        stamp_file.is_file()
+        and json.loads(stamp_file.read_text()) == stamp
+        and (subset / "train.json").is_file()
+    ):
+        return subset / "train.json", subset / "images"
+    summary = make_synthetic_coco(root, images_per_split=images, size=size, seed=0)
+    qualifying = summary["splits"]["train"]["qualifying_images"]
+    val_qualifying = summary["splits"]["val"]["qualifying_images"]
+    build_subset(
+        root,
+        subset,
+        num_train=qualifying,
+        num_val=max(1, val_qualifying - 1),
+        num_test=1,
+        seed=0,
+        progress=False,
+    )
+    stamp_file.write_text(json.dumps(stamp))
+    return subset / "train.json", subset / "images"
+
+
+def tiny_split(coco_tiny: Path, work: Path) -> Path:
+    """All 80 categories of coco-tiny renumbered 1..80 in the subset format (images read in place)."""
+    data = json.loads((coco_tiny / "instances_train2017_tiny.json").read_text())
+    new_id = {
+        c["id"]: i + 1 for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))
+    }
+    data["annotations"] = [
+        dict(a, category_id=new_id[a["category_id"]]) for a in data["annotations"]
+    ]
+    data["categories"] = [dict(c, id=new_id[c["id"]], coco_id=c["id"]) for c in data["categories"]]
+    path = work / "coco-tiny-all.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = os.cpu_count()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    return f"{model}; {cores} logical cores ({affinity} usable by this process)"
+
+
+def report(result: dict) -> None:
+    med = statistics.median
+    print(f"\n## {result['name']}")
+    print(
+        f"images: {result['images']}, {result['size']}, {result['instances_per_image']:.1f} non-crowd "
+        f"instances/image, {result['vertices_per_polygon_instance']:.0f} polygon vertices/instance"
+    )
+    print(f"identical targets from both pipelines (same seeds): {result['identical_targets']}")
+    print(
+        "stage costs per image, no augmentation (median ms): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["stage_ms"].items())
+    )
+    for key, label in (
+        ("ours", "(a) seglib CocoSubsetDataset + train_transforms"),
+        ("naive", "(b) naive annToMask per __getitem__ + same aug"),
+    ):
+        ips = result[key]
+        print(
+            f"{label}: {med(ips):7.1f} images/s per core  (min {ips[0]:.1f}, max {ips[-1]:.1f}, {len(ips)} repeats)"
+        )
+    print(f"ratio (a)/(b): {result['ratio']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--images", type=int, default=48, help="synthetic images per split (default 48)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=640, help="synthetic image side in px (default 640, COCO's)"
+    )
+    parser.add_argument(
+        "--iters", type=int, default=7, help="timed passes over the images (default 7)"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/seglib-bench-data"),
+        help="where the synthetic root and subset are built and reused",
+    )
+    parser.add_argument(
+        "--coco-tiny",
+        type=Path,
+        default=COCO_TINY,
+        help="real COCO excerpt to benchmark too, when present (default ../shared/fixtures/coco-tiny)",
+    )
+    args = parser.parse_args(argv)
+    if args.images < 4 or args.size < 32 or args.iters < 1:
+        parser.error("need --images >= 4, --size >= 32, --iters >= 1")
+
+    # Per-core figures: one process, one thread for every library that would spread out.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    print("# seglib data-pipeline benchmark")
+    print(f"machine: {machine()}")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, albumentations {albumentations.__version__}, "
+        f"pycocotools {version('pycocotools')}, numpy {np.__version__}, opencv {cv2.__version__}, "
+        f"pillow {Image.__version__}"
+    )
+    print("one process, torch.set_num_threads(1), cv2.setNumThreads(1): images/s are per core")
+
+    split_json, image_dir = prepare_synthetic(args.work, args.images, args.size)
+    report(
+        compare(
+            f"synthetic COCO, size {args.size}, four-category subset (train split)",
+            split_json,
+            image_dir,
+            args.iters,
+        )
+    )
+    if (args.coco_tiny / "instances_train2017_tiny.json").is_file():
+        tiny = tiny_split(args.coco_tiny, args.work)
+        report(
+            compare(
+                "coco-tiny: 16 real COCO train2017 images, all 80 categories",
+                tiny,
+                args.coco_tiny / "train2017",
+                args.iters,
+            )
+        )
+    else:
+        print(f"\n(coco-tiny not found at {args.coco_tiny}; real-image comparison skipped)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
