@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -37,15 +36,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from seglib.coco import build_subset
+from seglib.dataset import CocoSubsetDataset
+from seglib.synthetic import make_synthetic_coco
+from seglib.transforms import train_transforms
 
-from seglib.coco import build_subset  # noqa: E402
-from seglib.dataset import CocoSubsetDataset  # noqa: E402
-from seglib.synthetic import make_synthetic_coco  # noqa: E402
-from seglib.transforms import train_transforms  # noqa: E402
-
-COCO_TINY = REPO.parent / "shared" / "fixtures" / "coco-tiny"
+COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-tiny"
 
 
 class NaiveTutorialDataset(CocoSubsetDataset):
