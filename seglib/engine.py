@@ -280,7 +280,7 @@ def train_one_epoch(
 
     Returns:
         epoch, iteration (global, after the epoch), iterations (this call), stopped (max_iters
-        ended it before the loader was exhausted), time (s), loss and components (epoch means).
+        was reached), time (s), loss and components (epoch means; NaN when no step ran).
 
     Raises:
         NonFiniteLossError: a loss was NaN/inf; names epoch, iteration and the components.
@@ -289,7 +289,8 @@ def train_one_epoch(
     model.train()
     iteration = start_iter
     if max_iters is not None and iteration >= max_iters:
-        return {"epoch": epoch, "iteration": iteration, "iterations": 0, "stopped": True, "time": 0.0}
+        nothing = dict.fromkeys(("loss", *LOSS_NAMES), float("nan"))
+        return {"epoch": epoch, "iteration": iteration, "iterations": 0, "stopped": True, "time": 0.0, **nothing}
     distributed = dist.is_available() and dist.is_initialized()
     n = len(LOSS_NAMES) + 1
     interval_sum = torch.zeros(n, device=device)
