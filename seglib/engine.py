@@ -609,6 +609,19 @@ def _load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     return ckpt
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl`` in order: training rows (``loss``, ``lr``, ...)
+    every log interval and eval rows (``segm_AP``, ``bbox_AP``, ``val``) after each validation.
+
+    Raises:
+        FileNotFoundError: the run has no metrics.jsonl (names the file and what writes it).
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: `python -m seglib train` (or notebook 03) writes it")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _trim_metrics(path: Path, iteration: int | None) -> None:
     """Fresh run: empty the file. Resume: drop rows logged after the checkpoint (and torn lines)."""
     if iteration is None or not path.exists():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +306,29 @@ def build_zero_shot_model(
     if model is None:
         model = build_model(COCO_NUM_CLASSES, "coco", arch, cfg)
     return ZeroShotMaskRCNN(model, categories).eval()
+
+
+def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> ZeroShotMaskRCNN:
+    """The zero-shot baseline for a run: COCO-trained weights when they are cached.
+
+    When the COCO file is missing and the run itself did not start from COCO weights (the
+    offline smoke profile), a randomly initialised 91-class model stands in, with a loud
+    warning: the comparison then checks the plumbing (label mapping by ``coco_id``), nothing
+    more.
+
+    Raises:
+        MissingWeightsError: ``cfg.weights == "coco"`` and the file is not cached.
+    """
+    if weights_file("coco", cfg.arch).is_file() or cfg.weights == "coco":
+        return build_zero_shot_model(categories, cfg.arch, cfg)
+    warnings.warn(
+        f"ZERO-SHOT STAND-IN: {weights_file('coco', cfg.arch)} is not cached, so a randomly "
+        "initialised 91-class model stands in for the COCO-trained baseline. Its AP means nothing.",
+        UserWarning,
+        stacklevel=2,
+    )
+    stand_in = build_model(COCO_NUM_CLASSES, "none", cfg.arch, cfg)
+    return build_zero_shot_model(categories, cfg.arch, cfg, model=stand_in)
 
 
 # --- state dicts and checkpoints --------------------------------------------------------

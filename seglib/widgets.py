@@ -156,8 +156,8 @@ class LiveLossPlot:
         self._handle = None
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
-        if event == "iter":
-            self.history.append(dict(payload.get("losses", {}), **{k: v for k, v in payload.items() if k != "losses"}))
+        if event == "iter":  # a metrics.jsonl row: epoch, iteration, lr, loss, loss_*
+            self.history.append(dict(payload))
             if len(self.history) % self.every == 0:
                 self.redraw()
         elif event == "eval":

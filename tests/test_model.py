@@ -246,3 +246,22 @@ def test_zero_shot_reads_coco_weights_from_cache(tmp_path, cfg):
     with torch.inference_mode():
         outputs = model(_images(1))
     assert set(outputs[0]["labels"].tolist()) <= {1, 2, 3, 4}
+
+
+def test_zero_shot_baseline_uses_cached_coco_weights_or_warns_about_its_stand_in(tmp_path, cfg):
+    from seglib.model import zero_shot_baseline
+
+    with pytest.warns(UserWarning, match="ZERO-SHOT STAND-IN"):
+        stand_in = zero_shot_baseline(CATEGORIES, cfg)
+    assert _heads(stand_in.model) == (91, 364, 91)
+    with pytest.raises(MissingWeightsError):
+        zero_shot_baseline(CATEGORIES, cfg.replace(weights="coco", trainable_backbone_layers=3))
+    _save_random_coco("v1", cfg)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        real = zero_shot_baseline(CATEGORIES, cfg)
+    expected = torch.load(weights_file("coco", "v1"), weights_only=True)
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(real.model.state_dict()[key], expected[key])

@@ -60,11 +60,11 @@ def test_live_loss_plot_collects_iterations_and_redraws(capsys):
 
     live = LiveLossPlot(every=2)
     for i in range(4):
-        live("iter", {"epoch": 0, "iteration": i, "lr": 0.001, "losses": {"loss": 2.0 - 0.1 * i, "loss_mask": 0.5}})
-    live("eval", {"epoch": 0, "segm_AP": 0.1})
+        live("iter", {"epoch": 0, "iteration": i, "lr": 0.001, "loss": 2.0 - 0.1 * i, "loss_mask": 0.5})
+    live("eval", {"epoch": 0, "iteration": 3, "metrics": {"segm": {"AP": 0.1}}})
     live("epoch_end", {"epoch": 0})
     assert [row["iteration"] for row in live.history] == [0, 1, 2, 3]
-    assert live.history[2]["loss"] == pytest.approx(1.8) and live.evals == [{"epoch": 0, "segm_AP": 0.1}]
+    assert live.history[2]["loss"] == pytest.approx(1.8) and live.evals[0]["metrics"]["segm"]["AP"] == 0.1
     loss_ax = live.axes[0]
     assert any(len(line.get_xdata()) == 4 for line in loss_ax.lines)
 
