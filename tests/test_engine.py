@@ -356,7 +356,9 @@ from seglib.engine import train
 
 cfg = TrainConfig.smoke(batch_size=1, num_epochs=1, log_interval=1)
 summary = train(cfg, sys.argv[1], sys.argv[2])
-print("SUMMARY " + json.dumps({k: summary[k] for k in ("rank", "world_size", "iteration", "epochs")}), flush=True)
+# one file per rank: two processes printing to one pipe can interleave within a line
+with open(f"{sys.argv[3]}/summary{summary['rank']}.json", "w") as f:
+    json.dump({k: summary[k] for k in ("rank", "world_size", "iteration", "epochs")}, f)
 """
 
 
@@ -368,12 +370,11 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(data), str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(data), str(out), str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summaries = sorted((json.loads(line.split("SUMMARY ", 1)[1]) for line in proc.stdout.splitlines() if "SUMMARY " in line),
-                       key=lambda s: s["rank"])
+    summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in (0, 1)]
     # 4 images over 2 ranks at batch 1: 2 iterations per rank per epoch
     assert summaries == [{"rank": r, "world_size": 2, "iteration": 2, "epochs": 1} for r in (0, 1)]
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "eval", "last.pt", "metrics.jsonl"]
