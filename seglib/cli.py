@@ -84,6 +84,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=PROFILES, default="seed")
     p.add_argument("--config", type=Path, default=None, help="TrainConfig JSON; overrides the profile")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if RUN/last.pt exists")
     p.add_argument("--epochs", type=int, dest="num_epochs")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -119,6 +120,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
     out = args.out or paths.run
+    if (out / "last.pt").exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(
+            f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
+        )
     summary = train(cfg, data, out, resume=args.resume, progress=True)
     if summary.get("rank", 0) == 0:
         print(f"run folder: {out}")
@@ -210,7 +215,7 @@ def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     from seglib.model import fetch_weights
 
-    path = fetch_weights(args.kind, args.arch)
+    path = fetch_weights(args.kind, args.arch, progress=True)
     print(f"weights ready: {path}")
     return 0
 
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # Bad input and seglib's own errors already name the file, annotation or choice at
         # fault, so a one-line message serves better than a traceback. Anything else is a bug.
-        if not isinstance(e, (ValueError, FileNotFoundError)) and not type(e).__module__.startswith("seglib"):
+        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) and not type(e).__module__.startswith("seglib"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -52,6 +52,8 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
     seglib("train", "--profile", "smoke", "--data", subset, "--out", run, "--epochs", 1, "--max-iters", 3)
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
+    again = seglib("train", "--profile", "smoke", "--data", subset, "--out", run, check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
 
     table = seglib("evaluate", "--data", subset, "--checkpoint", run / "best.pt", "--split", "test",
                    "--out", run / "test_metrics.json", "--score-thresh", 0.0).stdout
