@@ -12,13 +12,15 @@ the tests agree on them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 #: The four categories of the project, in the order that defines label ids 1..4.
 DEFAULT_CATEGORIES: tuple[str, ...] = ("cake", "car", "dog", "person")
@@ -286,19 +288,30 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, sor
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only when the ``with`` block succeeds.
+
+    It is written under a temporary name in the same folder, fsynced, then renamed; on any
+    error the temporary file is removed and ``path`` keeps its old content (or stays absent).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 # --- paths ----------------------------------------------------------------------------

@@ -55,6 +55,17 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+def _read_json(path: str | Path, what: str, hint: str) -> Any:
+    """JSON from ``path``; a missing file or bad JSON raises an error naming it, with ``hint``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; {hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 def load_ground_truth(gt: GroundTruth) -> COCO:
     """Return ``gt`` as a pycocotools COCO (a COCO is returned unchanged).
 
@@ -66,16 +77,8 @@ def load_ground_truth(gt: GroundTruth) -> COCO:
         return gt
     source = "ground-truth dict"
     if isinstance(gt, (str, Path)):
-        path = Path(gt)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ground-truth file {path} not found; pass a split json such as subset/<profile>/val.json"
-            )
-        try:
-            gt = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); rebuild the subset") from e
-        source = str(path)
+        source = str(gt)
+        gt = _read_json(gt, "ground-truth file", "pass a split json such as subset/<profile>/val.json")
     if not isinstance(gt, Mapping):
         raise ValueError(f"gt must be a COCO, a path or a dict, got {type(gt).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in gt]
@@ -129,15 +132,7 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
     """
     coco = load_ground_truth(gt)
     if isinstance(results, (str, Path)):
-        path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"results file {path} not found; write it with `python -m seglib predict`"
-            )
-        try:
-            results = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        results = _read_json(results, "results file", "write it with `python -m seglib predict`")
     if not isinstance(results, (list, tuple)):
         raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
     sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in coco.dataset["images"]}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import seglib
-from seglib.config import ARCHS, WEIGHT_CHOICES, TrainConfig
+from seglib.config import ARCHS, WEIGHT_CHOICES, TrainConfig, atomic_file
 
 COCO_NUM_CLASSES = 91  # torchvision's label space: index == COCO category id, 0 = background
 CHECKPOINT_FORMAT = 1
@@ -436,17 +435,8 @@ def save_checkpoint(
         "versions": {"seglib": str(seglib.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(ckpt, f)
     return path
 
 
