@@ -20,6 +20,7 @@ from seglib.config import WEIGHT_CHOICES, TrainConfig, slider_fields
 
 _STYLE = {"description_width": "150px"}
 _LAYOUT = W.Layout(width="460px")
+_CHECKBOX = {"style": {"description_width": "initial"}, "layout": W.Layout(width="460px", margin="0 0 0 150px"), "indent": False}
 
 
 def _slider(name: str, value: float, description: str) -> W.Widget:
@@ -82,9 +83,9 @@ def train_form(cfg: TrainConfig) -> ConfigForm:
         "batch_size": _slider("batch_size", cfg.batch_size, "batch size"),
         "min_size": _slider("min_size", cfg.min_size, "image size (px)"),
         "weights": W.Dropdown(options=weights, value=cfg.weights, description="weights", style=_STYLE, layout=_LAYOUT),
-        "amp": W.Checkbox(value=cfg.amp, description="mixed precision (CUDA only)", style=_STYLE),
+        "amp": W.Checkbox(value=cfg.amp, description="mixed precision (CUDA only)", **_CHECKBOX),
     }
-    extra = {"resume": W.Checkbox(value=False, description="resume from last.pt", style=_STYLE)}
+    extra = {"resume": W.Checkbox(value=False, description="resume from last.pt", **_CHECKBOX)}
     return ConfigForm(controls, extra, title="Training hyperparameters")
 
 
