@@ -127,9 +127,10 @@ class TrainConfig:
     score_thresh: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # JSON round-trips give lists; keep tuples so configs compare equal.
         self.categories = tuple(self.categories)
-        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
+        self.lr_milestones = tuple(self.lr_milestones)
         errors = []
 
         def check(ok: bool, msg: str) -> None:
@@ -271,6 +272,37 @@ class TrainConfig:
             return cls.from_dict(values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from e
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple["):  # tuple[X, ...]: a list or tuple of X, never a bare string
+        item = kind[len("tuple["):].split(",")[0]
+        return isinstance(value, (list, tuple)) and all(_is(v, item) for v in value)
+    raise TypeError(f"no check for type {kind!r}")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Raise ValueError naming every field whose value has the wrong type (JSON, CLI, widgets)."""
+    errors = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if not any(_is(value, k) for k in kinds if k != "None"):
+            errors.append(f"{f.name} must be {f.type}, got {value!r}")
+        elif "float" in kinds and isinstance(value, int):
+            object.__setattr__(cfg, f.name, float(value))
+    if errors:
+        raise ValueError("invalid TrainConfig: " + "; ".join(errors))
 
 
 def slider_fields() -> dict[str, dict[str, Any]]:

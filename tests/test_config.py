@@ -49,6 +49,29 @@ def test_invalid_values_raise_value_error_naming_the_field(change, message):
         TrainConfig(**change)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"categories": "person"}, "categories"),
+        ({"weights": None}, "weights"),
+        ({"lr": "0.1"}, "lr"),
+        ({"num_epochs": 2.5}, "num_epochs"),
+        ({"batch_size": True}, "batch_size"),
+        ({"lr_milestones": (8.5,)}, "lr_milestones"),
+        ({"amp": 1}, "amp"),
+    ],
+)
+def test_wrong_types_raise_value_error_naming_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change)
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    cfg = TrainConfig(lr=1, grad_clip_norm=5)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.grad_clip_norm, float)
+    assert TrainConfig(max_iters=None, grad_clip_norm=None).grad_clip_norm is None
+
+
 def test_unknown_profile_lists_valid_ones():
     with pytest.raises(ValueError, match="seed"):
         TrainConfig.from_profile("huge")
