@@ -116,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from seglib.engine import train
 
+    if args.config and not (args.data and args.out):
+        raise ValueError("--config needs --data and --out: a config file does not say which profile's folders to use")
     paths = get_paths(args.profile)
     cfg = config_from_args(args)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
@@ -170,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             from seglib.model import model_from_checkpoint
 
-            model, _, _ = model_from_checkpoint(args.checkpoint, device=device)
+            model, _, _ = model_from_checkpoint(args.checkpoint, device=device, categories=dataset.categories)
         model.to(device)
         metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
     print(format_table(metrics))

@@ -222,7 +222,15 @@ def _build(num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *
             )
     if kind == "file" and load:
         state = load_checkpoint_or_state(weights)
-        load_model_state(model, state, source=str(weights))
+        if _num_classes_of(state) == COCO_NUM_CLASSES and num_classes != COCO_NUM_CLASSES:
+            # A COCO-trained file placed by hand: load it whole, then fit new predictors.
+            model = _skeleton(COCO_NUM_CLASSES, arch, cfg, pretrained=True)
+            load_model_state(model, state, source=str(weights))
+            _replace_predictors(model, num_classes)
+            if arch == "v1":
+                _set_frozen_eps(model, 0.0)  # as for the COCO_V1 file above
+        else:
+            load_model_state(model, state, source=str(weights))
     return model
 
 
@@ -463,22 +471,49 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return ckpt
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskRCNN, TrainConfig, list[dict]]:
+def check_class_map(checkpoint_categories: list[dict], data_categories: list[dict], *, source: str = "checkpoint") -> None:
+    """Raise unless a model's labels mean the same categories as the data's (pitfalls 5, 9).
+
+    Labels 1..k are positions in a category list; a checkpoint trained on ``cake car dog
+    person`` would silently score every class wrong on a split ordered otherwise.
+
+    Raises:
+        CheckpointError: the (id, name) pairs differ; the message lists both.
+    """
+    ours = [(int(c["id"]), c["name"]) for c in checkpoint_categories]
+    theirs = [(int(c["id"]), c["name"]) for c in data_categories]
+    if ours != theirs:
+        raise CheckpointError(
+            f"{source} was trained with labels {ours} but the data uses {theirs}; evaluate it on a "
+            "subset built with the same --categories in the same order"
+        )
+
+
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, categories: list[dict] | None = None
+) -> tuple[MaskRCNN, TrainConfig, list[dict]]:
     """Rebuild the trained model from a checkpoint alone (no weight files, no network).
+
+    Args:
+        categories: the data's categories (e.g. ``dataset.categories``); when given, the
+            checkpoint's class map must match them (``check_class_map``).
 
     Returns:
         (model in eval mode on ``device``, its TrainConfig, its categories with coco_id).
 
     Raises:
         FileNotFoundError, CheckpointError: see ``load_checkpoint``; also when the stored
-        class map and the weights disagree.
+        class map and the weights disagree, or the class map and ``categories`` do.
     """
     ckpt = load_checkpoint(path)
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: stored config is invalid for this seglib version: {e}") from e
-    categories = ckpt["categories"]
+    stored = ckpt["categories"]
+    if categories is not None:
+        check_class_map(stored, categories, source=str(path))
+    categories = stored
     if ckpt["num_classes"] != len(categories) + 1 or cfg.num_classes != ckpt["num_classes"]:
         raise CheckpointError(
             f"{path}: num_classes {ckpt['num_classes']} disagrees with its {len(categories)} categories "

@@ -32,6 +32,8 @@ def test_bad_input_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys):
     assert err.startswith("error: ") and "Traceback" not in err
     assert main(["train", "--profile", "smoke", "--lr", "-1", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "lr" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "cfg.json")]) == 2
+    assert "--data and --out" in capsys.readouterr().err
 
 
 def test_synth_then_subset_writes_the_split_files(tmp_path):

@@ -146,6 +146,30 @@ def test_local_weight_file_and_class_count_mismatch(tmp_path, cfg):
         build_model(3, str(path), "v1", cfg)
 
 
+def test_a_coco_trained_local_file_starts_a_k_class_run(tmp_path, cfg):
+    source = build_model(91, "none", "v1", cfg).state_dict()
+    path = tmp_path / "maskrcnn_coco_by_hand.pth"
+    torch.save(source, path)
+    model = build_model(5, str(path), "v1", cfg)
+    assert _heads(model) == (5, 20, 5)
+    key = "backbone.body.layer4.0.conv1.weight"
+    assert torch.equal(model.state_dict()[key], source[key])
+
+
+def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
+    from seglib.model import check_class_map
+
+    model = build_model(5, "none", "v1", cfg)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=1, iteration=1)
+    model_from_checkpoint(path, categories=[dict(c) for c in CATEGORIES])  # same map: fine
+    reordered = [dict(c, id=i + 1) for i, c in enumerate(reversed(CATEGORIES))]
+    with pytest.raises(CheckpointError, match="person") as err:
+        model_from_checkpoint(path, categories=reordered)
+    assert str(path) in str(err.value)
+    with pytest.raises(CheckpointError):
+        check_class_map(CATEGORIES, CATEGORIES[:3])
+
+
 def test_load_model_state_names_both_class_counts(cfg):
     small = build_model(3, "none", "v1", cfg)
     with pytest.raises(CheckpointError) as info:
