@@ -110,7 +110,8 @@ def amp_settings(device: torch.device, enabled: bool = True) -> tuple[torch.dtyp
     """
     if not enabled or device.type != "cuda":
         return None, None
-    if torch.cuda.is_bf16_supported():
+    # Native bf16 only (Ampere and newer): emulated bf16 on older GPUs is slower than fp16.
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16, None
     return torch.float16, torch.amp.GradScaler("cuda")
 
@@ -453,7 +454,13 @@ def predict(
     try:
         with torch.inference_mode():
             for images, targets in batches:
-                outputs = net([img.to(device, non_blocking=True) for img in images])
+                try:
+                    outputs = net([img.to(device, non_blocking=True) for img in images])
+                except torch.cuda.OutOfMemoryError as e:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"CUDA out of memory while predicting on {len(images)} images: use a smaller "
+                        "batch_size or smaller min_size/max_size"
+                    ) from e
                 for target, output in zip(targets, outputs, strict=True):
                     results.extend(_results_for(_image_id(target), output, score_thresh))
     finally:
@@ -599,7 +606,8 @@ def _load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"cannot resume: {path} does not exist; start a fresh run (without --resume) or point --out at the run folder")
     ckpt = load_checkpoint(path)
     saved = TrainConfig.from_dict(ckpt["config"])
-    diffs = [f"{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}" for k in RESUME_FIXED if getattr(saved, k) != getattr(cfg, k)]
+    fixed = RESUME_FIXED + (("num_epochs",) if cfg.lr_schedule == "cosine" else ())  # cosine spans the run
+    diffs = [f"{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}" for k in fixed if getattr(saved, k) != getattr(cfg, k)]
     if diffs:
         raise ValueError(
             f"cannot resume {path}: the config differs in fields that the saved model, optimizer or "

@@ -72,11 +72,20 @@ def test_amp_is_off_on_cpu():
     assert amp_settings(CPU, True) == (None, None)
 
 
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_uses_native_bf16_only_else_fp16_with_a_scaler(monkeypatch, native_bf16, expected):
+    # torch reports bf16 as supported on pre-Ampere GPUs too (emulated, slower than fp16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    dtype, scaler = amp_settings(torch.device("cuda"), True)
+    assert dtype is expected
+    assert (scaler is not None) == (expected is torch.float16)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_amp_dtype_follows_bf16_support():
     dtype, scaler = amp_settings(torch.device("cuda"), True)
-    if torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         assert dtype is torch.bfloat16 and scaler is None
     else:
         assert dtype is torch.float16 and isinstance(scaler, torch.amp.GradScaler)
@@ -383,3 +392,19 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
     assert len([r for r in rows if "val" in r]) == 1
     assert load_checkpoint(out / "last.pt")["iteration"] == 2
     shutil.rmtree(out)
+
+
+def test_resume_refuses_a_new_length_for_a_cosine_schedule(tmp_path):
+    from seglib.engine import _load_for_resume
+    from seglib.model import build_model, save_checkpoint
+
+    cfg = TrainConfig.smoke(lr_schedule="cosine", num_epochs=2)
+    model = build_model(cfg.num_classes, "none", cfg.arch, cfg)
+    categories = [{"id": i + 1, "name": n, "coco_id": i + 1} for i, n in enumerate(cfg.categories)]
+    path = save_checkpoint(tmp_path / "last.pt", model=model, cfg=cfg, categories=categories, epoch=1, iteration=6)
+    assert _load_for_resume(path, cfg)["epoch"] == 1
+    with pytest.raises(ValueError, match="num_epochs"):
+        _load_for_resume(path, cfg.replace(num_epochs=4))
+    step = cfg.replace(lr_schedule="multistep")
+    save_checkpoint(path, model=model, cfg=step, categories=categories, epoch=1, iteration=6)
+    assert _load_for_resume(path, step.replace(num_epochs=4))["epoch"] == 1  # step decay: extending is fine
