@@ -115,7 +115,7 @@ def run_notebooks(
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
 
     out_dir = Path(out_dir)
     previous = os.environ.get("SEGLIB_PROFILE")
@@ -132,7 +132,7 @@ def run_notebooks(
             target = out_dir / source.name
             try:
                 client.execute()
-            except CellExecutionError as e:
+            except (CellControlSignal, DeadKernelError) as e:  # a cell raised or timed out, or the kernel died
                 write_bytes_atomic(target, nbformat.writes(nb).encode())
                 raise NotebookRunError(f"{source.name} failed (executed copy: {target}):\n{e}") from e
             write_bytes_atomic(target, nbformat.writes(nb).encode())

@@ -86,3 +86,13 @@ def test_a_failing_cell_names_the_notebook_and_stops_the_series(tmp_path):
         list(run_notebooks("smoke", out, notebooks_dir=src, timeout=60))
     assert "run 01 first" in str(err.value)
     assert sorted(p.name for p in out.iterdir()) == ["01_ok.ipynb", "02_bad.ipynb"]
+
+
+@pytest.mark.slow
+def test_a_dead_kernel_is_reported_as_a_failed_notebook(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_dies.ipynb", "import os\nos._exit(1)")
+    with pytest.raises(NotebookRunError, match="01_dies.ipynb"):
+        list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
+    assert (tmp_path / "out" / "01_dies.ipynb").is_file()
