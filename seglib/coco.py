@@ -309,7 +309,8 @@ def _sha1(path: Path) -> str:
 
 def _safe_member(name: str) -> bool:
     pure = PurePosixPath(name.replace("\\", "/"))
-    return bool(name) and not pure.is_absolute() and ".." not in pure.parts and ":" not in pure.parts[0]
+    parts = pure.parts
+    return bool(parts) and not pure.is_absolute() and ".." not in parts and ":" not in parts[0]
 
 
 def extract_instances(zip_path: str | Path, annotations_dir: str | Path) -> list[Path]:
@@ -702,8 +703,12 @@ def prepare_source(cfg: TrainConfig, paths: Paths) -> Path:
     )
     wanted = {"images_per_split": cfg.synthetic_images, "size": cfg.synthetic_size, "seed": cfg.seed}
     marker = root / "synthetic.json"
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        return root
+    try:
+        if json.loads(marker.read_text()) == wanted:
+            return root
+    except (OSError, json.JSONDecodeError):
+        pass  # absent or unreadable: (re)generate
+
     from .synthetic import make_synthetic_coco
 
     make_synthetic_coco(root, **wanted)

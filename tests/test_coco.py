@@ -642,7 +642,7 @@ def test_default_checksum_is_the_published_one():
     assert ANNOTATIONS_SHA1 == "8551ee4bb5860311e79dace7e79cb91e432e78b3"
 
 
-@pytest.mark.parametrize("evil", ["../evil.json", "annotations/../../evil.json", "/tmp/evil.json"])
+@pytest.mark.parametrize("evil", ["../evil.json", "annotations/../../evil.json", "/tmp/evil.json", "./"])
 def test_zip_slip_is_rejected(synthetic_coco, zip_server, tmp_path, evil):
     from seglib.coco import DownloadError
 
@@ -760,6 +760,11 @@ def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
     with pytest.warns(UserWarning, match="SYNTHETIC DATA"):
         assert prepare_source(cfg, paths) == root
     assert ann.stat().st_mtime_ns == first  # same arguments: reused
+    (root / "synthetic.json").write_text("{torn")
+    with pytest.warns(UserWarning):
+        prepare_source(cfg, paths)
+    assert ann.stat().st_mtime_ns != first  # unreadable marker: regenerated, no JSONDecodeError
+    first = ann.stat().st_mtime_ns
     with pytest.warns(UserWarning):
         prepare_source(cfg.replace(synthetic_images=7), paths)
     assert len(json.loads(ann.read_text())["images"]) == 7  # new arguments: regenerated
