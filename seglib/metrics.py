@@ -55,6 +55,10 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
+#: Box IoU with another instance at or above which an instance counts as occluded / packed.
+OVERLAP_THRESH = 0.1
+
+
 def _read_json(path: str | Path, what: str, hint: str) -> Any:
     """JSON from ``path``; a missing file or bad JSON raises an error naming it, with ``hint``."""
     path = Path(path)
@@ -565,7 +569,7 @@ def occlusion_breakdown(
     *,
     score_thresh: float = 0.5,
     iou_thresh: float = 0.5,
-    overlap_thresh: float = 0.1,
+    overlap_thresh: float = OVERLAP_THRESH,
 ) -> dict[str, dict]:
     """Recall and mean IoU of occluded against isolated ground-truth instances.
 

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from seglib.config import write_bytes_atomic
+from seglib.metrics import OVERLAP_THRESH, results_to_instances
 
 LOSS_KEYS = (
     "loss",
@@ -184,6 +185,27 @@ def draw_instances(
 
 def _instances(d: Mapping) -> dict[str, Any]:
     return {k: d.get(k) for k in ("boxes", "masks", "labels", "scores")}
+
+
+def prediction_samples(
+    dataset: Any, results: Sequence[Mapping], image_ids: Sequence[int] | None = None, *, score_thresh: float = 0.0
+) -> list[tuple[Any, dict[str, np.ndarray]]]:
+    """``(image, prediction)`` pairs for ``draw_instance_grid`` from cached COCO results.
+
+    ``dataset`` is a ``CocoSubsetDataset`` (images by position, ``.ids``); ``image_ids``
+    defaults to all of its images, in order.
+
+    Raises:
+        KeyError: an image id that is not in the dataset (names it).
+    """
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    samples = []
+    for image_id in dataset.ids if image_ids is None else image_ids:
+        if image_id not in position:
+            raise KeyError(f"image id {image_id} is not in this split")
+        image = dataset[position[image_id]][0]
+        samples.append((image, results_to_instances(results, image_id, score_thresh=score_thresh)))
+    return samples
 
 
 def draw_prediction_vs_gt(
@@ -472,7 +494,7 @@ def plot_overlap_histogram(
     overlaps: Mapping[int, float] | Sequence[float],
     ax: Axes | None = None,
     *,
-    overlap_thresh: float = 0.1,
+    overlap_thresh: float = OVERLAP_THRESH,
     bins: int = 20,
 ) -> Axes:
     """Histogram of each instance's largest box IoU with another (``instance_overlap``)."""

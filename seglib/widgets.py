@@ -120,18 +120,17 @@ def thresholds(form: W.VBox) -> dict[str, float]:
 def threshold_explorer(form: W.VBox, dataset: Any, results: list[dict], indices: Any, ncols: int = 4) -> W.VBox:
     """``form`` above overlays of cached ``results`` that redraw whenever a slider moves.
 
-    Images are decoded once. Errors inside a redraw land in the output area (ipywidgets
+    Errors inside a redraw land in the output area (ipywidgets
     swallows them), so the notebook re-applies the same thresholds in a plain cell.
     """
-    images = [(dataset[i][0], dataset.ids[i]) for i in indices]
+    image_ids = [dataset.ids[i] for i in indices]
     out = W.Output()
 
     def redraw(_change: Any = None) -> None:
         kept = metrics.filter_predictions(results, **thresholds(form))
-        samples = [(image, metrics.results_to_instances(kept, image_id)) for image, image_id in images]
         with out:
             out.clear_output(wait=True)
-            fig = viz.draw_instance_grid(samples, dataset.class_names, ncols=ncols)
+            fig = viz.draw_instance_grid(viz.prediction_samples(dataset, kept, image_ids), dataset.class_names, ncols=ncols)
             display(fig)
             viz.close(fig)
 

@@ -190,3 +190,26 @@ def test_training_figure_redraws_in_place_and_is_not_registered_with_pyplot():
     viz.draw_training(history, axes)
     viz.draw_training(history[:2], axes)
     assert len(axes[1].lines) == 1 and len(axes[1].lines[0].get_xdata()) == 2
+
+
+def test_prediction_samples_pairs_images_with_their_decoded_results(synthetic_subset):
+    import pycocotools.mask as mask_utils
+
+    from seglib.dataset import open_split
+
+    ds = open_split(synthetic_subset, "val")
+    coco = ds.coco
+    results = []
+    for ann in coco.loadAnns(coco.getAnnIds(iscrowd=False)):
+        rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
+                        "score": 0.7, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    samples = viz.prediction_samples(ds, results)
+    assert len(samples) == len(ds)
+    for (image, pred), image_id in zip(samples, ds.ids, strict=True):
+        assert image.shape[1:] == (coco.imgs[image_id]["height"], coco.imgs[image_id]["width"])
+        assert len(pred["labels"]) == len(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+    last = ds.ids[-1]
+    assert len(viz.prediction_samples(ds, results, [last], score_thresh=0.8)[0][1]["labels"]) == 0
+    with pytest.raises(KeyError, match="123456789"):
+        viz.prediction_samples(ds, results, [123456789])
