@@ -6,8 +6,9 @@ It builds (or reuses, under ``--work``) a synthetic COCO at COCO resolution and 
 subset of it, then times full passes over the same training images, on one core (one process,
 torch and OpenCV limited to one thread), for:
 
-(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: polygons are converted to
-    compressed RLE once at construction; each ``__getitem__`` only decodes RLE;
+(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: each mask is rasterised once
+    at construction and kept as row-major run lengths; each ``__getitem__`` rebuilds an image's
+    masks with one ``np.repeat``;
 (b) the torchvision tutorial's approach: every ``__getitem__`` rebuilds every mask from its
     polygons with pycocotools ``annToMask``; the image decode, the *same* augmentation and the
     target building are seglib's (a subclass overriding only ``load_instances``).

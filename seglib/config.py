@@ -188,7 +188,8 @@ class TrainConfig:
         """A plumbing check that trains in seconds on 2 CPU cores, offline.
 
         Synthetic data, 128 px images, no pretrained weights, and ROI/proposal counts cut so a
-        step costs about 1.5 s instead of 6 s. Its numbers say nothing about model quality.
+        step costs about 0.7 s on 2 CPU cores (docs/benchmarks.md). Its numbers say nothing about
+        model quality.
         """
         values: dict[str, Any] = dict(
             data_source="synthetic",
