@@ -20,7 +20,8 @@ $(STAMP): requirements.txt pyproject.toml
 test: install lint unit notebooks
 
 lint: install
-	$(PY) -m ruff check seglib tests bench
+	$(PY) -m ruff check seglib tests bench notebooks/conftest.py
+	$(PY) -m ruff format --check seglib tests bench notebooks/conftest.py
 
 unit: install
 	$(PY) -m pytest tests -q

@@ -53,17 +53,38 @@ from seglib.synthetic import make_synthetic_coco
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, help="model min_size in px (default 800 on CUDA, 128 on CPU)")
-    p.add_argument("--iters", type=int, help="timed iterations per loop (default 20 on CUDA, 5 on CPU)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per loop first (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds, loops alternating; medians reported (default 3)")
+    p.add_argument(
+        "--size", type=int, help="model min_size in px (default 800 on CUDA, 128 on CPU)"
+    )
+    p.add_argument(
+        "--iters", type=int, help="timed iterations per loop (default 20 on CUDA, 5 on CPU)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed iterations per loop first (default 2)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed rounds, loops alternating; medians reported (default 3)",
+    )
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--profile", choices=("seed", "smoke"), help="ROI/proposal counts (default seed on CUDA, smoke on CPU)")
-    p.add_argument("--weights", choices=("coco", "none"), default="coco",
-                   help="coco: the fine-tuning structure (frozen BN, 3 trainable stages), with the COCO file's "
-                        "values when cached, random values otherwise; none: random init, all layers trainable")
-    p.add_argument("--work", type=Path, help="folder for the synthetic data (default: a temporary one)")
+    p.add_argument(
+        "--profile",
+        choices=("seed", "smoke"),
+        help="ROI/proposal counts (default seed on CUDA, smoke on CPU)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("coco", "none"),
+        default="coco",
+        help="coco: the fine-tuning structure (frozen BN, 3 trainable stages), with the COCO file's "
+        "values when cached, random values otherwise; none: random init, all layers trainable",
+    )
+    p.add_argument(
+        "--work", type=Path, help="folder for the synthetic data (default: a temporary one)"
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -73,7 +94,15 @@ def make_batches(work: Path, size: int, batch_size: int, n_batches: int) -> list
     n_images = n_batches * batch_size
     longer = round(size * 4 / 3)
     make_synthetic_coco(work / "coco", images_per_split=max(n_images + 4, 8), size=longer, seed=0)
-    build_subset(work / "coco", work / "subset", num_train=n_images, num_val=2, num_test=2, seed=0, progress=False)
+    build_subset(
+        work / "coco",
+        work / "subset",
+        num_train=n_images,
+        num_val=2,
+        num_test=2,
+        seed=0,
+        progress=False,
+    )
     dataset = open_split(work / "subset", "train")
     items = [dataset[i] for i in range(n_images)]
     return [
@@ -116,11 +145,22 @@ def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> float:
     scheduler = make_lr_scheduler(optimizer, cfg, iters_per_epoch=max(1, warmup + iters))
     amp_dtype, scaler = amp_settings(device, cfg.amp)
     if device.type == "cuda":  # what pin_memory=True gives the DataLoader's batches
-        batches = [([i.pin_memory() for i in imgs], [{k: v.pin_memory() for k, v in t.items()} for t in tgts])
-                   for imgs, tgts in batches]
+        batches = [
+            (
+                [i.pin_memory() for i in imgs],
+                [{k: v.pin_memory() for k, v in t.items()} for t in tgts],
+            )
+            for imgs, tgts in batches
+        ]
     rows: list[dict] = []
-    kwargs = dict(scaler=scaler, lr_scheduler=scheduler, amp_dtype=amp_dtype, grad_clip_norm=cfg.grad_clip_norm,
-                  log_interval=cfg.log_interval, callback=lambda event, row: rows.append(row))
+    kwargs = dict(
+        scaler=scaler,
+        lr_scheduler=scheduler,
+        amp_dtype=amp_dtype,
+        grad_clip_norm=cfg.grad_clip_norm,
+        log_interval=cfg.log_interval,
+        callback=lambda event, row: rows.append(row),
+    )
     train_one_epoch(model, optimizer, cycle(batches, warmup), device, 0, **kwargs)
     sync(device)
     start = time.perf_counter()
@@ -130,8 +170,12 @@ def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> float:
 
 
 def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> float:
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
 
     def steps(n: int) -> torch.Tensor | None:
         loss = None
@@ -166,10 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (800 if cuda else 128)
     iters = args.iters or (20 if cuda else 5)
     profile = args.profile or ("seed" if cuda else "smoke")
-    cfg = TrainConfig.from_profile(profile, min_size=size, max_size=max(size, round(size * 1333 / 800)),
-                                   batch_size=args.batch_size, weights=args.weights, amp=True,
-                                   trainable_backbone_layers=3 if args.weights == "coco" else 5, warmup_iters=0,
-                                   lr=0.001)  # the seed recipe's lr: the unclipped plain loop must stay finite
+    cfg = TrainConfig.from_profile(
+        profile,
+        min_size=size,
+        max_size=max(size, round(size * 1333 / 800)),
+        batch_size=args.batch_size,
+        weights=args.weights,
+        amp=True,
+        trainable_backbone_layers=3 if args.weights == "coco" else 5,
+        warmup_iters=0,
+        lr=0.001,
+    )  # the seed recipe's lr: the unclipped plain loop must stay finite
     cached = args.weights == "coco" and weights_file("coco", cfg.arch).is_file()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -185,16 +236,24 @@ def main(argv: list[str] | None = None) -> int:
 
     amp_dtype, _ = amp_settings(device, cfg.amp)
     print(f"device      {device_name(device)}")
-    print(f"versions    python {platform.python_version()}, torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}, seglib {seglib.__version__}")
-    print(f"model       Mask R-CNN R50-FPN {cfg.arch}, weights {args.weights}"
-          f"{' (cached COCO file)' if cached else ' (not cached: its structure, random weights, calibrated frozen BN)' if args.weights == 'coco' else ''}, "
-          f"min_size {cfg.min_size}, max_size {cfg.max_size}, profile {profile} "
-          f"(RPN post-NMS {cfg.rpn_post_nms_top_n_train}, ROIs/img {cfg.box_batch_size_per_image})")
+    print(
+        f"versions    python {platform.python_version()}, torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}, seglib {seglib.__version__}"
+    )
+    print(
+        f"model       Mask R-CNN R50-FPN {cfg.arch}, weights {args.weights}"
+        f"{' (cached COCO file)' if cached else ' (not cached: its structure, random weights, calibrated frozen BN)' if args.weights == 'coco' else ''}, "
+        f"min_size {cfg.min_size}, max_size {cfg.max_size}, profile {profile} "
+        f"(RPN post-NMS {cfg.rpn_post_nms_top_n_train}, ROIs/img {cfg.box_batch_size_per_image})"
+    )
     shapes = sorted({tuple(img.shape[1:]) for imgs, _ in batches for img in imgs})
-    print(f"data        {len(batches)} distinct batches of {args.batch_size} synthetic images {shapes}, "
-          f"{args.warmup} warmup + {iters} timed iterations per loop")
-    print(f"seglib loop AMP {amp_dtype or 'off (CPU)'}, grad clip {cfg.grad_clip_norm}, log interval {cfg.log_interval}")
+    print(
+        f"data        {len(batches)} distinct batches of {args.batch_size} synthetic images {shapes}, "
+        f"{args.warmup} warmup + {iters} timed iterations per loop"
+    )
+    print(
+        f"seglib loop AMP {amp_dtype or 'off (CPU)'}, grad clip {cfg.grad_clip_norm}, log interval {cfg.log_interval}"
+    )
 
     loops = {"seglib train_one_epoch": run_seglib, "plain fp32 torchvision": run_plain}
     rounds: dict[str, list[tuple[float, float | None, float]]] = {name: [] for name in loops}
@@ -207,24 +266,52 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
             seconds, last_loss = fn(model, cfg, batches, device, args.warmup, iters)
             if not math.isfinite(last_loss):  # a diverged model runs different (degenerate) work
-                raise SystemExit(f"{name}: the loss became {last_loss}; timings would be meaningless")
-            rounds[name].append((seconds, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None, last_loss))
+                raise SystemExit(
+                    f"{name}: the loss became {last_loss}; timings would be meaningless"
+                )
+            rounds[name].append(
+                (
+                    seconds,
+                    torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+                    last_loss,
+                )
+            )
     results = {}
     for name, runs in rounds.items():
         seconds = statistics.median(r[0] for r in runs)
-        results[name] = {"images_per_s": iters * args.batch_size / seconds, "s_per_iter": seconds / iters,
-                         "peak_gib": runs[-1][1], "last_loss": runs[-1][2], "rounds_s": [round(r[0], 3) for r in runs]}
+        results[name] = {
+            "images_per_s": iters * args.batch_size / seconds,
+            "s_per_iter": seconds / iters,
+            "peak_gib": runs[-1][1],
+            "last_loss": runs[-1][2],
+            "rounds_s": [round(r[0], 3) for r in runs],
+        }
 
     print(f"\nmedian of {args.repeats} alternating rounds")
-    print(f"{'loop':<24} {'images/s':>9} {'s/iter':>8} {'peak GPU mem':>13} {'last loss':>10}  rounds (s)")
+    print(
+        f"{'loop':<24} {'images/s':>9} {'s/iter':>8} {'peak GPU mem':>13} {'last loss':>10}  rounds (s)"
+    )
     for name, r in results.items():
         peak = f"{r['peak_gib']:.2f} GiB" if r["peak_gib"] is not None else "n/a"
-        print(f"{name:<24} {r['images_per_s']:>9.2f} {r['s_per_iter']:>8.3f} {peak:>13} {r['last_loss']:>10.3f}  {r['rounds_s']}")
+        print(
+            f"{name:<24} {r['images_per_s']:>9.2f} {r['s_per_iter']:>8.3f} {peak:>13} {r['last_loss']:>10.3f}  {r['rounds_s']}"
+        )
     ours, plain = (r["images_per_s"] for r in results.values())
     print(f"speed-up    {ours / plain:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name(device), "size": size, "iters": iters,
-                                         "batch_size": args.batch_size, "profile": profile, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": device_name(device),
+                    "size": size,
+                    "iters": iters,
+                    "batch_size": args.batch_size,
+                    "profile": profile,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -25,7 +25,9 @@ from seglib.config import DEFAULT_CATEGORIES, PROFILES, TrainConfig, get_paths, 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic COCO 2017 root")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the COCO-shaped root into")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder to write the COCO-shaped root into"
+    )
     p.add_argument("--images", type=int, default=40, help="images per split (default 40)")
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--seed", type=int, default=0)
@@ -35,7 +37,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from seglib.synthetic import make_synthetic_coco
 
-    summary = make_synthetic_coco(args.out, images_per_split=args.images, size=args.size, seed=args.seed)
+    summary = make_synthetic_coco(
+        args.out, images_per_split=args.images, size=args.size, seed=args.seed
+    )
     print(f"synthetic COCO written to {args.out}")
     print(json.dumps(summary, indent=2))
     return 0
@@ -43,15 +47,33 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _add_subset(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("subset", help="build the category subset from a COCO 2017 root")
-    p.add_argument("--coco-root", type=Path, required=True, help="folder with annotations/, train2017/, val2017/")
+    p.add_argument(
+        "--coco-root",
+        type=Path,
+        required=True,
+        help="folder with annotations/, train2017/, val2017/",
+    )
     p.add_argument("--out", type=Path, required=True, help="subset folder to write")
     p.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES), metavar="NAME")
-    p.add_argument("--train", type=int, default=300, help="train images, from train2017 (default 300)")
+    p.add_argument(
+        "--train", type=int, default=300, help="train images, from train2017 (default 300)"
+    )
     p.add_argument("--val", type=int, default=300, help="val images, from val2017 (default 300)")
-    p.add_argument("--test", type=int, default=30, help="test images, from val2017, disjoint from val (default 30)")
+    p.add_argument(
+        "--test",
+        type=int,
+        default=30,
+        help="test images, from val2017, disjoint from val (default 30)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--download", action="store_true", help="fetch missing images (and the annotations archive)")
-    p.add_argument("--base-url", default=None, help="replaces http://images.cocodataset.org, keeping its layout")
+    p.add_argument(
+        "--download", action="store_true", help="fetch missing images (and the annotations archive)"
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="replaces http://images.cocodataset.org, keeping its layout",
+    )
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     p.set_defaults(func=cmd_subset)
 
@@ -79,12 +101,20 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train Mask R-CNN on a subset (works under torchrun)")
-    p.add_argument("--data", type=Path, default=None, help="subset folder (default: data/subset/<profile>)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: data/runs/<profile>)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="subset folder (default: data/subset/<profile>)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: data/runs/<profile>)"
+    )
     p.add_argument("--profile", choices=PROFILES, default="seed")
-    p.add_argument("--config", type=Path, default=None, help="TrainConfig JSON; overrides the profile")
+    p.add_argument(
+        "--config", type=Path, default=None, help="TrainConfig JSON; overrides the profile"
+    )
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if RUN/last.pt exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if RUN/last.pt exists"
+    )
     p.add_argument("--epochs", type=int, dest="num_epochs")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -101,15 +131,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 _TRAIN_OVERRIDES = (
-    "num_epochs", "lr", "batch_size", "weights", "arch", "device", "min_size", "max_size",
-    "max_iters", "num_workers", "seed", "amp",
+    "num_epochs",
+    "lr",
+    "batch_size",
+    "weights",
+    "arch",
+    "device",
+    "min_size",
+    "max_size",
+    "max_iters",
+    "num_workers",
+    "seed",
+    "amp",
 )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The profile (or --config file) with the command-line overrides applied."""
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig.from_profile(args.profile)
-    overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k, None) is not None}
+    overrides = {
+        k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k, None) is not None
+    }
     return cfg.replace(**overrides)
 
 
@@ -117,7 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seglib.engine import train
 
     if args.config and not (args.data and args.out):
-        raise ValueError("--config needs --data and --out: a config file does not say which profile's folders to use")
+        raise ValueError(
+            "--config needs --data and --out: a config file does not say which profile's folders to use"
+        )
     paths = get_paths(args.profile)
     cfg = config_from_args(args)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
@@ -139,8 +183,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="COCO AP and mean IoU")
     p.add_argument("--data", type=Path, help="subset folder (with --checkpoint or --zero-shot)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate")
-    p.add_argument("--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model")
-    p.add_argument("--arch", choices=("v1", "v2"), default="v1", help="architecture for --zero-shot")
+    p.add_argument(
+        "--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model"
+    )
+    p.add_argument(
+        "--arch", choices=("v1", "v2"), default="v1", help="architecture for --zero-shot"
+    )
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--gt", type=Path, help="ground-truth split JSON (with --predictions)")
     p.add_argument("--predictions", type=Path, help="COCO results JSON (with --gt)")
@@ -159,7 +207,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_results(args.gt, args.predictions, score_thresh=args.score_thresh)
     else:
         if not args.data or not (args.checkpoint or args.zero_shot):
-            raise ValueError("give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions")
+            raise ValueError(
+                "give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions"
+            )
         from seglib.dataset import open_split
         from seglib.engine import evaluate, resolve_device
 
@@ -172,7 +222,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             from seglib.model import model_from_checkpoint
 
-            model, _, _ = model_from_checkpoint(args.checkpoint, device=device, categories=dataset.categories)
+            model, _, _ = model_from_checkpoint(
+                args.checkpoint, device=device, categories=dataset.categories
+            )
         model.to(device)
         metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
     print(format_table(metrics))
@@ -208,7 +260,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fetch-weights", help="download torchvision weights into the TORCH_HOME cache")
+    p = sub.add_parser(
+        "fetch-weights", help="download torchvision weights into the TORCH_HOME cache"
+    )
     p.add_argument("kind", choices=("coco", "imagenet"))
     p.add_argument("--arch", choices=("v1", "v2"), default="v1")
     p.set_defaults(func=cmd_fetch_weights)
@@ -225,7 +279,12 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="execute notebooks 01-05 in order, headless")
     p.add_argument("--profile", choices=PROFILES, default="seed")
-    p.add_argument("--out", type=Path, default=None, help="folder for executed notebooks (default: the run folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for executed notebooks (default: the run folder)",
+    )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p.set_defaults(func=cmd_run)
 
@@ -252,7 +311,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_subset, _add_train, _add_evaluate, _add_predict, _add_fetch_weights, _add_run):
+    for add in (
+        _add_synth,
+        _add_subset,
+        _add_train,
+        _add_evaluate,
+        _add_predict,
+        _add_fetch_weights,
+        _add_run,
+    ):
         add(sub)
     return parser
 
@@ -265,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # Bad input and seglib's own errors already name the file, annotation or choice at
         # fault, so a one-line message serves better than a traceback. Anything else is a bug.
-        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) and not type(e).__module__.startswith("seglib"):
+        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) and not type(
+            e
+        ).__module__.startswith("seglib"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -80,7 +80,9 @@ def load_instances(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):
-        raise SubsetError(f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists")
+        raise SubsetError(
+            f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists"
+        )
     return data
 
 
@@ -101,7 +103,11 @@ def _validate(data: dict[str, Any], path: Path) -> None:
     """Catch, with ids in the message, what would otherwise crash later in pycocotools or training."""
     cat_ids = set()
     for c in data["categories"]:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+        if (
+            not isinstance(c, dict)
+            or not isinstance(c.get("id"), int)
+            or not isinstance(c.get("name"), str)
+        ):
             raise SubsetError(f"{path}: category {c!r} needs an int 'id' and a str 'name'")
         cat_ids.add(c["id"])
     images: dict[int, dict[str, Any]] = {}
@@ -124,10 +130,14 @@ def _validate(data: dict[str, Any], path: Path) -> None:
             raise SubsetError(f"{path}: annotation entry {str(a)[:80]} has no int 'id'")
         where = f"{path}: annotation {a['id']}"
         if a.get("category_id") not in cat_ids:
-            raise SubsetError(f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' ({sorted(cat_ids)})")
+            raise SubsetError(
+                f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' ({sorted(cat_ids)})"
+            )
         im = images.get(a.get("image_id"))
         if im is None:
-            raise SubsetError(f"{where} refers to image_id {a.get('image_id')!r}, which is not in 'images'")
+            raise SubsetError(
+                f"{where} refers to image_id {a.get('image_id')!r}, which is not in 'images'"
+            )
         if a.get("iscrowd", 0) not in (0, 1):
             raise SubsetError(f"{where}: iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
         seg = a.get("segmentation")
@@ -142,7 +152,9 @@ def _validate(data: dict[str, Any], path: Path) -> None:
                 if not isinstance(poly, list) or len(poly) % 2:
                     raise SubsetError(f"{where}: each polygon must be a flat list of x, y pairs")
         else:
-            raise SubsetError(f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(seg).__name__}")
+            raise SubsetError(
+                f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(seg).__name__}"
+            )
 
 
 def _clean_segmentation(seg: Any) -> Any:
@@ -162,8 +174,9 @@ def _qualifying(data: dict[str, Any], coco_ids: Sequence[int]) -> dict[int, set[
     return cat_to_imgs
 
 
-def _balanced_sample(cat_to_imgs: dict[int, set[int]], exclude: set[int], n: int,
-                     rng: np.random.Generator) -> list[int]:
+def _balanced_sample(
+    cat_to_imgs: dict[int, set[int]], exclude: set[int], n: int, rng: np.random.Generator
+) -> list[int]:
     """``n`` image ids, rarest category first, each category in about n/k images, then filled.
 
     Sorting before every shuffle makes the result depend only on the seed, not on set order.
@@ -215,8 +228,15 @@ def check_image(path: str | Path) -> tuple[int, int]:
         ) from e
 
 
-def download_file(url: str, dest: str | Path, *, retries: int = 5, backoff: float = 1.0,
-                  timeout: float = 60.0, verify: Callable[[Path], Any] | None = None) -> bool:
+def download_file(
+    url: str,
+    dest: str | Path,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    verify: Callable[[Path], Any] | None = None,
+) -> bool:
     """Download ``url`` to ``dest`` through ``dest.part``, renamed only once complete and verified.
 
     An existing ``dest`` is taken as complete. An existing ``.part`` is resumed with an HTTP
@@ -270,13 +290,18 @@ def _fetch_into(url: str, part: Path, offset: int, timeout: float) -> None:
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as resp:
             if resp.status == 206 and offset:
                 start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
                 if start != str(offset):
                     part.unlink(missing_ok=True)
                     raise _Retryable(f"server resumed at byte {start}, not {offset}")
-                mode, expected_total = "ab", resp.headers.get("Content-Range", "").rpartition("/")[2]
+                mode, expected_total = (
+                    "ab",
+                    resp.headers.get("Content-Range", "").rpartition("/")[2],
+                )
                 total = int(expected_total) if expected_total.isdigit() else None
             else:
                 mode, offset = "wb", 0
@@ -336,12 +361,16 @@ def extract_instances(zip_path: str | Path, annotations_dir: str | Path) -> list
             by_name = {i.filename: i for i in infos}
             missing = [m for m in INSTANCES_MEMBERS if m not in by_name]
             if missing:
-                raise DownloadError(f"{zip_path}: the archive has no {missing}; is it annotations_trainval2017.zip?")
+                raise DownloadError(
+                    f"{zip_path}: the archive has no {missing}; is it annotations_trainval2017.zip?"
+                )
             annotations_dir.mkdir(parents=True, exist_ok=True)
             written = []
             for member in INSTANCES_MEMBERS:
                 dest = annotations_dir / PurePosixPath(member).name
-                fd, tmp = tempfile.mkstemp(dir=annotations_dir, prefix=f".{dest.name}.", suffix=".tmp")
+                fd, tmp = tempfile.mkstemp(
+                    dir=annotations_dir, prefix=f".{dest.name}.", suffix=".tmp"
+                )
                 try:
                     with os.fdopen(fd, "wb") as out, zf.open(by_name[member]) as src:
                         shutil.copyfileobj(src, out, 1 << 20)
@@ -352,12 +381,20 @@ def extract_instances(zip_path: str | Path, annotations_dir: str | Path) -> list
                 written.append(dest)
             return written
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        raise DownloadError(f"{zip_path}: not a readable zip archive ({e}); delete it and fetch it again") from e
+        raise DownloadError(
+            f"{zip_path}: not a readable zip archive ({e}); delete it and fetch it again"
+        ) from e
 
 
-def fetch_annotations(coco_root: str | Path, base_url: str | None = None, *,
-                      sha1: str | None = ANNOTATIONS_SHA1, retries: int = 5, backoff: float = 1.0,
-                      timeout: float = 60.0) -> list[Path]:
+def fetch_annotations(
+    coco_root: str | Path,
+    base_url: str | None = None,
+    *,
+    sha1: str | None = ANNOTATIONS_SHA1,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+) -> list[Path]:
     """Fetch ``annotations_trainval2017.zip`` once (resumable) and extract the instances JSONs.
 
     The archive lands in ``COCO_ROOT/annotations/`` and is checked against ``sha1`` (None skips
@@ -379,15 +416,18 @@ def fetch_annotations(coco_root: str | Path, base_url: str | None = None, *,
             check(dest)
         except DownloadError as e:
             dest.unlink()
-            raise DownloadError(f"{dest}: {e}; the bad file was deleted, run again to refetch") from e
+            raise DownloadError(
+                f"{dest}: {e}; the bad file was deleted, run again to refetch"
+            ) from e
     else:
         download_file(url, dest, retries=retries, backoff=backoff, timeout=timeout, verify=check)
     return extract_instances(dest, dest.parent)
 
 
 # --- building the subset ---------------------------------------------------------------------
-def _check_arguments(categories: Sequence[str], nums: dict[str, int], workers: int,
-                     base_url: str | None) -> list[str]:
+def _check_arguments(
+    categories: Sequence[str], nums: dict[str, int], workers: int, base_url: str | None
+) -> list[str]:
     if isinstance(categories, str):
         categories = [categories]
     categories = list(categories)
@@ -424,8 +464,15 @@ def _area_bbox(seg: Any, height: int, width: int) -> tuple[float, list[float]]:
     return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
 
 
-def _split_doc(data: dict[str, Any], image_ids: list[int], cats: list[dict[str, Any]], folder: str,
-               split: str, names: list[str], dropped: list[int]) -> dict[str, Any]:
+def _split_doc(
+    data: dict[str, Any],
+    image_ids: list[int],
+    cats: list[dict[str, Any]],
+    folder: str,
+    split: str,
+    names: list[str],
+    dropped: list[int],
+) -> dict[str, Any]:
     """The split JSON: chosen images and their annotations of the chosen categories, renumbered."""
     new_id = {c["id"]: i + 1 for i, c in enumerate(cats)}
     wanted = set(image_ids)
@@ -433,8 +480,13 @@ def _split_doc(data: dict[str, Any], image_ids: list[int], cats: list[dict[str, 
     out_images = []
     for image_id in sorted(wanted):
         im = images[image_id]
-        entry = {"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"],
-                 "coco_url": im.get("coco_url") or f"{COCO_BASE_URL}/{folder}/{im['file_name']}"}
+        entry = {
+            "id": im["id"],
+            "file_name": im["file_name"],
+            "width": im["width"],
+            "height": im["height"],
+            "coco_url": im.get("coco_url") or f"{COCO_BASE_URL}/{folder}/{im['file_name']}",
+        }
         if "license" in im:
             entry["license"] = im["license"]
         out_images.append(entry)
@@ -451,8 +503,17 @@ def _split_doc(data: dict[str, Any], image_ids: list[int], cats: list[dict[str, 
             area, bbox = a["area"], a["bbox"]
         else:
             area, bbox = _area_bbox(seg, im["height"], im["width"])
-        anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": new_id[a["category_id"]],
-                     "segmentation": seg, "area": area, "bbox": bbox, "iscrowd": int(a.get("iscrowd", 0))})
+        anns.append(
+            {
+                "id": a["id"],
+                "image_id": a["image_id"],
+                "category_id": new_id[a["category_id"]],
+                "segmentation": seg,
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": int(a.get("iscrowd", 0)),
+            }
+        )
     info = dict(data.get("info") or {})
     info["description"] = f"seglib {split} split from COCO {folder}: {', '.join(names)}"
     return {
@@ -460,8 +521,15 @@ def _split_doc(data: dict[str, Any], image_ids: list[int], cats: list[dict[str, 
         "licenses": data.get("licenses") or [],
         "images": out_images,
         "annotations": anns,
-        "categories": [{"id": new_id[c["id"]], "name": c["name"], "supercategory": c.get("supercategory", ""),
-                        "coco_id": c["id"]} for c in cats],
+        "categories": [
+            {
+                "id": new_id[c["id"]],
+                "name": c["name"],
+                "supercategory": c.get("supercategory", ""),
+                "coco_id": c["id"],
+            }
+            for c in cats
+        ],
     }
 
 
@@ -482,8 +550,18 @@ def _counts(doc: dict[str, Any]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _place_image(folder: str, image: dict[str, Any], coco_root: Path, images_dir: Path, *,
-                 download: bool, base_url: str | None, retries: int, backoff: float, timeout: float) -> str:
+def _place_image(
+    folder: str,
+    image: dict[str, Any],
+    coco_root: Path,
+    images_dir: Path,
+    *,
+    download: bool,
+    base_url: str | None,
+    retries: int,
+    backoff: float,
+    timeout: float,
+) -> str:
     """Make ``images_dir/<file_name>`` a verified copy of the COCO image; return its sha256."""
     name = image["file_name"]
     src = coco_root / folder / name
@@ -493,8 +571,14 @@ def _place_image(folder: str, image: dict[str, Any], coco_root: Path, images_dir
                 f"image {name} (id {image['id']}) is not in {coco_root / folder}; pass --download "
                 f"(download=True) to fetch missing images from {base_url or COCO_BASE_URL}"
             )
-        download_file(_image_url(image, folder, base_url), src, retries=retries, backoff=backoff,
-                      timeout=timeout, verify=check_image)
+        download_file(
+            _image_url(image, folder, base_url),
+            src,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            verify=check_image,
+        )
     size = check_image(src)
     if size not in ((image["width"], image["height"]), (image["height"], image["width"])):
         raise SubsetError(
@@ -509,8 +593,9 @@ def _place_image(folder: str, image: dict[str, Any], coco_root: Path, images_dir
     return digest
 
 
-def _place_images(jobs: list[tuple[str, dict[str, Any]]], workers: int, progress: bool,
-                  **kwargs: Any) -> dict[str, str]:
+def _place_images(
+    jobs: list[tuple[str, dict[str, Any]]], workers: int, progress: bool, **kwargs: Any
+) -> dict[str, str]:
     """Run ``_place_image`` over ``jobs`` in a thread pool; stop early and re-raise the first error."""
     stop = threading.Event()
 
@@ -549,11 +634,24 @@ def _place_images(jobs: list[tuple[str, dict[str, Any]]], workers: int, progress
     return hashes
 
 
-def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[str] = DEFAULT_CATEGORIES,
-                 num_train: int = 300, num_val: int = 300, num_test: int = 30, seed: int = 0,
-                 download: bool = False, base_url: str | None = None, workers: int = 8,
-                 progress: bool = True, annotations_sha1: str | None = ANNOTATIONS_SHA1, *,
-                 retries: int = 5, backoff: float = 1.0, timeout: float = 60.0) -> dict[str, Any]:
+def build_subset(
+    coco_root: str | Path,
+    out: str | Path,
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    num_train: int = 300,
+    num_val: int = 300,
+    num_test: int = 30,
+    seed: int = 0,
+    download: bool = False,
+    base_url: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+    annotations_sha1: str | None = ANNOTATIONS_SHA1,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Write a seeded, class-balanced subset of COCO 2017 for ``categories``.
 
     Train images come from train2017, val and test from val2017 (disjoint). An image qualifies
@@ -593,7 +691,9 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
     names = _check_arguments(categories, nums, workers, base_url)
     if not any(nums.values()):
         raise SubsetError("num_train, num_val and num_test are all 0: nothing to build")
-    folders = [f for f in ("train2017", "val2017") if any(nums[s] for s in SPLITS if SPLIT_SOURCE[s] == f)]
+    folders = [
+        f for f in ("train2017", "val2017") if any(nums[s] for s in SPLITS if SPLIT_SOURCE[s] == f)
+    ]
     paths = {f: coco_root / "annotations" / f"instances_{f}.json" for f in folders}
     missing = [p for p in paths.values() if not p.is_file()]
     if missing:
@@ -604,8 +704,14 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
                 f"fetch annotations_trainval2017.zip (241 MB) from {base_url or COCO_BASE_URL} and "
                 "extract just those two files."
             )
-        fetch_annotations(coco_root, base_url, sha1=annotations_sha1, retries=retries, backoff=backoff,
-                          timeout=timeout)
+        fetch_annotations(
+            coco_root,
+            base_url,
+            sha1=annotations_sha1,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+        )
     data = {f: load_instances(p) for f, p in paths.items()}
     for f, p in paths.items():
         _validate(data[f], p)
@@ -614,19 +720,27 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
     coco_ids = [c["id"] for c in ref_cats]
 
     quals = {f: _qualifying(data[f], coco_ids) for f in folders}
-    available = {f: {"images": len(set().union(*q.values())),
-                     "per_category": {n: len(q[i]) for n, i in zip(names, coco_ids, strict=True)}}
-                 for f, q in quals.items()}
+    available = {
+        f: {
+            "images": len(set().union(*q.values())),
+            "per_category": {n: len(q[i]) for n, i in zip(names, coco_ids, strict=True)},
+        }
+        for f, q in quals.items()
+    }
     short = []
     for f in folders:
         asked = sum(nums[s] for s in SPLITS if SPLIT_SOURCE[s] == f)
         if asked > available[f]["images"]:
             what = " + ".join(f"{nums[s]} {s}" for s in SPLITS if SPLIT_SOURCE[s] == f and nums[s])
             per = ", ".join(f"{n} {k}" for n, k in available[f]["per_category"].items())
-            short.append(f"{f}: asked for {what} = {asked} images but only {available[f]['images']} "
-                         f"have a non-crowd instance of {names} (per category: {per})")
+            short.append(
+                f"{f}: asked for {what} = {asked} images but only {available[f]['images']} "
+                f"have a non-crowd instance of {names} (per category: {per})"
+            )
     if short:
-        raise SubsetError("not enough qualifying images; lower --train/--val/--test. " + "; ".join(short))
+        raise SubsetError(
+            "not enough qualifying images; lower --train/--val/--test. " + "; ".join(short)
+        )
 
     chosen: dict[str, list[int]] = {}
     taken: dict[str, set[int]] = {f: set() for f in folders}
@@ -640,9 +754,22 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
         taken[f].update(chosen[split])
 
     dropped: list[int] = []
-    docs = {s: _split_doc(data[SPLIT_SOURCE[s]], chosen[s], cats[SPLIT_SOURCE[s]], SPLIT_SOURCE[s], s, names, dropped)
-            if nums[s] else _split_doc({"images": [], "annotations": []}, [], ref_cats, SPLIT_SOURCE[s], s, names, dropped)
-            for s in SPLITS}
+    docs = {
+        s: _split_doc(
+            data[SPLIT_SOURCE[s]],
+            chosen[s],
+            cats[SPLIT_SOURCE[s]],
+            SPLIT_SOURCE[s],
+            s,
+            names,
+            dropped,
+        )
+        if nums[s]
+        else _split_doc(
+            {"images": [], "annotations": []}, [], ref_cats, SPLIT_SOURCE[s], s, names, dropped
+        )
+        for s in SPLITS
+    }
 
     jobs: list[tuple[str, dict[str, Any]]] = []
     owner: dict[str, str] = {}
@@ -650,31 +777,60 @@ def build_subset(coco_root: str | Path, out: str | Path, categories: Sequence[st
         f = SPLIT_SOURCE[split]
         for im in docs[split]["images"]:
             if owner.setdefault(im["file_name"], f) != f:
-                raise SubsetError(f"file_name {im['file_name']} occurs in both train2017 and val2017; "
-                                  "OUT/images/ cannot hold both")
+                raise SubsetError(
+                    f"file_name {im['file_name']} occurs in both train2017 and val2017; "
+                    "OUT/images/ cannot hold both"
+                )
             jobs.append((f, im))
-    hashes = _place_images(jobs, workers, progress, coco_root=coco_root, images_dir=out / "images",
-                           download=download, base_url=base_url, retries=retries, backoff=backoff,
-                           timeout=timeout)
+    hashes = _place_images(
+        jobs,
+        workers,
+        progress,
+        coco_root=coco_root,
+        images_dir=out / "images",
+        download=download,
+        base_url=base_url,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+    )
 
     for split in SPLITS:
         write_json_atomic(out / f"{split}.json", docs[split], indent=None)
     manifest = {
         "seglib_version": __version__,
-        "source": {"coco_root": str(coco_root.resolve()), "base_url": base_url or COCO_BASE_URL,
-                   "annotations": {f: str(p.resolve()) for f, p in paths.items()}},
-        "arguments": {"categories": names, "num_train": num_train, "num_val": num_val,
-                      "num_test": num_test, "seed": seed, "download": download, "base_url": base_url},
+        "source": {
+            "coco_root": str(coco_root.resolve()),
+            "base_url": base_url or COCO_BASE_URL,
+            "annotations": {f: str(p.resolve()) for f, p in paths.items()},
+        },
+        "arguments": {
+            "categories": names,
+            "num_train": num_train,
+            "num_val": num_val,
+            "num_test": num_test,
+            "seed": seed,
+            "download": download,
+            "base_url": base_url,
+        },
         "seed": seed,
         "categories": docs["train"]["categories"],
         "splits": {s: {"file": f"{s}.json", "source": SPLIT_SOURCE[s]} for s in SPLITS},
         "available": available,
         "counts": {s: _counts(docs[s]) for s in SPLITS},
-        "totals": {s: {"images": len(docs[s]["images"]),
-                       "instances": sum(1 for a in docs[s]["annotations"] if not a["iscrowd"]),
-                       "crowd": sum(a["iscrowd"] for a in docs[s]["annotations"])} for s in SPLITS},
+        "totals": {
+            s: {
+                "images": len(docs[s]["images"]),
+                "instances": sum(1 for a in docs[s]["annotations"] if not a["iscrowd"]),
+                "crowd": sum(a["iscrowd"] for a in docs[s]["annotations"]),
+            }
+            for s in SPLITS
+        },
         "dropped_annotations": sorted(dropped),
-        "images": {s: {im["file_name"]: hashes[im["file_name"]] for im in docs[s]["images"]} for s in SPLITS},
+        "images": {
+            s: {im["file_name"]: hashes[im["file_name"]] for im in docs[s]["images"]}
+            for s in SPLITS
+        },
     }
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
@@ -701,7 +857,11 @@ def prepare_source(cfg: TrainConfig, paths: Paths) -> Path:
         UserWarning,
         stacklevel=2,
     )
-    wanted = {"images_per_split": cfg.synthetic_images, "size": cfg.synthetic_size, "seed": cfg.seed}
+    wanted = {
+        "images_per_split": cfg.synthetic_images,
+        "size": cfg.synthetic_size,
+        "seed": cfg.seed,
+    }
     marker = root / "synthetic.json"
     try:
         if json.loads(marker.read_text()) == wanted:
@@ -721,5 +881,7 @@ def format_counts(counts: dict[str, dict[str, dict[str, int]]]) -> str:
     lines = [f"{'split':<6} {'category':<10} {'images':>7} {'instances':>10} {'crowd':>6}"]
     for split, per_category in counts.items():
         for name, c in per_category.items():
-            lines.append(f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10} {c.get('crowd', 0):>6}")
+            lines.append(
+                f"{split:<6} {name:<10} {c['images']:>7} {c['instances']:>10} {c.get('crowd', 0):>6}"
+            )
     return "\n".join(lines)

@@ -138,24 +138,45 @@ class TrainConfig:
                 errors.append(msg)
 
         check(len(self.categories) > 0, "categories must not be empty")
-        check(len(set(self.categories)) == len(self.categories), f"categories repeat: {self.categories}")
-        check(self.data_source in DATA_SOURCES, f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
+        check(
+            len(set(self.categories)) == len(self.categories),
+            f"categories repeat: {self.categories}",
+        )
+        check(
+            self.data_source in DATA_SOURCES,
+            f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}",
+        )
         for name in ("num_train", "num_val", "num_test", "synthetic_images"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        check(self.synthetic_size >= 32, f"synthetic_size must be >= 32 px, got {self.synthetic_size}")
+        check(
+            self.synthetic_size >= 32, f"synthetic_size must be >= 32 px, got {self.synthetic_size}"
+        )
         check(self.min_box_size >= 0, f"min_box_size must be >= 0, got {self.min_box_size}")
-        check(0.0 <= self.aug_strength <= 2.0, f"aug_strength must be in [0, 2], got {self.aug_strength}")
+        check(
+            0.0 <= self.aug_strength <= 2.0,
+            f"aug_strength must be in [0, 2], got {self.aug_strength}",
+        )
         check(0.0 <= self.hflip_prob <= 1.0, f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         check(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
         check(
             self.weights in WEIGHT_CHOICES or self.weights.endswith((".pth", ".pt")),
             f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {self.weights!r}",
         )
-        check(0 <= self.trainable_backbone_layers <= 5, f"trainable_backbone_layers must be in [0, 5], got {self.trainable_backbone_layers}")
-        check(32 <= self.min_size <= self.max_size, f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        check(
+            0 <= self.trainable_backbone_layers <= 5,
+            f"trainable_backbone_layers must be in [0, 5], got {self.trainable_backbone_layers}",
+        )
+        check(
+            32 <= self.min_size <= self.max_size,
+            f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}",
+        )
         for name in (
-            "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-            "rpn_post_nms_top_n_test", "box_batch_size_per_image", "box_detections_per_img",
+            "rpn_pre_nms_top_n_train",
+            "rpn_post_nms_top_n_train",
+            "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_test",
+            "box_batch_size_per_image",
+            "box_detections_per_img",
         ):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(0.0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr}")
@@ -163,17 +184,35 @@ class TrainConfig:
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}")
-        check(self.max_iters is None or self.max_iters >= 1, f"max_iters must be None or >= 1, got {self.max_iters}")
+        check(
+            self.max_iters is None or self.max_iters >= 1,
+            f"max_iters must be None or >= 1, got {self.max_iters}",
+        )
         check(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        check(0.0 < self.warmup_factor <= 1.0, f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
-        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(
+            0.0 < self.warmup_factor <= 1.0,
+            f"warmup_factor must be in (0, 1], got {self.warmup_factor}",
+        )
+        check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
+        )
         check(0.0 < self.lr_gamma <= 1.0, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm}")
-        check(self.device in DEVICES or self.device.startswith("cuda:"), f"device must be one of {DEVICES} or 'cuda:N', got {self.device!r}")
+        check(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm}",
+        )
+        check(
+            self.device in DEVICES or self.device.startswith("cuda:"),
+            f"device must be one of {DEVICES} or 'cuda:N', got {self.device!r}",
+        )
         check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         check(self.eval_interval >= 1, f"eval_interval must be >= 1, got {self.eval_interval}")
         check(self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}")
-        check(0.0 <= self.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {self.score_thresh}")
+        check(
+            0.0 <= self.score_thresh <= 1.0,
+            f"score_thresh must be in [0, 1], got {self.score_thresh}",
+        )
         if errors:
             raise ValueError("invalid TrainConfig: " + "; ".join(errors))
 
@@ -285,7 +324,7 @@ def _is(value: Any, kind: str) -> bool:
     if kind == "str":
         return isinstance(value, str)
     if kind.startswith("tuple["):  # tuple[X, ...]: a list or tuple of X, never a bare string
-        item = kind[len("tuple["):].split(",")[0]
+        item = kind[len("tuple[") :].split(",")[0]
         return isinstance(value, (list, tuple)) and all(_is(v, item) for v in value)
     raise TypeError(f"no check for type {kind!r}")
 
@@ -308,15 +347,23 @@ def _check_types(cfg: TrainConfig) -> None:
 
 def slider_fields() -> dict[str, dict[str, Any]]:
     """Field name -> slider range, for every TrainConfig field a notebook slider edits."""
-    return {f.name: f.metadata["slider"] for f in dataclasses.fields(TrainConfig) if "slider" in f.metadata}
+    return {
+        f.name: f.metadata["slider"]
+        for f in dataclasses.fields(TrainConfig)
+        if "slider" in f.metadata
+    }
 
 
-def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+def write_json_atomic(
+    path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False
+) -> Path:
     """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it into place.
 
     A crash mid-write leaves the old file (or none), never a truncated one.
     """
-    return write_bytes_atomic(path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode())
+    return write_bytes_atomic(
+        path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode()
+    )
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -426,7 +473,9 @@ class Paths:
     def require(self, path: Path, made_by: str) -> Path:
         """Return ``path`` if it exists, else raise FileNotFoundError naming the step that makes it."""
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist yet: run {made_by} first (profile {self.profile!r}).")
+            raise FileNotFoundError(
+                f"{path} does not exist yet: run {made_by} first (profile {self.profile!r})."
+            )
         return path
 
 

@@ -48,8 +48,19 @@ LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
 # Changing these between a run and its resume would silently contradict the restored
 # model/optimizer/scheduler state, so resume refuses.
 RESUME_FIXED = (
-    "categories", "arch", "weights", "trainable_backbone_layers", "batch_size", "lr", "momentum",
-    "weight_decay", "lr_schedule", "lr_milestones", "lr_gamma", "warmup_iters", "warmup_factor",
+    "categories",
+    "arch",
+    "weights",
+    "trainable_backbone_layers",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_schedule",
+    "lr_milestones",
+    "lr_gamma",
+    "warmup_iters",
+    "warmup_factor",
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -60,7 +71,7 @@ class NonFiniteLossError(FloatingPointError):
 
 # --- device, seeds, precision -----------------------------------------------------------
 def resolve_device(requested: str = "auto") -> torch.device:
-    """"auto" -> CUDA if present else the CPU (with a RuntimeWarning); "cpu", "cuda", "cuda:N".
+    """ "auto" -> CUDA if present else the CPU (with a RuntimeWarning); "cpu", "cuda", "cuda:N".
 
     Under torchrun, "auto"/"cuda" mean this process's GPU, cuda:LOCAL_RANK.
 
@@ -101,7 +112,9 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def amp_settings(device: torch.device, enabled: bool = True) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+def amp_settings(
+    device: torch.device, enabled: bool = True
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """The autocast dtype and GradScaler for ``device``.
 
     Returns:
@@ -128,7 +141,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
     next pass only, which is how a resumed run continues in the middle of an epoch.
     """
 
-    def __init__(self, sampler: Sampler[int], group_ids: Sequence[int] | None, batch_size: int) -> None:
+    def __init__(
+        self, sampler: Sampler[int], group_ids: Sequence[int] | None, batch_size: int
+    ) -> None:
         self.sampler = sampler
         self.group_ids = list(group_ids) if group_ids is not None else None
         self.batch_size = batch_size
@@ -176,12 +191,16 @@ def make_loaders(
     ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. With ``distributed`` each
     rank gets its DistributedSampler shard.
     """
-    train_ds = open_split(data_dir, "train", train_transforms(cfg.aug_strength, cfg.hflip_prob), cfg.min_box_size)
+    train_ds = open_split(
+        data_dir, "train", train_transforms(cfg.aug_strength, cfg.hflip_prob), cfg.min_box_size
+    )
     val_ds = open_split(data_dir, "val")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     # DistributedSampler with one replica is a seeded per-epoch shuffle: the same order
     # after a resume, with no generator state to save.
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    sampler = DistributedSampler(
+        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
     groups = aspect_groups(train_ds) if cfg.aspect_ratio_grouping else None
     common = dict(
         num_workers=cfg.num_workers,
@@ -190,7 +209,9 @@ def make_loaders(
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator(),  # worker seeds come from here, not the global RNG
     )
-    train_loader = DataLoader(train_ds, batch_sampler=GroupedBatchSampler(sampler, groups, cfg.batch_size), **common)
+    train_loader = DataLoader(
+        train_ds, batch_sampler=GroupedBatchSampler(sampler, groups, cfg.batch_size), **common
+    )
     val_loader = DataLoader(val_ds, batch_size=2, shuffle=False, **common)
     return train_loader, val_loader
 
@@ -222,14 +243,23 @@ def lr_factor(iteration: int, cfg: TrainConfig, iters_per_epoch: int) -> float:
     return warm
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over ``lr_factor``, stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg, iters_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, cfg, iters_per_epoch)
+    )
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
+def _to_device(
+    images: list[torch.Tensor], targets: list[dict], device: torch.device
+) -> tuple[list, list]:
     images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    targets = [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
     return images, targets
 
 
@@ -291,7 +321,14 @@ def train_one_epoch(
     iteration = start_iter
     if max_iters is not None and iteration >= max_iters:
         nothing = dict.fromkeys(("loss", *LOSS_NAMES), float("nan"))
-        return {"epoch": epoch, "iteration": iteration, "iterations": 0, "stopped": True, "time": 0.0, **nothing}
+        return {
+            "epoch": epoch,
+            "iteration": iteration,
+            "iterations": 0,
+            "stopped": True,
+            "time": 0.0,
+            **nothing,
+        }
     distributed = dist.is_available() and dist.is_initialized()
     n = len(LOSS_NAMES) + 1
     interval_sum = torch.zeros(n, device=device)
@@ -305,7 +342,11 @@ def train_one_epoch(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc=f"epoch {epoch}", leave=True)
+        bar = tqdm(
+            total=len(loader) if hasattr(loader, "__len__") else None,
+            desc=f"epoch {epoch}",
+            leave=True,
+        )
 
     def check() -> None:
         flag = bad.to(torch.int32)
@@ -314,7 +355,11 @@ def train_one_epoch(
         if flag.item():
             values = first_bad.tolist()
             where = int(values[0]) if not math.isnan(values[0]) else iteration
-            raise NonFiniteLossError(_nonfinite_message(epoch, where, dict(zip(("loss", *LOSS_NAMES), values[1:], strict=True))))
+            raise NonFiniteLossError(
+                _nonfinite_message(
+                    epoch, where, dict(zip(("loss", *LOSS_NAMES), values[1:], strict=True))
+                )
+            )
 
     def log() -> None:
         nonlocal interval_steps, data_time, last_log
@@ -323,11 +368,16 @@ def train_one_epoch(
         now = time.perf_counter()
         row = {"epoch": epoch, "iteration": iteration, "lr": optimizer.param_groups[0]["lr"]}
         row.update(dict(zip(("loss", *LOSS_NAMES), means, strict=True)))
-        row.update(time=(now - last_log) / max(interval_steps, 1), data_time=data_time / max(interval_steps, 1))
+        row.update(
+            time=(now - last_log) / max(interval_steps, 1),
+            data_time=data_time / max(interval_steps, 1),
+        )
         interval_sum.zero_()
         interval_steps, data_time, last_log = 0, 0.0, now
         if bar is not None:
-            bar.set_postfix({"loss": f"{row['loss']:.3f}", **{k[5:]: f"{row[k]:.3f}" for k in LOSS_NAMES}})
+            bar.set_postfix(
+                {"loss": f"{row['loss']:.3f}", **{k[5:]: f"{row[k]:.3f}" for k in LOSS_NAMES}}
+            )
         if callback is not None:
             callback("iter", row)
 
@@ -355,7 +405,9 @@ def train_one_epoch(
                         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
                     optimizer.step()
             except torch.cuda.OutOfMemoryError as e:
-                raise torch.cuda.OutOfMemoryError(_oom_message(epoch, iteration + 1, len(images), device) + f" ({e})") from e
+                raise torch.cuda.OutOfMemoryError(
+                    _oom_message(epoch, iteration + 1, len(images), device) + f" ({e})"
+                ) from e
             if lr_scheduler is not None:
                 lr_scheduler.step()
             iteration += 1
@@ -367,7 +419,13 @@ def train_one_epoch(
             epoch_sum += row
             finite = torch.isfinite(total)
             newly_bad = ~finite & ~bad
-            first_bad.copy_(torch.where(newly_bad, torch.cat([torch.full((1,), float(iteration), device=device), row]), first_bad))
+            first_bad.copy_(
+                torch.where(
+                    newly_bad,
+                    torch.cat([torch.full((1,), float(iteration), device=device), row]),
+                    first_bad,
+                )
+            )
             bad |= ~finite
             if bar is not None:
                 bar.update(1)
@@ -384,7 +442,13 @@ def train_one_epoch(
         if bar is not None:
             bar.close()
     means = (epoch_sum / max(done, 1)).tolist()
-    out = {"epoch": epoch, "iteration": iteration, "iterations": done, "stopped": stopped, "time": time.perf_counter() - start}
+    out = {
+        "epoch": epoch,
+        "iteration": iteration,
+        "iterations": done,
+        "stopped": stopped,
+        "time": time.perf_counter() - start,
+    }
     out.update(dict(zip(("loss", *LOSS_NAMES), means, strict=True)))
     return out
 
@@ -395,7 +459,9 @@ def _image_id(target: Any) -> int:
     return int(value.item() if torch.is_tensor(value) else value)  # never a tensor (pitfall 7)
 
 
-def _results_for(image_id: int, output: dict[str, torch.Tensor], score_thresh: float) -> list[dict[str, Any]]:
+def _results_for(
+    image_id: int, output: dict[str, torch.Tensor], score_thresh: float
+) -> list[dict[str, Any]]:
     keep = output["scores"] >= score_thresh
     if not bool(keep.any()):
         return []
@@ -406,18 +472,33 @@ def _results_for(image_id: int, output: dict[str, torch.Tensor], score_thresh: f
     masks = (output["masks"][keep, 0] > 0.5).to(torch.uint8).cpu().numpy()
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     results = []
-    for box, label, score, rle in zip(xywh, output["labels"][keep].tolist(), output["scores"][keep].tolist(), rles, strict=True):
+    for box, label, score, rle in zip(
+        xywh, output["labels"][keep].tolist(), output["scores"][keep].tolist(), rles, strict=True
+    ):
         rle["counts"] = rle["counts"].decode("ascii")
-        results.append({"image_id": image_id, "category_id": int(label), "bbox": [float(v) for v in box],
-                        "score": float(score), "segmentation": rle})
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [float(v) for v in box],
+                "score": float(score),
+                "segmentation": rle,
+            }
+        )
     return results
 
 
 def _as_loader(data: DataLoader | Dataset, batch_size: int, num_workers: int) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_fn, generator=torch.Generator())
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+    )
 
 
 def predict(
@@ -498,7 +579,9 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p} is neither an image file nor a folder")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(p) for p in paths]}")
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(p) for p in paths]}"
+        )
     return files
 
 
@@ -537,26 +620,46 @@ def predict_images(
     try:
         for image_id, path in zip(ids, files, strict=True):
             rgb = load_rgb(path)
-            tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+            tensor = (
+                torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+            )
             with torch.inference_mode():
                 output = net([tensor.to(device)])[0]
             found = _results_for(image_id, output, score_thresh)
             results.extend(found)
-            records.append({"id": image_id, "file_name": path.name, "width": rgb.shape[1], "height": rgb.shape[0]})
+            records.append(
+                {
+                    "id": image_id,
+                    "file_name": path.name,
+                    "width": rgb.shape[1],
+                    "height": rgb.shape[0],
+                }
+            )
             keep = output["scores"] >= score_thresh
             ax = viz.draw_instances(
-                rgb, boxes=output["boxes"][keep].cpu(), masks=(output["masks"][keep, 0] > 0.5).cpu(),
-                labels=output["labels"][keep].cpu(), scores=output["scores"][keep].cpu(),
-                class_names=names, title=f"{path.name}: {len(found)} instances",
+                rgb,
+                boxes=output["boxes"][keep].cpu(),
+                masks=(output["masks"][keep, 0] > 0.5).cpu(),
+                labels=output["labels"][keep].cpu(),
+                scores=output["scores"][keep].cpu(),
+                class_names=names,
+                title=f"{path.name}: {len(found)} instances",
             )
-            overlay = out_dir / (f"{path.stem}.png" if unique_stems else f"{image_id}-{path.stem}.png")
+            overlay = out_dir / (
+                f"{path.stem}.png" if unique_stems else f"{image_id}-{path.stem}.png"
+            )
             overlays.append(viz.save_figure(ax.figure, overlay, close=True))
     finally:
         net.train(was_training)
     results_path = write_json_atomic(out_dir / "results.json", results, indent=None)
     images_path = write_json_atomic(out_dir / "images.json", records)
-    return {"num_images": len(files), "num_predictions": len(results), "results": results_path,
-            "images": images_path, "overlays": overlays}
+    return {
+        "num_images": len(files),
+        "num_predictions": len(results),
+        "results": results_path,
+        "images": images_path,
+        "overlays": overlays,
+    }
 
 
 # --- distributed ----------------------------------------------------------------------------
@@ -595,19 +698,29 @@ def init_distributed(device: str = "auto") -> DistInfo:
 # --- the run ----------------------------------------------------------------------------------
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {
-        "segm_AP": metrics["segm"]["AP"], "segm_AP50": metrics["segm"]["AP50"],
-        "bbox_AP": metrics["bbox"]["AP"], "bbox_AP50": metrics["bbox"]["AP50"],
+        "segm_AP": metrics["segm"]["AP"],
+        "segm_AP50": metrics["segm"]["AP50"],
+        "bbox_AP": metrics["bbox"]["AP"],
+        "bbox_AP50": metrics["bbox"]["AP50"],
         "mean_iou": metrics["mean_iou"],
     }
 
 
 def _load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist; start a fresh run (without --resume) or point --out at the run folder")
+        raise FileNotFoundError(
+            f"cannot resume: {path} does not exist; start a fresh run (without --resume) or point --out at the run folder"
+        )
     ckpt = load_checkpoint(path)
     saved = TrainConfig.from_dict(ckpt["config"])
-    fixed = RESUME_FIXED + (("num_epochs",) if cfg.lr_schedule == "cosine" else ())  # cosine spans the run
-    diffs = [f"{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}" for k in fixed if getattr(saved, k) != getattr(cfg, k)]
+    fixed = RESUME_FIXED + (
+        ("num_epochs",) if cfg.lr_schedule == "cosine" else ()
+    )  # cosine spans the run
+    diffs = [
+        f"{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}"
+        for k in fixed
+        if getattr(saved, k) != getattr(cfg, k)
+    ]
     if diffs:
         raise ValueError(
             f"cannot resume {path}: the config differs in fields that the saved model, optimizer or "
@@ -626,7 +739,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: `python -m seglib train` (or notebook 03) writes it")
+        raise FileNotFoundError(
+            f"{path} does not exist: `python -m seglib train` (or notebook 03) writes it"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -689,13 +804,23 @@ def train(
 
 
 def _train(
-    cfg: TrainConfig, data_dir: Path, out_dir: Path, info: DistInfo, resume: bool,
-    callback: Callback | None, progress: bool,
+    cfg: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    info: DistInfo,
+    resume: bool,
+    callback: Callback | None,
+    progress: bool,
 ) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     main = info.rank == 0
-    paths = {"out_dir": out_dir, "config": out_dir / "config.json", "metrics": out_dir / "metrics.jsonl",
-             "last": out_dir / "last.pt", "best": out_dir / "best.pt"}
+    paths = {
+        "out_dir": out_dir,
+        "config": out_dir / "config.json",
+        "metrics": out_dir / "metrics.jsonl",
+        "last": out_dir / "last.pt",
+        "best": out_dir / "best.pt",
+    }
 
     def notify(event: str, payload: dict[str, Any]) -> None:
         if main and callback is not None:
@@ -718,13 +843,25 @@ def _train(
             f"has {list(cfg.categories)}; build the subset with the same categories in the same order."
         )
     ckpt = _load_for_resume(paths["last"], cfg) if resume else None
-    model = build_model_structure(cfg) if ckpt else build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
+    model = (
+        build_model_structure(cfg)
+        if ckpt
+        else build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
+    )
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     iters_per_epoch = len(train_loader)
     lr_scheduler = make_lr_scheduler(optimizer, cfg, iters_per_epoch)
     amp_dtype, scaler = amp_settings(device, cfg.amp)
-    epochs_done, iteration, epoch_iter, best, best_epoch, history, rng = 0, 0, 0, None, None, [], None
+    epochs_done, iteration, epoch_iter, best, best_epoch, history, rng = (
+        0,
+        0,
+        0,
+        None,
+        None,
+        [],
+        None,
+    )
     if ckpt is not None:
         load_model_state(model, ckpt["model"], source=str(paths["last"]))
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -732,8 +869,17 @@ def _train(
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         extra = ckpt.get("extra") or {}
-        epochs_done, iteration, best, rng = ckpt["epoch"], ckpt["iteration"], ckpt["best_metric"], ckpt["rng"]
-        epoch_iter, best_epoch, history = extra.get("epoch_iter", 0), extra.get("best_epoch"), list(extra.get("history", []))
+        epochs_done, iteration, best, rng = (
+            ckpt["epoch"],
+            ckpt["iteration"],
+            ckpt["best_metric"],
+            ckpt["rng"],
+        )
+        epoch_iter, best_epoch, history = (
+            extra.get("epoch_iter", 0),
+            extra.get("best_epoch"),
+            list(extra.get("history", [])),
+        )
     if info.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -747,12 +893,25 @@ def _train(
 
     def save(kind: str, epoch: int) -> None:
         # best.pt is for evaluate/predict: without the optimizer state it is half the size.
-        state = dict(optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler) if kind == "last" else {}
-        path = save_checkpoint(
-            paths[kind], model=model, cfg=cfg, categories=categories, epoch=epochs_done, iteration=iteration,
-            best_metric=best, extra={"history": history, "epoch_iter": epoch_iter, "best_epoch": best_epoch}, **state,
+        state = (
+            dict(optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler)
+            if kind == "last"
+            else {}
         )
-        notify("checkpoint", {"path": str(path), "kind": kind, "epoch": epoch, "iteration": iteration})
+        path = save_checkpoint(
+            paths[kind],
+            model=model,
+            cfg=cfg,
+            categories=categories,
+            epoch=epochs_done,
+            iteration=iteration,
+            best_metric=best,
+            extra={"history": history, "epoch_iter": epoch_iter, "best_epoch": best_epoch},
+            **state,
+        )
+        notify(
+            "checkpoint", {"path": str(path), "kind": kind, "epoch": epoch, "iteration": iteration}
+        )
 
     stopped_by, final = "num_epochs", None
     for epoch_idx in range(epochs_done, cfg.num_epochs):
@@ -771,14 +930,27 @@ def _train(
         train_loader.batch_sampler.set_epoch(epoch_idx, skip)
         try:
             stats = train_one_epoch(
-                model, optimizer, train_loader, device, epoch, scaler=scaler, lr_scheduler=lr_scheduler,
-                amp_dtype=amp_dtype, grad_clip_norm=cfg.grad_clip_norm, log_interval=cfg.log_interval,
-                start_iter=iteration, callback=on_iter if main else None, max_iters=cfg.max_iters,
+                model,
+                optimizer,
+                train_loader,
+                device,
+                epoch,
+                scaler=scaler,
+                lr_scheduler=lr_scheduler,
+                amp_dtype=amp_dtype,
+                grad_clip_norm=cfg.grad_clip_norm,
+                log_interval=cfg.log_interval,
+                start_iter=iteration,
+                callback=on_iter if main else None,
+                max_iters=cfg.max_iters,
                 progress=progress and main,
             )
         except NonFiniteLossError as e:
-            kept = (f" The last good checkpoint {paths['last']} (epoch {epochs_done}, iteration {iteration}) is intact."
-                    if paths["last"].exists() else " No checkpoint had been written yet.")
+            kept = (
+                f" The last good checkpoint {paths['last']} (epoch {epochs_done}, iteration {iteration}) is intact."
+                if paths["last"].exists()
+                else " No checkpoint had been written yet."
+            )
             raise NonFiniteLossError(str(e) + kept) from e
         iteration = stats["iteration"]
         epoch_iter = skip + stats["iterations"]
@@ -790,7 +962,9 @@ def _train(
         row["complete"] = complete
         notify("epoch_end", dict(row))
         improved = False
-        if main and ((complete and epoch % cfg.eval_interval == 0) or epoch == cfg.num_epochs or hit_cap):
+        if main and (
+            (complete and epoch % cfg.eval_interval == 0) or epoch == cfg.num_epochs or hit_cap
+        ):
             # fork_rng: evaluating must not move the training RNG stream (exact resume).
             with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
                 final = evaluate(model, val_loader, device, score_thresh=cfg.score_thresh)
@@ -812,7 +986,15 @@ def _train(
             stopped_by = "max_iters"
             break
     return {
-        "rank": info.rank, "world_size": info.world_size, "device": str(device), "epochs": epochs_done,
-        "iteration": iteration, "stopped_by": stopped_by, "history": history, "best": best,
-        "best_epoch": best_epoch, "final": final, "paths": {k: str(v) for k, v in paths.items()},
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "device": str(device),
+        "epochs": epochs_done,
+        "iteration": iteration,
+        "stopped_by": stopped_by,
+        "history": history,
+        "best": best,
+        "best_epoch": best_epoch,
+        "final": final,
+        "paths": {k: str(v) for k, v in paths.items()},
     }

@@ -82,7 +82,9 @@ def load_ground_truth(gt: GroundTruth) -> COCO:
     source = "ground-truth dict"
     if isinstance(gt, (str, Path)):
         source = str(gt)
-        gt = _read_json(gt, "ground-truth file", "pass a split json such as subset/<profile>/val.json")
+        gt = _read_json(
+            gt, "ground-truth file", "pass a split json such as subset/<profile>/val.json"
+        )
     if not isinstance(gt, Mapping):
         raise ValueError(f"gt must be a COCO, a path or a dict, got {type(gt).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in gt]
@@ -622,7 +624,9 @@ def worst_images(
 
 
 # --- cached predictions and reporting -----------------------------------------------------
-def results_to_instances(results: Sequence[Mapping], image_id: int, *, score_thresh: float = 0.0) -> dict[str, np.ndarray]:
+def results_to_instances(
+    results: Sequence[Mapping], image_id: int, *, score_thresh: float = 0.0
+) -> dict[str, np.ndarray]:
     """Decode one image's COCO results into the arrays the model returns, for drawing.
 
     Returns:
@@ -638,7 +642,18 @@ def results_to_instances(results: Sequence[Mapping], image_id: int, *, score_thr
     boxes = np.array([r["bbox"] for r in rows], dtype=np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     if rows:
-        masks = np.stack([mask_utils.decode(_as_rle(r["segmentation"], *r["segmentation"]["size"], f"result for image {image_id}")) for r in rows])
+        masks = np.stack(
+            [
+                mask_utils.decode(
+                    _as_rle(
+                        r["segmentation"],
+                        *r["segmentation"]["size"],
+                        f"result for image {image_id}",
+                    )
+                )
+                for r in rows
+            ]
+        )
     else:
         masks = np.zeros((0, 0, 0), dtype=np.uint8)
     return {

@@ -88,9 +88,13 @@ def fetch_weights(kind: str, arch: str = "v1", *, progress: bool = False) -> Pat
     dst.parent.mkdir(parents=True, exist_ok=True)
     match = torch.hub.HASH_REGEX.search(dst.name)
     try:
-        torch.hub.download_url_to_file(url, str(dst), hash_prefix=match.group(1) if match else None, progress=progress)
+        torch.hub.download_url_to_file(
+            url, str(dst), hash_prefix=match.group(1) if match else None, progress=progress
+        )
     except Exception as e:  # urllib, ssl and hash errors all mean "not obtained"
-        raise MissingWeightsError(_missing_message(kind, arch) + f"\nThe download failed: {e}") from e
+        raise MissingWeightsError(
+            _missing_message(kind, arch) + f"\nThe download failed: {e}"
+        ) from e
     return dst
 
 
@@ -138,7 +142,9 @@ def _weights_kind(weights: str) -> str:
         return weights
     if str(weights).endswith((".pth", ".pt")):
         return "file"
-    raise ValueError(f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {weights!r}")
+    raise ValueError(
+        f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {weights!r}"
+    )
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:
@@ -197,7 +203,9 @@ def _set_frozen_eps(model: nn.Module, eps: float) -> None:
             module.eps = eps
 
 
-def _build(num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *, load: bool) -> MaskRCNN:
+def _build(
+    num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *, load: bool
+) -> MaskRCNN:
     cfg = cfg if cfg is not None else TrainConfig()
     _check_arch(arch)
     if num_classes < 2:
@@ -214,7 +222,9 @@ def _build(num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *
     if kind == "coco" and arch == "v1":
         _set_frozen_eps(model, 0.0)  # the legacy COCO_V1 weights were trained with eps=0
     if kind == "imagenet" and load:
-        missing, unexpected = model.backbone.body.load_state_dict(_load_weight_file("imagenet", arch), strict=False)
+        missing, unexpected = model.backbone.body.load_state_dict(
+            _load_weight_file("imagenet", arch), strict=False
+        )
         if missing or any(not k.startswith("fc.") for k in unexpected):
             raise CheckpointError(
                 f"{weights_file('imagenet', arch)} is not a torchvision ResNet-50 state dict "
@@ -234,7 +244,9 @@ def _build(num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *
     return model
 
 
-def build_model(num_classes: int, weights: str = "coco", arch: str = "v1", cfg: TrainConfig | None = None) -> MaskRCNN:
+def build_model(
+    num_classes: int, weights: str = "coco", arch: str = "v1", cfg: TrainConfig | None = None
+) -> MaskRCNN:
     """torchvision Mask R-CNN R50-FPN with box and mask predictors for ``num_classes``.
 
     Args:
@@ -278,15 +290,21 @@ class ZeroShotMaskRCNN(nn.Module):
         for cat in categories:
             coco_id = cat.get("coco_id")
             if not isinstance(coco_id, int) or not 1 <= coco_id < COCO_NUM_CLASSES:
-                raise ValueError(f"category {cat.get('name')!r} needs an integer coco_id in 1..90, got {coco_id!r}")
+                raise ValueError(
+                    f"category {cat.get('name')!r} needs an integer coco_id in 1..90, got {coco_id!r}"
+                )
             lut[coco_id] = int(cat["id"])
         self.model = model
         self.categories = [dict(c) for c in categories]
         self.register_buffer("coco_to_label", lut, persistent=False)
 
-    def forward(self, images: list[torch.Tensor], targets: Any = None) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, images: list[torch.Tensor], targets: Any = None
+    ) -> list[dict[str, torch.Tensor]]:
         if self.training or targets is not None:
-            raise RuntimeError("the zero-shot model is for evaluation only: call .eval() and pass images alone")
+            raise RuntimeError(
+                "the zero-shot model is for evaluation only: call .eval() and pass images alone"
+            )
         outputs = []
         for out in self.model(images):
             mapped = self.coco_to_label[out["labels"]]
@@ -296,7 +314,11 @@ class ZeroShotMaskRCNN(nn.Module):
 
 
 def build_zero_shot_model(
-    categories: list[dict], arch: str = "v1", cfg: TrainConfig | None = None, *, model: nn.Module | None = None
+    categories: list[dict],
+    arch: str = "v1",
+    cfg: TrainConfig | None = None,
+    *,
+    model: nn.Module | None = None,
 ) -> ZeroShotMaskRCNN:
     """The unmodified COCO-trained model, reporting only the subset's categories.
 
@@ -341,7 +363,9 @@ def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> ZeroShotMask
 # --- state dicts and checkpoints --------------------------------------------------------
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel, else ``model``."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
 
 
 def _num_classes_of(state: dict[str, torch.Tensor]) -> int | None:
@@ -354,11 +378,15 @@ def load_checkpoint_or_state(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or seglib checkpoint")
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict or seglib checkpoint"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+def load_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict"
+) -> None:
     """Load ``state`` into ``model`` (unwrapping DDP), checking the class count first.
 
     Raises:
@@ -386,7 +414,13 @@ def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         # Tensors and plain tuples only, so torch.load(weights_only=True) accepts them.
         "python": (version, torch.tensor(py_state, dtype=torch.int64), gauss),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -401,7 +435,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
@@ -440,7 +478,11 @@ def save_checkpoint(
         "config": cfg.to_dict(),
         "categories": [dict(c) for c in categories],
         "num_classes": len(categories) + 1,
-        "versions": {"seglib": str(seglib.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)},
+        "versions": {
+            "seglib": str(seglib.__version__),
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+        },
         "extra": extra or {},
     }
     with atomic_file(path) as f:
@@ -467,11 +509,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     ckpt = _torch_load(path, map_location)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a seglib checkpoint: it needs keys {list(_REQUIRED)}, has {have}")
+        raise CheckpointError(
+            f"{path} is not a seglib checkpoint: it needs keys {list(_REQUIRED)}, has {have}"
+        )
     return ckpt
 
 
-def check_class_map(checkpoint_categories: list[dict], data_categories: list[dict], *, source: str = "checkpoint") -> None:
+def check_class_map(
+    checkpoint_categories: list[dict], data_categories: list[dict], *, source: str = "checkpoint"
+) -> None:
     """Raise unless a model's labels mean the same categories as the data's (pitfalls 5, 9).
 
     Labels 1..k are positions in a category list; a checkpoint trained on ``cake car dog
@@ -509,7 +555,9 @@ def model_from_checkpoint(
     try:
         cfg = TrainConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: stored config is invalid for this seglib version: {e}") from e
+        raise CheckpointError(
+            f"{path}: stored config is invalid for this seglib version: {e}"
+        ) from e
     stored = ckpt["categories"]
     if categories is not None:
         check_class_map(stored, categories, source=str(path))

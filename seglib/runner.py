@@ -69,23 +69,33 @@ def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
     from seglib.model import weights_file
 
     notes, problems = [], []
-    annotations = [paths.coco_root / "annotations" / f"instances_{s}2017.json" for s in ("train", "val")]
+    annotations = [
+        paths.coco_root / "annotations" / f"instances_{s}2017.json" for s in ("train", "val")
+    ]
     if not all(p.is_file() for p in annotations):
         if reachable(COCO_HOST):
-            notes.append(f"COCO annotations will be downloaded into {paths.coco_root / 'annotations'} (241 MB, once)")
+            notes.append(
+                f"COCO annotations will be downloaded into {paths.coco_root / 'annotations'} (241 MB, once)"
+            )
         else:
             problems.append(
                 f"COCO 2017 annotations are missing ({annotations[0]}, {annotations[1].name}) and "
                 f"{COCO_HOST} cannot be reached to download them"
             )
     elif not reachable(COCO_HOST) and not (paths.coco_root / "train2017").is_dir():
-        problems.append(f"COCO images are not under {paths.coco_root} and {COCO_HOST} cannot be reached")
+        problems.append(
+            f"COCO images are not under {paths.coco_root} and {COCO_HOST} cannot be reached"
+        )
     weights = weights_file("coco", arch)
     if not weights.is_file():
         if reachable(WEIGHTS_HOST):
-            notes.append(f"COCO-trained Mask R-CNN weights will be downloaded to {weights} (170 MB, once)")
+            notes.append(
+                f"COCO-trained Mask R-CNN weights will be downloaded to {weights} (170 MB, once)"
+            )
         else:
-            problems.append(f"the COCO-trained weights {weights} are missing and {WEIGHTS_HOST} cannot be reached")
+            problems.append(
+                f"the COCO-trained weights {weights} are missing and {WEIGHTS_HOST} cannot be reached"
+            )
     if problems:
         raise PreflightError(
             "the seed profile cannot run on this machine:\n  - "
@@ -132,9 +142,14 @@ def run_notebooks(
             target = out_dir / source.name
             try:
                 client.execute()
-            except (CellControlSignal, DeadKernelError) as e:  # a cell raised or timed out, or the kernel died
+            except (
+                CellControlSignal,
+                DeadKernelError,
+            ) as e:  # a cell raised or timed out, or the kernel died
                 write_bytes_atomic(target, nbformat.writes(nb).encode())
-                raise NotebookRunError(f"{source.name} failed (executed copy: {target}):\n{e}") from e
+                raise NotebookRunError(
+                    f"{source.name} failed (executed copy: {target}):\n{e}"
+                ) from e
             write_bytes_atomic(target, nbformat.writes(nb).encode())
             yield target
     finally:

@@ -57,48 +57,88 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float
 
 # Shapes as polygons in a unit box (x right, y down); aspect = width / height of the box.
 SHAPES: dict[str, tuple[float, list[list[tuple[float, float]]]]] = {
-    "person": (0.42, [
-        _ellipse(0.5, 0.13, 0.32, 0.13),
-        [(0.1, 0.28), (0.9, 0.28), (0.9, 0.62), (0.72, 1.0), (0.56, 1.0), (0.5, 0.72),
-         (0.44, 1.0), (0.28, 1.0), (0.1, 0.62)],
-    ]),
-    "car": (1.9, [
-        [(0.0, 0.45), (0.22, 0.42), (0.32, 0.08), (0.7, 0.08), (0.82, 0.42), (1.0, 0.5),
-         (1.0, 0.82), (0.0, 0.82)],
-        _ellipse(0.23, 0.82, 0.11, 0.18),
-        _ellipse(0.77, 0.82, 0.11, 0.18),
-    ]),
-    "dog": (1.45, [
-        _ellipse(0.58, 0.48, 0.36, 0.22),
-        _ellipse(0.16, 0.3, 0.15, 0.2),
-        _rect(0.3, 0.55, 0.38, 1.0),
-        _rect(0.78, 0.55, 0.86, 1.0),
-        [(0.92, 0.42), (1.0, 0.18), (0.96, 0.45)],
-    ]),
-    "cake": (1.1, [
-        _rect(0.0, 0.45, 1.0, 1.0),
-        _rect(0.14, 0.18, 0.86, 0.47),
-        _rect(0.45, 0.0, 0.55, 0.2),
-    ]),
-    "bicycle": (1.6, [
-        _ellipse(0.2, 0.68, 0.2, 0.32),
-        _ellipse(0.8, 0.68, 0.2, 0.32),
-        [(0.2, 0.66), (0.45, 0.2), (0.8, 0.66), (0.7, 0.7), (0.45, 0.38), (0.3, 0.7)],
-    ]),
-    "cat": (0.9, [
-        _ellipse(0.5, 0.6, 0.46, 0.4),
-        [(0.08, 0.45), (0.12, 0.0), (0.4, 0.25)],
-        [(0.92, 0.45), (0.88, 0.0), (0.6, 0.25)],
-    ]),
+    "person": (
+        0.42,
+        [
+            _ellipse(0.5, 0.13, 0.32, 0.13),
+            [
+                (0.1, 0.28),
+                (0.9, 0.28),
+                (0.9, 0.62),
+                (0.72, 1.0),
+                (0.56, 1.0),
+                (0.5, 0.72),
+                (0.44, 1.0),
+                (0.28, 1.0),
+                (0.1, 0.62),
+            ],
+        ],
+    ),
+    "car": (
+        1.9,
+        [
+            [
+                (0.0, 0.45),
+                (0.22, 0.42),
+                (0.32, 0.08),
+                (0.7, 0.08),
+                (0.82, 0.42),
+                (1.0, 0.5),
+                (1.0, 0.82),
+                (0.0, 0.82),
+            ],
+            _ellipse(0.23, 0.82, 0.11, 0.18),
+            _ellipse(0.77, 0.82, 0.11, 0.18),
+        ],
+    ),
+    "dog": (
+        1.45,
+        [
+            _ellipse(0.58, 0.48, 0.36, 0.22),
+            _ellipse(0.16, 0.3, 0.15, 0.2),
+            _rect(0.3, 0.55, 0.38, 1.0),
+            _rect(0.78, 0.55, 0.86, 1.0),
+            [(0.92, 0.42), (1.0, 0.18), (0.96, 0.45)],
+        ],
+    ),
+    "cake": (
+        1.1,
+        [
+            _rect(0.0, 0.45, 1.0, 1.0),
+            _rect(0.14, 0.18, 0.86, 0.47),
+            _rect(0.45, 0.0, 0.55, 0.2),
+        ],
+    ),
+    "bicycle": (
+        1.6,
+        [
+            _ellipse(0.2, 0.68, 0.2, 0.32),
+            _ellipse(0.8, 0.68, 0.2, 0.32),
+            [(0.2, 0.66), (0.45, 0.2), (0.8, 0.66), (0.7, 0.7), (0.45, 0.38), (0.3, 0.7)],
+        ],
+    ),
+    "cat": (
+        0.9,
+        [
+            _ellipse(0.5, 0.6, 0.46, 0.4),
+            [(0.08, 0.45), (0.12, 0.0), (0.4, 0.25)],
+            [(0.92, 0.45), (0.88, 0.0), (0.6, 0.25)],
+        ],
+    ),
 }
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "person": (205, 40, 45), "car": (40, 80, 210), "dog": (160, 100, 30),
-    "cake": (235, 125, 205), "bicycle": (40, 170, 60), "cat": (120, 120, 120),
+    "person": (205, 40, 45),
+    "car": (40, 80, 210),
+    "dog": (160, 100, 30),
+    "cake": (235, 125, 205),
+    "bicycle": (40, 170, 60),
+    "cat": (120, 120, 120),
 }
 
 
-def _instance_polygons(name: str, x: float, y: float, h: float, flip: bool, width: int,
-                       height: int) -> list[list[float]]:
+def _instance_polygons(
+    name: str, x: float, y: float, h: float, flip: bool, width: int, height: int
+) -> list[list[float]]:
     """The shape ``name`` with box top-left (x, y) and height h, as COCO polygon lists."""
     aspect, parts = SHAPES[name]
     w = h * aspect
@@ -153,8 +193,12 @@ def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
 def _polygon_bbox(polys: list[list[float]]) -> list[float]:
     xs = np.concatenate([np.asarray(p[0::2]) for p in polys])
     ys = np.concatenate([np.asarray(p[1::2]) for p in polys])
-    return [round(float(xs.min()), 2), round(float(ys.min()), 2),
-            round(float(xs.max() - xs.min()), 2), round(float(ys.max() - ys.min()), 2)]
+    return [
+        round(float(xs.min()), 2),
+        round(float(ys.min()), 2),
+        round(float(xs.max() - xs.min()), 2),
+        round(float(ys.max() - ys.min()), 2),
+    ]
 
 
 class _Scene:
@@ -166,7 +210,7 @@ class _Scene:
 
     def visible(self, index: int, extra: np.ndarray | None = None) -> np.ndarray:
         vis = self.items[index]["mask"].copy()
-        for later in self.items[index + 1:]:
+        for later in self.items[index + 1 :]:
             vis &= ~later["mask"]
         if extra is not None:
             vis &= ~extra
@@ -187,8 +231,13 @@ class _Scene:
         base = np.array(PALETTE[name], dtype=np.float64)
         return np.clip(base + self.rng.uniform(-25, 25, 3), 0, 255)
 
-    def try_add(self, name: str, rel_h: tuple[float, float], near: tuple[float, float] | None = None,
-                tries: int = 30) -> bool:
+    def try_add(
+        self,
+        name: str,
+        rel_h: tuple[float, float],
+        near: tuple[float, float] | None = None,
+        tries: int = 30,
+    ) -> bool:
         """Place one instance whose box height is ``rel_h`` of the shorter image side.
 
         Placement is rejected while it would hide more than half of an earlier instance, so
@@ -206,13 +255,26 @@ class _Scene:
             else:
                 x = near[0] + self.rng.uniform(-0.1, 0.1) * w
                 y = near[1] + self.rng.uniform(-0.1, 0.1) * h
-            polys = _instance_polygons(name, x, y, h, bool(self.rng.integers(2)), self.width, self.height)
+            polys = _instance_polygons(
+                name, x, y, h, bool(self.rng.integers(2)), self.width, self.height
+            )
             mask = _raster(polys, self.height, self.width)
             if mask.sum() < 0.5 * w * h * 0.5:  # mostly off-image
                 continue
             if all(self._still_fine(i, mask) for i in range(len(self.items))):
-                self.items.append({"name": name, "mask": mask, "polys": polys,
-                                   "colour": self._colour(name), "crowd": False, "w": w, "h": h, "x": x, "y": y})
+                self.items.append(
+                    {
+                        "name": name,
+                        "mask": mask,
+                        "polys": polys,
+                        "colour": self._colour(name),
+                        "crowd": False,
+                        "w": w,
+                        "h": h,
+                        "x": x,
+                        "y": y,
+                    }
+                )
                 return True
         return False
 
@@ -232,7 +294,9 @@ class _Scene:
             h = member_h * self.rng.uniform(0.85, 1.15)
             x = x0 + self.rng.uniform(0, max(region_w - h * SHAPES[name][0], 1))
             y = y0 + self.rng.uniform(0, max(region_h - h, 1))
-            polys = _instance_polygons(name, x, y, h, bool(self.rng.integers(2)), self.width, self.height)
+            polys = _instance_polygons(
+                name, x, y, h, bool(self.rng.integers(2)), self.width, self.height
+            )
             m = _raster(polys, self.height, self.width)
             union |= m
             members.append((m, self._colour(name)))
@@ -242,7 +306,7 @@ class _Scene:
         """uint8 [H, W, 3]: a soft gradient background with noise, instances painted in z-order."""
         h, w = self.height, self.width
         c0, c1 = self.rng.uniform(60, 200, 3), self.rng.uniform(60, 200, 3)
-        t = (np.linspace(0, 1, h)[:, None, None] * 0.6 + np.linspace(0, 1, w)[None, :, None] * 0.4)
+        t = np.linspace(0, 1, h)[:, None, None] * 0.6 + np.linspace(0, 1, w)[None, :, None] * 0.4
         img = (c0 * (1 - t) + c1 * t) * 0.7  # desaturated so palette colours stand out
         for it in self.items:
             for m, colour in it.get("members", [(it["mask"], it.get("colour"))]):
@@ -267,8 +331,15 @@ class _Scene:
                 seg, bbox, area = polys, _polygon_bbox(polys), float(mask_utils.area(rle))
             if area < 1:
                 continue
-            anns.append({"segmentation": seg, "area": area, "iscrowd": int(it["crowd"]),
-                         "bbox": bbox, "category_id": CAT_ID[it["name"]]})
+            anns.append(
+                {
+                    "segmentation": seg,
+                    "area": area,
+                    "iscrowd": int(it["crowd"]),
+                    "bbox": bbox,
+                    "category_id": CAT_ID[it["name"]],
+                }
+            )
         return anns
 
 
@@ -290,8 +361,9 @@ def _plan(n: int, rng: np.random.Generator) -> list[str]:
     return [plan[i] for i in order]
 
 
-def _compose(kind: str, primary: str, rng: np.random.Generator, width: int, height: int,
-             crowd_cat: str) -> _Scene:
+def _compose(
+    kind: str, primary: str, rng: np.random.Generator, width: int, height: int, crowd_cat: str
+) -> _Scene:
     scene = _Scene(rng, width, height)
     if kind in ("crowd_only", "crowd_plus"):
         scene.add_crowd(crowd_cat)
@@ -328,8 +400,10 @@ def _compose(kind: str, primary: str, rng: np.random.Generator, width: int, heig
         for _ in range(2):
             prev = scene.items[-1]
             step = 0.55 * prev["w"]
-            near = (prev["x"] + step if prev["x"] + 1.6 * prev["w"] < width else prev["x"] - step,
-                    prev["y"] + 0.1 * prev["h"])
+            near = (
+                prev["x"] + step if prev["x"] + 1.6 * prev["w"] < width else prev["x"] - step,
+                prev["y"] + 0.1 * prev["h"],
+            )
             if not scene.try_add(primary, rel, near=near):
                 scene.try_add(primary, rel)
     return scene
@@ -347,14 +421,22 @@ def _encode(image: np.ndarray, mode: str) -> bytes:
         # Stored rotated 90 degrees counter-clockwise; Orientation 6 tells viewers to turn it back.
         exif = Image.Exif()
         exif[EXIF_ORIENTATION] = 6
-        pil.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
+        pil.transpose(Image.Transpose.ROTATE_90).save(
+            buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes()
+        )
     else:
         pil.save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
-def _split(split: str, image_ids: list[int], first_ann_id: int, size: int, rng: np.random.Generator,
-           out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split(
+    split: str,
+    image_ids: list[int],
+    first_ann_id: int,
+    size: int,
+    rng: np.random.Generator,
+    out: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     n = len(image_ids)
     plan = _plan(n, rng)
     crowd_cat = "person" if split == "train" else "car"
@@ -369,16 +451,27 @@ def _split(split: str, image_ids: list[int], first_ann_id: int, size: int, rng: 
         short = round(0.75 * size)
         shape = [(size, size), (size, short), (short, size)][int(rng.integers(3))]
         if special.get(i) == "exif":
-            shape = (size, short)  # non-square, so a missed EXIF rotation shows up as a size mismatch
+            shape = (
+                size,
+                short,
+            )  # non-square, so a missed EXIF rotation shows up as a size mismatch
         width, height = shape
         scene = _compose(kind, primaries[i], rng, width, height, crowd_cat)
         file_name = f"{image_id:012d}.jpg"
-        write_bytes_atomic(out / f"{split}2017" / file_name, _encode(scene.render(), special.get(i, "RGB")))
-        images.append({
-            "license": 1, "file_name": file_name,
-            "coco_url": f"http://images.cocodataset.org/{split}2017/{file_name}",
-            "height": height, "width": width, "date_captured": "2017-01-01 00:00:00", "id": image_id,
-        })
+        write_bytes_atomic(
+            out / f"{split}2017" / file_name, _encode(scene.render(), special.get(i, "RGB"))
+        )
+        images.append(
+            {
+                "license": 1,
+                "file_name": file_name,
+                "coco_url": f"http://images.cocodataset.org/{split}2017/{file_name}",
+                "height": height,
+                "width": width,
+                "date_captured": "2017-01-01 00:00:00",
+                "id": image_id,
+            }
+        )
         for ann in scene.annotations():
             if ann["iscrowd"]:
                 ann["id"] = CROWD_ID_BASE + image_id
@@ -388,9 +481,21 @@ def _split(split: str, image_ids: list[int], first_ann_id: int, size: int, rng: 
             ann["image_id"] = image_id
             annotations.append(ann)
     data = {
-        "info": {"description": "seglib synthetic COCO 2017 stand-in", "url": "", "version": "1.0",
-                 "year": 2017, "contributor": "seglib", "date_created": "2017/01/01"},
-        "licenses": [{"url": "https://creativecommons.org/publicdomain/zero/1.0/", "id": 1, "name": "CC0 1.0"}],
+        "info": {
+            "description": "seglib synthetic COCO 2017 stand-in",
+            "url": "",
+            "version": "1.0",
+            "year": 2017,
+            "contributor": "seglib",
+            "date_created": "2017/01/01",
+        },
+        "licenses": [
+            {
+                "url": "https://creativecommons.org/publicdomain/zero/1.0/",
+                "id": 1,
+                "name": "CC0 1.0",
+            }
+        ],
         "images": images,
         "annotations": annotations,
         "categories": CATEGORIES,
@@ -400,7 +505,9 @@ def _split(split: str, image_ids: list[int], first_ann_id: int, size: int, rng: 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:
     id_to_name = {c["id"]: c["name"] for c in data["categories"]}
-    per_cat: dict[str, dict[str, Any]] = {c["name"]: {"images": set(), "instances": 0} for c in data["categories"]}
+    per_cat: dict[str, dict[str, Any]] = {
+        c["name"]: {"images": set(), "instances": 0} for c in data["categories"]
+    }
     for a in data["annotations"]:
         if not a["iscrowd"]:
             entry = per_cat[id_to_name[a["category_id"]]]
@@ -412,11 +519,15 @@ def _summary(data: dict[str, Any]) -> dict[str, Any]:
         "annotations": len(data["annotations"]),
         "crowd": sum(a["iscrowd"] for a in data["annotations"]),
         "qualifying_images": len(qualifying),
-        "per_category": {k: {"images": len(v["images"]), "instances": v["instances"]} for k, v in per_cat.items()},
+        "per_category": {
+            k: {"images": len(v["images"]), "instances": v["instances"]} for k, v in per_cat.items()
+        },
     }
 
 
-def make_synthetic_coco(out: str | Path, images_per_split: int = 40, size: int = 256, seed: int = 0) -> dict:
+def make_synthetic_coco(
+    out: str | Path, images_per_split: int = 40, size: int = 256, seed: int = 0
+) -> dict:
     """Write a synthetic COCO-2017-shaped root under ``out``.
 
     Layout: ``annotations/instances_{train,val}2017.json``, ``train2017/*.jpg``,
@@ -446,11 +557,16 @@ def make_synthetic_coco(out: str | Path, images_per_split: int = 40, size: int =
     out = Path(out)
     rng = np.random.default_rng(seed)
     ids = rng.choice(np.arange(1, 600000), size=2 * images_per_split, replace=False).tolist()
-    summary: dict[str, Any] = {"root": str(out), "seed": seed, "size": size,
-                               "images_per_split": images_per_split, "splits": {}}
+    summary: dict[str, Any] = {
+        "root": str(out),
+        "seed": seed,
+        "size": size,
+        "images_per_split": images_per_split,
+        "splits": {},
+    }
     for k, split in enumerate(("train", "val")):
         split_rng = np.random.default_rng([seed, k])
-        split_ids = ids[k * images_per_split:(k + 1) * images_per_split]
+        split_ids = ids[k * images_per_split : (k + 1) * images_per_split]
         data, counts = _split(split, split_ids, 1 + k * 10_000_000, size, split_rng, out)
         write_json_atomic(out / "annotations" / f"instances_{split}2017.json", data, indent=None)
         summary["splits"][split] = counts

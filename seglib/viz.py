@@ -188,7 +188,11 @@ def _instances(d: Mapping) -> dict[str, Any]:
 
 
 def prediction_samples(
-    dataset: Any, results: Sequence[Mapping], image_ids: Sequence[int] | None = None, *, score_thresh: float = 0.0
+    dataset: Any,
+    results: Sequence[Mapping],
+    image_ids: Sequence[int] | None = None,
+    *,
+    score_thresh: float = 0.0,
 ) -> list[tuple[Any, dict[str, np.ndarray]]]:
     """``(image, prediction)`` pairs for ``draw_instance_grid`` from cached COCO results.
 

@@ -20,24 +20,45 @@ from seglib.config import WEIGHT_CHOICES, TrainConfig, slider_fields
 
 _STYLE = {"description_width": "150px"}
 _LAYOUT = W.Layout(width="460px")
-_CHECKBOX = {"style": {"description_width": "initial"}, "layout": W.Layout(width="460px", margin="0 0 0 150px"), "indent": False}
+_CHECKBOX = {
+    "style": {"description_width": "initial"},
+    "layout": W.Layout(width="460px", margin="0 0 0 150px"),
+    "indent": False,
+}
 
 
 def _slider(name: str, value: float, description: str) -> W.Widget:
     rng = slider_fields()[name]
     if rng["log"]:
         return W.FloatLogSlider(
-            value=value, base=10, min=math.log10(rng["min"]), max=math.log10(rng["max"]),
-            step=rng["step"], description=description, readout_format=".1e", style=_STYLE, layout=_LAYOUT,
+            value=value,
+            base=10,
+            min=math.log10(rng["min"]),
+            max=math.log10(rng["max"]),
+            step=rng["step"],
+            description=description,
+            readout_format=".1e",
+            style=_STYLE,
+            layout=_LAYOUT,
         )
     if float(rng["step"]).is_integer() and float(value).is_integer():
         return W.IntSlider(
-            value=int(value), min=int(rng["min"]), max=int(rng["max"]), step=int(rng["step"]),
-            description=description, style=_STYLE, layout=_LAYOUT,
+            value=int(value),
+            min=int(rng["min"]),
+            max=int(rng["max"]),
+            step=int(rng["step"]),
+            description=description,
+            style=_STYLE,
+            layout=_LAYOUT,
         )
     return W.FloatSlider(
-        value=value, min=rng["min"], max=rng["max"], step=rng["step"],
-        description=description, style=_STYLE, layout=_LAYOUT,
+        value=value,
+        min=rng["min"],
+        max=rng["max"],
+        step=rng["step"],
+        description=description,
+        style=_STYLE,
+        layout=_LAYOUT,
     )
 
 
@@ -48,7 +69,12 @@ class ConfigForm(W.VBox):
     those fields replaced by the widgets' values, validated by ``TrainConfig``.
     """
 
-    def __init__(self, controls: dict[str, W.Widget], extra: dict[str, W.Widget] | None = None, title: str = ""):
+    def __init__(
+        self,
+        controls: dict[str, W.Widget],
+        extra: dict[str, W.Widget] | None = None,
+        title: str = "",
+    ):
         self.controls = controls
         self.extra = extra or {}
         header = [W.HTML(f"<b>{title}</b>")] if title else []
@@ -67,7 +93,9 @@ class ConfigForm(W.VBox):
         values = self.values()
         if "min_size" in values:
             # One "image size" slider: keep the profile's longer-side/shorter-side ratio.
-            values["max_size"] = max(values["min_size"], round(values["min_size"] * base.max_size / base.min_size))
+            values["max_size"] = max(
+                values["min_size"], round(values["min_size"] * base.max_size / base.min_size)
+            )
         return dataclasses.replace(base, **values)
 
 
@@ -82,7 +110,9 @@ def train_form(cfg: TrainConfig) -> ConfigForm:
         "num_epochs": _slider("num_epochs", cfg.num_epochs, "epochs"),
         "batch_size": _slider("batch_size", cfg.batch_size, "batch size"),
         "min_size": _slider("min_size", cfg.min_size, "image size (px)"),
-        "weights": W.Dropdown(options=weights, value=cfg.weights, description="weights", style=_STYLE, layout=_LAYOUT),
+        "weights": W.Dropdown(
+            options=weights, value=cfg.weights, description="weights", style=_STYLE, layout=_LAYOUT
+        ),
         "amp": W.Checkbox(value=cfg.amp, description="mixed precision (CUDA only)", **_CHECKBOX),
     }
     extra = {"resume": W.Checkbox(value=False, description="resume from last.pt", **_CHECKBOX)}
@@ -105,8 +135,24 @@ def threshold_form(score_thresh: float = 0.5, nms_thresh: float = 0.5) -> W.VBox
     """
     return W.VBox(
         [
-            W.FloatSlider(value=score_thresh, min=0.0, max=1.0, step=0.05, description="score threshold", style=_STYLE, layout=_LAYOUT),
-            W.FloatSlider(value=nms_thresh, min=0.05, max=1.0, step=0.05, description="NMS IoU", style=_STYLE, layout=_LAYOUT),
+            W.FloatSlider(
+                value=score_thresh,
+                min=0.0,
+                max=1.0,
+                step=0.05,
+                description="score threshold",
+                style=_STYLE,
+                layout=_LAYOUT,
+            ),
+            W.FloatSlider(
+                value=nms_thresh,
+                min=0.05,
+                max=1.0,
+                step=0.05,
+                description="NMS IoU",
+                style=_STYLE,
+                layout=_LAYOUT,
+            ),
         ]
     )
 
@@ -117,7 +163,9 @@ def thresholds(form: W.VBox) -> dict[str, float]:
     return {"score_thresh": float(score.value), "nms_thresh": float(nms.value)}
 
 
-def threshold_explorer(form: W.VBox, dataset: Any, results: list[dict], indices: Any, ncols: int = 4) -> W.VBox:
+def threshold_explorer(
+    form: W.VBox, dataset: Any, results: list[dict], indices: Any, ncols: int = 4
+) -> W.VBox:
     """``form`` above overlays of cached ``results`` that redraw whenever a slider moves.
 
     Errors inside a redraw land in the output area (ipywidgets
@@ -130,7 +178,9 @@ def threshold_explorer(form: W.VBox, dataset: Any, results: list[dict], indices:
         kept = metrics.filter_predictions(results, **thresholds(form))
         with out:
             out.clear_output(wait=True)
-            fig = viz.draw_instance_grid(viz.prediction_samples(dataset, kept, image_ids), dataset.class_names, ncols=ncols)
+            fig = viz.draw_instance_grid(
+                viz.prediction_samples(dataset, kept, image_ids), dataset.class_names, ncols=ncols
+            )
             display(fig)
             viz.close(fig)
 

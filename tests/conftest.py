@@ -33,5 +33,7 @@ def synthetic_subset(synthetic_coco, tmp_path_factory) -> Path:
 def coco_tiny() -> Path:
     """The read-only real COCO excerpt beside the checkout; skips when it is absent."""
     if not (COCO_TINY / "instances_train2017_tiny.json").is_file():
-        pytest.skip(f"real-data fixture not found at {COCO_TINY} (it ships in ../shared, outside the repo)")
+        pytest.skip(
+            f"real-data fixture not found at {COCO_TINY} (it ships in ../shared, outside the repo)"
+        )
     return COCO_TINY

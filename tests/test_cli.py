@@ -12,14 +12,24 @@ from seglib.cli import build_parser, config_from_args, main
 
 def seglib(*args, cwd=None, check=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "seglib", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seglib", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"seglib {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"seglib {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
 def test_train_overrides_apply_on_top_of_the_profile():
-    args = build_parser().parse_args(["train", "--profile", "smoke", "--lr", "0.02", "--epochs", "3", "--no-amp"])
+    args = build_parser().parse_args(
+        ["train", "--profile", "smoke", "--lr", "0.02", "--epochs", "3", "--no-amp"]
+    )
     cfg = config_from_args(args)
     assert (cfg.lr, cfg.num_epochs, cfg.amp, cfg.min_size) == (0.02, 3, False, 128)
     args = build_parser().parse_args(["train", "--batch-size", "4"])
@@ -27,10 +37,38 @@ def test_train_overrides_apply_on_top_of_the_profile():
 
 
 def test_bad_input_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys):
-    assert main(["subset", "--coco-root", str(tmp_path), "--out", str(tmp_path / "out"), "--categories", "unicorn"]) == 2
+    assert (
+        main(
+            [
+                "subset",
+                "--coco-root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--categories",
+                "unicorn",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    assert main(["train", "--profile", "smoke", "--lr", "-1", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "smoke",
+                "--lr",
+                "-1",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "lr" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "cfg.json")]) == 2
     assert "--data and --out" in capsys.readouterr().err
@@ -38,8 +76,19 @@ def test_bad_input_is_one_line_on_stderr_with_exit_status_2(tmp_path, capsys):
 
 def test_synth_then_subset_writes_the_split_files(tmp_path):
     seglib("synth", "--out", tmp_path / "coco", "--images", 12, "--size", 96)
-    out = seglib("subset", "--coco-root", tmp_path / "coco", "--out", tmp_path / "subset",
-                 "--train", 10, "--val", 6, "--test", 2).stdout
+    out = seglib(
+        "subset",
+        "--coco-root",
+        tmp_path / "coco",
+        "--out",
+        tmp_path / "subset",
+        "--train",
+        10,
+        "--val",
+        6,
+        "--test",
+        2,
+    ).stdout
     for name in ("train.json", "val.json", "test.json", "manifest.json"):
         assert (tmp_path / "subset" / name).is_file()
     assert len(json.loads((tmp_path / "subset" / "test.json").read_text())["images"]) == 2
@@ -51,14 +100,37 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
     coco, subset, run = tmp_path / "coco", tmp_path / "subset", tmp_path / "run"
     seglib("synth", "--out", coco, "--images", 16, "--size", 128)
     seglib("subset", "--coco-root", coco, "--out", subset, "--train", 6, "--val", 4, "--test", 2)
-    seglib("train", "--profile", "smoke", "--data", subset, "--out", run, "--epochs", 1, "--max-iters", 3)
+    seglib(
+        "train",
+        "--profile",
+        "smoke",
+        "--data",
+        subset,
+        "--out",
+        run,
+        "--epochs",
+        1,
+        "--max-iters",
+        3,
+    )
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
     again = seglib("train", "--profile", "smoke", "--data", subset, "--out", run, check=False)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
 
-    table = seglib("evaluate", "--data", subset, "--checkpoint", run / "best.pt", "--split", "test",
-                   "--out", run / "test_metrics.json", "--score-thresh", 0.0).stdout
+    table = seglib(
+        "evaluate",
+        "--data",
+        subset,
+        "--checkpoint",
+        run / "best.pt",
+        "--split",
+        "test",
+        "--out",
+        run / "test_metrics.json",
+        "--score-thresh",
+        0.0,
+    ).stdout
     metrics = json.loads((run / "test_metrics.json").read_text())
     for section in ("bbox", "segm"):
         assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"} <= set(metrics[section])
@@ -66,12 +138,28 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
     assert "mean_iou" in metrics and "AP" in table
 
     preds = tmp_path / "preds"
-    seglib("predict", "--checkpoint", run / "best.pt", "--images", subset / "images", "--out", preds,
-           "--score-thresh", 0.0)
+    seglib(
+        "predict",
+        "--checkpoint",
+        run / "best.pt",
+        "--images",
+        subset / "images",
+        "--out",
+        preds,
+        "--score-thresh",
+        0.0,
+    )
     results = json.loads((preds / "results.json").read_text())
     assert isinstance(results, list)
     overlays = sorted(preds.glob("*.png"))
     assert len(overlays) == len(list((subset / "images").iterdir()))
 
-    evaluated = seglib("evaluate", "--gt", subset / "val.json", "--predictions", run / "val_results.json", check=False)
+    evaluated = seglib(
+        "evaluate",
+        "--gt",
+        subset / "val.json",
+        "--predictions",
+        run / "val_results.json",
+        check=False,
+    )
     assert evaluated.returncode == 2 and "val_results.json" in evaluated.stderr

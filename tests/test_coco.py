@@ -36,8 +36,12 @@ def test_split_files_and_categories(synthetic_subset):
         doc = _read(synthetic_subset / f"{split}.json")
         assert list(doc) == ["info", "licenses", "images", "annotations", "categories"]
         assert doc["categories"] == [
-            {"id": i + 1, "name": name, "supercategory": doc["categories"][i]["supercategory"],
-             "coco_id": COCO_IDS[name]}
+            {
+                "id": i + 1,
+                "name": name,
+                "supercategory": doc["categories"][i]["supercategory"],
+                "coco_id": COCO_IDS[name],
+            }
             for i, name in enumerate(DEFAULT_CATEGORIES)
         ]
         assert len(doc["images"]) == n
@@ -46,7 +50,9 @@ def test_split_files_and_categories(synthetic_subset):
         assert {a["category_id"] for a in doc["annotations"]} <= {1, 2, 3, 4}
         for im in doc["images"]:
             assert (synthetic_subset / "images" / im["file_name"]).is_file()
-            assert im["coco_url"].endswith(f"/{'train' if split == 'train' else 'val'}2017/{im['file_name']}")
+            assert im["coco_url"].endswith(
+                f"/{'train' if split == 'train' else 'val'}2017/{im['file_name']}"
+            )
 
 
 def test_original_ids_kept_and_labels_renumbered(synthetic_coco, synthetic_subset):
@@ -65,15 +71,25 @@ def test_original_ids_kept_and_labels_renumbered(synthetic_coco, synthetic_subse
             assert orig["segmentation"] == a["segmentation"] and orig["iscrowd"] == a["iscrowd"]
         # every annotation of a chosen category on a chosen image is there, crowd included
         ids = {im["id"] for im in doc["images"]}
-        expected = {a["id"] for a in src["annotations"]
-                    if a["image_id"] in ids and a["category_id"] in COCO_IDS.values()}
+        expected = {
+            a["id"]
+            for a in src["annotations"]
+            if a["image_id"] in ids and a["category_id"] in COCO_IDS.values()
+        }
         assert {a["id"] for a in doc["annotations"]} == expected
 
 
 def test_splits_come_from_the_right_folder_and_are_disjoint(synthetic_coco, synthetic_subset):
-    train_ids = {im["id"] for im in _read(synthetic_coco / "annotations/instances_train2017.json")["images"]}
-    val_ids = {im["id"] for im in _read(synthetic_coco / "annotations/instances_val2017.json")["images"]}
-    got = {s: {im["id"] for im in _read(synthetic_subset / f"{s}.json")["images"]} for s in ("train", "val", "test")}
+    train_ids = {
+        im["id"] for im in _read(synthetic_coco / "annotations/instances_train2017.json")["images"]
+    }
+    val_ids = {
+        im["id"] for im in _read(synthetic_coco / "annotations/instances_val2017.json")["images"]
+    }
+    got = {
+        s: {im["id"] for im in _read(synthetic_subset / f"{s}.json")["images"]}
+        for s in ("train", "val", "test")
+    }
     assert got["train"] <= train_ids
     assert got["val"] <= val_ids and got["test"] <= val_ids
     assert not got["val"] & got["test"]
@@ -110,7 +126,10 @@ def test_manifest(synthetic_coco, synthetic_subset):
         hashes = manifest["images"][split]
         assert set(hashes) == {im["file_name"] for im in doc["images"]}
         for name, digest in hashes.items():
-            assert hashlib.sha256((synthetic_subset / "images" / name).read_bytes()).hexdigest() == digest
+            assert (
+                hashlib.sha256((synthetic_subset / "images" / name).read_bytes()).hexdigest()
+                == digest
+            )
 
 
 def test_class_balance_rarest_first(synthetic_coco, tmp_path):
@@ -121,10 +140,14 @@ def test_class_balance_rarest_first(synthetic_coco, tmp_path):
     data = _read(path)
     dog_images = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] == 18})
     keep = set(dog_images[:2])
-    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 18 or a["image_id"] in keep]
+    data["annotations"] = [
+        a for a in data["annotations"] if a["category_id"] != 18 or a["image_id"] in keep
+    ]
     path.write_text(json.dumps(data))
     for seed in range(5):
-        manifest = _subset(root, tmp_path / f"out{seed}", num_train=8, num_val=4, num_test=2, seed=seed)
+        manifest = _subset(
+            root, tmp_path / f"out{seed}", num_train=8, num_val=4, num_test=2, seed=seed
+        )
         counts = manifest["counts"]["train"]
         assert counts["dog"]["images"] == 2, seed  # n/k = 2; a plain draw gets both 16% of the time
         assert all(counts[c]["images"] >= 2 for c in DEFAULT_CATEGORIES), counts
@@ -132,12 +155,16 @@ def test_class_balance_rarest_first(synthetic_coco, tmp_path):
 
 def test_union_not_intersection(synthetic_coco, tmp_path):
     """Images with only one of the chosen categories qualify (getImgIds would intersect)."""
-    manifest = _subset(synthetic_coco, tmp_path, categories=["dog", "cake"], num_train=10, num_val=4, num_test=2)
+    manifest = _subset(
+        synthetic_coco, tmp_path, categories=["dog", "cake"], num_train=10, num_val=4, num_test=2
+    )
     doc = _read(tmp_path / "train.json")
     by_image: dict[int, set[int]] = {}
     for a in doc["annotations"]:
         by_image.setdefault(a["image_id"], set()).add(a["category_id"])
-    assert any(cats == {1} for cats in by_image.values()) and any(cats == {2} for cats in by_image.values())
+    assert any(cats == {1} for cats in by_image.values()) and any(
+        cats == {2} for cats in by_image.values()
+    )
     assert [c["name"] for c in manifest["categories"]] == ["dog", "cake"]
     assert [c["coco_id"] for c in manifest["categories"]] == [18, 61]
 
@@ -145,9 +172,13 @@ def test_union_not_intersection(synthetic_coco, tmp_path):
 def test_same_seed_same_bytes_other_seed_other_images(synthetic_coco, synthetic_subset, tmp_path):
     _subset(synthetic_coco, tmp_path / "again", seed=0)
     for name in ("train.json", "val.json", "test.json", "manifest.json"):
-        assert (tmp_path / "again" / name).read_bytes() == (synthetic_subset / name).read_bytes(), name
+        assert (tmp_path / "again" / name).read_bytes() == (synthetic_subset / name).read_bytes(), (
+            name
+        )
     _subset(synthetic_coco, tmp_path / "other", seed=1)
-    assert (tmp_path / "other/train.json").read_bytes() != (synthetic_subset / "train.json").read_bytes()
+    assert (tmp_path / "other/train.json").read_bytes() != (
+        synthetic_subset / "train.json"
+    ).read_bytes()
 
 
 def test_changing_one_count_keeps_the_other_splits(synthetic_coco, synthetic_subset, tmp_path):
@@ -168,7 +199,8 @@ def test_awkward_images_are_copied_verbatim(synthetic_coco, tmp_path):
     for split, folder in (("train", "train2017"), ("val", "val2017")):
         for im in _read(tmp_path / f"{split}.json")["images"]:
             assert (tmp_path / "images" / im["file_name"]).read_bytes() == (
-                synthetic_coco / folder / im["file_name"]).read_bytes()
+                synthetic_coco / folder / im["file_name"]
+            ).read_bytes()
 
 
 def test_counts_zero_split(synthetic_coco, tmp_path):
@@ -179,7 +211,9 @@ def test_counts_zero_split(synthetic_coco, tmp_path):
 
 # --- bad input -------------------------------------------------------------------------------
 def _no_outputs(out: Path) -> bool:
-    return not any((out / n).exists() for n in ("train.json", "val.json", "test.json", "manifest.json"))
+    return not any(
+        (out / n).exists() for n in ("train.json", "val.json", "test.json", "manifest.json")
+    )
 
 
 def test_unknown_category_lists_valid_ones(synthetic_coco, tmp_path):
@@ -189,8 +223,11 @@ def test_unknown_category_lists_valid_ones(synthetic_coco, tmp_path):
 
 
 def test_more_images_than_qualify(synthetic_coco, tmp_path):
-    with pytest.raises(SubsetError, match=r"train2017: asked for 30 train = 30 images but only 21.*"
-                                          r"val2017: asked for 20 val \+ 5 test = 25 images but only 21"):
+    with pytest.raises(
+        SubsetError,
+        match=r"train2017: asked for 30 train = 30 images but only 21.*"
+        r"val2017: asked for 20 val \+ 5 test = 25 images but only 21",
+    ):
         _subset(synthetic_coco, tmp_path, num_train=30, num_val=20, num_test=5)
     assert _no_outputs(tmp_path)
 
@@ -205,8 +242,13 @@ def test_malformed_json_names_the_file(synthetic_coco, tmp_path, damage):
     root = _copy_root(synthetic_coco, tmp_path / "root")
     path = root / "annotations/instances_val2017.json"
     raw = path.read_bytes()
-    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": b"\x00\xff<html>",
-                      "not_coco": b'{"images": {}}'}[damage])
+    path.write_bytes(
+        {
+            "truncate": raw[: len(raw) // 2],
+            "garbage": b"\x00\xff<html>",
+            "not_coco": b'{"images": {}}',
+        }[damage]
+    )
     with pytest.raises(SubsetError, match="instances_val2017.json"):
         _subset(root, tmp_path / "out")
     with pytest.raises(SubsetError, match="instances_val2017.json"):
@@ -221,12 +263,15 @@ def _damage_annotations(root: Path, folder: str, fn) -> None:
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("category_id", 999, r"annotation \d+ has category_id 999"),
-    ("image_id", 123456789, r"annotation \d+ refers to image_id 123456789"),
-    ("segmentation", "oops", r"annotation \d+: segmentation must be"),
-    ("segmentation", [[1.0, 2.0, 3.0]], r"annotation \d+: each polygon"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("category_id", 999, r"annotation \d+ has category_id 999"),
+        ("image_id", 123456789, r"annotation \d+ refers to image_id 123456789"),
+        ("segmentation", "oops", r"annotation \d+: segmentation must be"),
+        ("segmentation", [[1.0, 2.0, 3.0]], r"annotation \d+: each polygon"),
+    ],
+)
 def test_bad_annotation_names_its_id(synthetic_coco, tmp_path, field, value, match):
     root = _copy_root(synthetic_coco, tmp_path / "root")
     _damage_annotations(root, "train2017", lambda d: d["annotations"][5].__setitem__(field, value))
@@ -247,14 +292,19 @@ def test_degenerate_polygon_parts_are_dropped(synthetic_coco, tmp_path):
         for a in d["annotations"]:
             if a["id"] == target["id"]:
                 a["segmentation"] = [*a["segmentation"], [1.0, 1.0, 5.0, 5.0]]
+
     _damage_annotations(root, "train2017", damage)
     manifest = _subset(root, tmp_path / "out", num_train=21, num_val=2, num_test=1)
-    got = next(a for a in _read(tmp_path / "out/train.json")["annotations"] if a["id"] == target["id"])
+    got = next(
+        a for a in _read(tmp_path / "out/train.json")["annotations"] if a["id"] == target["id"]
+    )
     assert got["segmentation"] == target["segmentation"]
     assert manifest["dropped_annotations"] == []
 
 
-@pytest.mark.parametrize("name", ["../escape.jpg", "/etc/passwd", "sub/../../x.jpg", "C:\\x.jpg", ".."])
+@pytest.mark.parametrize(
+    "name", ["../escape.jpg", "/etc/passwd", "sub/../../x.jpg", "C:\\x.jpg", ".."]
+)
 def test_file_name_escaping_image_folder(synthetic_coco, tmp_path, name):
     root = _copy_root(synthetic_coco, tmp_path / "root")
     _damage_annotations(root, "val2017", lambda d: d["images"][3].__setitem__("file_name", name))
@@ -265,7 +315,11 @@ def test_file_name_escaping_image_folder(synthetic_coco, tmp_path, name):
 
 def test_duplicate_file_name(synthetic_coco, tmp_path):
     root = _copy_root(synthetic_coco, tmp_path / "root")
-    _damage_annotations(root, "train2017", lambda d: d["images"][4].__setitem__("file_name", d["images"][2]["file_name"]))
+    _damage_annotations(
+        root,
+        "train2017",
+        lambda d: d["images"][4].__setitem__("file_name", d["images"][2]["file_name"]),
+    )
     with pytest.raises(SubsetError, match="is also used by image"):
         _subset(root, tmp_path / "out")
 
@@ -302,20 +356,26 @@ def test_corrupt_image(synthetic_coco, tmp_path, damage):
 def test_image_size_mismatch(synthetic_coco, tmp_path):
     root = _copy_root(synthetic_coco, tmp_path / "root")
     name, _ = _chosen_file(root, tmp_path)
-    _damage_annotations(root, "train2017", lambda d: [
-        im.__setitem__("width", 999) for im in d["images"] if im["file_name"] == name])
+    _damage_annotations(
+        root,
+        "train2017",
+        lambda d: [im.__setitem__("width", 999) for im in d["images"] if im["file_name"] == name],
+    )
     with pytest.raises(SubsetError, match=f"{name}.*999"):
         _subset(root, tmp_path / "out")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"categories": []}, "non-empty"),
-    ({"categories": ["cake", "cake"]}, "repeat"),
-    ({"num_train": -1}, "num_train"),
-    ({"num_train": 0, "num_val": 0, "num_test": 0}, "nothing to build"),
-    ({"workers": 0}, "workers"),
-    ({"base_url": "ftp://mirror"}, "base_url"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"categories": []}, "non-empty"),
+        ({"categories": ["cake", "cake"]}, "repeat"),
+        ({"num_train": -1}, "num_train"),
+        ({"num_train": 0, "num_val": 0, "num_test": 0}, "nothing to build"),
+        ({"workers": 0}, "workers"),
+        ({"base_url": "ftp://mirror"}, "base_url"),
+    ],
+)
 def test_bad_arguments(synthetic_coco, tmp_path, kwargs, match):
     with pytest.raises(SubsetError, match=match):
         _subset(synthetic_coco, tmp_path, **kwargs)
@@ -441,19 +501,35 @@ def bare_root(synthetic_coco, tmp_path) -> Path:
     return root
 
 
-SMALL = {"num_train": 4, "num_val": 2, "num_test": 1, "progress": False, "backoff": 0.01, "retries": 3}
+SMALL = {
+    "num_train": 4,
+    "num_val": 2,
+    "num_test": 1,
+    "progress": False,
+    "backoff": 0.01,
+    "retries": 3,
+}
 
 
 def _download(root: Path, out: Path, server: _Server, **kwargs) -> dict:
-    return build_subset(root, out, download=True, base_url=server.url, **{**SMALL, "workers": 3, **kwargs})
+    return build_subset(
+        root, out, download=True, base_url=server.url, **{**SMALL, "workers": 3, **kwargs}
+    )
 
 
 def _picked(synthetic_coco: Path, tmp_path: Path) -> list[str]:
     """URL paths the SMALL subset downloads, from a copy-path build of the same arguments."""
-    build_subset(synthetic_coco, tmp_path / "probe", **{k: v for k, v in SMALL.items() if k not in ("backoff", "retries")})
+    build_subset(
+        synthetic_coco,
+        tmp_path / "probe",
+        **{k: v for k, v in SMALL.items() if k not in ("backoff", "retries")},
+    )
     paths = []
     for split, folder in (("train", "train2017"), ("val", "val2017"), ("test", "val2017")):
-        paths += [f"/{folder}/{im['file_name']}" for im in _read(tmp_path / f"probe/{split}.json")["images"]]
+        paths += [
+            f"/{folder}/{im['file_name']}"
+            for im in _read(tmp_path / f"probe/{split}.json")["images"]
+        ]
     return paths
 
 
@@ -462,11 +538,15 @@ def test_download_fetches_each_image_once_and_verifies(synthetic_coco, bare_root
     paths = _picked(synthetic_coco, tmp_path)
     assert sorted(p for p, _ in server.hits()) == sorted(paths)
     for p in paths:
-        assert (bare_root / p.lstrip("/")).read_bytes() == (synthetic_coco / p.lstrip("/")).read_bytes()
+        assert (bare_root / p.lstrip("/")).read_bytes() == (
+            synthetic_coco / p.lstrip("/")
+        ).read_bytes()
         assert (tmp_path / "out/images" / Path(p).name).is_file()
     assert not list(bare_root.rglob("*.part"))
     # same JSONs as when the images were already there
-    assert (tmp_path / "out/train.json").read_bytes() == (tmp_path / "probe/train.json").read_bytes()
+    assert (tmp_path / "out/train.json").read_bytes() == (
+        tmp_path / "probe/train.json"
+    ).read_bytes()
     assert manifest["source"]["base_url"] == server.url
 
 
@@ -482,7 +562,9 @@ def test_cut_connection_is_resumed(synthetic_coco, bare_root, server, tmp_path):
     _download(bare_root, tmp_path / "out", server)
     hits = server.hits(target)
     assert len(hits) == 2 and hits[0][1] is None and hits[1][1].startswith("bytes=")
-    assert (bare_root / target.lstrip("/")).read_bytes() == (synthetic_coco / target.lstrip("/")).read_bytes()
+    assert (bare_root / target.lstrip("/")).read_bytes() == (
+        synthetic_coco / target.lstrip("/")
+    ).read_bytes()
 
 
 def test_transient_errors_are_retried(synthetic_coco, bare_root, server, tmp_path):
@@ -542,7 +624,9 @@ def test_undecodable_download_is_rejected(synthetic_coco, bare_root, server, tmp
 
 
 @pytest.mark.parametrize("honours_range", [True, False])
-def test_existing_part_is_resumed_or_restarted(synthetic_coco, bare_root, server, tmp_path, honours_range):
+def test_existing_part_is_resumed_or_restarted(
+    synthetic_coco, bare_root, server, tmp_path, honours_range
+):
     target = _picked(synthetic_coco, tmp_path)[0]
     original = (synthetic_coco / target.lstrip("/")).read_bytes()
     part = bare_root / (target.lstrip("/") + ".part")
@@ -564,7 +648,9 @@ def test_rerun_skips_complete_files(synthetic_coco, bare_root, server, tmp_path)
     assert first == second
 
 
-def test_rerun_after_failure_fetches_only_what_is_missing(synthetic_coco, bare_root, server, tmp_path):
+def test_rerun_after_failure_fetches_only_what_is_missing(
+    synthetic_coco, bare_root, server, tmp_path
+):
     target = _picked(synthetic_coco, tmp_path)[0]
     server.always[target] = "404"
     from seglib.coco import DownloadError
@@ -586,7 +672,10 @@ def _make_zip(synthetic_coco: Path, dest: Path, extra: dict[str, bytes] | None =
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w") as zf:
         for f in ("train2017", "val2017"):
-            zf.write(synthetic_coco / "annotations" / f"instances_{f}.json", f"annotations/instances_{f}.json")
+            zf.write(
+                synthetic_coco / "annotations" / f"instances_{f}.json",
+                f"annotations/instances_{f}.json",
+            )
         zf.writestr("annotations/captions_train2017.json", b"{}")
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
@@ -609,17 +698,23 @@ def zip_server(synthetic_coco, tmp_path, monkeypatch):
 ZIP_PATH = "/annotations/annotations_trainval2017.zip"
 
 
-def test_annotations_zip_fetched_once_and_only_instances_extracted(synthetic_coco, zip_server, tmp_path):
+def test_annotations_zip_fetched_once_and_only_instances_extracted(
+    synthetic_coco, zip_server, tmp_path
+):
     sha1 = _make_zip(synthetic_coco, zip_server.root / ZIP_PATH.lstrip("/"))
     zip_server.faults[ZIP_PATH] = ["cut"]
     root = tmp_path / "coco"
     _download(root, tmp_path / "out", zip_server, annotations_sha1=sha1)
     assert [r for r in zip_server.hits(ZIP_PATH)][1][1].startswith("bytes=")  # resumed
     assert sorted(p.name for p in (root / "annotations").iterdir()) == [
-        "annotations_trainval2017.zip", "instances_train2017.json", "instances_val2017.json"]
+        "annotations_trainval2017.zip",
+        "instances_train2017.json",
+        "instances_val2017.json",
+    ]
     for f in ("train2017", "val2017"):
         assert (root / f"annotations/instances_{f}.json").read_bytes() == (
-            synthetic_coco / f"annotations/instances_{f}.json").read_bytes()
+            synthetic_coco / f"annotations/instances_{f}.json"
+        ).read_bytes()
     zip_server.requests.clear()
     _download(root, tmp_path / "out2", zip_server, annotations_sha1=sha1)
     assert zip_server.hits() == []  # annotations and images both already there
@@ -642,7 +737,9 @@ def test_default_checksum_is_the_published_one():
     assert ANNOTATIONS_SHA1 == "8551ee4bb5860311e79dace7e79cb91e432e78b3"
 
 
-@pytest.mark.parametrize("evil", ["../evil.json", "annotations/../../evil.json", "/tmp/evil.json", "./"])
+@pytest.mark.parametrize(
+    "evil", ["../evil.json", "annotations/../../evil.json", "/tmp/evil.json", "./"]
+)
 def test_zip_slip_is_rejected(synthetic_coco, zip_server, tmp_path, evil):
     from seglib.coco import DownloadError
 
@@ -683,7 +780,9 @@ def tiny_root(coco_tiny, tmp_path) -> Path:
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "val2017").mkdir()
-    (root / "annotations/instances_train2017.json").symlink_to(coco_tiny / "instances_train2017_tiny.json")
+    (root / "annotations/instances_train2017.json").symlink_to(
+        coco_tiny / "instances_train2017_tiny.json"
+    )
     (root / "train2017").symlink_to(coco_tiny / "train2017")
     data = _read(coco_tiny / "instances_train2017_tiny.json")
     data["images"] = [im for im in data["images"] if im["id"] in TINY_VAL_IDS]
@@ -703,13 +802,25 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     from pycocotools import mask as mask_utils
 
     out = tmp_path / "subset"
-    manifest = build_subset(tiny_root, out, categories=["cake", "person"], num_train=10, num_val=3,
-                            num_test=2, progress=False)
+    manifest = build_subset(
+        tiny_root,
+        out,
+        categories=["cake", "person"],
+        num_train=10,
+        num_val=3,
+        num_test=2,
+        progress=False,
+    )
     # union: 10 images have a non-crowd person or cake; only 522418 has both (the intersection)
-    assert manifest["available"]["train2017"] == {"images": 10, "per_category": {"cake": 1, "person": 10}}
+    assert manifest["available"]["train2017"] == {
+        "images": 10,
+        "per_category": {"cake": 1, "person": 10},
+    }
     assert manifest["available"]["val2017"]["images"] == 5
-    assert manifest["counts"]["train"] == {"cake": {"images": 1, "instances": 1, "crowd": 0},
-                                           "person": {"images": 10, "instances": 32, "crowd": 1}}
+    assert manifest["counts"]["train"] == {
+        "cake": {"images": 1, "instances": 1, "crowd": 0},
+        "person": {"images": 10, "instances": 32, "crowd": 1},
+    }
     train = _read(out / "train.json")
     assert train["categories"] == [
         {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
@@ -718,7 +829,9 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     assert 522418 in {im["id"] for im in train["images"]}
     assert {a["category_id"] for a in train["annotations"] if a["image_id"] == 522418} == {1, 2}
     crowd = [a for a in train["annotations"] if a["iscrowd"]]
-    assert [(a["id"], a["image_id"], a["category_id"]) for a in crowd] == [(900100184613, 184613, 2)]
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in crowd] == [
+        (900100184613, 184613, 2)
+    ]
 
     src = {a["id"]: a for a in _read(coco_tiny / "instances_train2017_tiny.json")["annotations"]}
     sizes = {im["id"]: (im["height"], im["width"]) for im in train["images"]}
@@ -732,19 +845,38 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     for split in ("val", "test"):
         ids = {im["id"] for im in _read(out / f"{split}.json")["images"]}
         assert ids <= {i + VAL_OFFSET for i in TINY_VAL_IDS} - {224736 + VAL_OFFSET}
-    assert not ({im["id"] for im in _read(out / "val.json")["images"]}
-                & {im["id"] for im in _read(out / "test.json")["images"]})
+    assert not (
+        {im["id"] for im in _read(out / "val.json")["images"]}
+        & {im["id"] for im in _read(out / "test.json")["images"]}
+    )
     for im in train["images"]:
-        assert (out / "images" / im["file_name"]).read_bytes() == (coco_tiny / "train2017" / im["file_name"]).read_bytes()
+        assert (out / "images" / im["file_name"]).read_bytes() == (
+            coco_tiny / "train2017" / im["file_name"]
+        ).read_bytes()
 
 
 @pytest.mark.coco_tiny
 def test_coco_tiny_cake_alone(tiny_root, tmp_path):
-    build_subset(tiny_root, tmp_path / "one", categories=["cake"], num_train=1, num_val=1, num_test=0, progress=False)
+    build_subset(
+        tiny_root,
+        tmp_path / "one",
+        categories=["cake"],
+        num_train=1,
+        num_val=1,
+        num_test=0,
+        progress=False,
+    )
     assert [im["id"] for im in _read(tmp_path / "one/train.json")["images"]] == [522418]
     with pytest.raises(SubsetError, match=r"asked for 2 train = 2 images but only 1.*cake 1"):
-        build_subset(tiny_root, tmp_path / "two", categories=["cake"], num_train=2, num_val=1, num_test=0,
-                     progress=False)
+        build_subset(
+            tiny_root,
+            tmp_path / "two",
+            categories=["cake"],
+            num_train=2,
+            num_val=1,
+            num_test=0,
+            progress=False,
+        )
 
 
 def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):

@@ -75,7 +75,11 @@ def test_amp_is_off_on_cpu():
 @pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_amp_uses_native_bf16_only_else_fp16_with_a_scaler(monkeypatch, native_bf16, expected):
     # torch reports bf16 as supported on pre-Ampere GPUs too (emulated, slower than fp16)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native_bf16 or including_emulation,
+    )
     dtype, scaler = amp_settings(torch.device("cuda"), True)
     assert dtype is expected
     assert (scaler is not None) == (expected is torch.float16)
@@ -114,7 +118,9 @@ def test_grouped_batch_sampler_groups_keeps_every_index_and_skips():
 
 
 def test_lr_factor_warmup_and_schedules():
-    cfg = TrainConfig.smoke(warmup_iters=10, warmup_factor=0.001, lr_milestones=(2,), lr_gamma=0.1, num_epochs=4)
+    cfg = TrainConfig.smoke(
+        warmup_iters=10, warmup_factor=0.001, lr_milestones=(2,), lr_gamma=0.1, num_epochs=4
+    )
     assert lr_factor(0, cfg, 10) == pytest.approx(0.001)
     assert lr_factor(5, cfg, 10) == pytest.approx(0.5 * 0.001 + 0.5)
     assert lr_factor(10, cfg, 10) == 1.0 and lr_factor(19, cfg, 10) == 1.0
@@ -153,7 +159,15 @@ def test_train_one_epoch_logs_at_interval_and_honours_max_iters():
     model = _Toy()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     rows = []
-    stats = train_one_epoch(model, opt, _toy_batches(6), CPU, 1, log_interval=4, callback=lambda e, r: rows.append((e, r)))
+    stats = train_one_epoch(
+        model,
+        opt,
+        _toy_batches(6),
+        CPU,
+        1,
+        log_interval=4,
+        callback=lambda e, r: rows.append((e, r)),
+    )
     assert [r["iteration"] for _, r in rows] == [4, 6] and {e for e, _ in rows} == {"iter"}
     assert set(rows[0][1]) == {"epoch", "iteration", "lr", "loss", *LOSS_NAMES, "time", "data_time"}
     assert rows[0][1]["loss"] == pytest.approx(sum(rows[0][1][k] for k in LOSS_NAMES))
@@ -199,10 +213,18 @@ def test_predict_output_format(synthetic_subset):
     probs[0, 0, 2:6, 3:9] = 0.6
     probs[0, 0, 6:8, 3:9] = 0.4  # below 0.5: not part of the mask
     probs[1, 0, 0:2, 0:2] = 0.9
-    first = {"boxes": torch.tensor([[3.0, 2.0, 9.0, 6.0], [0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([2, 4]),
-             "scores": torch.tensor([0.8, 0.1]), "masks": probs}
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
-             "masks": torch.zeros(0, 1, 4, 4)}
+    first = {
+        "boxes": torch.tensor([[3.0, 2.0, 9.0, 6.0], [0.0, 0.0, 2.0, 2.0]]),
+        "labels": torch.tensor([2, 4]),
+        "scores": torch.tensor([0.8, 0.1]),
+        "masks": probs,
+    }
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0),
+        "masks": torch.zeros(0, 1, 4, 4),
+    }
     outputs = [first] + [empty] * (len(dataset) - 1)
     results = predict(_Echo(outputs), dataset, CPU, score_thresh=0.5)
     assert len(results) == 1
@@ -211,7 +233,9 @@ def test_predict_output_format(synthetic_subset):
     assert type(r["category_id"]) is int and r["category_id"] == 2
     assert r["bbox"] == [3.0, 2.0, 6.0, 4.0] and r["score"] == pytest.approx(0.8)
     assert isinstance(r["segmentation"]["counts"], str)
-    decoded = mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()})
+    decoded = mask_utils.decode(
+        {**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}
+    )
     expected = np.zeros(probs.shape[2:], dtype=np.uint8)
     expected[2:6, 3:9] = 1
     assert np.array_equal(decoded, expected)
@@ -225,8 +249,14 @@ def test_evaluate_perfect_predictions(synthetic_subset):
     for i in range(len(dataset)):
         t = dataset[i][1]
         n = len(t["labels"])
-        outputs.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.full((n,), 0.9),
-                        "masks": t["masks"][:, None].float()})
+        outputs.append(
+            {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "scores": torch.full((n,), 0.9),
+                "masks": t["masks"][:, None].float(),
+            }
+        )
     metrics = evaluate(_Echo(outputs), dataset, CPU, score_thresh=0.5)
     assert metrics["segm"]["AP"] == pytest.approx(1.0)
     # mask-derived boxes differ from the polygon-derived COCO boxes by a fraction of a pixel
@@ -238,13 +268,22 @@ def test_evaluate_perfect_predictions(synthetic_subset):
 def test_predict_images_writes_results_and_overlays(tmp_path, synthetic_subset):
     pytest.importorskip("seglib.viz")
     dataset = open_split(synthetic_subset, "val")
-    files = [synthetic_subset / "images" / dataset.coco.imgs[i]["file_name"] for i in dataset.ids[:2]]
+    files = [
+        synthetic_subset / "images" / dataset.coco.imgs[i]["file_name"] for i in dataset.ids[:2]
+    ]
     h, w = dataset.get_height_and_width(0)
     masks = torch.zeros(1, 1, h, w)
     masks[0, 0, 4:20, 4:20] = 1.0
-    one = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9]), "masks": masks}
+    one = {
+        "boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+        "labels": torch.tensor([1]),
+        "scores": torch.tensor([0.9]),
+        "masks": masks,
+    }
     categories = json.loads((synthetic_subset / "val.json").read_text())["categories"]
-    written = predict_images(_Echo([one, one]), files, tmp_path / "pred", CPU, categories=categories, score_thresh=0.5)
+    written = predict_images(
+        _Echo([one, one]), files, tmp_path / "pred", CPU, categories=categories, score_thresh=0.5
+    )
     assert written["num_images"] == 2 and written["num_predictions"] == 2
     results = json.loads(Path(written["results"]).read_text())
     numeric = all(f.stem.isdigit() for f in files)
@@ -262,8 +301,17 @@ def test_overfits_one_batch(synthetic_subset):
     model = build_model(cfg.num_classes, "none", cfg=cfg)
     optimizer = make_optimizer(model, cfg)
     rows = []
-    train_one_epoch(model, optimizer, [batch] * 25, CPU, 1, lr_scheduler=make_lr_scheduler(optimizer, cfg, 25),
-                    grad_clip_norm=cfg.grad_clip_norm, log_interval=1, callback=lambda e, r: rows.append(r))
+    train_one_epoch(
+        model,
+        optimizer,
+        [batch] * 25,
+        CPU,
+        1,
+        lr_scheduler=make_lr_scheduler(optimizer, cfg, 25),
+        grad_clip_norm=cfg.grad_clip_norm,
+        log_interval=1,
+        callback=lambda e, r: rows.append(r),
+    )
     assert len(rows) == 25 and all(math.isfinite(r["loss"]) for r in rows)
 
     def tail(key: str) -> float:
@@ -280,20 +328,38 @@ def _rows(run: Path) -> list[dict]:
 
 def _final_state(run: Path) -> dict:
     ckpt = load_checkpoint(run / "last.pt")
-    return {"epoch": ckpt["epoch"], "iteration": ckpt["iteration"], "model": ckpt["model"],
-            "momentum": [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()]}
+    return {
+        "epoch": ckpt["epoch"],
+        "iteration": ckpt["iteration"],
+        "model": ckpt["model"],
+        "momentum": [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()],
+    }
 
 
 @pytest.mark.slow
 def test_train_resume_matches_uninterrupted_run(tmp_path, synthetic_subset):
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=2)
-    cfg = TrainConfig.smoke(batch_size=1, num_epochs=2, eval_interval=2, log_interval=1)  # 2 iterations per epoch
+    cfg = TrainConfig.smoke(
+        batch_size=1, num_epochs=2, eval_interval=2, log_interval=1
+    )  # 2 iterations per epoch
     events = []
     straight = train(cfg, data, tmp_path / "a", callback=lambda e, p: events.append(e))
-    assert straight["epochs"] == 2 and straight["iteration"] == 4 and straight["stopped_by"] == "num_epochs"
-    assert events.count("iter") == 4 and events.count("epoch_end") == 2 and events.count("eval") == 1
+    assert (
+        straight["epochs"] == 2
+        and straight["iteration"] == 4
+        and straight["stopped_by"] == "num_epochs"
+    )
+    assert (
+        events.count("iter") == 4 and events.count("epoch_end") == 2 and events.count("eval") == 1
+    )
     assert "checkpoint" in events and straight["best"] is not None
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["best.pt", "config.json", "eval", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "best.pt",
+        "config.json",
+        "eval",
+        "last.pt",
+        "metrics.jsonl",
+    ]
     assert TrainConfig.load(tmp_path / "a" / "config.json") == cfg
     rows_a = _rows(tmp_path / "a")
     train_rows = [r for r in rows_a if "loss" in r]
@@ -309,7 +375,9 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, synthetic_subset):
 
     # stopped in the middle of epoch 2 by max_iters, then resumed
     capped = train(cfg.replace(max_iters=3), data, tmp_path / "c")
-    assert capped["stopped_by"] == "max_iters" and capped["epochs"] == 1 and capped["iteration"] == 3
+    assert (
+        capped["stopped_by"] == "max_iters" and capped["epochs"] == 1 and capped["iteration"] == 3
+    )
     train(cfg, data, tmp_path / "c", resume=True)
 
     reference = _final_state(tmp_path / "a")
@@ -317,11 +385,15 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, synthetic_subset):
         state = _final_state(tmp_path / run)
         assert (state["epoch"], state["iteration"]) == (2, 4), run
         for key, value in reference["model"].items():
-            assert torch.allclose(state["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6), (run, key)
+            assert torch.allclose(
+                state["model"][key].float(), value.float(), rtol=1e-5, atol=1e-6
+            ), (run, key)
         for m, ref in zip(state["momentum"], reference["momentum"], strict=True):
             assert torch.allclose(m, ref, rtol=1e-5, atol=1e-6), run
         rows = [r for r in _rows(tmp_path / run) if "loss" in r]
-        assert [r["iteration"] for r in rows] == [1, 2, 3, 4], run  # rows after the checkpoint trimmed
+        assert [r["iteration"] for r in rows] == [1, 2, 3, 4], (
+            run
+        )  # rows after the checkpoint trimmed
         assert rows[-1]["loss"] == pytest.approx(train_rows[-1]["loss"], rel=1e-4), run
 
     model, cfg_back, categories = model_from_checkpoint(tmp_path / "a" / "best.pt")
@@ -377,16 +449,39 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(data), str(out), str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(data),
+            str(out),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in (0, 1)]
     # 4 images over 2 ranks at batch 1: 2 iterations per rank per epoch
     assert summaries == [{"rank": r, "world_size": 2, "iteration": 2, "epochs": 1} for r in (0, 1)]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "eval", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "eval",
+        "last.pt",
+        "metrics.jsonl",
+    ]
     rows = _rows(out)
     assert [r["iteration"] for r in rows if "loss" in r] == [1, 2]  # written once, by rank 0
     assert len([r for r in rows if "val" in r]) == 1
@@ -401,10 +496,14 @@ def test_resume_refuses_a_new_length_for_a_cosine_schedule(tmp_path):
     cfg = TrainConfig.smoke(lr_schedule="cosine", num_epochs=2)
     model = build_model(cfg.num_classes, "none", cfg.arch, cfg)
     categories = [{"id": i + 1, "name": n, "coco_id": i + 1} for i, n in enumerate(cfg.categories)]
-    path = save_checkpoint(tmp_path / "last.pt", model=model, cfg=cfg, categories=categories, epoch=1, iteration=6)
+    path = save_checkpoint(
+        tmp_path / "last.pt", model=model, cfg=cfg, categories=categories, epoch=1, iteration=6
+    )
     assert _load_for_resume(path, cfg)["epoch"] == 1
     with pytest.raises(ValueError, match="num_epochs"):
         _load_for_resume(path, cfg.replace(num_epochs=4))
     step = cfg.replace(lr_schedule="multistep")
     save_checkpoint(path, model=model, cfg=step, categories=categories, epoch=1, iteration=6)
-    assert _load_for_resume(path, step.replace(num_epochs=4))["epoch"] == 1  # step decay: extending is fine
+    assert (
+        _load_for_resume(path, step.replace(num_epochs=4))["epoch"] == 1
+    )  # step decay: extending is fine

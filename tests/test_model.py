@@ -54,7 +54,11 @@ def cfg() -> TrainConfig:
 
 def _heads(model) -> tuple[int, int, int]:
     rh = model.roi_heads
-    return rh.box_predictor.cls_score.out_features, rh.box_predictor.bbox_pred.out_features, rh.mask_predictor.mask_fcn_logits.out_channels
+    return (
+        rh.box_predictor.cls_score.out_features,
+        rh.box_predictor.bbox_pred.out_features,
+        rh.mask_predictor.mask_fcn_logits.out_channels,
+    )
 
 
 def _images(n: int = 1, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
@@ -85,14 +89,28 @@ def test_coco_weights_load_from_torch_home_cache(arch, tmp_path):
     cfg = TrainConfig.smoke(trainable_backbone_layers=3)
     path = weights_file("coco", arch)
     assert path.parent == tmp_path / "torch-home" / "hub" / "checkpoints"
-    assert path.name == {"v1": "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "v2": "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"}[arch]
+    assert (
+        path.name
+        == {
+            "v1": "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+            "v2": "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        }[arch]
+    )
     saved = _save_random_coco(arch, cfg)
     model = build_model(5, "coco", arch, cfg)
     assert _heads(model) == (5, 20, 5)
     state = model.state_dict()
-    for key in ("backbone.body.layer4.2.conv3.weight", "rpn.head.conv.0.0.weight", "roi_heads.mask_head.0.0.weight"):
+    for key in (
+        "backbone.body.layer4.2.conv3.weight",
+        "rpn.head.conv.0.0.weight",
+        "roi_heads.mask_head.0.0.weight",
+    ):
         assert torch.equal(state[key], saved[key]), key
-    trainable = {n.split(".")[2] for n, p in model.backbone.body.named_parameters(prefix="backbone.body") if p.requires_grad}
+    trainable = {
+        n.split(".")[2]
+        for n, p in model.backbone.body.named_parameters(prefix="backbone.body")
+        if p.requires_grad
+    }
     assert trainable == {"layer2", "layer3", "layer4"}
     frozen_bn = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert bool(frozen_bn) == (arch == "v1")  # torchvision's v2 recipe keeps BatchNorm2d
@@ -160,7 +178,9 @@ def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
     from seglib.model import check_class_map
 
     model = build_model(5, "none", "v1", cfg)
-    path = save_checkpoint(tmp_path / "ckpt.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=1, iteration=1)
+    path = save_checkpoint(
+        tmp_path / "ckpt.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=1, iteration=1
+    )
     model_from_checkpoint(path, categories=[dict(c) for c in CATEGORIES])  # same map: fine
     reordered = [dict(c, id=i + 1) for i, c in enumerate(reversed(CATEGORIES))]
     with pytest.raises(CheckpointError, match="person") as err:
@@ -182,10 +202,19 @@ def test_checkpoint_round_trip(tmp_path, cfg):
     cfg = cfg.replace(box_detections_per_img=10)  # pasting 50 random masks dominates the time
     torch.manual_seed(0)
     model = build_model(5, "none", "v1", cfg)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
     path = save_checkpoint(
-        tmp_path / "run" / "last.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=3, iteration=42,
-        optimizer=optimizer, best_metric=0.25, extra={"history": [{"epoch": 1, "loss": 1.5}]},
+        tmp_path / "run" / "last.pt",
+        model=model,
+        cfg=cfg,
+        categories=CATEGORIES,
+        epoch=3,
+        iteration=42,
+        optimizer=optimizer,
+        best_metric=0.25,
+        extra={"history": [{"epoch": 1, "loss": 1.5}]},
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
     raw = torch.load(path, weights_only=True)  # the contract: loadable without pickle trust
@@ -210,7 +239,9 @@ def test_checkpoint_round_trip(tmp_path, cfg):
 def test_checkpoint_restores_rng_state(tmp_path, cfg):
     model = build_model(5, "none", "v1", cfg)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    path = save_checkpoint(tmp_path / "c.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=0, iteration=0)
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=0, iteration=0
+    )
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(path)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
@@ -230,8 +261,14 @@ def test_load_checkpoint_errors(tmp_path):
 
 
 def test_truncated_checkpoint_is_reported(tmp_path, cfg):
-    path = save_checkpoint(tmp_path / "last.pt", model=build_model(3, "none", "v1", cfg), cfg=cfg.replace(categories=("cake", "car")),
-                           categories=CATEGORIES[:2], epoch=1, iteration=1)
+    path = save_checkpoint(
+        tmp_path / "last.pt",
+        model=build_model(3, "none", "v1", cfg),
+        cfg=cfg.replace(categories=("cake", "car")),
+        categories=CATEGORIES[:2],
+        epoch=1,
+        iteration=1,
+    )
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated, corrupt"):
         model_from_checkpoint(path)
@@ -244,8 +281,12 @@ class _FixedDetector(nn.Module):
         labels = torch.tensor([1, 3, 18, 61, 2, 5, 90])
         n = len(labels)
         return [
-            {"boxes": torch.arange(n * 4, dtype=torch.float32).reshape(n, 4), "labels": labels,
-             "scores": torch.linspace(0.9, 0.3, n), "masks": torch.rand(n, 1, 8, 8)}
+            {
+                "boxes": torch.arange(n * 4, dtype=torch.float32).reshape(n, 4),
+                "labels": labels,
+                "scores": torch.linspace(0.9, 0.3, n),
+                "masks": torch.rand(n, 1, 8, 8),
+            }
             for _ in images
         ]
 

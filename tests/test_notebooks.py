@@ -35,7 +35,11 @@ def test_committed_without_outputs_or_execution_counts(nb):
 def test_no_def_no_class_no_lambda(nb):
     for cell in _code(nb):
         tree = ast.parse(cell.source)
-        defined = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        defined = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+        ]
         assert not defined, f"logic belongs in seglib, not in a notebook cell:\n{cell.source}"
 
 
@@ -56,9 +60,15 @@ def test_opens_with_title_purpose_inputs_outputs_and_ends_with_a_pointer(nb):
 
 
 def test_numbered_steps_each_after_a_markdown_cell(nb):
-    steps = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    steps = [
+        c.source.splitlines()[0]
+        for c in nb.cells
+        if c.cell_type == "markdown" and c.source.startswith("## ")
+    ]
     numbered = [s for s in steps if re.match(r"## \d+\. ", s)]
-    assert [int(re.match(r"## (\d+)", s).group(1)) for s in numbered] == list(range(1, len(numbered) + 1))
+    assert [int(re.match(r"## (\d+)", s).group(1)) for s in numbered] == list(
+        range(1, len(numbered) + 1)
+    )
     assert len(numbered) >= 3
 
 
@@ -67,9 +77,14 @@ def test_same_first_cell_pattern_imports_seed_device_profile():
     for path in NOTEBOOKS:
         first = _code(nbformat.read(path, as_version=4))[0].source
         assert first.lstrip().startswith(("from seglib", "import"))
-        tail = first[first.index("profile = "):]
+        tail = first[first.index("profile = ") :]
         tails.add(tail)
-        for needed in ("default_profile()", "TrainConfig.from_profile", "seed_everything", "resolve_device"):
+        for needed in (
+            "default_profile()",
+            "TrainConfig.from_profile",
+            "seed_everything",
+            "resolve_device",
+        ):
             assert needed in tail
     assert len(tails) == 1, "the setup cell must be the same in every notebook"
 
@@ -91,7 +106,9 @@ def test_checked_cells_exist_and_cannot_print():
     assert len(checked) >= 3
     for source in checked:
         last = ast.parse(source).body[-1]
-        assert not isinstance(last, ast.Expr), f"a checked cell must end in a statement, not an expression:\n{source}"
+        assert not isinstance(last, ast.Expr), (
+            f"a checked cell must end in a statement, not an expression:\n{source}"
+        )
 
 
 def test_training_happens_in_a_plain_cell_not_a_widget_callback():
@@ -101,4 +118,6 @@ def test_training_happens_in_a_plain_cell_not_a_widget_callback():
     read_cell = next(i for i, s in enumerate(sources) if "to_config(" in s)
     train_cell = next(i for i, s in enumerate(sources) if "engine.train(" in s)
     assert form_cell < read_cell < train_cell
-    assert not any(word in "\n".join(sources) for word in ("interact(", "interact_manual", ".observe("))
+    assert not any(
+        word in "\n".join(sources) for word in ("interact(", "interact_manual", ".observe(")
+    )

@@ -60,7 +60,15 @@ def test_layout_and_coco_fields(synthetic_coco):
             ann_ids.add(a["id"])
             assert a["image_id"] in ids[split]
             assert a["category_id"] in cats
-            assert set(a) == {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd"}
+            assert set(a) == {
+                "id",
+                "image_id",
+                "category_id",
+                "segmentation",
+                "area",
+                "bbox",
+                "iscrowd",
+            }
     assert not ids["train"] & ids["val"], "image ids must differ between train and val"
 
 
@@ -77,7 +85,12 @@ def test_polygons_bbox_and_area_agree(synthetic_coco):
             assert isinstance(seg, list) and all(len(p) >= 6 and len(p) % 2 == 0 for p in seg)
             xs = np.concatenate([p[0::2] for p in seg])
             ys = np.concatenate([p[1::2] for p in seg])
-            assert xs.min() >= 0 and ys.min() >= 0 and xs.max() <= im["width"] and ys.max() <= im["height"]
+            assert (
+                xs.min() >= 0
+                and ys.min() >= 0
+                and xs.max() <= im["width"]
+                and ys.max() <= im["height"]
+            )
             np.testing.assert_allclose(
                 a["bbox"], [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()], atol=0.02
             )
@@ -102,7 +115,12 @@ def test_crowd_instances_are_uncompressed_rle(synthetic_coco):
             m = _ann_mask(a, im["height"], im["width"])
             assert a["area"] == m.sum() > 0
             ys, xs = np.nonzero(m)
-            assert a["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert a["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
             crowds.append(a)
     assert len(crowds) >= 2
     # COCO's crowd ids do not fit in int32; consumers must cope.
@@ -126,8 +144,9 @@ def test_visible_masks_do_not_overlap_but_boxes_do(synthetic_coco):
                     shared = (masks[i] & masks[j]).sum()
                     assert shared <= 0.05 * min(masks[i].sum(), masks[j].sum())
                     bi, bj = anns[i]["bbox"], anns[j]["bbox"]
-                    if (min(bi[0] + bi[2], bj[0] + bj[2]) > max(bi[0], bj[0])
-                            and min(bi[1] + bi[3], bj[1] + bj[3]) > max(bi[1], bj[1])):
+                    if min(bi[0] + bi[2], bj[0] + bj[2]) > max(bi[0], bj[0]) and min(
+                        bi[1] + bi[3], bj[1] + bj[3]
+                    ) > max(bi[1], bj[1]):
                         overlapping_boxes += 1
     assert overlapping_boxes >= 10
 
@@ -187,7 +206,9 @@ def test_enough_qualifying_images_with_big_objects(synthetic_coco):
             per_cat[a["category_id"]].add(a["image_id"])
         assert len(largest) >= 18
         assert min(largest.values()) >= 0.2
-        assert all(len(v) >= 4 for v in per_cat.values()), {TARGET_IDS[k]: len(v) for k, v in per_cat.items()}
+        assert all(len(v) >= 4 for v in per_cat.values()), {
+            TARGET_IDS[k]: len(v) for k, v in per_cat.items()
+        }
         # Images without any of the four (distractors only, crowd only, empty) exist too.
         assert len(images) - len(largest) >= 2
 
@@ -202,7 +223,8 @@ def test_summary_counts_match_files(synthetic_coco, tmp_path):
         assert counts["crowd"] == sum(a["iscrowd"] for a in data["annotations"])
         person = [a for a in data["annotations"] if a["category_id"] == 1 and not a["iscrowd"]]
         assert counts["per_category"]["person"] == {
-            "images": len({a["image_id"] for a in person}), "instances": len(person)
+            "images": len({a["image_id"] for a in person}),
+            "instances": len(person),
         }
 
 
@@ -225,10 +247,13 @@ def test_small_splits(tmp_path, n):
     assert len(list((tmp_path / "val2017").glob("*.jpg"))) == n
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"images_per_split": 0}, "images_per_split"),
-    ({"size": 16}, "size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"images_per_split": 0}, "images_per_split"),
+        ({"size": 16}, "size"),
+    ],
+)
 def test_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_coco(tmp_path, **kwargs)

@@ -186,7 +186,9 @@ def test_training_figure_redraws_in_place_and_is_not_registered_with_pyplot():
     before = plt.get_fignums()
     fig, axes = viz.training_figure()
     assert plt.get_fignums() == before
-    history = [{"iteration": i, "lr": 0.01 * i, "loss": 3.0 - i, "loss_mask": 1.0} for i in range(3)]
+    history = [
+        {"iteration": i, "lr": 0.01 * i, "loss": 3.0 - i, "loss_mask": 1.0} for i in range(3)
+    ]
     viz.draw_training(history, axes)
     viz.draw_training(history[:2], axes)
     assert len(axes[1].lines) == 1 and len(axes[1].lines[0].get_xdata()) == 2
@@ -202,8 +204,15 @@ def test_prediction_samples_pairs_images_with_their_decoded_results(synthetic_su
     results = []
     for ann in coco.loadAnns(coco.getAnnIds(iscrowd=False)):
         rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
-                        "score": 0.7, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": ann["bbox"],
+                "score": 0.7,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            }
+        )
     samples = viz.prediction_samples(ds, results)
     assert len(samples) == len(ds)
     for (image, pred), image_id in zip(samples, ds.ids, strict=True):

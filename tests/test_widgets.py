@@ -60,11 +60,17 @@ def test_live_loss_plot_collects_iterations_and_redraws(capsys):
 
     live = LiveLossPlot(every=2)
     for i in range(4):
-        live("iter", {"epoch": 0, "iteration": i, "lr": 0.001, "loss": 2.0 - 0.1 * i, "loss_mask": 0.5})
+        live(
+            "iter",
+            {"epoch": 0, "iteration": i, "lr": 0.001, "loss": 2.0 - 0.1 * i, "loss_mask": 0.5},
+        )
     live("eval", {"epoch": 0, "iteration": 3, "metrics": {"segm": {"AP": 0.1}}})
     live("epoch_end", {"epoch": 0})
     assert [row["iteration"] for row in live.history] == [0, 1, 2, 3]
-    assert live.history[2]["loss"] == pytest.approx(1.8) and live.evals[0]["metrics"]["segm"]["AP"] == 0.1
+    assert (
+        live.history[2]["loss"] == pytest.approx(1.8)
+        and live.evals[0]["metrics"]["segm"]["AP"] == 0.1
+    )
     loss_ax = live.axes[0]
     assert any(len(line.get_xdata()) == 4 for line in loss_ax.lines)
 
@@ -81,8 +87,15 @@ def test_threshold_explorer_redraws_from_cached_predictions(synthetic_subset, mo
     results = []
     for ann in coco.loadAnns(coco.getAnnIds(imgIds=ds.ids[:2], iscrowd=False)):
         rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
-                        "score": 0.9, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": ann["bbox"],
+                "score": 0.9,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            }
+        )
     drawn = []
     real_grid = widgets.viz.draw_instance_grid
 
