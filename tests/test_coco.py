@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -853,6 +855,25 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
         assert (out / "images" / im["file_name"]).read_bytes() == (
             coco_tiny / "train2017" / im["file_name"]
         ).read_bytes()
+
+    # End to end: the dataset over the subset just written decodes every training mask exactly
+    # as pycocotools' annToMask does on the original annotation; the crowd is no target.
+    from pycocotools.coco import COCO
+
+    from seglib.dataset import open_split
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        original = COCO(str(coco_tiny / "instances_train2017_tiny.json"))
+    ds = open_split(out, "train", min_box_size=0)
+    decoded = 0
+    for i, image_id in enumerate(ds.ids):
+        _, target = ds[i]
+        anns = [a for a in train["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
+        assert target["masks"].shape[0] == len(anns)
+        for mask, a in zip(target["masks"].numpy(), anns, strict=True):
+            assert (mask == original.annToMask(src[a["id"]])).all(), a["id"]
+            decoded += 1
+    assert decoded == 33  # 32 persons + 1 cake; the crowd person is not among them
 
 
 @pytest.mark.coco_tiny
