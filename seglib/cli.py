@@ -211,7 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions"
             )
         from seglib.dataset import open_split
-        from seglib.engine import evaluate, resolve_device
+        from seglib.engine import resolve_device
+        from seglib.inference import evaluate
 
         device = resolve_device(args.device)
         dataset = open_split(args.data, args.split)
@@ -245,7 +246,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from seglib.engine import predict_images, resolve_device
+    from seglib.engine import resolve_device
+    from seglib.inference import predict_images
     from seglib.model import model_from_checkpoint
 
     device = resolve_device(args.device)

@@ -1,0 +1,232 @@
+"""Prediction and evaluation: a model over a split or over image files, as COCO results.
+
+``predict`` is what validation, notebooks 04/05 and ``python -m seglib evaluate`` run;
+``evaluate`` adds the COCO metrics; ``predict_images`` serves ``python -m seglib predict``
+(results JSON plus overlay PNGs). Masks are thresholded at 0.5 on the device before they are
+copied to the host, and image ids are plain ints (pitfalls 7 and 16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
+
+from seglib.config import write_json_atomic
+from seglib.dataset import collate_fn, load_rgb
+from seglib.model import unwrap
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _image_id(target: Any) -> int:
+    value = target["image_id"] if isinstance(target, dict) else target
+    return int(value.item() if torch.is_tensor(value) else value)  # never a tensor (pitfall 7)
+
+
+def _results_for(
+    image_id: int, output: dict[str, torch.Tensor], score_thresh: float
+) -> list[dict[str, Any]]:
+    keep = output["scores"] >= score_thresh
+    if not bool(keep.any()):
+        return []
+    boxes = output["boxes"][keep]
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    # Threshold on the device: the float [N,1,H,W] probabilities are 4x the bytes of the
+    # uint8 masks that cross to the host (pitfall 16).
+    masks = (output["masks"][keep, 0] > 0.5).to(torch.uint8).cpu().numpy()
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    results = []
+    for box, label, score, rle in zip(
+        xywh, output["labels"][keep].tolist(), output["scores"][keep].tolist(), rles, strict=True
+    ):
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [float(v) for v in box],
+                "score": float(score),
+                "segmentation": rle,
+            }
+        )
+    return results
+
+
+def _as_loader(data: DataLoader | Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+    )
+
+
+def predict(
+    model: torch.nn.Module,
+    loader_or_dataset: DataLoader | Dataset,
+    device: torch.device | str,
+    *,
+    score_thresh: float = 0.0,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """COCO results for every image: model in eval mode under torch.inference_mode.
+
+    Args:
+        loader_or_dataset: yields/holds ``(image, target)`` with ``target["image_id"]``.
+        score_thresh: detections below it are left out (0 keeps all, as AP needs).
+
+    Returns:
+        One dict per detection: image_id int, category_id int (label 1..k), bbox [x,y,w,h]
+        float pixels, score float, segmentation compressed RLE with ``counts`` as str.
+    """
+    device = torch.device(device)
+    loader = _as_loader(loader_or_dataset, batch_size, num_workers)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    results: list[dict[str, Any]] = []
+    batches: Iterable = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc="predict", leave=False)
+    try:
+        with torch.inference_mode():
+            for images, targets in batches:
+                try:
+                    outputs = net([img.to(device, non_blocking=True) for img in images])
+                except torch.cuda.OutOfMemoryError as e:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"CUDA out of memory while predicting on {len(images)} images: use a smaller "
+                        "batch_size or smaller min_size/max_size"
+                    ) from e
+                for target, output in zip(targets, outputs, strict=True):
+                    results.extend(_results_for(_image_id(target), output, score_thresh))
+    finally:
+        net.train(was_training)
+    return results
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset | DataLoader,
+    device: torch.device | str,
+    *,
+    score_thresh: float = 0.5,
+    batch_size: int = 2,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """``predict`` on every image (all scores), then ``seglib.metrics.evaluate_results``.
+
+    ``score_thresh`` applies to the thresholded metrics (mean IoU, pixel IoU), not to AP.
+    """
+    from seglib.metrics import evaluate_results
+
+    loader = _as_loader(dataset, batch_size, num_workers)
+    results = predict(model, loader, device, score_thresh=0.0)
+    return evaluate_results(loader.dataset.coco, results, score_thresh=score_thresh)
+
+
+def _image_files(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} is neither an image file nor a folder")
+    if not files:
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(p) for p in paths]}"
+        )
+    return files
+
+
+def predict_images(
+    model: torch.nn.Module,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    device: torch.device | str,
+    *,
+    categories: list[dict],
+    score_thresh: float = 0.5,
+) -> dict[str, Any]:
+    """Predict on image files (or folders of them); write results JSON and overlay PNGs.
+
+    Image ids are the numeric file stems (COCO names such as 000000123456.jpg) when all are
+    numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results, scores
+    >= score_thresh), OUT/images.json (id, file_name, width, height) and OUT/<stem>.png.
+
+    Returns:
+        num_images, num_predictions, results, images (paths) and overlays (list of paths).
+    """
+    from seglib import viz  # only here: the library's one matplotlib user
+
+    device = torch.device(device)
+    files = _image_files(images)
+    stems = [f.stem for f in files]
+    numeric = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
+    ids = [int(s) for s in stems] if numeric else list(range(1, len(files) + 1))
+    unique_stems = len(set(stems)) == len(stems)
+    out_dir = Path(out_dir)
+    names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    results, records, overlays = [], [], []
+    try:
+        for image_id, path in zip(ids, files, strict=True):
+            rgb = load_rgb(path)
+            tensor = (
+                torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+            )
+            with torch.inference_mode():
+                output = net([tensor.to(device)])[0]
+            found = _results_for(image_id, output, score_thresh)
+            results.extend(found)
+            records.append(
+                {
+                    "id": image_id,
+                    "file_name": path.name,
+                    "width": rgb.shape[1],
+                    "height": rgb.shape[0],
+                }
+            )
+            keep = output["scores"] >= score_thresh
+            ax = viz.draw_instances(
+                rgb,
+                boxes=output["boxes"][keep].cpu(),
+                masks=(output["masks"][keep, 0] > 0.5).cpu(),
+                labels=output["labels"][keep].cpu(),
+                scores=output["scores"][keep].cpu(),
+                class_names=names,
+                title=f"{path.name}: {len(found)} instances",
+            )
+            overlay = out_dir / (
+                f"{path.stem}.png" if unique_stems else f"{image_id}-{path.stem}.png"
+            )
+            overlays.append(viz.save_figure(ax.figure, overlay, close=True))
+    finally:
+        net.train(was_training)
+    results_path = write_json_atomic(out_dir / "results.json", results, indent=None)
+    images_path = write_json_atomic(out_dir / "images.json", records)
+    return {
+        "num_images": len(files),
+        "num_predictions": len(results),
+        "results": results_path,
+        "images": images_path,
+        "overlays": overlays,
+    }
