@@ -68,6 +68,9 @@ def test_amp_is_off_on_cpu():
     assert amp_settings(CPU, True) == (None, None)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available"
+)
 @pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_amp_uses_native_bf16_only_else_fp16_with_a_scaler(monkeypatch, native_bf16, expected):
     # torch reports bf16 as supported on pre-Ampere GPUs too (emulated, slower than fp16)
