@@ -265,8 +265,7 @@ def _oom_message(epoch: int, iteration: int, batch: int, device: torch.device) -
     return (
         f"CUDA out of memory at epoch {epoch}, iteration {iteration} (batch of {batch} images on {device}). "
         f"Lower batch_size (--batch-size 1) or the image size (--min-size 640 --max-size 1066); "
-        f"Mask R-CNN R50-FPN needs about 5 GB at batch 2 and 800x1333. Measure with "
-        f"torch.cuda.max_memory_allocated(), not nvidia-smi."
+        f"measure with torch.cuda.max_memory_allocated(), not nvidia-smi."
     )
 
 
