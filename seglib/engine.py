@@ -224,19 +224,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def lr_factor(iteration: int, cfg: TrainConfig, iters_per_epoch: int) -> float:
     """Multiplier of cfg.lr at a 0-based optimizer step: linear warmup times the schedule.
 
-    Warmup ramps from cfg.warmup_factor to 1 over cfg.warmup_iters steps. Then "multistep"
-    multiplies by lr_gamma at each epoch in lr_milestones, "cosine" decays to 0 at
-    num_epochs, "constant" stays at 1. max_iters does not change the schedule.
+    Warmup ramps from cfg.warmup_factor to 1 over cfg.warmup_iters steps. The schedule runs
+    over the whole run, ``num_epochs * iters_per_epoch`` steps: "multistep" multiplies by
+    lr_gamma at each fraction of it in lr_milestones, "cosine" decays to 0 at its end,
+    "constant" stays at 1. max_iters stops a run early without changing the schedule, so a
+    run stopped there and resumed matches an uninterrupted one.
     """
     warm = 1.0
     if iteration < cfg.warmup_iters:
         alpha = iteration / cfg.warmup_iters
         warm = cfg.warmup_factor * (1 - alpha) + alpha
+    total = max(1, cfg.num_epochs * iters_per_epoch)
     if cfg.lr_schedule == "multistep":
-        passed = sum(iteration >= m * iters_per_epoch for m in cfg.lr_milestones)
+        passed = sum(iteration >= m * total for m in cfg.lr_milestones)
         return warm * cfg.lr_gamma**passed
     if cfg.lr_schedule == "cosine":
-        total = max(1, cfg.num_epochs * iters_per_epoch)
         return warm * 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
     return warm
 

@@ -178,7 +178,9 @@ def _skeleton(num_classes: int, arch: str, cfg: TrainConfig, *, pretrained: bool
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_detections_per_img=cfg.box_detections_per_img,
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.detections_per_img,
     )
     builder = maskrcnn_resnet50_fpn if arch == "v1" else maskrcnn_resnet50_fpn_v2
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)

@@ -5,7 +5,9 @@ import pytest
 from seglib.config import (
     DEFAULT_CATEGORIES,
     TrainConfig,
+    env_overrides,
     get_paths,
+    parse_overrides,
     slider_fields,
     write_json_atomic,
 )
@@ -57,7 +59,9 @@ def test_invalid_values_raise_value_error_naming_the_field(change, message):
         ({"lr": "0.1"}, "lr"),
         ({"num_epochs": 2.5}, "num_epochs"),
         ({"batch_size": True}, "batch_size"),
-        ({"lr_milestones": (8.5,)}, "lr_milestones"),
+        ({"lr_milestones": (8,)}, "lr_milestones"),
+        ({"lr_milestones": (0.8, 0.5)}, "lr_milestones"),
+        ({"box_nms_thresh": 0.0}, "box_nms_thresh"),
         ({"amp": 1}, "amp"),
     ],
 )
@@ -78,7 +82,7 @@ def test_unknown_profile_lists_valid_ones():
 
 
 def test_json_round_trip(tmp_path):
-    cfg = TrainConfig.smoke(lr_milestones=(3, 5), grad_clip_norm=None)
+    cfg = TrainConfig.smoke(lr_milestones=(0.3, 0.5), grad_clip_norm=None)
     path = cfg.save(tmp_path / "config.json")
     assert TrainConfig.load(path) == cfg
     assert json.loads(path.read_text())["categories"] == list(DEFAULT_CATEGORIES)
@@ -116,7 +120,7 @@ def test_paths_follow_profile_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGLIB_PROFILE", "smoke")
     paths = get_paths()
     assert paths.profile == "smoke"
-    assert paths.coco_root == tmp_path / "synthetic-coco"
+    assert paths.coco_root == tmp_path / "synthetic-coco" / "smoke"
     assert paths.split_json("val") == tmp_path / "subset" / "smoke" / "val.json"
     assert get_paths("seed").coco_root == tmp_path / "coco"
     with pytest.raises(FileNotFoundError, match="notebook 01"):
@@ -124,3 +128,42 @@ def test_paths_follow_profile_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGLIB_PROFILE", "fast")
     with pytest.raises(ValueError, match="SEGLIB_PROFILE"):
         get_paths()
+
+
+def test_parse_overrides_types_values_and_names_bad_fields():
+    assert parse_overrides(["lr=0.002", "num_epochs=3", "weights=none", "amp=false"]) == {
+        "lr": 0.002,
+        "num_epochs": 3,
+        "weights": "none",
+        "amp": False,
+    }
+    assert TrainConfig.smoke(**parse_overrides(["lr_milestones=[0.5, 0.9]"])).lr_milestones == (
+        0.5,
+        0.9,
+    )
+    with pytest.raises(ValueError, match="learning_rate"):
+        parse_overrides(["learning_rate=0.1"])
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_overrides(["lr"])
+
+
+def test_env_overrides_read_a_json_object(monkeypatch):
+    monkeypatch.delenv("SEGLIB_SET", raising=False)
+    assert env_overrides() == {}
+    monkeypatch.setenv("SEGLIB_SET", '{"lr": 0.002, "num_epochs": 3}')
+    assert TrainConfig.smoke(**env_overrides()).num_epochs == 3
+    monkeypatch.setenv("SEGLIB_SET", '{"epochs": 3}')
+    with pytest.raises(ValueError, match="epochs"):
+        env_overrides()
+    monkeypatch.setenv("SEGLIB_SET", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        env_overrides()
+
+
+def test_profiles_demo_and_smoke_share_the_recipe_that_learns():
+    demo, smoke = TrainConfig.demo(), TrainConfig.smoke()
+    assert demo.lr_schedule == smoke.lr_schedule == "cosine" and demo.lr == smoke.lr
+    assert smoke.num_train * smoke.num_epochs < demo.num_train * demo.num_epochs
+    assert demo.synthetic_images >= demo.num_val + demo.num_test
+    assert smoke.synthetic_images >= smoke.num_val + smoke.num_test
+    assert TrainConfig.from_profile("demo") == demo

@@ -118,7 +118,12 @@ def test_grouped_batch_sampler_groups_keeps_every_index_and_skips():
 
 def test_lr_factor_warmup_and_schedules():
     cfg = TrainConfig.smoke(
-        warmup_iters=10, warmup_factor=0.001, lr_milestones=(2,), lr_gamma=0.1, num_epochs=4
+        warmup_iters=10,
+        warmup_factor=0.001,
+        lr_schedule="multistep",
+        lr_milestones=(0.5,),
+        lr_gamma=0.1,
+        num_epochs=4,
     )
     assert lr_factor(0, cfg, 10) == pytest.approx(0.001)
     assert lr_factor(5, cfg, 10) == pytest.approx(0.5 * 0.001 + 0.5)
@@ -129,6 +134,18 @@ def test_lr_factor_warmup_and_schedules():
     assert lr_factor(20, cosine, 10) == pytest.approx(0.5)
     assert lr_factor(40, cosine, 10) == pytest.approx(0.0)
     assert lr_factor(25, cfg.replace(lr_schedule="constant"), 10) == 1.0
+
+
+def test_lr_schedule_keeps_its_shape_when_the_run_length_changes():
+    cfg = TrainConfig.smoke(
+        warmup_iters=0, lr_schedule="multistep", lr_milestones=(0.5,), lr_gamma=0.1, num_epochs=8
+    )
+    assert lr_factor(39, cfg, 10) == 1.0 and lr_factor(40, cfg, 10) == pytest.approx(0.1)
+    short = cfg.replace(num_epochs=2)  # the epochs slider: the decay moves to half of 20 steps
+    assert lr_factor(9, short, 10) == 1.0 and lr_factor(10, short, 10) == pytest.approx(0.1)
+    cosine = cfg.replace(lr_schedule="cosine", num_epochs=3)
+    assert lr_factor(15, cosine, 10) == pytest.approx(0.5)
+    assert lr_factor(30, cosine, 10) == pytest.approx(0.0)
 
 
 # --- train_one_epoch with a toy model -------------------------------------------------------

@@ -199,7 +199,7 @@ def test_load_model_state_names_both_class_counts(cfg):
 
 
 def test_checkpoint_round_trip(tmp_path, cfg):
-    cfg = cfg.replace(box_detections_per_img=10)  # pasting 50 random masks dominates the time
+    cfg = cfg.replace(detections_per_img=10)  # pasting 50 random masks dominates the time
     torch.manual_seed(0)
     model = build_model(5, "none", "v1", cfg)
     optimizer = torch.optim.SGD(
