@@ -29,7 +29,7 @@ def pytest_collectstart(collector):
 def pytest_sessionfinish(session, exitstatus):
     if exitstatus != 0 or session.testscollected == 0:
         return
-    from seglib.config import get_paths
+    from seglib.paths import get_paths
 
     smoke, seed = get_paths("smoke"), get_paths("seed")
     ran = {item.path.name for item in session.items}

@@ -20,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from seglib.config import DEFAULT_CATEGORIES, PROFILES, TrainConfig, get_paths, write_json_atomic
+from seglib.config import DEFAULT_CATEGORIES, PROFILES, TrainConfig
+from seglib.io import write_json_atomic
+from seglib.paths import get_paths
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:

@@ -38,7 +38,9 @@ import numpy as np
 from PIL import Image
 
 from . import __version__
-from .config import DEFAULT_CATEGORIES, Paths, TrainConfig, write_bytes_atomic, write_json_atomic
+from .config import DEFAULT_CATEGORIES, TrainConfig
+from .io import write_bytes_atomic, write_json_atomic
+from .paths import Paths
 
 COCO_BASE_URL = "http://images.cocodataset.org"
 ANNOTATIONS_ZIP = "annotations/annotations_trainval2017.zip"

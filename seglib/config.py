@@ -1,4 +1,4 @@
-"""Every default of a seglib run, written once, plus the one helper that knows where files live.
+"""Every default of a seglib run, written once.
 
 ``TrainConfig`` is the single source of hyperparameters. Each field carries a one-line
 comment (unit, and why that value) and, where a notebook slider edits it, the slider's
@@ -6,21 +6,19 @@ range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.
 (profile ``seed``; the name avoids the ``seed`` field) is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
 checks the plumbing, not the results.
 
-``get_paths`` is the only place that spells out file locations, so notebooks, the CLI and
-the tests agree on them.
+File locations live in ``seglib.paths``; atomic file writing in ``seglib.io``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from seglib.io import write_json_atomic
 
 #: The four categories of the project, in the order that defines label ids 1..4.
 DEFAULT_CATEGORIES: tuple[str, ...] = ("cake", "car", "dog", "person")
@@ -450,138 +448,3 @@ def slider_fields() -> dict[str, dict[str, Any]]:
         for f in dataclasses.fields(TrainConfig)
         if "slider" in f.metadata
     }
-
-
-def write_json_atomic(
-    path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False
-) -> Path:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it into place.
-
-    A crash mid-write leaves the old file (or none), never a truncated one.
-    """
-    return write_bytes_atomic(
-        path, (json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n").encode()
-    )
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    with atomic_file(path) as f:
-        f.write(data)
-    return Path(path)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` only when the ``with`` block succeeds.
-
-    It is written under a temporary name in the same folder, fsynced, then renamed; on any
-    error the temporary file is removed and ``path`` keeps its old content (or stays absent).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --- paths ----------------------------------------------------------------------------
-def default_data_root() -> Path:
-    """``$SEGLIB_DATA`` if set, else the repository's ``data/`` folder."""
-    env = os.environ.get("SEGLIB_DATA")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[1] / "data"
-
-
-def default_profile() -> str:
-    """``$SEGLIB_PROFILE`` if set (validated), else ``seed``."""
-    profile = os.environ.get("SEGLIB_PROFILE", "seed")
-    if profile not in PROFILES:
-        raise ValueError(f"SEGLIB_PROFILE={profile!r} is not a profile; choose one of {PROFILES}")
-    return profile
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Every file location of one profile. Nothing is created until a step writes there.
-
-    Layout under ``root`` (default ``data/``)::
-
-        coco/                 real COCO 2017 root (annotations/, train2017/, val2017/)
-        synthetic-coco/       generated offline stand-in with the same layout
-        subset/<profile>/     train.json val.json test.json manifest.json images/
-        runs/<profile>/       config.json metrics.jsonl last.pt best.pt eval/ predictions/ figures/
-    """
-
-    root: Path
-    profile: str
-
-    @property
-    def coco_root(self) -> Path:
-        """Source COCO root for this profile: real for ``seed``, synthetic for ``smoke``."""
-        if self.profile == "seed":
-            return self.root / "coco"
-        return self.root / "synthetic-coco" / self.profile
-
-    @property
-    def subset(self) -> Path:
-        return self.root / "subset" / self.profile
-
-    @property
-    def run(self) -> Path:
-        return self.root / "runs" / self.profile
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run / "last.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run / "best.pt"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.run / "eval"
-
-    @property
-    def predictions(self) -> Path:
-        return self.run / "predictions"
-
-    @property
-    def figures(self) -> Path:
-        return self.run / "figures"
-
-    @property
-    def notebooks_out(self) -> Path:
-        """Executed copies of the notebooks written by ``python -m seglib run``."""
-        return self.run / "notebooks"
-
-    def split_json(self, split: str) -> Path:
-        """``subset/<profile>/<split>.json`` for split in train/val/test."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; choose train, val or test")
-        return self.subset / f"{split}.json"
-
-    def require(self, path: Path, made_by: str) -> Path:
-        """Return ``path`` if it exists, else raise FileNotFoundError naming the step that makes it."""
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist yet: run {made_by} first (profile {self.profile!r})."
-            )
-        return path
-
-
-def get_paths(profile: str | None = None, root: str | Path | None = None) -> Paths:
-    """Paths for ``profile`` (default ``$SEGLIB_PROFILE`` or seed) under ``root`` (default data/)."""
-    profile = profile or default_profile()
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    return Paths(Path(root).resolve() if root else default_data_root(), profile)

@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from seglib.config import TrainConfig, write_json_atomic
+from seglib.config import TrainConfig
 from seglib.dataset import collate_fn, open_split
 from seglib.inference import evaluate
+from seglib.io import write_json_atomic
 from seglib.model import (
     build_model,
     build_model_structure,
@@ -548,7 +549,7 @@ def _trim_metrics(path: Path, iteration: int | None) -> None:
             continue
         if row.get("iteration", 0) <= iteration:
             kept.append(line + "\n")
-    from seglib.config import write_bytes_atomic
+    from seglib.io import write_bytes_atomic
 
     write_bytes_atomic(path, "".join(kept).encode())
 

@@ -17,8 +17,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
-from seglib.config import write_json_atomic
 from seglib.dataset import collate_fn, load_rgb
+from seglib.io import write_json_atomic
 from seglib.model import unwrap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

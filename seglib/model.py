@@ -35,7 +35,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import seglib
-from seglib.config import ARCHS, WEIGHT_CHOICES, TrainConfig, atomic_file
+from seglib.config import ARCHS, WEIGHT_CHOICES, TrainConfig
+from seglib.io import atomic_file
 
 COCO_NUM_CLASSES = 91  # torchvision's label space: index == COCO category id, 0 = background
 CHECKPOINT_FORMAT = 1

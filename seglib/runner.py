@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from seglib.config import Paths, write_bytes_atomic
+from seglib.io import write_bytes_atomic
+from seglib.paths import Paths
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 COCO_HOST = "http://images.cocodataset.org"

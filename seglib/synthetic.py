@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .config import write_bytes_atomic, write_json_atomic
+from .io import write_bytes_atomic, write_json_atomic
 
 #: COCO 2017 categories drawn here: the project's four plus two distractors.
 CATEGORIES: list[dict[str, Any]] = [

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from seglib.config import write_bytes_atomic
+from seglib.io import write_bytes_atomic
 from seglib.metrics import OVERLAP_THRESH, results_to_instances
 
 LOSS_KEYS = (

@@ -902,7 +902,8 @@ def test_coco_tiny_cake_alone(tiny_root, tmp_path):
 
 def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
     from seglib.coco import prepare_source
-    from seglib.config import TrainConfig, get_paths
+    from seglib.config import TrainConfig
+    from seglib.paths import get_paths
 
     cfg = TrainConfig.smoke(synthetic_images=6, synthetic_size=64)
     paths = get_paths("smoke", tmp_path)
@@ -925,7 +926,8 @@ def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
 
 def test_prepare_source_leaves_real_coco_alone(tmp_path):
     from seglib.coco import prepare_source
-    from seglib.config import TrainConfig, get_paths
+    from seglib.config import TrainConfig
+    from seglib.paths import get_paths
 
     paths = get_paths("seed", tmp_path)
     assert prepare_source(TrainConfig.seed_recipe(), paths) == paths.coco_root

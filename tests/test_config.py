@@ -6,10 +6,8 @@ from seglib.config import (
     DEFAULT_CATEGORIES,
     TrainConfig,
     env_overrides,
-    get_paths,
     parse_overrides,
     slider_fields,
-    write_json_atomic,
 )
 
 
@@ -105,29 +103,6 @@ def test_slider_ranges_contain_their_defaults():
     assert {"lr", "batch_size", "num_epochs", "min_size"} <= set(sliders)
     for name, rng in sliders.items():
         assert rng["min"] <= getattr(cfg, name) <= rng["max"], name
-
-
-def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path):
-    path = write_json_atomic(tmp_path / "a.json", {"x": 1})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"x": object()})
-    assert json.loads(path.read_text()) == {"x": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
-
-
-def test_paths_follow_profile_and_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGLIB_DATA", str(tmp_path))
-    monkeypatch.setenv("SEGLIB_PROFILE", "smoke")
-    paths = get_paths()
-    assert paths.profile == "smoke"
-    assert paths.coco_root == tmp_path / "synthetic-coco" / "smoke"
-    assert paths.split_json("val") == tmp_path / "subset" / "smoke" / "val.json"
-    assert get_paths("seed").coco_root == tmp_path / "coco"
-    with pytest.raises(FileNotFoundError, match="notebook 01"):
-        paths.require(paths.subset, "notebook 01")
-    monkeypatch.setenv("SEGLIB_PROFILE", "fast")
-    with pytest.raises(ValueError, match="SEGLIB_PROFILE"):
-        get_paths()
 
 
 def test_parse_overrides_types_values_and_names_bad_fields():

@@ -46,7 +46,7 @@ def test_no_def_no_class_no_lambda(nb):
 def test_no_sys_path_hacks_and_no_spelled_out_data_paths(nb):
     for cell in _code(nb):
         assert "sys.path" not in cell.source
-        # every location comes from seglib.config.get_paths
+        # every location comes from seglib.paths.get_paths
         assert not re.search(r"[\"']\.{0,2}/?data/", cell.source), cell.source
 
 

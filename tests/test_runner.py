@@ -4,7 +4,7 @@ import nbformat
 import pytest
 
 from seglib import runner
-from seglib.config import get_paths
+from seglib.paths import get_paths
 from seglib.runner import NotebookRunError, PreflightError, notebook_paths, preflight, run_notebooks
 
 
