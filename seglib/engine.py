@@ -504,9 +504,11 @@ def _load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         )
     ckpt = load_checkpoint(path)
     saved = TrainConfig.from_dict(ckpt["config"])
-    fixed = RESUME_FIXED + (
-        ("num_epochs",) if cfg.lr_schedule == "cosine" else ()
-    )  # cosine spans the run
+    # cosine and the milestones are fractions of the whole run: a new length moves them
+    spans_run = cfg.lr_schedule == "cosine" or (
+        cfg.lr_schedule == "multistep" and cfg.lr_milestones
+    )
+    fixed = RESUME_FIXED + (("num_epochs",) if spans_run else ())
     diffs = [
         f"{k}: saved {getattr(saved, k)!r}, given {getattr(cfg, k)!r}"
         for k in fixed

@@ -257,9 +257,10 @@ def _final_state(run: Path) -> dict:
 @pytest.mark.slow
 def test_train_resume_matches_uninterrupted_run(tmp_path, synthetic_subset):
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=2)
+    # 2 iterations per epoch; a flat schedule so the run may be extended epoch by epoch
     cfg = TrainConfig.smoke(
-        batch_size=1, num_epochs=2, eval_interval=2, log_interval=1
-    )  # 2 iterations per epoch
+        batch_size=1, num_epochs=2, eval_interval=2, log_interval=1, lr_schedule="constant"
+    )
     events = []
     straight = train(cfg, data, tmp_path / "a", callback=lambda e, p: events.append(e))
     assert (
@@ -316,8 +317,8 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, synthetic_subset):
 
     model, cfg_back, categories = model_from_checkpoint(tmp_path / "a" / "best.pt")
     assert cfg_back == cfg and [c["name"] for c in categories] == list(cfg.categories)
-    with pytest.raises(ValueError, match="lr: saved 0.005, given 0.01"):
-        train(cfg.replace(lr=0.01), data, tmp_path / "a", resume=True)
+    with pytest.raises(ValueError, match="lr: saved 0.01, given 0.02"):
+        train(cfg.replace(lr=0.02), data, tmp_path / "a", resume=True)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(cfg, data, tmp_path / "nothing-here", resume=True)
     for run in ("a", "b", "c"):
@@ -420,8 +421,10 @@ def test_resume_refuses_a_new_length_for_a_cosine_schedule(tmp_path):
     assert _load_for_resume(path, cfg)["epoch"] == 1
     with pytest.raises(ValueError, match="num_epochs"):
         _load_for_resume(path, cfg.replace(num_epochs=4))
-    step = cfg.replace(lr_schedule="multistep")
+    step = cfg.replace(lr_schedule="multistep", lr_milestones=(0.5,))
     save_checkpoint(path, model=model, cfg=step, categories=categories, epoch=1, iteration=6)
-    assert (
-        _load_for_resume(path, step.replace(num_epochs=4))["epoch"] == 1
-    )  # step decay: extending is fine
+    with pytest.raises(ValueError, match="num_epochs"):  # the milestone would move
+        _load_for_resume(path, step.replace(num_epochs=4))
+    flat = cfg.replace(lr_schedule="multistep", lr_milestones=())
+    save_checkpoint(path, model=model, cfg=flat, categories=categories, epoch=1, iteration=6)
+    assert _load_for_resume(path, flat.replace(num_epochs=4))["epoch"] == 1  # nothing moves
