@@ -10,8 +10,8 @@ polygons, ``bbox`` = polygon extents ``[x, y, w, h]``, ``area`` = rasterised mas
 crowd groups as *uncompressed* RLE (``{"counts": [ints], "size": [h, w]}``, column-major)
 with ``iscrowd=1``. Occluded instances are annotated by their visible part, as in COCO.
 A few files come in awkward modes COCO also has: one grayscale (L) JPEG, one CMYK JPEG
-and one EXIF-rotated JPEG (pixels stored rotated, Orientation tag 6; JSON width/height and
-annotations in the upright frame).
+and one JPEG with an EXIF Orientation tag (6). As in COCO, JSON width/height and annotations
+describe the stored pixels; the tag is what a viewer would apply, and training must not.
 """
 
 from __future__ import annotations
@@ -418,12 +418,11 @@ def _encode(image: np.ndarray, mode: str) -> bytes:
     elif mode == "CMYK":
         pil.convert("CMYK").save(buf, "JPEG", quality=JPEG_QUALITY)
     elif mode == "exif":
-        # Stored rotated 90 degrees counter-clockwise; Orientation 6 tells viewers to turn it back.
+        # Orientation 6 asks viewers to turn the image 90 degrees; the pixels and the
+        # annotations stay in the stored frame, as in COCO.
         exif = Image.Exif()
         exif[EXIF_ORIENTATION] = 6
-        pil.transpose(Image.Transpose.ROTATE_90).save(
-            buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes()
-        )
+        pil.save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
     else:
         pil.save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
@@ -454,7 +453,7 @@ def _split(
             shape = (
                 size,
                 short,
-            )  # non-square, so a missed EXIF rotation shows up as a size mismatch
+            )  # non-square, so a wrongly applied EXIF rotation shows up as a size mismatch
         width, height = shape
         scene = _compose(kind, primaries[i], rng, width, height, crowd_cat)
         file_name = f"{image_id:012d}.jpg"

@@ -427,16 +427,19 @@ def _check_target(image, target, k, min_box_size):
     assert not target["iscrowd"].any()
 
 
-def test_every_synthetic_image_loads_in_its_json_frame(synthetic_coco):
-    """The synthetic root holds a grayscale, a CMYK and an EXIF-rotated JPEG."""
+def test_every_synthetic_image_loads_in_its_json_frame(synthetic_coco, tmp_path):
+    """The synthetic root holds a grayscale, a CMYK and an EXIF-tagged JPEG; all load in the
+    stored frame that the json describes."""
     data = json.loads((synthetic_coco / "annotations" / "instances_train2017.json").read_text())
-    modes = set()
-    for img in data["images"]:
-        path = synthetic_coco / "train2017" / img["file_name"]
-        with Image.open(path) as raw:
+    (tmp_path / "train.json").write_text(json.dumps(subset_of(data, ["cake", "car", "dog"])))
+    ds = CocoSubsetDataset(tmp_path / "train.json", synthetic_coco / "train2017")
+    modes, orientations = set(), set()
+    for i, img in enumerate(data["images"]):
+        with Image.open(synthetic_coco / "train2017" / img["file_name"]) as raw:
             modes.add(raw.mode)
-        assert load_rgb(path).shape == (img["height"], img["width"], 3), path
-    assert {"L", "CMYK"} <= modes
+            orientations.add(raw.getexif().get(0x0112, 1))
+        assert ds.load_image(i).shape == (img["height"], img["width"], 3), img["file_name"]
+    assert {"L", "CMYK"} <= modes and 6 in orientations
 
 
 def test_synthetic_split_with_train_augmentation(synthetic_coco, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from seglib.synthetic import PALETTE, make_synthetic_coco
@@ -28,9 +28,10 @@ def _ann_mask(ann: dict, h: int, w: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _upright(root: Path, split: str, image: dict) -> tuple[np.ndarray, Image.Image]:
+def _stored(root: Path, split: str, image: dict) -> tuple[np.ndarray, Image.Image]:
+    """RGB pixels in the stored frame (EXIF orientation not applied, as COCO annotates)."""
     raw = Image.open(root / f"{split}2017" / image["file_name"])
-    return np.asarray(ImageOps.exif_transpose(raw).convert("RGB")), raw
+    return np.asarray(raw.convert("RGB")), raw
 
 
 def _nearest_palette(rgb: np.ndarray) -> str:
@@ -152,13 +153,13 @@ def test_visible_masks_do_not_overlap_but_boxes_do(synthetic_coco):
 
 
 def test_categories_are_drawn_in_their_palette(synthetic_coco):
-    """Each category is learnable: its pixels carry its colour, in the upright (EXIF) frame too."""
+    """Each category is learnable: its pixels carry its colour, in the stored frame."""
     for split in SPLITS:
         data = _load(synthetic_coco, split)
         names = {c["id"]: c["name"] for c in data["categories"]}
         anns = [a for a in data["annotations"] if not a["iscrowd"]]
         for im in data["images"]:
-            pixels, raw = _upright(synthetic_coco, split, im)
+            pixels, raw = _stored(synthetic_coco, split, im)
             if raw.mode != "RGB":
                 continue
             for a in anns:
@@ -173,15 +174,15 @@ def test_special_image_modes(synthetic_coco):
         data = _load(synthetic_coco, split)
         modes = {}
         for im in data["images"]:
-            pixels, raw = _upright(synthetic_coco, split, im)
+            pixels, raw = _stored(synthetic_coco, split, im)
             assert pixels.shape == (im["height"], im["width"], 3)
             orientation = raw.getexif().get(0x0112, 1)
             modes.setdefault(("exif" if orientation != 1 else raw.mode), []).append((im, raw))
         assert len(modes["L"]) == 1 and len(modes["CMYK"]) == 1 and len(modes["exif"]) == 1
         im, raw = modes["exif"][0]
         assert raw.getexif()[0x0112] == 6
-        assert raw.size == (im["height"], im["width"]) != (im["width"], im["height"])
-        pixels, _ = _upright(synthetic_coco, split, im)
+        assert raw.size == (im["width"], im["height"]) != (im["height"], im["width"])
+        pixels, _ = _stored(synthetic_coco, split, im)
         names = {c["id"]: c["name"] for c in data["categories"]}
         anns = [a for a in data["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"]]
         assert anns
