@@ -5,25 +5,77 @@ returns the axes or figure; none calls ``plt.show()``. New figures come from pyp
 notebook displays them; scripts that draw many should pass ``close=True`` to ``save_figure``.
 Colours are fixed per class label (``class_color``), so a class looks the same everywhere.
 Inputs may be numpy arrays or torch tensors (read through ``.detach().cpu().numpy()``).
+
+Figures are checked by what they hold, not by existing: ``figure_content`` lists each axes'
+bars with height, lines with points and images; ``save_figure`` writes that record beside the
+image (``<name>.content.json``), and ``check_figure_file`` fails a missing or blank image or
+an axes with no data. ``NOTEBOOK_FIGURES`` declares the figures each notebook saves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from seglib.io import write_bytes_atomic
+from seglib.io import write_bytes_atomic, write_json_atomic
 from seglib.metrics import OVERLAP_THRESH, results_to_instances
+
+
+class FigureSet(NamedTuple):
+    """The figures one notebook saves, and the ``Paths`` attribute of their folder."""
+
+    folder: str  # "data_figures" (the subset's: 01, 02) or "figures" (the selected run's)
+    names: tuple[str, ...]
+
+
+#: Every figure each notebook saves; checked by content after every notebook test run.
+NOTEBOOK_FIGURES: dict[str, FigureSet] = {
+    "01_data_subset": FigureSet("data_figures", ("01_counts.png", "01_samples.png")),
+    "02_data_augmentations": FigureSet(
+        "data_figures", ("02_augmentations.png", "02_sizes.png", "02_overlap.png")
+    ),
+    "03_train": FigureSet("figures", ("03_lr_schedule.png", "03_training.png")),
+    "04_evaluate": FigureSet(
+        "figures",
+        (
+            "04_ap_per_class.png",
+            "04_val_vs_test.png",
+            "04_pr_curves.png",
+            "04_confusion.png",
+            "04_vs_zero_shot.png",
+            "04_zero_shot_examples.png",
+            "04_occlusion.png",
+            "04_runs.png",
+        ),
+    ),
+    "05_inference_viz": FigureSet(
+        "figures", ("05_test_predictions.png", "05_gt_vs_prediction.png", "05_errors.png")
+    ),
+    "07_detr_comparison": FigureSet(
+        "comparison_figures", ("07_ap.png", "07_occlusion.png", "07_overlays.png")
+    ),
+}
+#: Colours of the error galleries: matched, wrong, missed, ignored (inside a crowd region).
+OUTCOME_COLORS = {
+    "tp": (0.17, 0.63, 0.17),
+    "fp": (0.84, 0.15, 0.16),
+    "missed": (1.0, 0.6, 0.0),
+    "ignored": (0.6, 0.6, 0.6),
+}
 
 LOSS_KEYS = (
     "loss",
@@ -103,6 +155,8 @@ def draw_instances(
     ax: Axes | None = None,
     title: str | None = None,
     alpha: float = 0.5,
+    colors: Sequence[tuple[float, float, float]] | None = None,
+    captions: Sequence[str] | None = None,
 ) -> Axes:
     """Overlay instance masks, boxes and "name score" captions on an image.
 
@@ -112,6 +166,8 @@ def draw_instances(
             [N,H,W] / [N,1,H,W] thresholded at 0.5. labels: int [N], 1..k. scores: float [N].
         class_names: names of labels 1..k (index 0 = label 1); labels shown as numbers otherwise.
         score_thresh: instances with a score below it are not drawn.
+        colors: one RGB (0..1) per instance instead of the class colours (error galleries).
+        captions: one caption per instance instead of "name score".
 
     Returns:
         The axes, with one Rectangle patch per drawn box and one caption per drawn instance.
@@ -133,18 +189,24 @@ def draw_instances(
             f"boxes, masks, labels and scores must have one entry per instance, got lengths {lengths}"
         )
     n = next(iter(lengths.values()), 0)
+    for name, given in (("colors", colors), ("captions", captions)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"{name} must have one entry per instance ({n}), got {len(given)}")
     labels_ = arrays["labels"] if arrays["labels"] is not None else np.arange(1, n + 1)
     keep = np.ones(n, dtype=bool) if arrays["scores"] is None else arrays["scores"] >= score_thresh
+    color_of = [
+        tuple(colors[i]) if colors is not None else class_color(labels_[i]) for i in range(n)
+    ]
     overlay = img.astype(np.float64)
     if arrays["masks"] is not None:
         for i in np.flatnonzero(keep):
             overlay[arrays["masks"][i]] = (1 - alpha) * overlay[
                 arrays["masks"][i]
-            ] + alpha * 255 * np.array(class_color(labels_[i]))
+            ] + alpha * 255 * np.array(color_of[i])
     ax = _new_ax(ax, (6.0, 6.0 * h / max(w, 1)))
     ax.imshow(overlay.astype(np.uint8))
     for i in np.flatnonzero(keep):
-        color = class_color(labels_[i])
+        color = color_of[i]
         if arrays["boxes"] is not None:
             x1, y1, x2, y2 = arrays["boxes"][i]
             # Pixel i covers [i - 0.5, i + 0.5] in imshow coordinates; XYXY x2 is exclusive.
@@ -163,9 +225,14 @@ def draw_instances(
             x1, y1 = xs.min(), ys.min()
         else:
             continue
-        caption = _name(int(labels_[i]), class_names) if arrays["labels"] is not None else f"#{i}"
-        if arrays["scores"] is not None:
-            caption += f" {arrays['scores'][i]:.2f}"
+        if captions is not None:
+            caption = captions[i]
+        else:
+            caption = (
+                _name(int(labels_[i]), class_names) if arrays["labels"] is not None else f"#{i}"
+            )
+            if arrays["scores"] is not None:
+                caption += f" {arrays['scores'][i]:.2f}"
         ax.text(
             x1,
             y1,
@@ -286,6 +353,140 @@ def draw_instance_grid(
     return fig
 
 
+def draw_errors(
+    image: Any,
+    match: Mapping,
+    class_names: Sequence[str] | None = None,
+    axes: Sequence[Axes] | None = None,
+    title: str | None = None,
+) -> Sequence[Axes]:
+    """Ground truth (left) and the predictions coloured by outcome (right) for one image.
+
+    ``match`` is ``seglib.matching.match_image``'s dict. Right panel: true positives green,
+    false positives red, missed ground-truth instances orange, predictions inside crowd regions
+    grey; captions say which ("TP dog 0.91", "FP car 0.55", "missed person").
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(8, 4), layout="constrained")
+    gt, pred, counts = match["ground_truth"], match["prediction"], match["counts"]
+    draw_instances(
+        image,
+        boxes=gt["boxes"],
+        masks=gt["masks"],
+        labels=gt["labels"],
+        class_names=class_names,
+        ax=axes[0],
+        title=f"ground truth ({len(gt['labels'])})" if title is None else title,
+    )
+    missed = ~np.asarray(gt["matched"], dtype=bool)
+    h, w = _to_image(image).shape[:2]
+    pred_masks = (
+        _to_masks(pred["masks"], h, w) if len(pred["labels"]) else np.zeros((0, h, w), bool)
+    )
+    gt_masks = _to_masks(gt["masks"], h, w) if len(gt["labels"]) else np.zeros((0, h, w), bool)
+    outcomes = [*pred["outcome"], *["missed"] * int(missed.sum())]
+    captions = [
+        f"{o.upper() if o != 'ignored' else 'crowd'} {_name(int(lab), class_names)} {sc:.2f}"
+        for o, lab, sc in zip(pred["outcome"], pred["labels"], pred["scores"], strict=True)
+    ] + [f"missed {_name(int(lab), class_names)}" for lab in gt["labels"][missed]]
+    draw_instances(
+        image,
+        boxes=np.concatenate(
+            [np.reshape(pred["boxes"], (-1, 4)), np.reshape(gt["boxes"], (-1, 4))[missed]]
+        ),
+        masks=np.concatenate([pred_masks, gt_masks[missed]]),
+        labels=np.concatenate([pred["labels"], gt["labels"][missed]]).astype(np.int64),
+        class_names=class_names,
+        ax=axes[1],
+        colors=[OUTCOME_COLORS[o] for o in outcomes],
+        captions=captions,
+        title=f"TP {counts['tp']} · FP {counts['fp']} · missed {counts['missed']}",
+    )
+    return axes
+
+
+def error_gallery(
+    dataset: Any,
+    results: Sequence[Mapping],
+    image_ids: Sequence[int],
+    *,
+    titles: Sequence[str] | None = None,
+    iou_thresh: float = 0.5,
+    size: float = 3.0,
+) -> Figure:
+    """``draw_errors`` for each image id, one row each (ground truth | outcomes).
+
+    ``results`` are the cached COCO results after the operating point was applied.
+    """
+    from seglib.matching import match_image
+
+    if not image_ids:
+        raise ValueError("error_gallery needs at least one image id")
+    fig, axes = plt.subplots(
+        len(image_ids),
+        2,
+        figsize=(2 * size, size * len(image_ids)),
+        squeeze=False,
+        layout="constrained",
+    )
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    for row, image_id in enumerate(image_ids):
+        image = dataset.load_image(position[image_id])
+        match = match_image(dataset.coco, results, image_id, iou_thresh=iou_thresh)
+        draw_errors(
+            image,
+            match,
+            dataset.class_names,
+            axes=axes[row],
+            title=titles[row] if titles else f"image {image_id}: ground truth",
+        )
+    return fig
+
+
+def draw_model_comparison(
+    dataset: Any,
+    image_ids: Sequence[int],
+    predictions: Mapping[str, Sequence[Mapping]],
+    *,
+    score_thresh: float = 0.5,
+    size: float = 3.0,
+) -> Figure:
+    """Ground truth, then each model's predictions, on the same images: one row per image.
+
+    ``predictions`` maps a model name ("fine-tuned", "zero-shot") to its COCO results.
+    """
+    if not image_ids:
+        raise ValueError("draw_model_comparison needs at least one image id")
+    ncols = 1 + len(predictions)
+    fig, axes = plt.subplots(
+        len(image_ids),
+        ncols,
+        figsize=(size * ncols, size * len(image_ids)),
+        squeeze=False,
+        layout="constrained",
+    )
+    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
+    for row, image_id in enumerate(image_ids):
+        image, target = dataset[position[image_id]]
+        draw_instances(
+            image,
+            **_instances(target),
+            class_names=dataset.class_names,
+            ax=axes[row][0],
+            title=f"image {image_id}: ground truth",
+        )
+        for col, (name, results) in enumerate(predictions.items(), start=1):
+            shown = results_to_instances(results, image_id, score_thresh=score_thresh)
+            draw_instances(
+                image,
+                **_instances(shown),
+                class_names=dataset.class_names,
+                ax=axes[row][col],
+                title=f"{name} ({len(shown['labels'])} with score >= {score_thresh:g})",
+            )
+    return fig
+
+
 # --- training curves ----------------------------------------------------------------------
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(values) < window:
@@ -346,20 +547,102 @@ def plot_lr(history: Sequence[Mapping], ax: Axes | None = None) -> Axes:
     return ax
 
 
-def training_figure(size: float = 4.0) -> tuple[Figure, list[Axes]]:
-    """A figure with loss and learning-rate axes, not registered with pyplot.
+def plot_val_ap(
+    history: Sequence[Mapping], ax: Axes | None = None, *, x_key: str = "epoch"
+) -> Axes:
+    """Validation mask AP and AP50 (percent) against epoch, from metrics rows with ``segm_AP``.
+
+    The axes are cleared first (live redraws); before the first validation it holds a note.
+    """
+    ax = _new_ax(ax)
+    ax.clear()
+    for key, style in (("segm_AP", "-o"), ("segm_AP50", "--s")):
+        xs, ys = _series(history, key, x_key)
+        if len(ys):
+            ax.plot(xs, 100 * ys, style, label=f"val mask {key.split('_')[1]}")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("%")
+    ax.set_title("validation mask AP")
+    return ax
+
+
+def plot_loss_components(history: Sequence[Mapping], axes: Sequence[Axes] | None = None) -> Figure:
+    """Each loss on its own axes (its own scale): total, classifier, box, mask, RPN.
+
+    Components differ by orders of magnitude (the mask loss of a random init starts near 17,
+    the RPN box loss near 0.05), so one shared linear axis would flatten all but one.
+    """
+    keys = [k for k in LOSS_KEYS if len(_series(history, k)[1])]
+    if axes is None:
+        _, axes = make_grid(max(len(keys), 1), ncols=3, size=2.6)
+    for ax, key in zip(axes, keys, strict=False):
+        xs, ys = _series(history, key)
+        ax.plot(xs, ys, color="black" if key == "loss" else class_color(LOSS_KEYS.index(key)))
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+    return axes[0].figure
+
+
+def plot_training_summary(history: Sequence[Mapping]) -> Figure:
+    """One figure of a finished run: every loss on its own axes, the lr, and validation AP."""
+    keys = [k for k in LOSS_KEYS if len(_series(history, k)[1])]
+    fig, axes = make_grid(len(keys) + 2, ncols=4, size=2.6)
+    plot_loss_components(history, axes[: len(keys)])
+    plot_lr(history, ax=axes[len(keys)])
+    plot_val_ap(history, ax=axes[len(keys) + 1])
+    return fig
+
+
+def plot_lr_schedule(cfg: Any, num_train_images: int, ax: Axes | None = None) -> Axes:
+    """The learning rate the run will use at every step, before it starts (``optim.lr_factor``).
+
+    ``num_train_images`` sets the steps per epoch (ceil(n / batch_size)); a ``max_iters`` cap
+    is drawn as a dashed line where training will stop.
+    """
+    from seglib.optim import lr_factor
+
+    if num_train_images < 1:
+        raise ValueError(f"num_train_images must be >= 1, got {num_train_images}")
+    per_epoch = math.ceil(num_train_images / cfg.batch_size)
+    total = cfg.num_epochs * per_epoch
+    steps = np.arange(total)
+    lrs = [cfg.lr * lr_factor(int(i), cfg, per_epoch) for i in steps]
+    ax = _new_ax(ax)
+    ax.plot(steps, lrs, color="tab:purple")
+    if cfg.max_iters is not None and cfg.max_iters < total:
+        ax.axvline(cfg.max_iters, color="black", linestyle="--", label="max_iters")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"iteration ({per_epoch} per epoch)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{cfg.lr_schedule} schedule, lr {cfg.lr:g}, warmup {cfg.warmup_iters} steps")
+    return ax
+
+
+def training_figure(size: float = 3.6) -> tuple[Figure, list[Axes]]:
+    """A figure with loss (log scale), learning-rate and validation-AP axes, not registered
+    with pyplot.
 
     For live redraws through a display handle: pyplot would show it a second time at the end
     of the notebook cell.
     """
-    fig = Figure(figsize=(2.5 * size, size), layout="constrained")
-    return fig, list(fig.subplots(1, 2))
+    fig = Figure(figsize=(3.2 * size, size), layout="constrained")
+    return fig, list(fig.subplots(1, 3))
 
 
-def draw_training(history: Sequence[Mapping], axes: Sequence[Axes]) -> Sequence[Axes]:
-    """Loss components on ``axes[0]`` and the learning rate on ``axes[1]`` (redraws in place)."""
-    plot_losses(history, ax=axes[0])
+def draw_training(
+    history: Sequence[Mapping], axes: Sequence[Axes], evals: Sequence[Mapping] = ()
+) -> Sequence[Axes]:
+    """Losses (log scale) on ``axes[0]``, the lr on ``axes[1]`` and, when there is a third,
+    validation mask AP from ``evals`` (rows with ``epoch`` and ``segm_AP``) on ``axes[2]``.
+    Redraws in place."""
+    plot_losses(history, ax=axes[0], logy=True)
     plot_lr(history, ax=axes[1])
+    if len(axes) > 2:
+        plot_val_ap(evals, ax=axes[2])
     return axes
 
 
@@ -442,12 +725,30 @@ def _pct(value: float | None) -> float:
 
 
 def plot_ap_bars(metrics: Mapping, ax: Axes | None = None, *, key: str = "AP") -> Axes:
-    """Per-class and overall AP (percent) for boxes and masks from an ``evaluate_results`` dict."""
-    ax = _new_ax(ax)
+    """Per-class and overall AP (percent) for boxes and masks from an ``evaluate_results`` dict.
+
+    Takes the whole dict (with its "bbox" and "segm" sections), not one section.
+
+    Raises:
+        ValueError: ``metrics`` has neither section, e.g. ``scores["bbox"]`` was passed (the
+            chart would be empty).
+    """
     types = [t for t in ("bbox", "segm") if t in metrics]
-    names = list(metrics[types[0]]["per_class"]) if types else []
+    if not types:
+        hint = (
+            " (this looks like one section: pass the whole dict)" if "per_class" in metrics else ""
+        )
+        raise ValueError(
+            f"plot_ap_bars needs an evaluate_results dict with 'bbox' and/or 'segm', got keys "
+            f"{sorted(metrics)[:8]}{hint}"
+        )
+    ax = _new_ax(ax)
+    names = list(metrics[types[0]]["per_class"])
     series = {
-        t: [_pct(metrics[t]["per_class"][n].get(key)) for n in names] + [_pct(metrics[t].get(key))]
+        {"bbox": "box", "segm": "mask"}[t]: [
+            _pct(metrics[t]["per_class"][n].get(key)) for n in names
+        ]
+        + [_pct(metrics[t].get(key))]
         for t in types
     }
     _grouped_bars(ax, [*names, "all"], series, fmt="{:.1f}")
@@ -479,6 +780,59 @@ def plot_ap_comparison(
     ax.set_ylabel(f"{iou_type} {key} (%)")
     ax.set_title(f"{iou_type} {key}: {names[0]} vs {names[1]}")
     return ax
+
+
+def plot_grouped_scores(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    ax: Axes | None = None,
+    *,
+    ylabel: str = "AP (%)",
+    title: str = "",
+) -> Axes:
+    """Bars of 0-1 scores in percent, one colour per series (a model), side by side per group.
+
+    ``seglib.compare.ap_series`` and ``occlusion_series`` give ``groups`` and ``series``;
+    a score of -1 or None (undefined) draws no bar, labelled "n/a".
+    """
+    ax = _new_ax(ax, (7.0, 4.0))
+    values = {name: [_pct(v) for v in scores] for name, scores in series.items()}
+    _grouped_bars(ax, groups, values, fmt="{:.1f}")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def plot_run_comparison(
+    summaries: Sequence[Mapping], axes: Sequence[Axes] | None = None, *, smooth: int = 5
+) -> Figure:
+    """Several runs on one figure: total training loss (log scale) and validation mask AP50.
+
+    ``summaries`` are ``seglib.runs.run_summary`` dicts (name, history, evals). Each run keeps
+    one colour on both axes.
+    """
+    if axes is None:
+        _, axes = make_grid(2, ncols=2, size=4.0)
+    for i, summary in enumerate(summaries):
+        color = colormaps["tab10"](i % 10)
+        xs, ys = _series(summary["history"], "loss")
+        if len(ys):
+            ys = _smooth(ys, smooth)
+            axes[0].plot(xs[len(xs) - len(ys) :], ys, color=color, label=summary["name"])
+        xs, ys = _series(summary["evals"], "segm_AP50", "epoch")
+        if len(ys):
+            axes[1].plot(xs, 100 * ys, "-o", color=color, label=summary["name"])
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("total loss")
+    axes[0].set_title("training loss per run")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("val mask AP50 (%)")
+    axes[1].set_title("validation mask AP50 per run")
+    for ax in axes[:2]:
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return axes[0].figure
 
 
 def plot_occlusion(breakdown: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
@@ -563,7 +917,75 @@ def plot_confusion(
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
+    ax.set_title("share of each ground-truth row" if normalize else "counts")
     return ax
+
+
+# --- what a figure holds ---------------------------------------------------------------------
+def _axes_content(ax: Axes) -> dict[str, Any]:
+    """Counts of the data-bearing artists of one axes (see ``figure_content``)."""
+    bars = [r for c in ax.containers if isinstance(c, BarContainer) for r in c.patches]
+    tall = [r for r in bars if np.isfinite(r.get_height()) and r.get_height() != 0]
+    # Lines in data coordinates only: axvline/axhline thresholds are references, not data.
+    lines = [ln for ln in ax.lines if ln.get_transform() == ax.transData]
+    line_points = []
+    for ln in lines:
+        x = np.asarray(ln.get_xdata(), dtype=np.float64)
+        y = np.asarray(ln.get_ydata(), dtype=np.float64)
+        line_points.append(int((np.isfinite(x) & np.isfinite(y) & (y != 0)).sum()))
+    images = []
+    for im in ax.images:
+        arr = np.ma.masked_invalid(np.asarray(im.get_array(), dtype=np.float64))
+        images.append(bool(arr.count() and arr.max() > arr.min()))
+    scatter = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    counts = {
+        "title": ax.get_title(),
+        "bars": len(bars),
+        "bars_with_height": len(tall),
+        "lines": len(lines),
+        "lines_with_points": sum(n > 0 for n in line_points),
+        "points": int(sum(line_points)),
+        "images": len(images),
+        "images_with_content": int(sum(images)),
+        "scatter_points": int(scatter),
+    }
+    counts["has_data"] = bool(
+        counts["bars_with_height"]
+        or counts["lines_with_points"]
+        or counts["images_with_content"]
+        or counts["scatter_points"]
+    )
+    # make_grid's spare panels: switched off and never drawn into.
+    counts["hidden"] = bool(
+        not ax.axison
+        and not (bars or ax.lines or ax.images or ax.collections or ax.texts or ax.patches)
+    )
+    return counts
+
+
+def figure_content(fig: Figure | Axes) -> dict[str, Any]:
+    """What each axes of a figure shows, as JSON-able counts.
+
+    An axes holds data when it has a bar of non-zero height, a line (in data coordinates)
+    with a finite point off y = 0 (a precision-recall curve of a model at AP 0 lies on the x
+    axis: it shows nothing), a non-constant image, or scatter points. Switched-off axes with
+    nothing drawn (spare grid panels) are ``hidden`` and not held against the figure.
+
+    Returns:
+        ``{"axes": [{title, bars, bars_with_height, lines, lines_with_points, points, images,
+        images_with_content, scatter_points, has_data, hidden}, ...], "empty_axes": [index,
+        ...]}`` where ``empty_axes`` lists the visible axes without data.
+    """
+    fig = fig.figure if isinstance(fig, Axes) else fig
+    axes = [_axes_content(ax) for ax in fig.axes]
+    empty = [i for i, a in enumerate(axes) if not a["has_data"] and not a["hidden"]]
+    return {"axes": axes, "empty_axes": empty}
+
+
+def content_file(path: str | Path) -> Path:
+    """The content record ``save_figure`` writes beside a figure: ``x.png`` -> ``x.content.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.content.json")
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -571,6 +993,9 @@ def save_figure(
     fig: Figure | Axes, path: str | Path, *, dpi: int = 150, close: bool = False
 ) -> Path:
     """Write a figure atomically (rendered in memory, then temp file + rename); format from the suffix.
+
+    Beside it, ``<stem>.content.json`` records ``figure_content`` and the image's sha1, so a
+    test can tell an empty chart from a full one without looking at pixels.
 
     Raises:
         ValueError: the suffix is not a format matplotlib can write (names the valid ones).
@@ -585,10 +1010,61 @@ def save_figure(
         )
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=dpi)
-    write_bytes_atomic(path, buffer.getvalue())
+    data = buffer.getvalue()
+    content_file(path).unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
+    record = {"file": path.name, "sha1": hashlib.sha1(data).hexdigest(), **figure_content(fig)}
+    write_json_atomic(content_file(path), record)
     if close:
         plt.close(fig)
     return path
+
+
+def check_figure_file(path: str | Path, *, min_std: float = 0.01) -> list[str]:
+    """Problems with a saved figure: missing, blank, unrecorded, or an axes with no data.
+
+    Reads the PNG (pixel standard deviation below ``min_std`` on a 0-1 scale = blank) and the
+    content record ``save_figure`` wrote with it (which must describe this very file).
+
+    Returns:
+        One message per problem, each naming the file; empty when the figure is fine.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [f"{path} is missing: the notebook that declares it did not save it"]
+    problems = []
+    if path.suffix.lower() == ".png":
+        pixels = plt.imread(path)[..., :3]
+        if float(np.std(pixels)) < min_std:
+            problems.append(f"{path} is blank (pixel std {float(np.std(pixels)):.4f})")
+    record_path = content_file(path)
+    if not record_path.is_file():
+        return [*problems, f"{record_path} is missing: save figures with seglib.viz.save_figure"]
+    record = json.loads(record_path.read_text())
+    if record.get("sha1") != hashlib.sha1(path.read_bytes()).hexdigest():
+        problems.append(f"{record_path} describes another version of {path.name}")
+    for i in record.get("empty_axes", []):
+        title = record["axes"][i].get("title") or "untitled"
+        problems.append(
+            f"{path}: axes {i} ({title!r}) holds no data (no bar with height, no line with "
+            "points, no image)"
+        )
+    return problems
+
+
+def notebook_figures(paths: Any, notebook: str) -> list[Path]:
+    """The files ``NOTEBOOK_FIGURES`` declares for ``notebook`` (its stem), under ``paths``.
+
+    Raises:
+        KeyError: the notebook declares no figures (names where to declare them).
+    """
+    if notebook not in NOTEBOOK_FIGURES:
+        raise KeyError(
+            f"{notebook} declares no figures: add it to seglib.viz.NOTEBOOK_FIGURES "
+            "(an empty tuple if it saves none)"
+        )
+    folder, names = NOTEBOOK_FIGURES[notebook]
+    return [getattr(paths, folder) / name for name in names]
 
 
 def close(fig: Figure | Axes) -> None:
