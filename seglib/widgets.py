@@ -3,7 +3,9 @@
 The pattern, which keeps headless runs honest: one cell builds and shows a form; the next,
 plain cell reads it into a validated config (``form.to_config(base)``) and does the work.
 Nothing trains inside a widget callback, and run headless the form's defaults are used.
-Slider ranges come from ``TrainConfig`` field metadata, so they live next to their field.
+Slider ranges come from ``TrainConfig`` field metadata, so they live next to their field, and
+each slider is labelled with its field name (what ``--set NAME=VALUE`` takes), its meaning in
+the tooltip.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import ipywidgets as W
 from IPython.display import display
 
-from seglib import metrics, viz
+from seglib import metrics, runs, viz
 from seglib.config import WEIGHT_CHOICES, TrainConfig, slider_fields
+from seglib.paths import Paths
 
 _STYLE = {"description_width": "150px"}
 _LAYOUT = W.Layout(width="460px")
@@ -28,7 +31,9 @@ _CHECKBOX = {
 
 
 def _slider(name: str, value: float, description: str) -> W.Widget:
+    """A slider over the field's range, labelled ``name``, explained by ``description``."""
     rng = slider_fields()[name]
+    common = dict(description=name, tooltip=description, style=_STYLE, layout=_LAYOUT)
     if rng["log"]:
         return W.FloatLogSlider(
             value=value,
@@ -36,10 +41,8 @@ def _slider(name: str, value: float, description: str) -> W.Widget:
             min=math.log10(rng["min"]),
             max=math.log10(rng["max"]),
             step=rng["step"],
-            description=description,
             readout_format=".1e",
-            style=_STYLE,
-            layout=_LAYOUT,
+            **common,
         )
     if float(rng["step"]).is_integer() and float(value).is_integer():
         return W.IntSlider(
@@ -47,19 +50,18 @@ def _slider(name: str, value: float, description: str) -> W.Widget:
             min=int(rng["min"]),
             max=int(rng["max"]),
             step=int(rng["step"]),
-            description=description,
-            style=_STYLE,
-            layout=_LAYOUT,
+            **common,
         )
-    return W.FloatSlider(
-        value=value,
-        min=rng["min"],
-        max=rng["max"],
-        step=rng["step"],
-        description=description,
-        style=_STYLE,
-        layout=_LAYOUT,
-    )
+    return W.FloatSlider(value=value, min=rng["min"], max=rng["max"], step=rng["step"], **common)
+
+
+def _augmentation_controls(cfg: TrainConfig) -> dict[str, W.Widget]:
+    return {
+        "aug_strength": _slider(
+            "aug_strength", cfg.aug_strength, "augmentation strength: crop/scale/colour jitter"
+        ),
+        "hflip_prob": _slider("hflip_prob", cfg.hflip_prob, "horizontal-flip probability"),
+    }
 
 
 class ConfigForm(W.VBox):
@@ -99,39 +101,67 @@ class ConfigForm(W.VBox):
         return dataclasses.replace(base, **values)
 
 
-def train_form(cfg: TrainConfig) -> ConfigForm:
-    """Learning rate (log slider), epochs, batch size, image size, weights, AMP, and resume.
+class TrainForm(ConfigForm):
+    """``ConfigForm`` plus the run: its name, and resume / overwrite for an existing one."""
 
-    ``form.extra["resume"].value`` says whether to continue from the run's last checkpoint.
+    def request(self, base: TrainConfig) -> runs.RunRequest:
+        """The form read into a validated run request (config, name, resume, overwrite).
+
+        Raises:
+            ValueError: an invalid value (names the field), an invalid run name, or both
+                resume and overwrite ticked.
+        """
+        return runs.RunRequest(
+            name=self.extra["run_name"].value.strip(),
+            cfg=self.to_config(base),
+            resume=bool(self.extra["resume"].value),
+            overwrite=bool(self.extra["overwrite"].value),
+        )
+
+
+def train_form(cfg: TrainConfig, paths: Paths | None = None) -> TrainForm:
+    """lr (log slider), num_epochs, batch_size, min_size, augmentation, weights, AMP, and the run.
+
+    The run name starts as ``paths.run_name`` (``--run`` / ``$SEGLIB_RUN``) or a timestamp;
+    "overwrite" starts ticked only under ``python -m seglib run --overwrite``. Read it with
+    ``form.request(cfg)``.
     """
     weights = list(WEIGHT_CHOICES) + ([cfg.weights] if cfg.weights not in WEIGHT_CHOICES else [])
     controls = {
-        "lr": _slider("lr", cfg.lr, "learning rate"),
+        "lr": _slider("lr", cfg.lr, "learning rate (SGD, for this batch size)"),
         "num_epochs": _slider("num_epochs", cfg.num_epochs, "epochs"),
-        "batch_size": _slider("batch_size", cfg.batch_size, "batch size"),
-        "min_size": _slider("min_size", cfg.min_size, "image size (px)"),
+        "batch_size": _slider("batch_size", cfg.batch_size, "images per step"),
+        "min_size": _slider("min_size", cfg.min_size, "image size: shorter side in px"),
+        **_augmentation_controls(cfg),
         "weights": W.Dropdown(
             options=weights, value=cfg.weights, description="weights", style=_STYLE, layout=_LAYOUT
         ),
         "amp": W.Checkbox(value=cfg.amp, description="mixed precision (CUDA only)", **_CHECKBOX),
     }
-    extra = {"resume": W.Checkbox(value=False, description="resume from last.pt", **_CHECKBOX)}
-    return ConfigForm(controls, extra, title="Training hyperparameters")
+    name = (paths.run_name if paths is not None else None) or runs.new_run_name()
+    extra = {
+        "run_name": W.Text(value=name, description="run name", style=_STYLE, layout=_LAYOUT),
+        "resume": W.Checkbox(value=False, description="resume this run from last.pt", **_CHECKBOX),
+        "overwrite": W.Checkbox(
+            value=runs.env_overwrite(),
+            description="overwrite this run if it exists (deletes its checkpoints and eval)",
+            **_CHECKBOX,
+        ),
+    }
+    return TrainForm(controls, extra, title="Training hyperparameters")
 
 
 def augmentation_form(cfg: TrainConfig) -> ConfigForm:
-    """Augmentation strength (crop/scale/colour jitter) and horizontal-flip probability."""
-    controls = {
-        "aug_strength": _slider("aug_strength", cfg.aug_strength, "augmentation strength"),
-        "hflip_prob": _slider("hflip_prob", cfg.hflip_prob, "flip probability"),
-    }
-    return ConfigForm(controls, title="Augmentation")
+    """aug_strength (crop/scale/colour jitter) and hflip_prob: the same sliders as 03's form."""
+    return ConfigForm(_augmentation_controls(cfg), title="Augmentation (preview)")
 
 
-def threshold_form(score_thresh: float = 0.5, nms_thresh: float = 0.5) -> W.VBox:
-    """Score and NMS-IoU threshold sliders for browsing cached predictions.
+def threshold_form(score_thresh: float = 0.5, nms_thresh: float | None = None) -> W.VBox:
+    """score_thresh and nms_thresh sliders for browsing cached predictions.
 
-    Read it with ``thresholds(form)``; wire live redraws with ``W.interactive_output``.
+    ``nms_thresh`` is an extra per-class mask NMS on top of the model's own box NMS; 1.0 (the
+    default, for None) removes nothing. Read it with ``operating_point(form)``; wire live
+    redraws with ``threshold_explorer``.
     """
     return W.VBox(
         [
@@ -140,16 +170,19 @@ def threshold_form(score_thresh: float = 0.5, nms_thresh: float = 0.5) -> W.VBox
                 min=0.0,
                 max=1.0,
                 step=0.05,
-                description="score threshold",
+                description="score_thresh",
+                tooltip="predictions scoring below this are not shown",
                 style=_STYLE,
                 layout=_LAYOUT,
             ),
             W.FloatSlider(
-                value=nms_thresh,
+                value=1.0 if nms_thresh is None else nms_thresh,
                 min=0.05,
                 max=1.0,
                 step=0.05,
-                description="NMS IoU",
+                description="nms_thresh",
+                tooltip="extra mask NMS: a prediction overlapping a better one of its class by "
+                "more than this IoU is dropped (1.0: none)",
                 style=_STYLE,
                 layout=_LAYOUT,
             ),
@@ -157,10 +190,18 @@ def threshold_form(score_thresh: float = 0.5, nms_thresh: float = 0.5) -> W.VBox
     )
 
 
-def thresholds(form: W.VBox) -> dict[str, float]:
-    """``{"score_thresh": s, "nms_thresh": t}`` from a ``threshold_form``."""
+def thresholds(form: W.VBox) -> dict[str, float | None]:
+    """``{"score_thresh": s, "nms_thresh": t}`` from a ``threshold_form`` (t None at 1.0)."""
     score, nms = form.children
-    return {"score_thresh": float(score.value), "nms_thresh": float(nms.value)}
+    return {
+        "score_thresh": float(score.value),
+        "nms_thresh": None if float(nms.value) >= 1.0 else float(nms.value),
+    }
+
+
+def operating_point(form: W.VBox, chosen_in: str = "notebook 05") -> runs.OperatingPoint:
+    """The sliders of a ``threshold_form`` as an ``OperatingPoint`` to save with the run."""
+    return runs.OperatingPoint(**thresholds(form), chosen_in=chosen_in)
 
 
 def threshold_explorer(
@@ -190,12 +231,49 @@ def threshold_explorer(
     return W.VBox([form, out])
 
 
+class RunPicker(W.VBox):
+    """Which run to look at (a dropdown, default ``paths.run_name`` or the latest run) and,
+    with ``compare=True``, which runs to compare (all of them by default).
+
+    Raises:
+        FileNotFoundError: the profile has no run yet (names notebook 03).
+    """
+
+    def __init__(self, paths: Paths, *, compare: bool = False):
+        names = paths.list_runs()
+        default = paths.run.name  # raises, naming notebook 03, when there is no run
+        if default not in names:
+            names.append(default)
+        self.paths = paths
+        self.run = W.Dropdown(
+            options=names, value=default, description="run", style=_STYLE, layout=_LAYOUT
+        )
+        self.compare = W.SelectMultiple(
+            options=names,
+            value=tuple(names),
+            description="compare",
+            rows=min(len(names), 6),
+            style=_STYLE,
+            layout=_LAYOUT,
+        )
+        super().__init__([self.run, self.compare] if compare else [self.run])
+
+    def selected(self) -> Paths:
+        """``paths`` with the picked run selected."""
+        return self.paths.with_run(self.run.value)
+
+    def compared(self) -> list[str]:
+        """The runs ticked for comparison, oldest first."""
+        return [name for name in self.run.options if name in self.compare.value]
+
+
 class LiveLossPlot:
-    """A training callback that redraws loss components and the learning rate in place.
+    """A training callback that redraws losses (log scale), the lr and validation AP in place.
 
     Pass it as ``engine.train(..., callback=LiveLossPlot())``. It keeps the logged rows in
-    ``history`` and redraws every ``every`` logged iterations and at each epoch end, through
-    one display handle, so the notebook shows a single live figure.
+    ``history`` and the validation events in ``evals``, and redraws every ``every`` logged
+    iterations, at each epoch end and after each validation, through one display handle, so
+    the notebook shows a single live figure.
     """
 
     def __init__(self, every: int = 5):
@@ -210,16 +288,28 @@ class LiveLossPlot:
             self.history.append(dict(payload))
             if len(self.history) % self.every == 0:
                 self.redraw()
-        elif event == "eval":
+        elif event == "eval":  # {"epoch", "iteration", "metrics": evaluate_results dict}
             self.evals.append(payload)
+            self.redraw()
         elif event == "epoch_end":
             self.redraw()
+
+    def eval_rows(self) -> list[dict[str, Any]]:
+        """``{"epoch", "segm_AP", "segm_AP50"}`` per validation so far."""
+        return [
+            {
+                "epoch": e["epoch"],
+                "segm_AP": e["metrics"]["segm"]["AP"],
+                "segm_AP50": e["metrics"]["segm"].get("AP50"),
+            }
+            for e in self.evals
+        ]
 
     def redraw(self) -> None:
         """Draw the rows so far into the figure and refresh its display."""
         if not self.history:
             return
-        viz.draw_training(self.history, self.axes)
+        viz.draw_training(self.history, self.axes, self.eval_rows())
         if self._handle is None:
             self._handle = display(self.fig, display_id=True)
         else:

@@ -1,6 +1,7 @@
 import pytest
 
 from seglib.config import TrainConfig
+from seglib.paths import get_paths
 from seglib.widgets import augmentation_form, threshold_form, thresholds, train_form
 
 
@@ -17,21 +18,57 @@ def test_changing_the_form_changes_the_config_the_training_cell_uses():
     form.controls["num_epochs"].value = 3
     form.controls["batch_size"].value = 4
     form.controls["min_size"].value = 160
-    form.controls["weights"].value = "imagenet"
     form.controls["amp"].value = True
+    form.controls["aug_strength"].value = 1.5
+    form.controls["hflip_prob"].value = 0.0
     cfg = form.to_config(base)
     assert cfg.lr == pytest.approx(0.02)
-    assert (cfg.num_epochs, cfg.batch_size, cfg.weights, cfg.amp) == (3, 4, "imagenet", True)
+    assert (cfg.num_epochs, cfg.batch_size, cfg.amp) == (3, 4, True)
     assert cfg.min_size == 160 and cfg.max_size == 160  # smoke keeps a square 1:1 ratio
-    assert form.extra["resume"].value is False
+    assert (cfg.aug_strength, cfg.hflip_prob) == (1.5, 0.0)  # augmentation reaches training
+    assert form.extra["resume"].value is False and form.extra["overwrite"].value is False
+    request = form.request(base)
+    assert request.cfg == cfg and not request.resume and not request.overwrite
+
+
+def test_sliders_are_labelled_with_their_field_names():
+    base = TrainConfig.smoke()
+    for form in (train_form(base), augmentation_form(base)):
+        for name, widget in form.controls.items():
+            if hasattr(widget, "min"):  # sliders
+                assert widget.description == name and widget.tooltip
+    assert [w.description for w in threshold_form().children] == ["score_thresh", "nms_thresh"]
+
+
+def test_the_run_name_comes_from_paths_or_a_timestamp_and_is_validated(tmp_path, monkeypatch):
+    import re
+
+    base = TrainConfig.smoke()
+    monkeypatch.delenv("SEGLIB_RUN", raising=False)
+    monkeypatch.delenv("SEGLIB_OVERWRITE", raising=False)
+    form = train_form(base, get_paths("smoke", tmp_path))
+    assert re.fullmatch(r"\d{8}-\d{6}", form.extra["run_name"].value)
+    form = train_form(base, get_paths("smoke", tmp_path, run="lr-high"))
+    assert form.request(base).name == "lr-high"
+    form.extra["run_name"].value = "../escape"
+    with pytest.raises(ValueError, match="run name"):
+        form.request(base)
+    form.extra["run_name"].value = "ok"
+    form.extra["resume"].value = form.extra["overwrite"].value = True
+    with pytest.raises(ValueError, match="not both"):
+        form.request(base)
+    monkeypatch.setenv("SEGLIB_OVERWRITE", "1")  # python -m seglib run --overwrite
+    assert train_form(base, get_paths("smoke", tmp_path)).extra["overwrite"].value is True
 
 
 def test_image_size_keeps_the_seed_aspect_cap():
     base = TrainConfig.seed_recipe()
     form = train_form(base)
     form.controls["min_size"].value = 512
+    form.controls["weights"].value = "imagenet"
     cfg = form.to_config(base)
     assert (cfg.min_size, cfg.max_size) == (512, round(512 * 1333 / 800))
+    assert cfg.weights == "imagenet"
 
 
 def test_learning_rate_slider_is_logarithmic_over_the_config_range():
@@ -50,9 +87,36 @@ def test_augmentation_form_feeds_the_config():
     assert (cfg.aug_strength, cfg.hflip_prob) == (1.5, 0.0)
 
 
-def test_threshold_form_reads_back():
+def test_threshold_form_reads_back_as_an_operating_point():
+    from seglib.widgets import operating_point
+
     form = threshold_form(0.3, 0.6)
     assert thresholds(form) == pytest.approx({"score_thresh": 0.3, "nms_thresh": 0.6})
+    op = operating_point(form)
+    assert (op.score_thresh, op.nms_thresh, op.chosen_in) == (0.3, 0.6, "notebook 05")
+    form = threshold_form(0.5)  # no extra NMS: the slider sits at 1.0, which removes nothing
+    assert form.children[1].value == 1.0 and thresholds(form)["nms_thresh"] is None
+
+
+def test_run_picker_defaults_to_the_selected_or_latest_run(tmp_path):
+    from seglib.widgets import RunPicker
+
+    paths = get_paths("smoke", tmp_path)
+    with pytest.raises(FileNotFoundError, match="03_train"):
+        RunPicker(paths)
+    for name, created in (
+        ("b-old", "2025-01-01T00:00:00+00:00"),
+        ("a-new", "2025-02-01T00:00:00+00:00"),
+    ):
+        (paths.runs / name).mkdir(parents=True)
+        (paths.runs / name / "run_info.json").write_text(f'{{"created": "{created}"}}')
+    picker = RunPicker(paths, compare=True)
+    assert picker.run.options == ("b-old", "a-new") and picker.run.value == "a-new"
+    assert picker.compared() == ["b-old", "a-new"]
+    picker.run.value = "b-old"
+    picker.compare.value = ("a-new",)
+    assert picker.selected().run == paths.runs / "b-old" and picker.compared() == ["a-new"]
+    assert RunPicker(paths.with_run("b-old")).run.value == "b-old"
 
 
 def test_live_loss_plot_collects_iterations_and_redraws(capsys):
@@ -64,15 +128,18 @@ def test_live_loss_plot_collects_iterations_and_redraws(capsys):
             "iter",
             {"epoch": 0, "iteration": i, "lr": 0.001, "loss": 2.0 - 0.1 * i, "loss_mask": 0.5},
         )
-    live("eval", {"epoch": 0, "iteration": 3, "metrics": {"segm": {"AP": 0.1}}})
+    live("eval", {"epoch": 1, "iteration": 3, "metrics": {"segm": {"AP": 0.1, "AP50": 0.3}}})
     live("epoch_end", {"epoch": 0})
     assert [row["iteration"] for row in live.history] == [0, 1, 2, 3]
     assert (
         live.history[2]["loss"] == pytest.approx(1.8)
         and live.evals[0]["metrics"]["segm"]["AP"] == 0.1
     )
-    loss_ax = live.axes[0]
+    loss_ax, _, ap_ax = live.axes
     assert any(len(line.get_xdata()) == 4 for line in loss_ax.lines)
+    assert loss_ax.get_yscale() == "log"
+    # validation AP appears as soon as it is measured
+    assert [list(line.get_ydata()) for line in ap_ax.lines] == [[10.0], [30.0]]
 
 
 def test_threshold_explorer_redraws_from_cached_predictions(synthetic_subset, monkeypatch):
