@@ -33,9 +33,11 @@ notebooks: install
 		--nbval-current-env --nbval-cell-timeout=600 notebooks; \
 	status=$$?; rm -rf $$tmp; exit $$status
 
-# Offline demo: synthetic data, tiny images, CPU. Checks the plumbing, not the model.
+# Offline demo: synthetic data, 128 px, CPU; a model that learns the shapes. Each call is a new
+# run (data/runs/demo/<timestamp>/); ends by printing the val mask AP50. Options go through
+# ARGS, e.g. make demo ARGS="--run lr-high --set lr=0.02".
 demo: install
-	SEGLIB_PROFILE=smoke $(PY) -m seglib run --profile smoke
+	$(PY) -m seglib run --profile demo $(ARGS)
 
 # The seed experiment on real COCO: needs internet (COCO images, torchvision weights) or
 # both already in place; fails fast otherwise and points to `make demo`.

@@ -10,7 +10,7 @@ This is the only module (with the notebooks) that prints.
                    or a predictions file
     predict        run a checkpoint on images: COCO results JSON + overlay PNGs
     fetch-weights  download torchvision weights into the TORCH_HOME cache (needs internet)
-    run            execute notebooks 01-05 headless with nbclient
+    run            execute the notebooks headless (--run NAME, --set FIELD=VALUE)
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from seglib.engine import train
+    from seglib.runs import new_run_name
 
     if args.config and not (args.data and args.out):
         raise ValueError(
@@ -167,7 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     paths = get_paths(args.profile)
     cfg = config_from_args(args)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
-    out = args.out or paths.run
+    # Without --out, a fresh run gets a new timestamped folder; --resume continues the latest.
+    out = args.out or (paths.run if args.resume else paths.run_dir(new_run_name()))
     if (out / "last.pt").exists() and not (args.resume or args.overwrite):
         raise FileExistsError(
             f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
@@ -281,22 +283,46 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="execute notebooks 01-05 in order, headless")
+    p = sub.add_parser(
+        "run",
+        help="execute the notebooks in order, headless",
+        description="Execute the numbered notebooks headless with nbclient. The run gets its "
+        "own folder, runs/<profile>/<run>/; --set values become the notebooks' config (and "
+        "their forms' defaults) and are recorded in the run's run_info.json.",
+    )
     p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--run", default=None, metavar="NAME", help="run name (default: a timestamp)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="TrainConfig override, repeatable: --set lr=0.002 --set num_epochs=3",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run of the same name"
+    )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="folder for executed notebooks (default: the run folder)",
+        help="folder for executed notebooks (default: RUN/notebooks)",
     )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from seglib.runner import preflight, run_notebooks
+    from seglib.config import parse_overrides
+    from seglib.runner import check_outputs, notebook_paths, preflight, run_notebooks
+    from seglib.runs import check_can_start, headline, new_run_name
 
-    paths = get_paths(args.profile)
+    overrides = parse_overrides(args.overrides)
+    TrainConfig.from_profile(args.profile, **overrides)  # bad values fail here, not in notebook 03
+    name = args.run or new_run_name()
+    paths = get_paths(args.profile, run=name)
+    check_can_start(paths, name, overwrite=args.overwrite)  # before spending time on 01-02
     for note in preflight(args.profile, paths):
         print(note)
     if args.profile == "seed":
@@ -306,10 +332,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             # `make run` is the explicit request for the seed experiment, whose weights these are.
             print(f"fetched {fetch_weights('coco', 'v1')}")
     out = args.out or paths.notebooks_out
-    for done in run_notebooks(args.profile, out, timeout=args.timeout):
+    print(
+        f"run {name!r} ({args.profile}): {paths.run}"
+        + (f", overrides {overrides}" if overrides else "")
+    )
+    for done in run_notebooks(
+        args.profile,
+        out,
+        run_name=name,
+        overrides=overrides,
+        overwrite=args.overwrite,
+        timeout=args.timeout,
+    ):
         print(f"executed {done}", flush=True)
-    print(f"executed notebooks in {out}; figures in {paths.figures}")
-    return 0
+    print(f"executed notebooks in {out}; figures in {paths.figures} and {paths.data_figures}")
+    problems = check_outputs(paths, [nb.stem for nb in notebook_paths()])
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(f"val mask AP50: {headline(paths)['segm_AP50']:.3f}")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

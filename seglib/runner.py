@@ -1,19 +1,29 @@
-"""Headless execution of the notebook series (``python -m seglib run``) and its pre-flight check.
+"""Headless execution of the notebook series (``python -m seglib run``), its pre-flight check,
+and the check of what the notebooks produced.
 
 The notebooks are the product's face; this module runs them in order with nbclient, the same
-way a learner would step through them, and keeps the executed copies in the run folder.
+way a learner would step through them, and keeps the executed copies in the run folder. The
+kernels get their parameters through the environment: ``$SEGLIB_PROFILE``, ``$SEGLIB_SET``
+(TrainConfig overrides, which the notebooks' forms start from), ``$SEGLIB_RUN`` (the run
+name) and ``$SEGLIB_OVERWRITE``. ``check_outputs`` then reads the files they wrote: every
+declared figure by content, the metrics files, their provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+from seglib.config import OVERRIDES_ENV
 from seglib.io import write_bytes_atomic
-from seglib.paths import Paths
+from seglib.paths import RUN_ENV, Paths
+from seglib.runs import OVERWRITE_ENV
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 COCO_HOST = "http://images.cocodataset.org"
@@ -107,18 +117,44 @@ def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
     return notes
 
 
+@contextlib.contextmanager
+def kernel_environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the kernels started inside, then
+    restore them: a kernel inherits this process's environment."""
+    previous = {k: os.environ.get(k) for k in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_notebooks(
     profile: str,
     out_dir: str | Path,
     *,
+    run_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     timeout: int | None = None,
     kernel_name: str = "python3",
 ) -> Iterator[Path]:
     """Execute the series in order with nbclient, yielding each executed copy as it is written.
 
-    Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``.
-    Executed copies, outputs included, go to ``out_dir``; the sources are not modified.
+    Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
+    ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
+    notebooks build their config, and so their forms' defaults, from them) and
+    ``SEGLIB_OVERWRITE=1`` when ``overwrite``. Executed copies, outputs included, go to
+    ``out_dir``; the sources are not modified.
 
     Raises:
         NotebookRunError: a cell failed; the partly executed copy is still written, and the
@@ -129,9 +165,13 @@ def run_notebooks(
     from nbclient.exceptions import CellControlSignal, DeadKernelError
 
     out_dir = Path(out_dir)
-    previous = os.environ.get("SEGLIB_PROFILE")
-    os.environ["SEGLIB_PROFILE"] = profile  # the kernel inherits this process's environment
-    try:
+    env = {
+        "SEGLIB_PROFILE": profile,
+        RUN_ENV: run_name,
+        OVERRIDES_ENV: json.dumps(dict(overrides)) if overrides else None,
+        OVERWRITE_ENV: "1" if overwrite else None,
+    }
+    with kernel_environment(env):
         for source in notebook_paths(notebooks_dir):
             nb = nbformat.read(source, as_version=4)
             client = NotebookClient(
@@ -153,8 +193,86 @@ def run_notebooks(
                 ) from e
             write_bytes_atomic(target, nbformat.writes(nb).encode())
             yield target
-    finally:
-        if previous is None:
-            os.environ.pop("SEGLIB_PROFILE", None)
-        else:
-            os.environ["SEGLIB_PROFILE"] = previous
+
+
+# --- what the notebooks produced --------------------------------------------------------------
+def check_outputs(
+    paths: Paths, notebooks: Iterable[str], *, min_val_ap50: float | None = None
+) -> list[str]:
+    """Problems with what ``notebooks`` (stems, e.g. "04_evaluate") left under ``paths``.
+
+    * every figure each declares in ``viz.NOTEBOOK_FIGURES``: present, not blank, and every
+      axes holding data (``viz.check_figure_file``);
+    * 01: the split JSONs. 03: config.json, run_info.json, metrics.jsonl with a validation
+      row, best.pt. 04: eval/val_metrics.json and eval/test_metrics.json recording the current
+      best.pt, and val mask AP50 >= ``min_val_ap50`` when given. 05: the cached test
+      predictions recording the current best.pt, and the saved operating point.
+
+    Returns:
+        One message per problem (empty when all is well).
+    """
+    from seglib import runs, viz
+
+    notebooks = list(notebooks)
+    problems: list[str] = []
+    for nb in notebooks:
+        try:
+            files = viz.notebook_figures(paths, nb)
+        except KeyError as e:
+            problems.append(str(e.args[0]))
+            continue
+        except FileNotFoundError as e:  # the run folder is gone
+            problems.append(f"{nb}: {e}")
+            continue
+        for file in files:
+            problems += viz.check_figure_file(file)
+    if "01_data_subset" in notebooks:
+        problems += [
+            f"{paths.split_json(s)} was not written"
+            for s in ("train", "val", "test")
+            if not paths.split_json(s).is_file()
+        ]
+    if not any(nb[:2] in ("03", "04", "05") for nb in notebooks):
+        return problems
+    try:
+        run = paths.run
+    except FileNotFoundError as e:
+        return [*problems, str(e)]
+    fingerprint = (
+        runs.checkpoint_fingerprint(paths.best_checkpoint)
+        if paths.best_checkpoint.is_file()
+        else None
+    )
+    if "03_train" in notebooks:
+        for name in ("config.json", "run_info.json", "metrics.jsonl", "best.pt"):
+            if not (run / name).is_file():
+                problems.append(f"{run / name} was not written by notebook 03")
+        if not runs.run_summary(paths, run.name)["evals"]:
+            problems.append(f"{run / 'metrics.jsonl'} holds no validation row")
+
+    def recorded(file: Path, what: str) -> dict | None:
+        if not file.is_file():
+            problems.append(f"{file} was not written ({what})")
+            return None
+        record = runs.source_file(file)
+        source = json.loads(record.read_text()) if record.is_file() else {}
+        sha1 = (source.get("checkpoint") or {}).get("sha1")
+        if fingerprint is None or sha1 != fingerprint["sha1"]:
+            problems.append(f"{file} does not record the run's current best.pt ({record})")
+        return json.loads(file.read_text())
+
+    if "04_evaluate" in notebooks:
+        val = recorded(paths.eval_dir / "val_metrics.json", "notebook 04")
+        recorded(paths.eval_dir / "test_metrics.json", "notebook 04")
+        if val is not None and min_val_ap50 is not None:
+            ap50 = val["segm"]["AP50"]
+            if not ap50 >= min_val_ap50:
+                problems.append(
+                    f"val mask AP50 is {ap50:.3f}, below the {min_val_ap50:.2f} this profile must "
+                    f"reach ({paths.eval_dir / 'val_metrics.json'})"
+                )
+    if "05_inference_viz" in notebooks:
+        recorded(paths.predictions / "test_results.json", "notebook 05")
+        if not paths.operating_point.is_file():
+            problems.append(f"{paths.operating_point} was not saved by notebook 05")
+    return problems

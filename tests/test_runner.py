@@ -1,4 +1,5 @@
 import json
+import os
 
 import nbformat
 import pytest
@@ -14,10 +15,10 @@ def _write_notebook(path, *sources):
     nbformat.write(nb, path)
 
 
-def test_the_series_is_five_numbered_notebooks_in_order():
+def test_the_series_is_the_numbered_notebooks_in_order():
     names = [p.name for p in notebook_paths()]
-    assert names == sorted(names) and len(names) == 5
-    assert names[0] == "01_data_subset.ipynb" and names[-1] == "05_inference_viz.ipynb"
+    assert names == sorted(names) and len(names) >= 5
+    assert names[0] == "01_data_subset.ipynb" and names[4] == "05_inference_viz.ipynb"
 
 
 def test_smoke_needs_nothing(tmp_path):
@@ -59,16 +60,29 @@ def test_runs_notebooks_in_order_with_the_profile_and_keeps_executed_copies(tmp_
     log = tmp_path / "log.jsonl"
     cell = (
         "import json, os, pathlib\n"
+        "keys = ['SEGLIB_PROFILE', 'SEGLIB_RUN', 'SEGLIB_SET', 'SEGLIB_OVERWRITE']\n"
         f"with open({str(log)!r}, 'a') as f:\n"
-        "    f.write(json.dumps([pathlib.Path.cwd().name, os.environ['SEGLIB_PROFILE']]) + '\\n')\n"
+        "    f.write(json.dumps([pathlib.Path.cwd().name] + [os.environ.get(k) for k in keys]) + '\\n')\n"
         "print('done')"
     )
     _write_notebook(src / "02_second.ipynb", cell)
     _write_notebook(src / "01_first.ipynb", cell)
     out = tmp_path / "out"
-    done = list(run_notebooks("smoke", out, notebooks_dir=src, timeout=60))
+    done = list(
+        run_notebooks(
+            "smoke",
+            out,
+            run_name="lr-test",
+            overrides={"lr": 0.002},
+            overwrite=True,
+            notebooks_dir=src,
+            timeout=60,
+        )
+    )
     assert [p.name for p in done] == ["01_first.ipynb", "02_second.ipynb"]
-    assert [json.loads(line) for line in log.read_text().splitlines()] == [["nbs", "smoke"]] * 2
+    expected = ["nbs", "smoke", "lr-test", '{"lr": 0.002}', "1"]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [expected] * 2
+    assert "SEGLIB_RUN" not in os.environ and "SEGLIB_SET" not in os.environ  # restored
     executed = nbformat.read(out / "01_first.ipynb", as_version=4)
     assert executed.cells[0].outputs[0]["text"] == "done\n"
     assert not (src / "01_first.ipynb").read_text().count('"done')  # sources stay output-free
@@ -96,3 +110,127 @@ def test_a_dead_kernel_is_reported_as_a_failed_notebook(tmp_path):
     with pytest.raises(NotebookRunError, match="01_dies.ipynb"):
         list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
     assert (tmp_path / "out" / "01_dies.ipynb").is_file()
+
+
+def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
+    monkeypatch.setenv("SEGLIB_RUN", "outer")
+    monkeypatch.delenv("SEGLIB_SET", raising=False)
+    with runner.kernel_environment({"SEGLIB_RUN": None, "SEGLIB_SET": '{"lr": 0.1}'}):
+        assert "SEGLIB_RUN" not in os.environ and os.environ["SEGLIB_SET"] == '{"lr": 0.1}'
+    assert os.environ["SEGLIB_RUN"] == "outer" and "SEGLIB_SET" not in os.environ
+
+
+def _fake_outputs(paths, ap50=0.3):
+    """What notebooks 01-05 leave in a run, with real figures and provenance records."""
+    from seglib import runs, viz
+
+    for split in ("train", "val", "test"):
+        paths.split_json(split).parent.mkdir(parents=True, exist_ok=True)
+        paths.split_json(split).write_text("{}")
+    run = paths.run_dir(paths.run_name)
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"weights")
+    for name in ("config.json", "run_info.json"):
+        (run / name).write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "segm_AP": 0.1}) + "\n")
+    source = {"checkpoint": runs.checkpoint_fingerprint(run / "best.pt")}
+    metrics = {"segm": {"AP": 0.1, "AP50": ap50}}
+    runs.write_with_source(run / "eval" / "val_metrics.json", metrics, source)
+    runs.write_with_source(run / "eval" / "test_metrics.json", metrics, source)
+    runs.write_with_source(run / "predictions" / "test_results.json", [], source)
+    runs.OperatingPoint(0.5).save(run / "operating_point.json")
+    fig, ax = viz.make_grid(1)
+    ax[0].plot([0, 1], [1, 2])
+    for notebook in (
+        "01_data_subset",
+        "02_data_augmentations",
+        "03_train",
+        "04_evaluate",
+        "05_inference_viz",
+    ):
+        for file in viz.notebook_figures(paths, notebook):
+            viz.save_figure(fig, file, dpi=30)
+    viz.close(fig)
+
+
+STEMS = ["01_data_subset", "02_data_augmentations", "03_train", "04_evaluate", "05_inference_viz"]
+
+
+def test_check_outputs_passes_a_complete_run(tmp_path):
+    paths = get_paths("smoke", tmp_path, run="nbval")
+    _fake_outputs(paths)
+    assert runner.check_outputs(paths, STEMS, min_val_ap50=0.15) == []
+
+
+def test_check_outputs_names_every_problem(tmp_path):
+    from seglib import viz
+
+    paths = get_paths("smoke", tmp_path, run="nbval")
+    _fake_outputs(paths, ap50=0.05)
+    fig, axes = viz.make_grid(2, ncols=2)
+    axes[0].plot([0, 1], [1, 2])
+    axes[1].bar([0, 1], [0.0, 0.0])  # the empty AP chart of issue 7
+    axes[1].set_title("AP per class")
+    viz.save_figure(fig, paths.figures / "04_ap_per_class.png", dpi=30)
+    (paths.figures / "05_errors.png").unlink()
+    (paths.run / "best.pt").write_bytes(b"retrained")  # eval and predictions are now stale
+    problems = runner.check_outputs(paths, STEMS, min_val_ap50=0.15)
+    text = "\n".join(problems)
+    assert "'AP per class'" in text and "holds no data" in text
+    assert "05_errors.png is missing" in text
+    assert "below the 0.15" in text
+    assert sum("current best.pt" in p for p in problems) == 3
+    assert "declares no figures" in runner.check_outputs(paths, ["09_new"])[0]
+
+
+def test_check_outputs_needs_a_run_for_notebooks_03_to_05(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEGLIB_RUN", raising=False)
+    problems = runner.check_outputs(get_paths("smoke", tmp_path), ["03_train"])
+    assert any("no training run" in p for p in problems)
+
+
+def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
+    tmp_path, monkeypatch, capsys
+):
+    from seglib import cli, runs
+
+    monkeypatch.setenv("SEGLIB_DATA", str(tmp_path))
+    calls = []
+
+    def fake_run(profile, out, **kwargs):
+        calls.append((profile, out, kwargs))
+        _fake_outputs(get_paths(profile, tmp_path, run=kwargs["run_name"]), ap50=0.4321)
+        yield out / "01_data_subset.ipynb"
+
+    monkeypatch.setattr(runner, "run_notebooks", fake_run)
+    monkeypatch.setattr(
+        runner, "notebook_paths", lambda *a: [tmp_path / f"{s}.ipynb" for s in STEMS]
+    )
+    argv = [
+        "run",
+        "--profile",
+        "smoke",
+        "--run",
+        "exp1",
+        "--set",
+        "lr=0.002",
+        "--set",
+        "num_epochs=3",
+    ]
+    assert cli.main(argv) == 0
+    ((profile, out, kwargs),) = calls
+    assert profile == "smoke" and out == tmp_path / "runs" / "smoke" / "exp1" / "notebooks"
+    assert kwargs["run_name"] == "exp1" and kwargs["overrides"] == {"lr": 0.002, "num_epochs": 3}
+    assert kwargs["overwrite"] is False
+    assert "val mask AP50: 0.432" in capsys.readouterr().out
+    # the same name again: refused before any notebook runs, unless --overwrite
+    assert cli.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err and len(calls) == 1
+    monkeypatch.setattr(runs, "clear_run", lambda run_dir: None)
+    monkeypatch.setattr(runner, "run_notebooks", lambda *a, **k: iter(calls.append(k) or []))
+    assert cli.main([*argv, "--overwrite"]) == 0 and calls[-1]["overwrite"] is True
+    # a bad value fails at once, naming the field
+    assert cli.main(["run", "--profile", "smoke", "--set", "lr=-1"]) == 2
+    assert "lr" in capsys.readouterr().err
+    assert cli.main(["run", "--profile", "smoke", "--set", "learning_rate=1"]) == 2
+    assert "not a TrainConfig field" in capsys.readouterr().err
