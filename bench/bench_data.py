@@ -6,17 +6,21 @@ It builds (or reuses, under ``--work``) a synthetic COCO at COCO resolution and 
 subset of it, then times full passes over the same training images, on one core (one process,
 torch and OpenCV limited to one thread), for:
 
-(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: each mask is rasterised once
-    at construction and kept as row-major run lengths; each ``__getitem__`` rebuilds an image's
-    masks with one ``np.repeat``;
-(b) the torchvision tutorial's approach: every ``__getitem__`` rebuilds every mask from its
-    polygons with pycocotools ``annToMask``; the image decode, the *same* augmentation and the
-    target building are seglib's (a subclass overriding only ``load_instances``).
+(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: JPEGs decoded by
+    ``torchvision.io.decode_jpeg``; each mask rasterised once at construction and kept as
+    row-major run lengths, rebuilt per ``__getitem__`` with one ``np.repeat``; the image stays
+    uint8 (the float conversion happens on the device, after the copy);
+(b) the torchvision tutorial's approach, as its detection references apply it to COCO: PIL
+    decodes (``Image.open(...).convert("RGB")``, ``pil_to_tensor``), every ``__getitem__``
+    rebuilds every mask from its polygons with pycocotools ``annToMask``, and the dataset hands
+    out float images in 0..1. The augmentation and the target building are seglib's own (a
+    subclass overriding ``read_image``, ``load_instances`` and the final conversion).
 
 Both passes draw identical augmentations (same torch seed per pass) and the script checks that
-they produce identical targets, so only the mask path differs. Each repeat times (a) and (b)
-back to back, after a warm-up pass; the medians are reported. When the real coco-tiny excerpt
-is present, the same comparison runs on its 16 real images (all 80 categories, real polygons).
+they produce identical targets and, once (a)'s image is made float the way the device copy
+does it, identical images; so only the data path differs. Each repeat times (a) and (b) back to
+back, after a warm-up pass; the medians are reported. When the real coco-tiny excerpt is
+present, the same comparison runs on its 16 real images (all 80 categories, real polygons).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import albumentations
 import cv2
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from seglib.coco import build_subset
 from seglib.dataset import CocoSubsetDataset
@@ -46,9 +52,17 @@ COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-
 
 
 class NaiveTutorialDataset(CocoSubsetDataset):
-    """The torchvision tutorial's way of making masks: every access rebuilds every mask from its
-    annotation with pycocotools ``annToMask``. Everything else (image decode, augmentation,
-    target building) is seglib's own code, so the comparison isolates the mask path."""
+    """The torchvision tutorial's data path on COCO: PIL decoding, every mask rebuilt from its
+    annotation with pycocotools ``annToMask`` on every access, float images out of the dataset.
+    The augmentation and the target building are seglib's own code."""
+
+    def read_image(self, i: int) -> torch.Tensor:
+        with Image.open(self._images[i]["path"]) as image:
+            return pil_to_tensor(image.convert("RGB"))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        image, target = super().__getitem__(i)
+        return image.float().div_(255.0), target
 
     def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img_id = self.ids[i]
@@ -69,13 +83,16 @@ def one_pass(ds, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def same_targets(a, b) -> bool:
+def same_targets(ours, naive) -> bool:
+    """Identical targets and images for the same seeds; ours made float as on the device."""
     torch.manual_seed(123)
-    first = [a[i] for i in range(len(a))]
+    first = [ours[i] for i in range(len(ours))]
     torch.manual_seed(123)
-    second = [b[i] for i in range(len(b))]
+    second = [naive[i] for i in range(len(naive))]
     for (ia, ta), (ib, tb) in zip(first, second, strict=True):
-        if not torch.equal(ia, ib) or any(not torch.equal(ta[k], tb[k]) for k in ta):
+        if ia.dtype != torch.uint8 or not torch.equal(ia.float().div_(255.0), ib):
+            return False
+        if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):
             return False
     return True
 
@@ -94,22 +111,22 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
     sizes = [(img["width"], img["height"]) for img in data["images"]]
     identical = same_targets(ours, naive)
 
-    # Stage costs, no augmentation: image decode, and the two ways of producing masks.
+    # Stage costs, no augmentation: the two image decoders and the two ways of making masks.
     plain = CocoSubsetDataset(split_json, image_dir)
-    stage = {"image decode": [], "masks: run lengths (ours)": [], "masks: annToMask (naive)": []}
+    steps = {
+        "decode: decode_jpeg (ours)": plain.read_image,
+        "decode: PIL (naive)": plain_naive.read_image,
+        "masks: run lengths (ours)": plain.load_instances,
+        "masks: annToMask (naive)": plain_naive.load_instances,
+    }
+    stage: dict[str, list[float]] = {key: [] for key in steps}
     for _ in range(max(1, iters)):
-        t0 = time.perf_counter()
-        for i in range(len(plain)):
-            plain.load_image(i)
-        t1 = time.perf_counter()
-        for i in range(len(plain)):
-            plain.load_instances(i)
-        t2 = time.perf_counter()
-        for i in range(len(plain_naive)):
-            plain_naive.load_instances(i)
-        t3 = time.perf_counter()
-        for key, dt in zip(stage, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-            stage[key].append(dt / len(plain) * 1000)
+        for key, step in steps.items():
+            start = time.perf_counter()
+            for i in range(len(plain)):
+                step(i)
+            stage[key].append((time.perf_counter() - start) / len(plain) * 1000)
+    pixels = statistics.mean(plain.read_image(i).numel() for i in range(len(plain)))
 
     one_pass(ours, 0)  # warm-up: page cache, allocator, lazy imports
     one_pass(naive, 0)
@@ -128,6 +145,7 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
         "vertices_per_polygon_instance": statistics.mean(vertices) if vertices else 0.0,
         "identical_targets": identical,
         "stage_ms": {k: statistics.median(v) for k, v in stage.items()},
+        "image_kib": {"uint8 (ours)": pixels / 1024, "float32 (naive)": 4 * pixels / 1024},
         "ours": ours_ips,
         "naive": naive_ips,
         "ratio": statistics.median(ours_ips) / statistics.median(naive_ips),
@@ -136,7 +154,8 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
 
 def prepare_synthetic(work: Path, images: int, size: int) -> tuple[Path, Path]:
     """A synthetic root and a subset of it under ``work``, rebuilt only when the settings change."""
-    stamp = {"images": images, "size": size, "seed": 0}
+    # "frame": synthetic roots before the stored-frame EXIF file must be rebuilt.
+    stamp = {"images": images, "size": size, "seed": 0, "frame": "stored"}
     root, subset = work / "synthetic-coco", work / "subset"
     stamp_file = work / "stamp.json"
     if (
@@ -195,14 +214,20 @@ def report(result: dict) -> None:
         f"images: {result['images']}, {result['size']}, {result['instances_per_image']:.1f} non-crowd "
         f"instances/image, {result['vertices_per_polygon_instance']:.0f} polygon vertices/instance"
     )
-    print(f"identical targets from both pipelines (same seeds): {result['identical_targets']}")
+    print(
+        f"identical targets and images from both pipelines (same seeds): {result['identical_targets']}"
+    )
     print(
         "stage costs per image, no augmentation (median ms): "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["stage_ms"].items())
     )
+    print(
+        "image bytes per sample through DataLoader workers and pinned memory (KiB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in result["image_kib"].items())
+    )
     for key, label in (
         ("ours", "(a) seglib CocoSubsetDataset + train_transforms"),
-        ("naive", "(b) naive annToMask per __getitem__ + same aug"),
+        ("naive", "(b) tutorial: PIL, annToMask, float + same aug"),
     ):
         ips = result[key]
         print(
@@ -246,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# seglib data-pipeline benchmark")
     print(f"machine: {machine()}")
     print(
-        f"python {platform.python_version()}, torch {torch.__version__}, albumentations {albumentations.__version__}, "
+        f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"albumentations {albumentations.__version__}, "
         f"pycocotools {version('pycocotools')}, numpy {np.__version__}, opencv {cv2.__version__}, "
         f"pillow {Image.__version__}"
     )

@@ -7,9 +7,14 @@ row-major run lengths; ``__getitem__`` rebuilds all masks of an image with one `
 That skips, on every epoch, both the polygon rasterisation and the column-major to row-major
 transpose that decoding COCO's (column-major) RLE needs: see bench/bench_data.py.
 
+Images are read in their stored frame, the one COCO annotates: an EXIF Orientation tag is not
+applied (``load_rgb``, for photos without annotations, applies it). JPEGs are decoded by
+``torchvision.io.decode_jpeg`` (libjpeg-turbo, no PIL round trip); other formats by PIL. Images
+stay uint8 [3, H, W] through augmentation and across DataLoader workers, a quarter of the
+bytes of float; ``seglib.inference.images_to_device`` makes them float 0..1 on the device.
+
 What it guarantees, whatever the json holds:
-- images are RGB uint8 before becoming float tensors (grayscale, CMYK, palette, alpha, 16-bit
-  and EXIF-rotated files included);
+- images are RGB uint8 (grayscale, CMYK, palette, alpha and 16-bit files included);
 - crowd instances are never targets (they stay in ``.coco`` as evaluation ignore regions);
 - boxes come from the (augmented) masks and instances below ``min_box_size`` are dropped, so
   no degenerate box reaches the model;
@@ -25,15 +30,25 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from seglib.transforms import boxes_from_masks
 
-__all__ = ["CocoSubsetDataset", "DatasetError", "collate_fn", "load_rgb", "open_split"]
+__all__ = [
+    "CocoSubsetDataset",
+    "DatasetError",
+    "collate_fn",
+    "decode_image",
+    "load_rgb",
+    "open_split",
+    "split_categories",
+]
 
 Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -77,11 +92,50 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _mask_areas(masks: np.ndarray) -> np.ndarray:
-    """Pixel counts of uint8 [N, H, W] 0/1 masks as float32 [N]."""
-    # uint32 accumulation is about twice as fast as numpy's default int64 here.
-    flat = masks.reshape(len(masks), masks.shape[1] * masks.shape[2])
-    return np.add.reduce(flat, axis=1, dtype=np.uint32).astype(np.float32)
+def _mask_areas(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Pixel counts of uint8 [N, H, W] 0/1 masks as float32 [N], each counted only inside
+    its XYXY box (float32 [N, 4], integral, from ``boxes_from_masks``)."""
+    # OpenCV's vectorised count is several times faster than any numpy sum over uint8.
+    return np.array(
+        [
+            cv2.countNonZero(m[y0:y1, x0:x1])
+            for m, (x0, y0, x1, y1) in zip(masks, boxes.astype(int), strict=True)
+        ],
+        dtype=np.float32,
+    )
+
+
+#: The first bytes of every JPEG file (SOI marker, then the start of the next marker).
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_image(path: str | Path) -> torch.Tensor:
+    """Read an image as RGB in its stored frame (EXIF orientation not applied).
+
+    JPEGs go through ``torchvision.io.decode_jpeg``; other formats, and any JPEG it cannot
+    read, through PIL (which also names the problem when the file is corrupt).
+
+    Returns:
+        uint8 [3, H, W], laid out channels-last in memory as ``decode_jpeg`` returns it (so
+        ``.permute(1, 2, 0).numpy()`` is a contiguous [H, W, 3] array, with no copy).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DatasetError: the file cannot be decoded (truncated, not an image); names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
+        )
+    data = read_file(str(path))
+    if bytes(data[:3].tolist()) == _JPEG_MAGIC:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # corrupt, or a colour space libjpeg-turbo lacks: PIL decides which
+    # A copy: PIL's array is read-only, and torch wants to own writable memory.
+    return torch.from_numpy(np.array(_to_rgb(_open_image(path)))).permute(2, 0, 1)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -203,6 +257,17 @@ def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | N
     )
 
 
+def _subset_categories(data: dict[str, Any], src: str) -> list[dict[str, Any]]:
+    """The json's categories sorted by id, which must run 1..k."""
+    categories = sorted(data["categories"], key=lambda c: c.get("id", 0))
+    cat_ids = [c.get("id") for c in categories]
+    if cat_ids != list(range(1, len(cat_ids) + 1)):
+        raise DatasetError(
+            f"{src}: category ids must be 1..k in a subset, got {cat_ids}; build it with `python -m seglib subset`"
+        )
+    return categories
+
+
 def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
     """``image_dir / file_name``, refusing names that would leave ``image_dir``."""
     if not isinstance(file_name, str) or not file_name:
@@ -218,7 +283,7 @@ def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
 class CocoSubsetDataset(torch.utils.data.Dataset):
     """Mask R-CNN training pairs from one split json (categories renumbered 1..k).
 
-    ``dataset[i]`` is ``(image, target)``: image float32 [3, H, W] in 0..1; target with
+    ``dataset[i]`` is ``(image, target)``: image uint8 [3, H, W] RGB; target with
     boxes float32 [N, 4] XYXY pixels (from the masks), labels int64 [N] in 1..k,
     masks uint8 [N, H, W] (0/1), image_id int64 scalar, area float32 [N] (mask pixels),
     iscrowd int64 [N] (all 0). H, W are after ``transforms``.
@@ -251,12 +316,8 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         data = _read_split_json(self.split_json)
         src = str(self.split_json)
 
-        self.categories = sorted(data["categories"], key=lambda c: c.get("id", 0))
-        cat_ids = [c.get("id") for c in self.categories]
-        if cat_ids != list(range(1, len(cat_ids) + 1)):
-            raise DatasetError(
-                f"{src}: category ids must be 1..k in a subset, got {cat_ids}; build it with `python -m seglib subset`"
-            )
+        self.categories = _subset_categories(data, src)
+        cat_ids = [c["id"] for c in self.categories]
         self.class_names = [str(c.get("name", c["id"])) for c in self.categories]
 
         self._images: list[dict[str, Any]] = []
@@ -320,27 +381,26 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         img = self._images[i]
         return img["height"], img["width"]
 
-    def load_image(self, i: int) -> np.ndarray:
-        """Image ``i`` as uint8 [H, W, 3] in the frame of the json's width and height.
+    def read_image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 [3, H, W] in its stored frame, which the json annotates.
 
         Raises:
-            FileNotFoundError / DatasetError: missing or undecodable file, or one whose size
-                matches the json neither EXIF-rotated nor as stored (names both sizes).
+            FileNotFoundError / DatasetError: missing or undecodable file, or one whose stored
+                size is not the json's width and height (names both).
         """
         img = self._images[i]
-        raw = _open_image(img["path"])
-        upright = ImageOps.exif_transpose(raw)
-        want = (img["width"], img["height"])
-        # Annotations live in the json's frame; prefer the upright image, but fall back to the
-        # stored pixels when only those match (annotated without applying EXIF).
-        if upright.size == want:
-            return _to_rgb(upright)
-        if raw.size == want:
-            return _to_rgb(raw)
-        raise DatasetError(
-            f"image {img['path']} is {upright.size[0]}x{upright.size[1]} (stored {raw.size[0]}x{raw.size[1]}) "
-            f"but the json says {want[0]}x{want[1]} for image {img['id']}; re-fetch it with `python -m seglib subset`"
-        )
+        image = decode_image(img["path"])
+        if image.shape[1:] != (img["height"], img["width"]):
+            h, w = image.shape[1:]
+            raise DatasetError(
+                f"image {img['path']} is {w}x{h} px but the json says {img['width']}x{img['height']} "
+                f"for image {img['id']}; re-fetch it with `python -m seglib subset`"
+            )
+        return image
+
+    def load_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 [H, W, 3] (a view of ``read_image``), in the json's frame."""
+        return self.read_image(i).permute(1, 2, 0).numpy()
 
     def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Non-crowd instances of image ``i``: masks uint8 [N, H, W] and labels int64 [N] (json frame)."""
@@ -349,11 +409,20 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         masks = np.repeat(values, runs).reshape(len(labels), img["height"], img["width"])
         return masks, labels.copy()
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = self.load_image(i)
+    def __getitem__(
+        self, key: int | tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # ``(i, seed)`` (from seglib.sampler.GroupedBatchSampler) seeds the augmentation of
+        # image i, so it depends on no worker's RNG state.
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.read_image(i)
         masks, labels = self.load_instances(i)
         if self.transforms is not None:
-            image, masks, labels = self.transforms(image=image, masks=masks, labels=labels)
+            extra = {} if seed is None else {"seed": seed}
+            hwc, masks, labels = self.transforms(
+                image=image.permute(1, 2, 0).numpy(), masks=masks, labels=labels, **extra
+            )
+            image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_jpeg
         boxes = boxes_from_masks(masks)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (
@@ -362,20 +431,19 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             & (widths >= self.min_box_size)
             & (heights >= self.min_box_size)
         )
-        masks = np.ascontiguousarray(masks[keep], dtype=np.uint8)
-        n = int(keep.sum())
+        if not keep.all():
+            masks, boxes, labels = masks[keep], boxes[keep], np.asarray(labels)[keep]
+        masks = np.ascontiguousarray(masks, dtype=np.uint8)
+        n = len(masks)
         target = {
-            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),
-            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]),
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
             "masks": torch.from_numpy(masks),
             "image_id": torch.tensor(self._images[i]["id"], dtype=torch.int64),
-            "area": torch.from_numpy(_mask_areas(masks)),
+            "area": torch.from_numpy(_mask_areas(masks, boxes)),
             "iscrowd": torch.zeros(n, dtype=torch.int64),
         }
-        tensor = (
-            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-        )
-        return tensor, target
+        return image, target
 
     def __repr__(self) -> str:
         return (
@@ -403,6 +471,18 @@ def open_split(
     return CocoSubsetDataset(
         split_json, image_dir, transforms=transforms, min_box_size=min_box_size
     )
+
+
+def split_categories(data_dir: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """The categories of ``data_dir/{split}.json``, sorted by id 1..k (``id``, ``name``,
+    ``coco_id``...): ``[c["name"] for c in ...]`` gives the class names in label order.
+
+    Raises:
+        FileNotFoundError: the split json is missing.
+        DatasetError: it is not valid JSON, or its category ids are not 1..k.
+    """
+    path = Path(data_dir) / f"{split}.json"
+    return _subset_categories(_read_split_json(path), str(path))
 
 
 def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:

@@ -1,9 +1,11 @@
-"""Training augmentations (albumentations 2.0.8) that keep masks, boxes and labels in sync.
+"""Training augmentations that keep masks, boxes and labels in sync.
 
 A transform is called as ``t(image=..., masks=..., labels=...)`` and returns
-``(image, masks, labels)``. Boxes are never carried through albumentations: the dataset derives
-them from the augmented masks with ``boxes_from_masks``, so they cannot drift out of sync
-(albumentations#836), and labels are indexed in numpy, so they never come back as floats.
+``(image, masks, labels)``. The flip and the crop are one numpy slice applied to the image and
+to every mask alike, and boxes are never transformed at all: the dataset derives them from the
+augmented masks with ``boxes_from_masks``, so nothing can drift out of sync (albumentations#836
+is that bug), and labels are indexed in numpy, so they never come back as floats. Colour
+jitter is albumentations 2.0.8's ``ColorJitter``.
 
 The train recipe is a horizontal flip, a bbox-safe random crop and light colour jitter. There is
 no separate random rescale: torchvision's Mask R-CNN resizes every image to ``min_size`` itself,
@@ -14,11 +16,20 @@ survives whole: a crop never removes every instance (albumentations#383).
 
 from __future__ import annotations
 
+import math
+
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
-__all__ = ["TrainTransform", "boxes_from_masks", "eval_transforms", "train_transforms"]
+__all__ = [
+    "TrainTransform",
+    "boxes_from_masks",
+    "eval_transforms",
+    "nonempty",
+    "train_transforms",
+]
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
@@ -42,16 +53,45 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     boxes = np.zeros((n, 4), dtype=np.float32)
     if n == 0:
         return boxes
-    # max, not any: numpy reduces uint8 with max several times faster than with logical_or.
-    rows = masks.max(axis=2) > 0  # [N, H]
-    cols = masks.max(axis=1) > 0  # [N, W]
-    present = rows.any(axis=1)
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 2] = w - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 3] = h - rows[:, ::-1].argmax(axis=1)
-    boxes[~present] = 0.0
+    # OpenCV's bounding rectangle of the non-zero pixels reads each mask once, vectorised;
+    # numpy needs a reduction per axis, and its row-wise one over uint8 is slow.
+    for j, mask in enumerate(masks):
+        x, y, bw, bh = cv2.boundingRect(_cv_mask(mask))
+        if bw:
+            boxes[j] = (x, y, x + bw, y + bh)
     return boxes
+
+
+def _cv_mask(mask: np.ndarray) -> np.ndarray:
+    """A 2-D mask as OpenCV reads it: uint8 with contiguous rows (usually ``mask`` itself)."""
+    if mask.dtype == bool:
+        mask = mask.view(np.uint8)
+    elif mask.dtype != np.uint8:
+        mask = (mask != 0).astype(np.uint8)
+    return mask if mask.strides[-1] == 1 else np.ascontiguousarray(mask)
+
+
+def nonempty(masks: np.ndarray) -> np.ndarray:
+    """bool [N]: which of the uint8 [N, H, W] masks have a non-zero pixel (each stops at the
+    first one it finds)."""
+    return np.array([cv2.hasNonZero(_cv_mask(m)) for m in masks], dtype=bool)
+
+
+def _crop_flip(array: np.ndarray, rows: slice, cols: slice, flip: bool) -> np.ndarray:
+    """``array[..., rows, cols, :]``, mirrored left-right when ``flip``, as one new contiguous
+    array made in a single pass (uint8 [N, H, W] masks, or an [H, W, 3] image)."""
+    if array.ndim == 3 and array.shape[-1] == 3 and array.strides[-2:] == (3, 1):  # an image
+        view = array[rows, cols]
+        return cv2.flip(view, 1) if flip else np.ascontiguousarray(view)
+    if array.ndim == 3 and array.shape[-1] == 3:  # an image in another memory layout
+        return np.ascontiguousarray(array[rows, cols][:, ::-1] if flip else array[rows, cols])
+    view = array[:, rows, cols]
+    if not flip:
+        return np.ascontiguousarray(view)
+    out = np.empty(view.shape, dtype=array.dtype)
+    for src, dst in zip(view, out, strict=True):
+        cv2.flip(src, 1, dst=dst)  # OpenCV's flip is vectorised; numpy's [:, ::-1] copy is not
+    return out
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -66,9 +106,15 @@ class TrainTransform:
     the seed recipe (crops keep at least 60% of each side, brightness/contrast/saturation
     +-20%, hue +-0.02), 2 is the maximum (crops down to 20% of a side).
 
-    Randomness: every call draws one seed from torch's global generator and seeds the crop and
-    albumentations from it, like torchvision's own transforms. So ``torch.manual_seed(s)`` makes
-    the draws reproducible, and each DataLoader worker (which torch seeds with
+    The flip and the crop are numpy views shared by the image and every mask, so they cannot
+    disagree, and the masks are copied once, at the end, for the instances that survive.
+    Colour jitter is albumentations' ``ColorJitter`` on the cropped image alone.
+
+    Randomness: every call seeds the crop and albumentations from one seed: the ``seed``
+    argument when given (the training loader passes a per-sample seed derived from the run's
+    seed, the epoch and the image index, so no worker state is involved), else one drawn from
+    torch's global generator, like torchvision's own transforms. So ``torch.manual_seed(s)``
+    makes the draws reproducible, and each DataLoader worker (which torch seeds with
     ``base_seed + worker_id``) draws its own stream instead of a forked copy of the same one
     (albumentations' own generator would be copied into every worker).
     """
@@ -82,66 +128,73 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         # Smallest crop side as a fraction of the image side.
         self.min_crop = max(0.2, 1.0 - 0.4 * self.strength)
-        ops: list = [A.HorizontalFlip(p=self.hflip_prob)]
-        if self.strength > 0:
-            s = self.strength
-            ops.append(A.BBoxSafeRandomCrop(erosion_rate=0.0, p=1.0))
-            ops.append(
-                A.ColorJitter(
-                    brightness=0.2 * s, contrast=0.2 * s, saturation=0.2 * s, hue=0.02 * s, p=0.8
-                )
-            )
-        # The only box given to albumentations is the crop guide; clip guards against float
-        # noise at the border (albumentations#459).
-        self._pipeline = A.Compose(
-            ops,
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["guide_ids"], clip=True),
+        s = self.strength
+        jitter = A.ColorJitter(
+            brightness=0.2 * s, contrast=0.2 * s, saturation=0.2 * s, hue=0.02 * s, p=0.8
         )
+        self._jitter = A.Compose([jitter]) if s > 0 else None
         self._rng = np.random.default_rng(0)
 
     def __repr__(self) -> str:
         return f"TrainTransform(strength={self.strength}, hflip_prob={self.hflip_prob})"
 
-    def _reseed_from_torch(self) -> None:
-        seed = int(torch.randint(0, 2**32, (1,)).item())
-        self._pipeline.set_random_seed(seed)
+    def _reseed(self, seed: int | None) -> None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**32, (1,)).item())
+        if self._jitter is not None:
+            self._jitter.set_random_seed(seed)
         self._rng = np.random.default_rng(seed)
 
-    def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> np.ndarray:
-        """A random window of at least ``min_crop`` of each side containing one instance's box.
-
-        BBoxSafeRandomCrop then crops a random region that contains this window, so the chosen
-        instance is kept whole and the crop is never smaller than ``min_crop``.
-        """
+    def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> tuple[float, float, float, float]:
+        """A random window ``(x1, y1, x2, y2)`` of at least ``min_crop`` of each side, holding
+        the box of one randomly chosen instance (anywhere, when there is none)."""
         rng = self._rng
         frac = rng.uniform(self.min_crop, 1.0)
         gw, gh = frac * w, frac * h
         if len(masks) == 0:
             gx, gy = rng.uniform(0, w - gw), rng.uniform(0, h - gh)
-            return np.array([[gx, gy, gx + gw, gy + gh]], dtype=np.float32)
-        # One pixel of margin: albumentations rounds crop coordinates down.
+            return gx, gy, gx + gw, gy + gh
         j = int(rng.integers(len(masks)))
         x1, y1, x2, y2 = (float(v) for v in boxes_from_masks(masks[j : j + 1])[0])
-        x1, y1 = max(x1 - 1.0, 0.0), max(y1 - 1.0, 0.0)
-        x2, y2 = min(x2 + 1.0, float(w)), min(y2 + 1.0, float(h))
         gw, gh = max(gw, x2 - x1), max(gh, y2 - y1)
         gx = _uniform(rng, max(0.0, x2 - gw), min(x1, w - gw))
         gy = _uniform(rng, max(0.0, y2 - gh), min(y1, h - gh))
-        return np.array([[gx, gy, min(gx + gw, w), min(gy + gh, h)]], dtype=np.float32)
+        return gx, gy, min(gx + gw, w), min(gy + gh, h)
+
+    def _crop_window(self, masks: np.ndarray, h: int, w: int) -> tuple[slice, slice]:
+        """Rows and columns of a random crop containing the guide window.
+
+        Sampled as albumentations' ``BBoxSafeRandomCrop`` does (each side uniformly between
+        the guide's edge and the image's), rounded outwards, so the guide's instance is kept
+        whole and the crop is never smaller than ``min_crop``.
+        """
+        gx1, gy1, gx2, gy2 = self._crop_guide(masks, h, w)
+        u = self._rng.random(4)
+        x0, y0 = math.floor(gx1 * u[0]), math.floor(gy1 * u[1])
+        x1 = min(w, math.ceil(gx2 + (w - gx2) * u[2]))
+        y1 = min(h, math.ceil(gy2 + (h - gy2) * u[3]))
+        return slice(y0, y1), slice(x0, x1)
 
     def __call__(
-        self, *, image: np.ndarray, masks: np.ndarray, labels: np.ndarray
+        self,
+        *,
+        image: np.ndarray,
+        masks: np.ndarray,
+        labels: np.ndarray,
+        seed: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Augment one image and its instances.
 
         Args:
-            image: uint8 [H, W, 3].
+            image: uint8 [H, W, 3] (any strides: a view of a [3, H, W] tensor will do).
             masks: uint8 [N, H, W] with values 0/1 (N may be 0).
             labels: int [N].
+            seed: seeds every random choice of this call (None: drawn from torch's generator).
 
         Returns:
-            ``(image uint8 [H', W', 3], masks uint8 [M, H', W'], labels int64 [M])`` where the
-            M <= N instances are those whose mask is still non-empty, in their original order.
+            ``(image uint8 [H', W', 3], masks uint8 [M, H', W'], labels int64 [M])``, all
+            contiguous, where the M <= N instances are those whose mask is still non-empty,
+            in their original order.
 
         Raises:
             ValueError: the shapes of image, masks and labels do not agree.
@@ -158,20 +211,18 @@ class TrainTransform:
             raise ValueError(
                 f"labels must be [{masks.shape[0]}] to match masks, got {labels.shape}"
             )
-        self._reseed_from_torch()
-
-        data = {"image": image, "guide_ids": [0]}
-        data["bboxes"] = self._crop_guide(masks, h, w)
-        if len(masks):
-            # albumentations 2.0.8 cannot stack an empty list of masks; leave them out instead.
-            data["masks"] = masks
-        out = self._pipeline(**data)
-        image = np.ascontiguousarray(out["image"])
-        if not len(masks):
-            return image, np.zeros((0, *image.shape[:2]), dtype=np.uint8), labels.astype(np.int64)
-        masks = np.asarray(out["masks"], dtype=np.uint8)
-        keep = masks.reshape(len(masks), -1).max(axis=1) > 0
-        return image, np.ascontiguousarray(masks[keep]), labels[keep].astype(np.int64)
+        self._reseed(seed)
+        flip = bool(self._rng.random() < self.hflip_prob)
+        # Drawn in the unflipped frame, then mirrored with the image: just as likely a crop.
+        rows, cols = self._crop_window(masks, h, w) if self.strength > 0 else (slice(None),) * 2
+        image = _crop_flip(image, rows, cols, flip)
+        masks = _crop_flip(masks, rows, cols, flip)
+        keep = nonempty(masks)
+        if not keep.all():
+            masks, labels = masks[keep], labels[keep]
+        if self._jitter is not None:
+            image = self._jitter(image=image)["image"]
+        return image, masks, labels.astype(np.int64)
 
 
 def train_transforms(strength: float = 1.0, hflip_prob: float = 0.5) -> TrainTransform:

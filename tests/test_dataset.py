@@ -1,4 +1,5 @@
-"""CocoSubsetDataset, load_rgb, open_split and collate_fn on hand-made, synthetic and real data."""
+"""CocoSubsetDataset, decode_image, load_rgb, open_split, split_categories and collate_fn on
+hand-made, synthetic and real data."""
 
 from __future__ import annotations
 
@@ -12,11 +13,23 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from seglib.dataset import CocoSubsetDataset, DatasetError, collate_fn, load_rgb, open_split
+from seglib.dataset import (
+    CocoSubsetDataset,
+    DatasetError,
+    collate_fn,
+    decode_image,
+    load_rgb,
+    open_split,
+    split_categories,
+)
 from seglib.transforms import boxes_from_masks, train_transforms
 
-# pycocotools 2.0.11 under numpy 2 warns inside its own decode; nothing seglib can change.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# pycocotools 2.0.11 under numpy 2 warns inside its own decode, and torchvision 0.29 on every
+# call of its image decoders (TorchCodec is to replace them); nothing seglib can change.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
+]
 
 CATEGORIES = [
     {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
@@ -206,9 +219,9 @@ def test_targets_have_torchvision_dtypes_and_shapes(handmade):
     folder, path, _ = handmade
     ds = CocoSubsetDataset(path, folder / "images")
     image, target = ds[0]
-    assert image.dtype == torch.float32 and image.shape == (3, 40, 60)
-    assert 0.0 <= image.min() and image.max() <= 1.0
-    assert abs(image[0, 0, 0].item() - 120 / 255) < 1e-6
+    # uint8 until the device: a quarter of the bytes through workers and pinned memory
+    assert image.dtype == torch.uint8 and image.shape == (3, 40, 60)
+    assert image[0, 0, 0].item() == 120
     n = len(target["labels"])
     assert target["boxes"].dtype == torch.float32 and target["boxes"].shape == (n, 4)
     assert target["labels"].dtype == torch.int64
@@ -388,24 +401,93 @@ def test_open_split_says_how_to_make_a_missing_split(tmp_path):
     assert len(open_split(tmp_path, "train")) == 1
 
 
-def _exif_rotated(path: Path, upright: np.ndarray) -> None:
+def _with_orientation(array: np.ndarray, path: Path, orientation: int) -> None:
+    """Save ``array`` as stored pixels, tagged with an EXIF Orientation that viewers apply."""
     exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes())
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes(), quality=95)
 
 
-def test_exif_frame_follows_the_json_size(tmp_path):
-    """Upright when the json gives the upright size; stored pixels when it gives the stored size."""
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_tagged_jpegs_are_read_in_the_stored_frame(tmp_path, orientation):
+    """COCO annotates the stored pixels, so the masks must land on the object as stored;
+    applying the tag (rotating 180 or 90 degrees) would move or reshape the image under them."""
+    h, w = 30, 40
+    stored = np.zeros((h, w, 3), np.uint8)
+    stored[..., 2] = 200  # blue background
+    stored[4:14, 6:18] = (230, 20, 20)  # the red object, top left as stored
     (tmp_path / "images").mkdir()
-    _exif_rotated(tmp_path / "images" / "r.jpg", _quadrants(30, 40))
-    path = write_split(
-        tmp_path, [(1, "r.jpg", 30, 40), (2, "r.jpg", 40, 30), (3, "r.jpg", 35, 35)], []
-    )
+    _with_orientation(stored, tmp_path / "images" / "r.jpg", orientation)
+    polygon = [[6, 4, 18, 4, 18, 14, 6, 14]]
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": polygon}
+    path = write_split(tmp_path, [(1, "r.jpg", h, w)], [ann])
+    image, target = CocoSubsetDataset(path, tmp_path / "images")[0]
+    assert image.shape == (3, h, w)
+    mask = target["masks"][0].bool()
+    assert target["boxes"].tolist() == [[6.0, 4.0, 18.0, 14.0]]
+    inside, outside = image[:, mask].float().mean(1), image[:, ~mask].float().mean(1)
+    assert inside[0] > 180 and inside[2] < 60, inside  # red under the mask
+    assert outside[2] > 150 and outside[0] < 60, outside  # blue elsewhere
+    # photos without annotations (``seglib predict``) are still shown upright
+    upright = load_rgb(tmp_path / "images" / "r.jpg")
+    assert upright.shape == ((w, h, 3) if orientation == 6 else (h, w, 3))
+    if orientation == 3:  # turned 180 degrees: the object is now bottom right
+        assert upright[-5, -8, 0] > 180 and upright[5, 8, 2] > 150
+
+
+def test_json_size_must_be_the_stored_size(tmp_path):
+    (tmp_path / "images").mkdir()
+    _with_orientation(_quadrants(30, 40), tmp_path / "images" / "r.jpg", 6)
+    path = write_split(tmp_path, [(1, "r.jpg", 30, 40), (2, "r.jpg", 40, 30)], [])
     ds = CocoSubsetDataset(path, tmp_path / "images")
     assert ds[0][0].shape == (3, 30, 40)
-    assert ds[1][0].shape == (3, 40, 30)
-    with pytest.raises(DatasetError, match=r"r\.jpg.*40x30.*35x35"):
-        ds[2]
+    with pytest.raises(DatasetError, match=r"r\.jpg is 40x30 px but the json says 30x40"):
+        ds[1]
+
+
+# --- decoding -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK", "PNG"])
+def test_decode_image_matches_pil_for_jpeg_modes_and_png(tmp_path, mode):
+    """libjpeg-turbo through torchvision gives PIL's pixels for RGB, grayscale and CMYK JPEGs;
+    other formats go through PIL itself."""
+    base = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    ).convert("RGB")
+    if mode == "PNG":
+        path = tmp_path / "img.png"
+        base.save(path)
+    else:
+        path = tmp_path / "img.jpg"
+        base.convert(mode).save(path, quality=90)
+    image = decode_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, 30, 40)
+    with Image.open(path) as reference:
+        expected = np.asarray(reference.convert("RGB"))
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected)
+
+
+def test_decode_image_names_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        decode_image(tmp_path / "nope.jpg")
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        good
+    )
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:600])
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name in ("cut.jpg", "text.jpg"):
+        with pytest.raises(DatasetError, match=name):
+            decode_image(tmp_path / name)
+
+
+def test_split_categories_in_label_order(tmp_path):
+    path = write_split(tmp_path, [], [], categories=CATEGORIES[::-1])
+    assert [c["name"] for c in split_categories(path.parent)] == ["cake", "person"]
+    write_split(tmp_path, [], [], categories=[dict(CATEGORIES[0], id=3)])
+    with pytest.raises(DatasetError, match="1..k"):
+        split_categories(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        split_categories(tmp_path, "val")
 
 
 # --- synthetic and real data --------------------------------------------------------------
