@@ -194,8 +194,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--arch", choices=("v1", "v2"), default="v1", help="architecture for --zero-shot"
     )
     p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--gt", type=Path, help="ground-truth split JSON (with --predictions)")
-    p.add_argument("--predictions", type=Path, help="COCO results JSON (with --gt)")
+    p.add_argument(
+        "--gt",
+        type=Path,
+        help="ground truth (with --predictions): a subset split JSON, or COCO's own annotations",
+    )
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        help="COCO results JSON with COCO's category ids, as `predict` writes (with --gt)",
+    )
     p.add_argument("--score-thresh", type=float, default=0.5, help="for mean IoU (default 0.5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the metrics JSON here")

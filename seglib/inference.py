@@ -89,7 +89,8 @@ def predict(
 
     Returns:
         One dict per detection: image_id int, category_id int (label 1..k), bbox [x,y,w,h]
-        float pixels, score float, segmentation compressed RLE with ``counts`` as str.
+        float pixels, score float, segmentation compressed RLE with ``counts`` as str. Write
+        them with ``write_results``, which gives files COCO's category ids.
     """
     device = torch.device(device)
     loader = _as_loader(loader_or_dataset, batch_size, num_workers)
@@ -139,6 +140,26 @@ def evaluate(
     return evaluate_results(loader.dataset.coco, results, score_thresh=score_thresh)
 
 
+def write_results(
+    path: str | Path, results: Sequence[dict[str, Any]], categories: Sequence[dict]
+) -> Path:
+    """Write in-memory results (labels 1..k) as a COCO results file, with COCO's category ids.
+
+    Every results file seglib writes goes through here, so any COCO tool scores it against
+    COCO's own annotations; ``seglib.metrics.read_results`` (or passing the path to any
+    ``seglib.metrics`` function) turns the ids back into a split's labels.
+
+    Args:
+        categories: the split's or checkpoint's category dicts (``id``, ``name``, ``coco_id``).
+
+    Raises:
+        ValueError: a result's label is not one of ``categories``' ids.
+    """
+    from seglib.metrics import to_coco_ids
+
+    return write_json_atomic(path, to_coco_ids(results, categories), indent=None)
+
+
 def _image_files(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
@@ -167,8 +188,10 @@ def predict_images(
     """Predict on image files (or folders of them); write results JSON and overlay PNGs.
 
     Image ids are the numeric file stems (COCO names such as 000000123456.jpg) when all are
-    numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results, scores
-    >= score_thresh), OUT/images.json (id, file_name, width, height) and OUT/<stem>.png.
+    numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results with
+    COCO's category ids, scores >= score_thresh), OUT/images.json (id, file_name, width,
+    height) and OUT/<stem>.png. Photos are predicted upright (their EXIF orientation applied),
+    and images.json gives that frame's size.
 
     Returns:
         num_images, num_predictions, results, images (paths) and overlays (list of paths).
@@ -221,7 +244,7 @@ def predict_images(
             overlays.append(viz.save_figure(ax.figure, overlay, close=True))
     finally:
         net.train(was_training)
-    results_path = write_json_atomic(out_dir / "results.json", results, indent=None)
+    results_path = write_results(out_dir / "results.json", results, categories)
     images_path = write_json_atomic(out_dir / "images.json", records)
     return {
         "num_images": len(files),

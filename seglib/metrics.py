@@ -6,10 +6,18 @@ Inputs everywhere:
   split dict itself. Crowd annotations (``iscrowd=1``) stay in it: COCOeval treats them as
   ignore regions, and the IoU measures below exclude them as documented per function.
 * ``results``: COCO detection results, a list of dicts or a path to a results JSON. Each has
-  ``image_id`` (int), ``category_id`` (the split's id, 1..k), ``score`` (float),
-  ``segmentation`` (RLE for the image's full size; compressed, uncompressed or polygons are
-  accepted) and optionally ``bbox`` ([x, y, w, h] pixels; derived from the mask when absent).
-  Ids may be numpy or torch scalars; they are cast to int.
+  ``image_id`` (int), ``category_id``, ``score`` (float), ``segmentation`` (RLE for the
+  image's full size; compressed, uncompressed or polygons are accepted) and optionally
+  ``bbox`` ([x, y, w, h] pixels; derived from the mask when absent). Ids may be numpy or torch
+  scalars; they are cast to int.
+
+Category ids: labels stay the split's ids (1..k) inside seglib, so a results *list* (what
+``seglib.inference.predict`` returns) uses the ground truth's own ids. Results *files* carry
+COCO's category ids (person 1, car 3, dog 18, cake 61), as COCO's evaluation server and any
+other COCO tool expect: ``to_coco_ids`` converts on export (``seglib.inference.write_results``)
+and ``read_results`` converts back, matching each ground-truth category by its ``coco_id``
+(subset splits) or its own id (COCO's annotation files). So a results file scores the same
+against a subset's ``val.json`` as against COCO's original annotations of the same images.
 
 AP needs no score threshold (it sweeps all scores); ``score_thresh`` only applies to the
 IoU measures, the confusion matrix and the galleries, which look at "what the model shows".
@@ -33,6 +41,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from seglib.config import COCO_IDS
 
 #: What every function accepts as ground truth and as results (see the module docstring).
 GroundTruth = COCO | str | Path | Mapping
@@ -128,17 +138,111 @@ def _as_rle(seg: Any, h: int, w: int, where: str) -> dict:
     )
 
 
+# --- category ids: the split's on the inside, COCO's in files ----------------------------
+def coco_category_ids(categories: Sequence[Mapping]) -> dict[int, int]:
+    """Category id -> COCO category id, for the ``categories`` of a split or a COCO file.
+
+    A subset split's categories carry ``coco_id``. A category without one is taken at its own
+    id (COCO's files), unless its name is one of the project's (``config.COCO_IDS``) at another
+    id: then it is a renumbered split that lost its ``coco_id``, matched by name.
+
+    Raises:
+        ValueError: two categories claim the same COCO id.
+    """
+    out: dict[int, int] = {}
+    for c in categories:
+        coco_id = c.get("coco_id")
+        if coco_id is None:
+            coco_id = COCO_IDS.get(c.get("name"), c["id"])
+        out[int(c["id"])] = int(coco_id)
+    if len(set(out.values())) != len(out):
+        raise ValueError(f"categories map to repeated COCO ids: {out}")
+    return out
+
+
+def _replace_category_ids(results: Sequence[Mapping], table: dict[int, int]) -> list[dict]:
+    return [{**r, "category_id": table[_as_int(r["category_id"], "category_id")]} for r in results]
+
+
+def to_coco_ids(results: Sequence[Mapping], categories: Sequence[Mapping]) -> list[dict]:
+    """Copies of in-memory results with each ``category_id`` (a split label 1..k) replaced by
+    its COCO id: what a results file holds.
+
+    Args:
+        categories: the split's (or checkpoint's) category dicts: ``id``, ``name``, ``coco_id``.
+
+    Raises:
+        ValueError: a label that is none of ``categories``' ids (names the valid ones).
+    """
+    table = coco_category_ids(categories)
+    unknown = sorted({_as_int(r["category_id"], "category_id") for r in results} - set(table))
+    if unknown:
+        raise ValueError(
+            f"results use labels {unknown}, but the categories have ids {sorted(table)}"
+        )
+    return _replace_category_ids(results, table)
+
+
+def from_coco_ids(
+    results: Sequence[Mapping], gt: GroundTruth, *, source: str = "results"
+) -> list[dict]:
+    """Copies of results that carry COCO category ids, renumbered to ``gt``'s own ids.
+
+    ``gt`` may use either numbering: a subset split (ids 1..k, each with ``coco_id``) or COCO's
+    original annotations (ids are COCO's). See ``coco_category_ids``.
+
+    Raises:
+        ValueError: an id that is not the COCO id of any category of ``gt`` (names the ids,
+            the valid ones by name, and ``source``).
+    """
+    coco = load_ground_truth(gt)
+    table = coco_category_ids(coco.dataset["categories"])
+    inverse = {coco_id: cat_id for cat_id, coco_id in table.items()}
+    used = {_as_int(r["category_id"], "category_id") for r in results}
+    unknown = sorted(used - set(inverse))
+    if unknown:
+        valid = ", ".join(f"{coco.cats[c]['name']} {table[c]}" for c in sorted(table))
+        raise ValueError(
+            f"{source} uses category ids {unknown}, which are not COCO ids of the ground "
+            f"truth's categories ({valid}). Results files carry COCO's category ids, as "
+            "`python -m seglib predict` and seglib.inference.write_results write them; a file "
+            "numbered like a subset's labels (1..k), or made for other categories, cannot be "
+            "scored against this ground truth"
+        )
+    return _replace_category_ids(results, inverse)
+
+
+def read_results(path: str | Path, gt: GroundTruth) -> list[dict]:
+    """A results file (COCO category ids) with its category ids in ``gt``'s numbering.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a JSON list, or category ids that fit no category of ``gt``.
+    """
+    results = _read_json(path, "results file", "write it with `python -m seglib predict`")
+    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
+        raise ValueError(f"results file {path} must hold a JSON list of result dicts")
+    missing = [i for i, r in enumerate(results) if "category_id" not in r]
+    if missing:
+        raise ValueError(f"results file {path}: result {missing[0]} has no category_id")
+    return from_coco_ids(results, gt, source=f"results file {path}")
+
+
 def load_results(results: Results, gt: GroundTruth) -> list[dict]:
     """Validate results against ``gt`` and return clean copies (plain ints/floats, RLE with str counts).
+
+    A path is read with ``read_results`` (its COCO category ids become ``gt``'s); a list is
+    taken to use ``gt``'s own category ids already.
 
     Raises:
         FileNotFoundError: ``results`` is a missing path.
         ValueError: a result lacks keys, names an image id or a category id that is not in the
-            ground truth (pitfalls 7 and 9), or has a mask of the wrong size.
+            ground truth (an image id must be a plain int, not a tensor; a category id must be
+            the ground truth's, or in a file COCO's), or has a mask of the wrong size.
     """
     coco = load_ground_truth(gt)
     if isinstance(results, (str, Path)):
-        results = _read_json(results, "results file", "write it with `python -m seglib predict`")
+        results = read_results(results, coco)
     if not isinstance(results, (list, tuple)):
         raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
     sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in coco.dataset["images"]}
@@ -188,7 +292,8 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
         names = {c: coco.cats[c]["name"] for c in valid_cats}
         raise ValueError(
             f"results use category_id {sorted(bad_cats)} not in the ground truth; valid ids: {names}. "
-            "Map model labels to the split's category ids (1..k), not COCO's ids"
+            "In-memory results use the ground truth's own category ids (a split's labels 1..k); "
+            "only results files carry COCO's ids (read them with read_results, or pass the path)"
         )
     return out
 
@@ -317,7 +422,8 @@ def evaluate_results(
     Returns:
         ``{"bbox": {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, "per_class": {name:
         {AP, AP50, AP75}}}, "segm": {...}, "mean_iou", "pixel_iou": {name: iou},
-        "num_images", "num_predictions", "score_thresh"}`` on a 0-1 scale, -1 where undefined
+        "num_images", "num_predictions", "score_thresh", "categories": [{id, name, coco_id}]}``
+        on a 0-1 scale, -1 where undefined
         (no ground truth). With ``with_curves``, each section also holds ``"pr_curves"`` as
         returned by ``pr_curves`` at IoU 0.5.
 
@@ -338,6 +444,10 @@ def evaluate_results(
     metrics["num_images"] = len(coco.getImgIds())
     metrics["num_predictions"] = len(results)
     metrics["score_thresh"] = float(score_thresh)
+    coco_ids = coco_category_ids(coco.dataset["categories"])
+    metrics["categories"] = [
+        {"id": c, "name": name, "coco_id": coco_ids[c]} for c, name in names.items()
+    ]
     return metrics
 
 

@@ -163,3 +163,85 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
         check=False,
     )
     assert evaluated.returncode == 2 and "val_results.json" in evaluated.stderr
+
+
+@pytest.mark.coco_tiny
+def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annotations(
+    coco_tiny, tmp_path, capsys
+):
+    """A results file carries COCO's category ids; the subset's val.json (ids 1..4 with
+    coco_id) and COCO's own annotations of the same images must give the same scores."""
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from seglib.coco import build_subset
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations/instances_val2017.json").symlink_to(
+        coco_tiny / "instances_train2017_tiny.json"
+    )
+    (root / "val2017").symlink_to(coco_tiny / "train2017")
+    build_subset(root, tmp_path / "subset", num_train=0, num_val=10, num_test=0, progress=False)
+    val = json.loads((tmp_path / "subset/val.json").read_text())
+    full = json.loads((coco_tiny / "instances_train2017_tiny.json").read_text())
+    coco_ids = {c["coco_id"] for c in val["categories"]}
+    kept = {a["id"] for a in val["annotations"]}
+    original = dict(
+        full,
+        images=[im for im in full["images"] if im["id"] in {i["id"] for i in val["images"]}],
+        annotations=[a for a in full["annotations"] if a["id"] in kept],
+        categories=[c for c in full["categories"] if c["id"] in coco_ids],
+    )
+    (tmp_path / "original.json").write_text(json.dumps(original))
+
+    # The true instances as predictions, in COCO's ids: some dropped, some mislabelled.
+    coco = COCO()
+    coco.dataset = original
+    coco.createIndex()
+    rng = np.random.default_rng(0)
+    results = []
+    for a in original["annotations"]:
+        if a["iscrowd"] or rng.uniform() < 0.2:
+            continue
+        rle = coco.annToRLE(a)
+        counts = rle["counts"]
+        category = a["category_id"] if rng.uniform() > 0.15 else int(rng.choice(sorted(coco_ids)))
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": category,
+                "score": float(rng.uniform()),
+                "segmentation": {
+                    "size": rle["size"],
+                    "counts": counts.decode() if isinstance(counts, bytes) else counts,
+                },
+            }
+        )
+    (tmp_path / "results.json").write_text(json.dumps(results))
+
+    scores = {}
+    for name, gt in (("subset", tmp_path / "subset/val.json"), ("original", "original.json")):
+        gt = tmp_path / gt
+        out = tmp_path / f"{name}_metrics.json"
+        args = ["evaluate", "--gt", gt, "--predictions", tmp_path / "results.json", "--out", out]
+        assert main([str(a) for a in args]) == 0
+        scores[name] = json.loads(out.read_text())
+        assert sorted(c["coco_id"] for c in scores[name].pop("categories")) == sorted(coco_ids)
+    assert scores["subset"] == scores["original"]
+    assert 0 < scores["subset"]["segm"]["AP"] < 1 and 0 < scores["subset"]["bbox"]["AP"] < 1
+
+    # The same file numbered like the subset's labels fits neither numbering: refused.
+    label = {c["coco_id"]: c["id"] for c in val["categories"]}
+    relabelled = [dict(r, category_id=label[r["category_id"]]) for r in results]
+    (tmp_path / "labels.json").write_text(json.dumps(relabelled))
+    capsys.readouterr()
+    args = [
+        "evaluate",
+        "--gt",
+        tmp_path / "subset/val.json",
+        "--predictions",
+        tmp_path / "labels.json",
+    ]
+    status = main([str(a) for a in args])
+    assert status == 2 and "labels.json uses category ids [2, 4]" in capsys.readouterr().err

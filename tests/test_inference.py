@@ -110,3 +110,33 @@ def test_predict_images_writes_results_and_overlays(tmp_path, synthetic_subset):
     numeric = all(f.stem.isdigit() for f in files)
     assert {r["image_id"] for r in results} == ({int(f.stem) for f in files} if numeric else {1, 2})
     assert all(p.suffix == ".png" and p.stat().st_size > 0 for p in map(Path, written["overlays"]))
+    # label 1 is the split's first category; the file names it by its COCO id
+    first = next(c for c in categories if c["id"] == 1)
+    assert first["coco_id"] != 1 and {r["category_id"] for r in results} == {first["coco_id"]}
+
+
+def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path, synthetic_subset):
+    from seglib.inference import write_results
+    from seglib.metrics import evaluate_results
+
+    dataset = open_split(synthetic_subset, "val", min_box_size=0)
+    results = []
+    for i in range(len(dataset)):
+        target = dataset[i][1]
+        for label, mask in zip(target["labels"].tolist(), target["masks"], strict=True):
+            rle = mask_utils.encode(np.asfortranarray(mask.numpy()))
+            rle["counts"] = rle["counts"].decode("ascii")
+            score = 0.9 if label != 2 else 0.3
+            results.append(
+                {
+                    "image_id": dataset.ids[i],
+                    "category_id": label,
+                    "score": score,
+                    "segmentation": rle,
+                }
+            )
+    path = write_results(tmp_path / "results.json", results, dataset.categories)
+    coco_ids = {c["id"]: c["coco_id"] for c in dataset.categories}
+    written = json.loads(path.read_text())
+    assert [r["category_id"] for r in written] == [coco_ids[r["category_id"]] for r in results]
+    assert evaluate_results(dataset.coco, path) == evaluate_results(dataset.coco, results)

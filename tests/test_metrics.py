@@ -259,12 +259,98 @@ def test_paths_are_accepted(gt, tmp_path):
             "size": r["segmentation"]["size"],
             "counts": counts.decode() if isinstance(counts, bytes) else counts,
         }
-    (tmp_path / "res.json").write_text(json.dumps(results))
+    (tmp_path / "res.json").write_text(json.dumps(metrics.to_coco_ids(results, CATEGORIES)))
     assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"][
         "AP"
     ] == pytest.approx(1.0)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         metrics.evaluate_results(tmp_path / "missing.json", [])
+
+
+# --- category ids: the split's labels inside, COCO's ids in files ------------------------
+def _json_results(gt: dict) -> list[dict]:
+    """``perfect`` with plain-JSON segmentations (str counts), as a file would hold them."""
+    out = []
+    for r in perfect(gt):
+        counts = r["segmentation"]["counts"]
+        counts = counts.decode() if isinstance(counts, bytes) else counts
+        out.append(dict(r, segmentation={"size": r["segmentation"]["size"], "counts": counts}))
+    return out
+
+
+def _in_coco_numbering(gt: dict) -> dict:
+    """The same ground truth as COCO's own files number it: category ids are COCO's."""
+    to_coco = {c["id"]: c["coco_id"] for c in gt["categories"]}
+    original = copy.deepcopy(gt)
+    original["categories"] = [
+        {k: v for k, v in dict(c, id=c["coco_id"]).items() if k != "coco_id"}
+        for c in gt["categories"]
+    ]
+    for a in original["annotations"]:
+        a["category_id"] = to_coco[a["category_id"]]
+    return original
+
+
+def test_files_carry_coco_ids_and_score_as_the_list_does(gt, tmp_path):
+    results = _json_results(gt)
+    results[0]["score"] = 0.4
+    results.append(det(3, 1, square(0, 0, 10), score=0.9))  # a cake where there is none
+    results.append(det(1, 3, square(40, 0, 10), score=0.7))  # a dog where there is none
+    exported = metrics.to_coco_ids(results, CATEGORIES)
+    assert [r["category_id"] for r in exported] == [61, 3, 61, 61, 18]
+    assert [r["category_id"] for r in results] == [1, 2, 1, 1, 3]  # copies: the list is untouched
+    (tmp_path / "res.json").write_text(json.dumps(exported))
+    assert metrics.read_results(tmp_path / "res.json", gt) == results
+    from_file = metrics.evaluate_results(gt, tmp_path / "res.json")
+    assert from_file == metrics.evaluate_results(gt, results)
+    assert 0 < from_file["segm"]["AP"] < 1
+    assert from_file["categories"] == [
+        {"id": 1, "name": "cake", "coco_id": 61},
+        {"id": 2, "name": "car", "coco_id": 3},
+        {"id": 3, "name": "dog", "coco_id": 18},
+    ]
+
+
+def test_ground_truth_in_either_numbering_gives_the_same_scores(gt, tmp_path):
+    results = _json_results(gt)
+    results[0]["category_id"] = 2  # a cake called a car
+    results.append(det(2, 3, square(10, 10, 12, h=48), score=0.6))
+    (tmp_path / "res.json").write_text(json.dumps(metrics.to_coco_ids(results, CATEGORIES)))
+    subset = metrics.evaluate_results(gt, tmp_path / "res.json", with_curves=True)
+    original = metrics.evaluate_results(
+        _in_coco_numbering(gt), tmp_path / "res.json", with_curves=True
+    )
+    assert [c["id"] for c in original.pop("categories")] == [3, 18, 61]
+    assert [c["id"] for c in subset.pop("categories")] == [1, 2, 3]
+    assert subset == original and 0 < subset["segm"]["AP"] < 1
+
+
+def test_a_results_file_in_neither_numbering_is_refused(gt, tmp_path):
+    # The split's labels written as they are: 2 is the COCO id of no category here, and 1
+    # (person in COCO) is not one of them either; cake, car and dog are 61, 3 and 18.
+    (tmp_path / "res.json").write_text(json.dumps(_json_results(gt)))
+    with pytest.raises(
+        ValueError, match=r"res\.json uses category ids \[1, 2\].*cake 61, car 3, dog 18"
+    ):
+        metrics.evaluate_results(gt, tmp_path / "res.json")
+    with pytest.raises(ValueError, match=r"labels \[7\].*ids \[1, 2, 3\]"):
+        metrics.to_coco_ids([det(1, 7, square(0, 0, 5))], CATEGORIES)
+
+
+def test_coco_ids_from_coco_id_then_name_then_id():
+    assert metrics.coco_category_ids(CATEGORIES) == {1: 61, 2: 3, 3: 18}
+    # a renumbered split that lost its coco_id is matched by the project's category names
+    assert metrics.coco_category_ids([{"id": 1, "name": "cake"}, {"id": 2, "name": "car"}]) == {
+        1: 61,
+        2: 3,
+    }
+    # COCO's own files: the id is COCO's
+    assert metrics.coco_category_ids([{"id": 18, "name": "dog"}, {"id": 24, "name": "zebra"}]) == {
+        18: 18,
+        24: 24,
+    }
+    with pytest.raises(ValueError, match="repeated COCO ids"):
+        metrics.coco_category_ids([{"id": 1, "name": "cake"}, {"id": 61, "name": "cake!"}])
 
 
 def test_mean_iou_hand_computed(gt):
