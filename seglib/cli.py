@@ -129,6 +129,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    p.add_argument(
+        "--categories",
+        nargs="+",
+        metavar="NAME",
+        help="category names in label order (default: the subset's, from DATA/train.json)",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -157,6 +163,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg.replace(**overrides)
 
 
+def train_categories(cfg: TrainConfig, args: argparse.Namespace, data: Path) -> TrainConfig:
+    """``cfg`` with the categories to train: ``--categories``, else those of a ``--config``
+    file, else the subset's own (``data/train.json``, in label order).
+
+    Raises:
+        FileNotFoundError: ``data/train.json`` is missing.
+        ValueError: explicit categories differ from the subset's (names both, and the fix).
+    """
+    from seglib.dataset import split_categories
+
+    subset = [c["name"] for c in split_categories(data)]
+    if args.categories:
+        cfg = cfg.replace(categories=tuple(args.categories))
+    elif not args.config:
+        return cfg.replace(categories=tuple(subset))
+    if list(cfg.categories) != subset:
+        given = "--categories" if args.categories else f"the config file {args.config}"
+        raise ValueError(
+            f"{given} asks for categories {list(cfg.categories)} but {data / 'train.json'} holds "
+            f"{subset} (labels 1..{len(subset)}, in that order). Build a subset with those "
+            f"categories (`python -m seglib subset --categories ...`), or leave the categories "
+            f"out to train on the subset's"
+        )
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seglib.engine import train
     from seglib.runs import new_run_name
@@ -168,6 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     paths = get_paths(args.profile)
     cfg = config_from_args(args)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
+    cfg = train_categories(cfg, args, Path(data))
     # Without --out, a fresh run gets a new timestamped folder; --resume continues the latest.
     out = args.out or (paths.run if args.resume else paths.run_dir(new_run_name()))
     if (out / "last.pt").exists() and not (args.resume or args.overwrite):

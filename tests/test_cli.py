@@ -245,3 +245,43 @@ def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annot
     ]
     status = main([str(a) for a in args])
     assert status == 2 and "labels.json uses category ids [2, 4]" in capsys.readouterr().err
+
+
+def test_train_takes_the_subsets_categories_unless_given(
+    synthetic_coco, tmp_path, monkeypatch, capsys
+):
+    from seglib import engine
+    from seglib.coco import build_subset
+    from seglib.config import TrainConfig
+
+    subset = tmp_path / "subset"
+    build_subset(
+        synthetic_coco,
+        subset,
+        categories=["dog", "cake"],
+        num_train=4,
+        num_val=2,
+        num_test=1,
+        progress=False,
+    )
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda cfg, data, out, **kw: seen.append(cfg) or {})
+    base = ["train", "--profile", "smoke", "--data", str(subset)]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert seen[-1].categories == ("dog", "cake")  # the subset's, not the profile's four
+    assert main([*base, "--out", str(tmp_path / "b"), "--categories", "dog", "cake"]) == 0
+    assert seen[-1].categories == ("dog", "cake")
+
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c"), "--categories", "cake", "dog"]) == 2
+    err = capsys.readouterr().err
+    assert "--categories asks for categories ['cake', 'dog']" in err
+    assert "holds ['dog', 'cake']" in err and "seglib subset --categories" in err
+    config = TrainConfig.smoke().save(tmp_path / "config.json")  # the four default categories
+    args = ["train", "--config", config, "--data", subset, "--out", tmp_path / "d"]
+    assert main([str(a) for a in args]) == 2
+    assert (
+        "config.json asks for categories ['cake', 'car', 'dog', 'person']"
+        in capsys.readouterr().err
+    )
+    assert len(seen) == 2
