@@ -236,14 +236,19 @@ class SplitPredictions:
 
 
 def _permissive(net: Any, detections: int) -> None:
-    """Open torchvision's in-model filters: score > 0 kept, ``detections`` per image."""
-    from seglib.checkpoint import unwrap
+    """Open torchvision's in-model filters: score > 0 kept, ``detections`` per image.
 
-    inner = unwrap(net)
-    # ZeroShotMaskRCNN keeps the torchvision model in .model.
-    heads = inner.roi_heads if hasattr(inner, "roi_heads") else inner.model.roi_heads
-    heads.score_thresh = PERMISSIVE_SCORE_THRESH
-    heads.detections_per_img = detections
+    Applies to every RoIHeads inside ``net``, so wrappers (the zero-shot model, a
+    post-processing wrapper) are opened too.
+    """
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    heads = [m for m in net.modules() if isinstance(m, RoIHeads)]
+    if not heads:
+        raise TypeError(f"{type(net).__name__} holds no torchvision RoIHeads to open")
+    for h in heads:
+        h.score_thresh = PERMISSIVE_SCORE_THRESH
+        h.detections_per_img = detections
 
 
 def split_predictions(
@@ -361,7 +366,7 @@ def evaluate_split(
     """COCO AP and IoU measures of cached predictions, written to ``eval/<split>_metrics.json``.
 
     The extra NMS of ``op`` is applied first (AP sweeps every score, so ``op.score_thresh``
-    reaches only mean IoU, pixel IoU and the confusion matrix). The file and its
+    reaches only best-match IoU, pixel IoU and the confusion matrix). The file and its
     ``.source.json`` record the checkpoint and the operating point.
     """
     from seglib.metrics import evaluate_results

@@ -32,7 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from seglib.io import write_bytes_atomic, write_json_atomic
-from seglib.metrics import OVERLAP_THRESH, results_to_instances
+from seglib.metrics import results_to_instances
+from seglib.occlusion import BUCKETS, HEAVY_FROM, ROWS, bucket_of
 
 
 class FigureSet(NamedTuple):
@@ -65,15 +66,25 @@ NOTEBOOK_FIGURES: dict[str, FigureSet] = {
     "05_inference_viz": FigureSet(
         "figures", ("05_test_predictions.png", "05_gt_vs_prediction.png", "05_errors.png")
     ),
+    "06_occlusion_study": FigureSet(
+        "figures",
+        (
+            "06_occlusion_levels.png",
+            "06_occluded_ground_truth.png",
+            "06_ap_per_bucket.png",
+            "06_before_after.png",
+        ),
+    ),
     "07_detr_comparison": FigureSet(
         "comparison_figures", ("07_ap.png", "07_occlusion.png", "07_overlays.png")
     ),
 }
 #: Colours of the error galleries: matched, wrong, missed, ignored (inside a crowd region).
+#: Outside tab10, so an outcome is never mistaken for a class colour.
 OUTCOME_COLORS = {
-    "tp": (0.17, 0.63, 0.17),
-    "fp": (0.84, 0.15, 0.16),
-    "missed": (1.0, 0.6, 0.0),
+    "tp": (0.0, 0.9, 0.2),
+    "fp": (1.0, 0.0, 0.8),
+    "missed": (1.0, 0.9, 0.0),
     "ignored": (0.6, 0.6, 0.6),
 }
 
@@ -362,9 +373,10 @@ def draw_errors(
 ) -> Sequence[Axes]:
     """Ground truth (left) and the predictions coloured by outcome (right) for one image.
 
-    ``match`` is ``seglib.matching.match_image``'s dict. Right panel: true positives green,
-    false positives red, missed ground-truth instances orange, predictions inside crowd regions
-    grey; captions say which ("TP dog 0.91", "FP car 0.55", "missed person").
+    ``match`` is ``seglib.matching.match_image``'s dict. Right panel (``OUTCOME_COLORS``): true
+    positives green, false positives magenta, missed ground-truth instances yellow, predictions
+    inside crowd regions grey; captions say which ("TP dog 0.91", "FP car 0.55", "missed
+    person").
     """
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(8, 4), layout="constrained")
@@ -838,43 +850,6 @@ def plot_run_comparison(
     return axes[0].figure
 
 
-def plot_occlusion(breakdown: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
-    """Recall and mean IoU (percent) of occluded against isolated instances (``occlusion_breakdown``)."""
-    ax = _new_ax(ax)
-    series = {
-        f"{bucket} (n={stats['instances']})": [_pct(stats["recall"]), _pct(stats["mean_iou"])]
-        for bucket, stats in breakdown.items()
-    }
-    _grouped_bars(ax, ["recall", "mean IoU"], series, fmt="{:.1f}")
-    ax.set_ylabel("%")
-    ax.set_title("occluded vs isolated instances")
-    return ax
-
-
-def plot_overlap_histogram(
-    overlaps: Mapping[int, float] | Sequence[float],
-    ax: Axes | None = None,
-    *,
-    overlap_thresh: float = OVERLAP_THRESH,
-    bins: int = 20,
-) -> Axes:
-    """Histogram of each instance's largest box IoU with another (``instance_overlap``)."""
-    ax = _new_ax(ax)
-    values = np.asarray(
-        list(overlaps.values()) if isinstance(overlaps, Mapping) else list(overlaps),
-        dtype=np.float64,
-    )
-    ax.hist(values, bins=bins, range=(0.0, 1.0), color="tab:blue")
-    ax.axvline(overlap_thresh, color="black", linestyle="--")
-    share = float((values >= overlap_thresh).mean()) if values.size else 0.0
-    ax.set_xlabel("max box IoU with another instance")
-    ax.set_ylabel("instances")
-    ax.set_title(
-        f"{100 * share:.0f}% of {values.size} instances overlap another (IoU >= {overlap_thresh:g})"
-    )
-    return ax
-
-
 # --- evaluation plots -----------------------------------------------------------------------
 def plot_pr_curves(curves: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
     """Precision against recall per class (``metrics.pr_curves``); "all" dashed black."""
@@ -1073,3 +1048,196 @@ def notebook_figures(paths: Any, notebook: str) -> list[Path]:
 def close(fig: Figure | Axes) -> None:
     """Release a pyplot figure (after displaying or saving it elsewhere)."""
     plt.close(fig.figure if isinstance(fig, Axes) else fig)
+
+
+# --- occlusion (seglib.occlusion, seglib.study; notebooks 02, 04, 06) ----------------------
+#: One colour per bucket, the same in every figure (none calm, heavy alarming).
+BUCKET_COLORS = {
+    "all": (0.35, 0.35, 0.35),
+    "none": (0.30, 0.60, 0.85),
+    "partial": (0.95, 0.65, 0.20),
+    "heavy": (0.85, 0.20, 0.20),
+}
+
+
+def _bucket_bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[float]]) -> None:
+    """Grouped bars in percent; undefined values (< 0) draw no bar and read "n/a"."""
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for j, (name, values) in enumerate(series.items()):
+        pct = [100 * v if v is not None and v >= 0 else np.nan for v in values]
+        bars = ax.bar(
+            x + (j - (len(series) - 1) / 2) * width,
+            np.nan_to_num(pct),
+            width,
+            label=name,
+            color=BUCKET_COLORS.get(name.split(" ")[0]),
+        )
+        labels = ["n/a" if np.isnan(v) else f"{v:.0f}" for v in pct]
+        ax.bar_label(bars, labels=labels, fontsize=6)
+    ax.set_xticks(x, list(groups), rotation=30 if len(groups) > 4 else 0, ha="right")
+    ax.legend(fontsize=7)
+
+
+def plot_occlusion_levels(
+    levels: Mapping[int, float] | Sequence[float],
+    ax: Axes | None = None,
+    *,
+    heavy_from: float = HEAVY_FROM,
+    bins: int = 20,
+) -> Axes:
+    """Histogram of occlusion levels (``occlusion.occlusion_levels``), bars coloured by bucket.
+
+    The title gives each bucket's share; the dashed line is the heavy edge.
+    """
+    ax = _new_ax(ax, (6.0, 4.0))
+    values = np.asarray(
+        list(levels.values()) if isinstance(levels, Mapping) else list(levels), dtype=np.float64
+    )
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    none = int((values <= 0).sum())
+    counts[0] -= none  # level 0 gets its own bar: "none" is a bucket, not a bin
+    left = edges[:-1]
+    colors = [BUCKET_COLORS[bucket_of(max(e, 1e-9), heavy_from)] for e in left]
+    ax.bar(left, counts, width=np.diff(edges), align="edge", color=colors, edgecolor="white")
+    ax.bar([-1.0 / bins], [none], width=1.0 / bins, align="edge", color=BUCKET_COLORS["none"])
+    ax.axvline(heavy_from, color="black", linestyle="--", linewidth=1)
+    shares = {b: int(sum(bucket_of(v, heavy_from) == b for v in values)) for b in BUCKETS}
+    total = max(values.size, 1)
+    ax.set_title(
+        " · ".join(f"{b} {100 * n / total:.0f}%" for b, n in shares.items())
+        + f" of {values.size} instances",
+        fontsize=10,
+    )
+    ax.set_xlabel("occlusion level: largest share of the mask inside another instance's box")
+    ax.set_ylabel("instances")
+    return ax
+
+
+def draw_occlusion_gallery(
+    dataset: Any,
+    image_ids: Sequence[int],
+    levels: Mapping[int, float],
+    *,
+    heavy_from: float = HEAVY_FROM,
+    ncols: int = 3,
+    size: float = 3.0,
+) -> Figure:
+    """Ground truth of ``image_ids``, each instance coloured by bucket and captioned with its level.
+
+    Args:
+        dataset: a ``seglib.dataset`` split (``coco``, ``ids``, ``class_names``; ``dataset[i]``
+            gives the image).
+        levels: annotation id -> level (``occlusion.occlusion_levels(dataset.coco)``).
+
+    Raises:
+        ValueError: no image ids (the split has no instance in the bucket asked for).
+    """
+    if not image_ids:
+        raise ValueError("no images to draw: the split has no instance in that bucket")
+    fig, axes = make_grid(len(image_ids), ncols=ncols, size=size)
+    coco = dataset.coco
+    for ax, image_id in zip(axes, image_ids, strict=True):
+        image = dataset[dataset.ids.index(image_id)][0]
+        anns = [
+            a for a in coco.imgToAnns[image_id] if not a.get("iscrowd", 0) and a["id"] in levels
+        ]
+        boxes = np.array(
+            [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=np.float32
+        ).reshape(-1, 4)
+        masks = np.stack([coco.annToMask(a) for a in anns]) if anns else None
+        buckets = [bucket_of(levels[a["id"]], heavy_from) for a in anns]
+        draw_instances(
+            image,
+            boxes=boxes,
+            masks=masks,
+            labels=[a["category_id"] for a in anns],
+            ax=ax,
+            colors=[BUCKET_COLORS[b] for b in buckets],
+            captions=[
+                f"{dataset.class_names[a['category_id'] - 1]} {levels[a['id']]:.2f}" for a in anns
+            ],
+            title=f"image {image_id}: {buckets.count('heavy')} heavy",
+        )
+    return fig
+
+
+def plot_bucket_metrics(table: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
+    """Box AP, mask AP, recall and mean IoU (percent) per bucket, from ``occlusion.occlusion_ap``."""
+    ax = _new_ax(ax, (6.5, 4.0))
+    rows = [r for r in ROWS if r in table]
+    series = {
+        f"{row} (n={table[row]['instances']})": [
+            table[row]["bbox"]["AP"],
+            table[row]["segm"]["AP"],
+            table[row]["recall"],
+            table[row]["mean_iou"],
+        ]
+        for row in rows
+    }
+    _bucket_bars(ax, ["box AP", "mask AP", "recall", "mean IoU"], series)
+    ax.set_ylabel("%")
+    ax.set_title("by occlusion bucket")
+    return ax
+
+
+def plot_occlusion_study(
+    study: Mapping[str, Any], ax: Axes | None = None, *, iou_type: str = "segm"
+) -> Axes:
+    """AP (percent) of every study variant, overall and per occlusion bucket (``run_study``)."""
+    ax = _new_ax(ax, (max(7.0, 0.9 * len(study["variants"])), 4.0))
+    names = [v["name"] for v in study["variants"]]
+    counts = study["counts"]["test"]
+    series = {
+        (f"{row} (n={counts[row]})" if row in counts else row): [
+            v["test"][row][iou_type]["AP"] for v in study["variants"]
+        ]
+        for row in ROWS
+    }
+    _bucket_bars(ax, names, series)
+    ax.set_ylabel(f"{'mask' if iou_type == 'segm' else 'box'} AP on test (%)")
+    ax.set_title("post-processing variants by occlusion bucket (tuned on val)")
+    return ax
+
+
+def draw_before_after(
+    dataset: Any,
+    image_ids: Sequence[int],
+    before: Sequence[Mapping],
+    after: Sequence[Mapping],
+    *,
+    names: tuple[str, str] = ("before", "after"),
+    score_thresh: float = 0.5,
+    size: float = 3.0,
+) -> Figure:
+    """Rows of [ground truth | ``before`` | ``after``] for each image (COCO results in, drawn at ``score_thresh``).
+
+    With no image ids (the two sets agree everywhere) the figure says so in one panel.
+    """
+    if not image_ids:
+        fig, ax = plt.subplots(figsize=(6.0, 1.5), layout="constrained")
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"{names[0]} and {names[1]} agree on every image", ha="center")
+        return fig
+    fig, axes = make_grid(3 * len(image_ids), ncols=3, size=size)
+    for row, image_id in enumerate(image_ids):
+        image, target = dataset[dataset.ids.index(image_id)]
+        draw_instances(
+            image,
+            boxes=target["boxes"],
+            masks=target["masks"],
+            labels=target["labels"],
+            class_names=dataset.class_names,
+            ax=axes[3 * row],
+            title=f"image {image_id}: ground truth",
+        )
+        for col, (name, results) in enumerate(zip(names, (before, after), strict=True), start=1):
+            pred = results_to_instances(results, image_id, score_thresh=score_thresh)
+            draw_instances(
+                image,
+                **pred,
+                class_names=dataset.class_names,
+                ax=axes[3 * row + col],
+                title=f"{name}: {len(pred['scores'])}",
+            )
+    return fig
