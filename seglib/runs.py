@@ -238,14 +238,17 @@ class SplitPredictions:
 def _permissive(net: Any, detections: int) -> None:
     """Open torchvision's in-model filters: score > 0 kept, ``detections`` per image.
 
-    Applies to every RoIHeads inside ``net``, so wrappers (the zero-shot model, a
-    post-processing wrapper) are opened too.
+    Applies to every module inside ``net`` with both filters, ``score_thresh`` and
+    ``detections_per_img``: torchvision's RoIHeads, so wrappers (the zero-shot model, a
+    post-processing wrapper) are opened too, and ``Mask2FormerSegmenter``.
     """
-    from torchvision.models.detection.roi_heads import RoIHeads
-
-    heads = [m for m in net.modules() if isinstance(m, RoIHeads)]
+    heads = [
+        m for m in net.modules() if hasattr(m, "score_thresh") and hasattr(m, "detections_per_img")
+    ]
     if not heads:
-        raise TypeError(f"{type(net).__name__} holds no torchvision RoIHeads to open")
+        raise TypeError(
+            f"{type(net).__name__} holds no in-model filters (score_thresh, detections_per_img) to open"
+        )
     for h in heads:
         h.score_thresh = PERMISSIVE_SCORE_THRESH
         h.detections_per_img = detections
@@ -286,7 +289,12 @@ def split_predictions(
         "box_nms_thresh": cfg.box_nms_thresh,
         "detections_per_img": detections,
     }
-    if zero_shot:
+    if zero_shot and cfg.arch == "mask2former":
+        from seglib.mask2former import pretrained_available
+
+        cached = pretrained_available(cfg.m2f_pretrained)
+        source["zero_shot_weights"] = cfg.m2f_pretrained if cached else "stand-in"
+    elif zero_shot:
         from seglib.weights import weights_file
 
         coco_weights = weights_file("coco", cfg.arch)
@@ -336,6 +344,12 @@ class OperatingPoint:
             results, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh
         )
 
+    def suppress(self, results: Sequence[Mapping]) -> list[dict]:
+        """The extra NMS alone, every score kept: what AP (which sweeps all scores) is given."""
+        from seglib.metrics import filter_predictions
+
+        return filter_predictions(results, nms_thresh=self.nms_thresh)
+
     def save(self, path: str | Path) -> Path:
         """Write it as JSON (``paths.operating_point``)."""
         return write_json_atomic(path, asdict(self))
@@ -371,7 +385,7 @@ def evaluate_split(
     """
     from seglib.metrics import evaluate_results
 
-    kept = OperatingPoint(0.0, op.nms_thresh).apply(preds.results)
+    kept = op.suppress(preds.results)
     scores = evaluate_results(
         preds.dataset.coco, kept, score_thresh=op.score_thresh, with_curves=with_curves
     )

@@ -111,6 +111,9 @@ def test_operating_point_round_trips_and_filters_the_cache(tmp_path):
     ]
     assert [r["score"] for r in OperatingPoint(0.3).apply(results)] == [0.9, 0.4]
     assert [r["score"] for r in OperatingPoint(0.3, 0.5).apply(results)] == [0.9]  # duplicates
+    # what AP is given: the extra NMS only, every score kept
+    assert [r["score"] for r in OperatingPoint(0.95).suppress(results)] == [0.9, 0.4, 0.2]
+    assert [r["score"] for r in OperatingPoint(0.95, 0.5).suppress(results)] == [0.9]
 
 
 def test_run_summary_reads_the_metrics_of_any_run(tmp_path):
