@@ -1,0 +1,202 @@
+"""seglib.compare: who is compared, the same budget for each, and the tables and series."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from seglib import compare
+from seglib.config import TrainConfig
+
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="transformers is not installed (pip install -r requirements-detr.txt)",
+)
+
+
+@pytest.fixture
+def weights_present(monkeypatch):
+    """Pretend which weights are cached: ``weights_present(maskrcnn=..., m2f=...)``."""
+    import seglib.mask2former as m2f
+
+    def set_(maskrcnn: bool, m2f_cached: bool, transformers: bool = True) -> None:
+        monkeypatch.setattr(compare, "_maskrcnn_weights_cached", lambda kind, arch: maskrcnn)
+        monkeypatch.setattr(m2f, "pretrained_available", lambda source=None: m2f_cached)
+        if not transformers:
+
+            def missing():
+                raise m2f.MissingDependencyError(f"needs transformers: {m2f.INSTALL_HINT}")
+
+            monkeypatch.setattr(m2f, "require_transformers", missing)
+
+    return set_
+
+
+# --- planning --------------------------------------------------------------------------------
+def test_offline_plan_trains_v1_and_tiny_mask2former_on_one_recipe(weights_present):
+    weights_present(maskrcnn=False, m2f_cached=False)
+    cfg = TrainConfig.smoke()
+    plan = compare.plan_comparison(cfg)
+    assert [c.name for c in plan.contenders] == ["mask-rcnn-v1", "mask2former"]
+    v1, m2f = (c.cfg for c in plan.contenders)
+    assert (v1.arch, m2f.arch, m2f.weights, m2f.m2f_config) == ("v1", "mask2former", "none", "tiny")
+    # only the architecture differs: same data, schedule, optimizer and budget
+    same = {k: v for k, v in v1.to_dict().items() if k != "arch"}
+    assert same == {k: v for k, v in m2f.to_dict().items() if k != "arch"}
+    assert "TINY RANDOM CONFIG" in plan.contenders[1].note
+    skipped = " ".join(plan.skipped)
+    assert "mask-rcnn-v2" in skipped and "zero-shot-mask-rcnn-v1" in skipped
+    assert "zero-shot-mask2former" in skipped
+
+
+def test_seed_plan_adds_v2_and_zero_shot_baselines_when_cached(weights_present):
+    weights_present(maskrcnn=True, m2f_cached=True)
+    plan = compare.plan_comparison(TrainConfig())
+    names = [c.name for c in plan.contenders]
+    assert names == [
+        "mask-rcnn-v1",
+        "zero-shot-mask-rcnn-v1",
+        "mask-rcnn-v2",
+        "zero-shot-mask-rcnn-v2",
+        "mask2former",
+        "zero-shot-mask2former",
+    ]
+    m2f = plan.contenders[4]
+    assert (m2f.cfg.weights, m2f.cfg.m2f_config, m2f.train) == ("coco", "swin-tiny", True)
+    assert not plan.contenders[5].train and not plan.skipped
+
+
+def test_missing_pieces_are_left_out_with_the_fix(weights_present):
+    weights_present(maskrcnn=True, m2f_cached=False)
+    plan = compare.plan_comparison(TrainConfig(), archs=("mask2former",))
+    assert plan.contenders == []
+    assert "fetch-weights mask2former" in plan.skipped[0]
+    weights_present(maskrcnn=False, m2f_cached=True, transformers=False)
+    plan = compare.plan_comparison(TrainConfig(), archs=("v1", "mask2former"))
+    assert plan.contenders == []
+    text = " ".join(plan.skipped)
+    assert "fetch-weights coco --arch v1" in text and "requirements-detr.txt" in text
+    with pytest.raises(ValueError, match="arch must be one of"):
+        compare.plan_comparison(TrainConfig(), archs=("v3",))
+
+
+def test_overrides_are_applied_and_noted(weights_present):
+    weights_present(maskrcnn=False, m2f_cached=False)
+    plan = compare.plan_comparison(
+        TrainConfig.smoke(), archs=("mask2former",), overrides={"mask2former": {"lr": 0.005}}
+    )
+    (m2f,) = plan.contenders
+    assert m2f.cfg.lr == 0.005 and "overrides" in m2f.note
+
+
+# --- reporting -------------------------------------------------------------------------------
+def fake_summary(tmp_path) -> dict:
+    def metrics(ap: float) -> dict:
+        per_class = {n: {"AP": ap, "AP50": ap, "AP75": ap} for n in ("cake", "dog")}
+        per_class["dog"]["AP"] = -1.0  # no dog in the split
+        section = {"AP": ap, "AP50": 2 * ap, "per_class": per_class}
+        return {"bbox": dict(section), "segm": dict(section)}
+
+    def occ(ap: float) -> dict:
+        return {
+            row: {"instances": n, "bbox": {"AP": ap}, "segm": {"AP": ap if n else -1.0}}
+            for row, n in (("all", 5), ("none", 3), ("partial", 2), ("heavy", 0))
+        }
+
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps([{"image_id": 1, "score": 0.9}]))
+    row = dict(train_time_per_image=0.5, time_per_image=0.1, peak_memory_mb=None)
+    return {
+        "split": "test",
+        "models": {
+            "mask-rcnn-v1": {
+                **row,
+                "params": 44_000_000,
+                "metrics": metrics(0.25),
+                "occlusion": occ(0.2),
+                "results": str(results),
+            },
+            "zero-shot-mask2former": {
+                **row,
+                "params": 47_400_000,
+                "train_time_per_image": None,
+                "metrics": metrics(0.5),
+                "occlusion": occ(0.4),
+                "results": str(results),
+            },
+        },
+    }
+
+
+def test_tables_show_percent_and_dashes_for_undefined(tmp_path):
+    tables = compare.comparison_tables(fake_summary(tmp_path))
+    overall = tables["overall"].splitlines()
+    assert overall[0].split()[:3] == ["model", "box", "AP"]
+    assert overall[1].split() == [
+        "mask-rcnn-v1",
+        "25.0",
+        "25.0",
+        "50.0",
+        "44.0M",
+        "0.500",
+        "0.100",
+        "-",
+    ]
+    assert overall[2].split()[5] == "-"  # no training time for a zero-shot model
+    per_class = tables["per_class"].splitlines()
+    assert per_class[1].split() == ["mask-rcnn-v1", "25.0", "-"]
+    occlusion = tables["occlusion"]
+    assert "heavy n=0" in occlusion and "- (20.0)" in occlusion
+
+
+def test_series_feed_grouped_bars(tmp_path):
+    summary = fake_summary(tmp_path)
+    groups, series = compare.ap_series(summary)
+    assert groups == ["cake", "dog", "all"]
+    assert series["mask-rcnn-v1"] == [0.25, -1.0, 0.25]
+    groups, series = compare.occlusion_series(summary)
+    assert groups == ["all (n=5)", "none (n=3)", "partial (n=2)", "heavy (n=0)"]
+    assert series["zero-shot-mask2former"] == [0.4, 0.4, 0.4, -1.0]
+    assert compare.load_results(summary)["mask-rcnn-v1"] == [{"image_id": 1, "score": 0.9}]
+
+
+def test_most_occluded_falls_back_to_any_image(synthetic_subset):
+    from seglib.dataset import open_split
+
+    test = open_split(synthetic_subset, "test")
+    ids = compare.most_occluded(test, n=len(test) + 5)
+    assert sorted(ids) == sorted(test.ids)  # every image once, heavy ones first
+
+
+# --- the comparison itself ---------------------------------------------------------------
+@needs_transformers
+@pytest.mark.slow
+def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_path):
+    cfg = TrainConfig.smoke(arch="mask2former", num_epochs=8, eval_interval=4)
+    contenders = [
+        compare.Contender("m2f-a", cfg),
+        compare.Contender("m2f-b", cfg.replace(seed=1), note="another seed"),
+    ]
+    events = []
+    summary = compare.compare_models(
+        contenders,
+        synthetic_subset,
+        tmp_path,
+        num_epochs=1,
+        callback=lambda event, payload: events.append((event, payload["model"])),
+    )
+    assert list(summary["models"]) == ["m2f-a", "m2f-b"] and summary["num_images"] == 4
+    for name, row in summary["models"].items():
+        assert row["iterations"] == 6  # 12 train images, batch 2, one epoch: not 8 epochs
+        assert row["params"] > 0 and row["time_per_image"] > 0 and row["train_time_per_image"] > 0
+        assert row["peak_memory_mb"] is None  # CPU
+        assert 0 <= row["metrics"]["segm"]["AP"] <= 1
+        assert set(row["occlusion"]) == {"all", "none", "partial", "heavy"}
+        assert (tmp_path / name / "last.pt").is_file()
+        assert json.loads((tmp_path / name / "test_results.json").read_text())
+    assert ("evaluated", "m2f-b") in events and ("iter", "m2f-a") in events
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["models"]["m2f-a"]["note"] == "" and saved["models"]["m2f-b"]["note"]
+    assert "m2f-b" in compare.comparison_tables(summary)["overall"]
