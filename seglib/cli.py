@@ -6,8 +6,8 @@ This is the only module (with the notebooks) that prints.
     synth          write a synthetic COCO 2017 root (offline stand-in)
     subset         build the cake/car/dog/person subset from a COCO root (copy or download)
     train          train Mask R-CNN (torchrun-aware)
-    evaluate       COCO box/mask AP and mean IoU for a checkpoint, the zero-shot baseline,
-                   or a predictions file
+    evaluate       COCO box/mask AP, best-match and pixel IoU for a checkpoint, the
+                   zero-shot baseline, or a predictions file
     predict        run a checkpoint on images: COCO results JSON + overlay PNGs
     fetch-weights  download torchvision weights into the TORCH_HOME cache (needs internet)
     run            execute the notebooks headless (--run NAME, --set FIELD=VALUE)
@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="COCO AP and mean IoU")
+    p = sub.add_parser("evaluate", help="COCO AP, best-match IoU and pixel IoU")
     p.add_argument("--data", type=Path, help="subset folder (with --checkpoint or --zero-shot)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate")
     p.add_argument(
@@ -237,7 +237,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="COCO results JSON with COCO's category ids, as `predict` writes (with --gt)",
     )
-    p.add_argument("--score-thresh", type=float, default=0.5, help="for mean IoU (default 0.5)")
+    p.add_argument(
+        "--score-thresh", type=float, default=0.5, help="for the IoU measures (default 0.5)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the metrics JSON here")
     p.set_defaults(func=cmd_evaluate)

@@ -493,7 +493,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
         "segm_AP50": metrics["segm"]["AP50"],
         "bbox_AP": metrics["bbox"]["AP"],
         "bbox_AP50": metrics["bbox"]["AP50"],
-        "mean_iou": metrics["mean_iou"],
+        "best_match_iou": metrics["best_match_iou"],
     }
 
 

@@ -131,7 +131,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """``predict`` on every image (all scores), then ``seglib.metrics.evaluate_results``.
 
-    ``score_thresh`` applies to the thresholded metrics (mean IoU, pixel IoU), not to AP.
+    ``score_thresh`` applies to the thresholded metrics (best-match and pixel IoU), not to AP.
     """
     from seglib.metrics import evaluate_results
 

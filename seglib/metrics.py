@@ -21,7 +21,12 @@ against a subset's ``val.json`` as against COCO's original annotations of the sa
 
 AP needs no score threshold (it sweeps all scores); ``score_thresh`` only applies to the
 IoU measures, the confusion matrix and the galleries, which look at "what the model shows".
-Undefined values are -1 in dicts (COCOeval's convention), NaN only from ``mean_iou``.
+Undefined values are -1 in dicts (COCOeval's convention), NaN only from ``best_match_iou``.
+
+Two IoU summaries, named for what they measure: ``best_match_iou`` is recall-oriented (each
+ground-truth instance scores the IoU of its best-matching prediction; unmatched predictions
+cost nothing), and ``pixel_iou`` is semantic segmentation's per-class IoU over the split, whose
+class average (``mean_pixel_iou`` in ``evaluate_results``) is what that field calls mean IoU.
 The module never prints: pycocotools' output is swallowed.
 """
 
@@ -414,14 +419,16 @@ def pr_curves(
 def evaluate_results(
     gt: GroundTruth, results: Results, *, score_thresh: float = 0.5, with_curves: bool = False
 ) -> dict:
-    """COCO AP for boxes and masks plus mean and pixel IoU, as a JSON-able dict.
+    """COCO AP for boxes and masks plus best-match and pixel IoU, as a JSON-able dict.
 
     AP is computed over all images of ``gt`` (images without predictions count) and all
-    predictions (no threshold); ``score_thresh`` applies to ``mean_iou`` and ``pixel_iou``.
+    predictions (no threshold); ``score_thresh`` applies to the IoU measures
+    (``best_match_iou``, ``pixel_iou`` and its class mean ``mean_pixel_iou``).
 
     Returns:
         ``{"bbox": {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, "per_class": {name:
-        {AP, AP50, AP75}}}, "segm": {...}, "mean_iou", "pixel_iou": {name: iou},
+        {AP, AP50, AP75}}}, "segm": {...}, "best_match_iou", "pixel_iou": {name: iou},
+        "mean_pixel_iou",
         "num_images", "num_predictions", "score_thresh", "categories": [{id, name, coco_id}]}``
         on a 0-1 scale, -1 where undefined
         (no ground truth). With ``with_curves``, each section also holds ``"pr_curves"`` as
@@ -438,9 +445,11 @@ def evaluate_results(
         metrics[iou_type] = _section(evaluator, names)
         if with_curves:
             metrics[iou_type]["pr_curves"] = _curves(evaluator, names, 0.5)
-    miou = _mean_iou(coco, results, score_thresh)
-    metrics["mean_iou"] = -1.0 if np.isnan(miou) else miou
+    best = _best_match_iou(coco, results, score_thresh)
+    metrics["best_match_iou"] = -1.0 if np.isnan(best) else best
     metrics["pixel_iou"] = _pixel_iou(coco, results, score_thresh)
+    defined = [v for v in metrics["pixel_iou"].values() if v >= 0]
+    metrics["mean_pixel_iou"] = float(np.mean(defined)) if defined else -1.0
     metrics["num_images"] = len(coco.getImgIds())
     metrics["num_predictions"] = len(results)
     metrics["score_thresh"] = float(score_thresh)
@@ -489,7 +498,7 @@ def _best_ious(coco: COCO, results: list[dict], score_thresh: float) -> dict[int
     return {a["id"]: best[a["id"]] for a in plain}
 
 
-def _mean_iou(coco: COCO, results: list[dict], score_thresh: float) -> float:
+def _best_match_iou(coco: COCO, results: list[dict], score_thresh: float) -> float:
     best = list(_best_ious(coco, results, score_thresh).values())
     return float(np.mean(best)) if best else float("nan")
 
@@ -500,8 +509,10 @@ def best_ious(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -
     return _best_ious(coco, results, score_thresh)
 
 
-def mean_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> float:
-    """Mean over ground-truth instances of the mask IoU with their best prediction.
+def best_match_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> float:
+    """Best-match IoU: the mean over ground-truth instances of the mask IoU with their
+    best-matching prediction. Recall-oriented: it says how well the objects that are there
+    get covered, not how clean the predictions are.
 
     Definition: for every non-crowd ground-truth instance g of class c in image i, take the
     predictions of class c in image i with score >= ``score_thresh``; g's IoU is the highest
@@ -515,7 +526,7 @@ def mean_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) ->
         A float in [0, 1], or NaN when the ground truth has no non-crowd instance.
     """
     coco, results = _prepare(gt, results)
-    return _mean_iou(coco, results, score_thresh)
+    return _best_match_iou(coco, results, score_thresh)
 
 
 def _union(rles: list[dict], h: int, w: int) -> dict:
@@ -550,7 +561,8 @@ def _pixel_iou(coco: COCO, results: list[dict], score_thresh: float) -> dict[str
 
 
 def pixel_iou(gt: GroundTruth, results: Results, *, score_thresh: float = 0.5) -> dict[str, float]:
-    """Per-class semantic IoU of the union masks, accumulated over the split.
+    """Per-class semantic IoU of the union masks, accumulated over the split; their average
+    over classes is the class-averaged mean IoU of semantic segmentation.
 
     For class c and image i, G is the union of c's non-crowd ground-truth masks and P the
     union of c's predicted masks with score >= ``score_thresh``. Pixels inside a crowd region
@@ -718,10 +730,11 @@ def occlusion_breakdown(
 def worst_images(
     gt: GroundTruth, results: Results, *, score_thresh: float = 0.5, n: int = 8
 ) -> list[tuple[int, float]]:
-    """The ``n`` images with the lowest per-image mean IoU (as ``mean_iou``), worst first.
+    """The ``n`` images with the lowest per-image best-match IoU (``best_match_iou`` over
+    the image's instances), worst first.
 
     Only images with at least one non-crowd ground-truth instance are ranked; ties go to the
-    lower image id. Returns ``[(image_id, mean_iou), ...]``.
+    lower image id. Returns ``[(image_id, best_match_iou), ...]``.
     """
     coco, results = _prepare(gt, results)
     best = _best_ious(coco, results, score_thresh)
@@ -850,6 +863,15 @@ def format_table(metrics: Mapping) -> str:
                 f"    {_pct(metrics[t]['per_class'].get(name, {}).get('AP', -1))}" for t in sections
             )
             lines.append(f"{name[:14]:<14}{row}     {_pct(pixel.get(name, -1))}")
-    if "mean_iou" in metrics:
-        lines += ["", f"{'mean IoU':<14} {_pct(metrics['mean_iou'])}"]
+    if "best_match_iou" in metrics:
+        lines += [
+            "",
+            f"{'best-match IoU':<22}{_pct(metrics['best_match_iou'])}"
+            "  each ground-truth instance's best prediction (recall-oriented)",
+        ]
+    if "mean_pixel_iou" in metrics:
+        lines.append(
+            f"{'pixel IoU, class mean':<22}{_pct(metrics['mean_pixel_iou'])}"
+            "  per-class pixel IoU over the split, averaged over classes"
+        )
     return "\n".join(lines)

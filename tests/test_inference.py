@@ -82,7 +82,7 @@ def test_evaluate_perfect_predictions(synthetic_subset):
     assert metrics["segm"]["AP"] == pytest.approx(1.0)
     # mask-derived boxes differ from the polygon-derived COCO boxes by a fraction of a pixel
     assert metrics["bbox"]["AP"] > 0.95
-    assert metrics["mean_iou"] == pytest.approx(1.0)
+    assert metrics["best_match_iou"] == pytest.approx(1.0)
     assert metrics["num_images"] == len(dataset)
 
 

@@ -126,7 +126,7 @@ def test_perfect_predictions_give_ap_and_iou_one(gt):
         assert m[iou_type]["AP50"] == pytest.approx(1.0)
         assert m[iou_type]["per_class"]["cake"]["AP"] == pytest.approx(1.0)
         assert m[iou_type]["per_class"]["dog"]["AP"] == -1.0  # crowd only: undefined
-    assert m["mean_iou"] == pytest.approx(1.0)
+    assert m["best_match_iou"] == pytest.approx(1.0)
     assert m["pixel_iou"]["cake"] == pytest.approx(1.0)
     assert m["pixel_iou"]["dog"] == -1.0
     assert (m["num_images"], m["num_predictions"]) == (3, 3)
@@ -152,7 +152,7 @@ def test_disjoint_predictions_give_zero(gt):
     ]
     m = metrics.evaluate_results(gt, results)
     assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
-    assert m["mean_iou"] == 0.0
+    assert m["best_match_iou"] == 0.0
     assert m["pixel_iou"]["cake"] == 0.0 and m["pixel_iou"]["car"] == 0.0
 
 
@@ -194,7 +194,7 @@ def test_agrees_with_pycocotools(gt):
 def test_empty_predictions_give_zero_ap(gt):
     m = metrics.evaluate_results(gt, [])
     assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
-    assert m["mean_iou"] == 0.0 and m["num_predictions"] == 0
+    assert m["best_match_iou"] == 0.0 and m["num_predictions"] == 0
     assert m["pixel_iou"]["cake"] == 0.0
 
 
@@ -202,8 +202,8 @@ def test_empty_ground_truth_is_undefined_not_an_error(gt):
     gt["annotations"] = []
     m = metrics.evaluate_results(gt, [det(1, 1, square(0, 0, 20))])
     assert m["segm"]["AP"] == -1.0 and m["bbox"]["AP"] == -1.0
-    assert m["mean_iou"] == -1.0
-    assert np.isnan(metrics.mean_iou(gt, []))
+    assert m["best_match_iou"] == -1.0
+    assert np.isnan(metrics.best_match_iou(gt, []))
     assert m["pixel_iou"] == {"cake": 0.0, "car": -1.0, "dog": -1.0}
     gt["images"] = []
     assert metrics.evaluate_results(gt, [])["num_images"] == 0
@@ -213,7 +213,7 @@ def test_crowd_only_ground_truth_ignores_detections_inside(gt):
     gt["annotations"] = [a for a in gt["annotations"] if a["iscrowd"]]
     inside = det(2, 3, square(46, 2, 10, h=48))
     m = metrics.evaluate_results(gt, [inside])
-    assert m["segm"]["AP"] == -1.0 and m["mean_iou"] == -1.0
+    assert m["segm"]["AP"] == -1.0 and m["best_match_iou"] == -1.0
     assert m["pixel_iou"]["dog"] == -1.0  # all predicted pixels lie in the ignored crowd
     matrix, _ = metrics.confusion_matrix(gt, [inside])
     assert matrix.sum() == 0
@@ -243,9 +243,9 @@ def test_unknown_image_raises_naming_it(gt):
 
 def test_bad_mask_size_and_missing_keys_raise(gt):
     with pytest.raises(ValueError, match=r"mask size \[64, 64\].*\[48, 64\]"):
-        metrics.mean_iou(gt, [det(2, 1, square(0, 0, 10))])
+        metrics.best_match_iou(gt, [det(2, 1, square(0, 0, 10))])
     with pytest.raises(ValueError, match=r"result 0 lacks \['segmentation'\]"):
-        metrics.mean_iou(
+        metrics.best_match_iou(
             gt, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}]
         )
 
@@ -353,15 +353,18 @@ def test_coco_ids_from_coco_id_then_name_then_id():
         metrics.coco_category_ids([{"id": 1, "name": "cake"}, {"id": 61, "name": "cake!"}])
 
 
-def test_mean_iou_hand_computed(gt):
+def test_best_match_iou_hand_computed(gt):
     results = [
         det(1, 1, square(10, 0, 20)),  # half-overlapping square on cake 1: IoU 200 / 600
         det(1, 2, square(30, 30, 20)),  # exact car: IoU 1
         det(1, 2, square(30, 30, 20), score=0.2),  # below threshold: ignored
         det(2, 2, square(10, 10, 30, h=48)),  # wrong class on cake 3: does not count
     ]
-    assert metrics.mean_iou(gt, results) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert metrics.best_match_iou(gt, results) == pytest.approx((1 / 3 + 1 + 0) / 3)
     assert metrics.best_ious(gt, results) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 0.0})
+    # Recall-oriented, as its name says: extra predictions, even wrong ones, cost nothing.
+    noisy = results + [det(1, 1, square(40, 0, 20)), det(3, 2, square(0, 0, 30))]
+    assert metrics.best_match_iou(gt, noisy) == pytest.approx((1 / 3 + 1 + 0) / 3)
 
 
 def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
@@ -378,6 +381,9 @@ def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
     assert iou["cake"] == pytest.approx((200 + a3) / (600 + a3))
     assert iou["dog"] == 0.0  # 200 px outside the crowd count, the 200 inside do not
     assert iou["car"] == 0.0
+    m = metrics.evaluate_results(gt, results)
+    assert m["pixel_iou"] == pytest.approx(iou)
+    assert m["mean_pixel_iou"] == pytest.approx(np.mean(list(iou.values())))  # class-averaged
 
 
 def test_pixel_iou_ignores_crowd_pixels_inside_an_instance(crowded):
@@ -456,7 +462,7 @@ def test_size_buckets_use_coco_ranges(crowded):
     }
 
 
-def test_worst_images_ranks_by_mean_iou(gt):
+def test_worst_images_ranks_by_best_match_iou(gt):
     results = [
         det(1, 1, square(0, 0, 20)),
         det(1, 2, square(30, 30, 20)),
@@ -481,9 +487,11 @@ def test_format_table_contains_the_numbers(gt):
     results = perfect(gt)[:2]  # cake 3 missed
     table = metrics.format_table(metrics.evaluate_results(gt, results))
     assert "segm" in table and "bbox" in table
-    assert "mean IoU" in table and "66.7" in table  # two of three instances found exactly
+    assert "best-match IoU" in table and "66.7" in table  # two of three instances found exactly
+    assert "mean IoU" not in table and "pixel IoU, class mean" in table
     assert "cake" in table and "dog" in table and "100.0" in table
-    assert "-" in table.splitlines()[-3]  # dog row: undefined AP shown as "-"
+    dog = next(line for line in table.splitlines() if line.startswith("dog"))
+    assert "-" in dog  # undefined AP shown as "-"
 
 
 def test_filter_predictions_threshold_and_nms():
@@ -511,7 +519,7 @@ def test_real_coco_annotations(coco_tiny):
     results = perfect(gt)
     m = metrics.evaluate_results(gt, results)
     assert m["segm"]["AP"] == pytest.approx(1.0) and m["bbox"]["AP"] == pytest.approx(1.0)
-    assert m["mean_iou"] == pytest.approx(1.0)
+    assert m["best_match_iou"] == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     kept = [
         dict(r, score=float(rng.uniform()), bbox=[v + rng.uniform(-4, 4) for v in r["bbox"]])
