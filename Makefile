@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.seglib-installed
 
-.PHONY: install test unit notebooks lint demo run bench clean-demo
+.PHONY: install test unit notebooks ui lint demo run bench clean-demo
 
 install: $(STAMP)
 
@@ -16,15 +16,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-# The README's test command: unit tests, then every notebook under nbval in the smoke profile.
-test: install lint unit notebooks
+# The README's test command: unit tests, every notebook under nbval in the smoke profile, then
+# the notebooks in JupyterLab in a real browser.
+test: install lint unit notebooks ui
 
 lint: install
 	$(PY) -m ruff check seglib tests bench notebooks/conftest.py
 	$(PY) -m ruff format --check seglib tests bench notebooks/conftest.py
 
 unit: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/ui
+
+# JupyterLab driven in Chromium (Debian's, via the playwright package; tests/ui/install_chromium.sh
+# installs it): Run All is clean in every notebook and the sliders reach the config and figures.
+ui: install
+	$(PY) -m pytest tests/ui -q
 
 # Notebooks run in a throw-away data folder so a test run never touches data/.
 notebooks: install
