@@ -350,13 +350,18 @@ REL_H: dict[str, tuple[float, float]] = {
 }
 
 
-def _plan(n: int, rng: np.random.Generator) -> list[str]:
-    """Scene kinds for one split: mostly images with the four categories, a few without."""
+def _plan(n: int, rng: np.random.Generator, heavy_share: float = 0.0) -> list[str]:
+    """Scene kinds for one split: mostly images with the four categories, a few without.
+
+    ``heavy_share`` of the images with objects become "heavy" scenes; with 0 the plan (and
+    the random stream) is exactly that of earlier versions, so their files stay byte-identical.
+    """
     none = [] if n < 4 else ["empty"] + ["distractors"] * max(0, round(n * 0.08) - 1)
     crowd = ["crowd_only", "crowd_plus"] if n >= 8 else []
     rest = n - len(none) - len(crowd)
+    heavy = ["heavy"] * round(heavy_share * rest)
     kinds = ["single", "pair", "group"] * (rest // 3 + 1)
-    plan = none + crowd + kinds[:rest]
+    plan = none + crowd + heavy + kinds[: rest - len(heavy)]
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
 
@@ -377,6 +382,9 @@ def _compose(
     if kind == "distractors":
         for name in DISTRACTORS:
             scene.try_add(name, REL_H[name])
+        return scene
+    if kind == "heavy":
+        _add_contained_pair(scene, primary, rng)
         return scene
     if rng.random() < 0.4:
         d = DISTRACTORS[int(rng.integers(2))]
@@ -409,6 +417,58 @@ def _compose(
     return scene
 
 
+#: Heavy scenes: the smaller object's box height as a fraction of the larger one's, and how much
+#: of it hangs below the larger one's lower edge (so the larger one's visible part has no hole).
+CONTAINED_REL_H = (0.45, 0.6)
+CONTAINED_OVERHANG = 0.25
+CONTAINED_TRIES = 5
+
+
+def _add_contained_pair(scene: _Scene, primary: str, rng: np.random.Generator) -> None:
+    """A large object with a smaller one in front of it, mostly inside its box.
+
+    The smaller one lies wholly in the larger one's extent except for an overhang at the
+    bottom, so its occlusion level (``seglib.occlusion``) is about 0.6-0.75 or more: heavy by
+    construction. Box IoU of such a pair is low (the small box is a fraction of the large
+    one), which is the containment case box IoU misses. Falls back to a plain pair when the
+    small one cannot be placed without hiding more than half of the large one.
+    """
+    # The large object must be wide enough to hold another one: a person is too narrow.
+    big = primary if primary != "person" else "car"
+    lo, hi = REL_H[big]
+    if not scene.try_add(big, ((lo + hi) / 2, hi), tries=200):
+        return
+    first = scene.items[-1]
+    side = min(scene.width, scene.height)
+    fits = [
+        name
+        for name in TARGETS
+        if name != big and CONTAINED_REL_H[0] * first["h"] * SHAPES[name][0] <= 0.8 * first["w"]
+    ]
+    small = fits[int(rng.integers(len(fits)))] if fits else "person"
+    aspect = SHAPES[small][0]
+    h = min(rng.uniform(*CONTAINED_REL_H) * first["h"], 0.8 * first["w"] / aspect)
+    near = (
+        first["x"] + rng.uniform(0.1, max(0.1, 0.9 - h * aspect / first["w"])) * first["w"],
+        first["y"] + first["h"] - (1 - CONTAINED_OVERHANG) * h,
+    )
+    rel = (h / side, h / side)
+    for _ in range(CONTAINED_TRIES):
+        if not scene.try_add(small, rel, near=near):
+            break
+        # The large one's polygon may fill in a hole the small one left (``_still_fine``
+        # allows 5% of the large one's area): keep only placements where that annotation
+        # stays off the small one, as COCO's visible parts do.
+        outline = _raster(
+            _mask_to_polygons(scene.visible(len(scene.items) - 2)), *first["mask"].shape
+        )
+        placed = scene.items[-1]["mask"]
+        if (outline & placed).sum() <= 0.05 * placed.sum():
+            return
+        scene.items.pop()
+    scene.try_add(small, REL_H[small])
+
+
 def _encode(image: np.ndarray, mode: str) -> bytes:
     """JPEG bytes of ``image`` (upright RGB uint8 [H, W, 3]) stored in ``mode``."""
     pil = Image.fromarray(image, "RGB")
@@ -435,12 +495,15 @@ def _split(
     size: int,
     rng: np.random.Generator,
     out: Path,
+    heavy_share: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     n = len(image_ids)
-    plan = _plan(n, rng)
+    plan = _plan(n, rng, heavy_share)
     crowd_cat = "person" if split == "train" else "car"
     special = {}
-    qualifying = [i for i, k in enumerate(plan) if k in ("single", "pair", "group", "crowd_plus")]
+    qualifying = [
+        i for i, k in enumerate(plan) if k in ("single", "pair", "group", "crowd_plus", "heavy")
+    ]
     for mode, i in zip(("L", "CMYK", "exif"), qualifying, strict=False):
         special[i] = mode
     primaries = list(TARGETS) * (n // 4 + 1)
@@ -525,7 +588,11 @@ def _summary(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_synthetic_coco(
-    out: str | Path, images_per_split: int = 40, size: int = 256, seed: int = 0
+    out: str | Path,
+    images_per_split: int = 40,
+    size: int = 256,
+    seed: int = 0,
+    heavy_share: float = 0.0,
 ) -> dict:
     """Write a synthetic COCO-2017-shaped root under ``out``.
 
@@ -540,15 +607,23 @@ def make_synthetic_coco(
             least one non-crowd person/car/dog/cake.
         size: image side in px (>= 32).
         seed: seeds every random choice.
+        heavy_share: fraction (0-1) of the images with objects drawn as a heavy-occlusion
+            scene: a smaller object in front of a larger one, inside its extent (occlusion
+            level >= 0.3, ``seglib.occlusion``). The other scenes already hold some heavy
+            occlusion (rows of packed objects, pairs over a corner); this sets a floor, so the
+            occlusion buckets are populated even in small splits. 0 keeps the files of
+            earlier versions byte for byte.
 
     Returns:
-        ``{"root", "seed", "size", "images_per_split", "splits": {split: {"images",
+        ``{"root", "seed", "size", "images_per_split", "heavy_share", "splits": {split: {"images",
         "annotations", "crowd", "qualifying_images", "per_category": {name: {"images",
         "instances"}}}}}`` (per-category counts are non-crowd).
 
     Raises:
-        ValueError: ``images_per_split`` < 1 or ``size`` < 32.
+        ValueError: ``images_per_split`` < 1, ``size`` < 32 or ``heavy_share`` outside [0, 1].
     """
+    if not 0.0 <= heavy_share <= 1.0:
+        raise ValueError(f"heavy_share must be in [0, 1], got {heavy_share}")
     if images_per_split < 1:
         raise ValueError(f"images_per_split must be >= 1, got {images_per_split}")
     if size < 32:
@@ -561,12 +636,15 @@ def make_synthetic_coco(
         "seed": seed,
         "size": size,
         "images_per_split": images_per_split,
+        "heavy_share": heavy_share,
         "splits": {},
     }
     for k, split in enumerate(("train", "val")):
         split_rng = np.random.default_rng([seed, k])
         split_ids = ids[k * images_per_split : (k + 1) * images_per_split]
-        data, counts = _split(split, split_ids, 1 + k * 10_000_000, size, split_rng, out)
+        data, counts = _split(
+            split, split_ids, 1 + k * 10_000_000, size, split_rng, out, heavy_share
+        )
         write_json_atomic(out / "annotations" / f"instances_{split}2017.json", data, indent=None)
         summary["splits"][split] = counts
     return summary

@@ -259,3 +259,54 @@ def test_rejects_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_coco(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def test_heavy_share_adds_contained_pairs_and_keeps_the_default_files(synthetic_coco, tmp_path):
+    """``heavy_share`` draws scenes with a small object inside a large one's box; 0 changes nothing."""
+    from seglib.occlusion import occlusion_levels
+
+    make_synthetic_coco(tmp_path / "zero", images_per_split=24, size=128, seed=0, heavy_share=0.0)
+    ann = Path("annotations/instances_val2017.json")
+    assert (tmp_path / "zero" / ann).read_bytes() == (synthetic_coco / ann).read_bytes()
+
+    summary = make_synthetic_coco(
+        tmp_path / "all", images_per_split=24, size=128, seed=0, heavy_share=1.0
+    )
+    assert summary["heavy_share"] == 1.0
+    data = _load(tmp_path / "all", "val")
+    levels = occlusion_levels(data)
+    by_image: dict[int, list[float]] = {}
+    for a in data["annotations"]:
+        if not a["iscrowd"]:
+            by_image.setdefault(a["image_id"], []).append(levels[a["id"]])
+    pairs = [v for v in by_image.values() if len(v) == 2]
+    # Every object scene is a contained pair; nearly all of them hold a heavy instance.
+    assert len(pairs) >= 15
+    assert sum(max(v) >= 0.3 for v in pairs) >= 0.9 * len(pairs)
+    # Still COCO's conventions: visible parts that do not overlap.
+    images = {im["id"]: im for im in data["images"]}
+    for image_id, anns in _group_by_image(data).items():
+        im = images[image_id]
+        masks = [_ann_mask(a, im["height"], im["width"]) for a in anns]
+        for i in range(len(masks)):
+            for j in range(i + 1, len(masks)):
+                assert (masks[i] & masks[j]).sum() <= 0.05 * min(masks[i].sum(), masks[j].sum())
+
+
+def _group_by_image(data: dict) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for a in data["annotations"]:
+        out.setdefault(a["image_id"], []).append(a)
+    return out
+
+
+def test_heavy_share_is_deterministic_and_checked(tmp_path):
+    for name in ("a", "b"):
+        make_synthetic_coco(tmp_path / name, images_per_split=9, size=64, seed=2, heavy_share=0.5)
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    with pytest.raises(ValueError, match="heavy_share"):
+        make_synthetic_coco(tmp_path / "c", heavy_share=1.5)
