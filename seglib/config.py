@@ -31,6 +31,8 @@ WEIGHT_CHOICES = ("coco", "imagenet", "none")  # or a path to a local file
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("coco", "synthetic")
+#: Suppression methods of ``seglib.postprocess`` ("nms" is torchvision's own).
+POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
 
 
 def _slider(lo: float, hi: float, step: float, log: bool = False) -> dict[str, Any]:
@@ -57,6 +59,9 @@ class TrainConfig:
     # Synthetic COCO only: images per split and their side in px.
     synthetic_images: int = 40
     synthetic_size: int = 256
+    # Synthetic COCO only: share (0-1) of object scenes drawn as heavy occlusion (a smaller
+    # object inside a larger one's extent), so every occlusion bucket holds instances.
+    synthetic_heavy_share: float = 0.0
     # px; instances whose mask box is narrower or shorter are dropped (no degenerate boxes).
     min_box_size: float = 2.0
 
@@ -89,6 +94,22 @@ class TrainConfig:
     box_nms_thresh: float = field(default=0.5, metadata=_slider(0.1, 1.0, 0.05))
     # Inference: detections kept per image, best first (COCO's AP counts up to 100).
     detections_per_img: int = field(default=100, metadata=_slider(1, 300, 1))
+    # Inference: how overlapping detections are suppressed (seglib.postprocess): "nms" is
+    # torchvision's box NMS at box_nms_thresh, the seed; the others rescore or use masks.
+    postprocess: str = "nms"
+    # Soft-NMS Gaussian: overlapping scores decay by exp(-IoU²/sigma); 0.5 in Bodla et al. 2017.
+    soft_nms_sigma: float = 0.5
+    # Soft-NMS linear: scores of boxes with IoU above this decay by (1 - IoU); 0.3 in the paper.
+    soft_nms_thresh: float = 0.3
+    # Matrix NMS (on masks, Gaussian kernel): decay exp(-sigma * IoU²); 2.0 as in SOLOv2.
+    matrix_nms_sigma: float = 2.0
+    # Mask NMS: mask IoU above which the lower-scored detection of a class is dropped.
+    mask_nms_thresh: float = 0.5
+    # Candidates per image taken with the model's box NMS off, for every variant but plain
+    # "nms"; 3x detections_per_img leaves room for what suppression removes.
+    postprocess_pool: int = 300
+    # Horizontal-flip test-time augmentation: both views' detections merged, then suppressed.
+    tta_hflip: bool = False
 
     # --- optimisation -----------------------------------------------------------------
     # SGD learning rate for batch_size 2 (seed recipe).
@@ -155,6 +176,10 @@ class TrainConfig:
         check(
             self.synthetic_size >= 32, f"synthetic_size must be >= 32 px, got {self.synthetic_size}"
         )
+        check(
+            0.0 <= self.synthetic_heavy_share <= 1.0,
+            f"synthetic_heavy_share must be in [0, 1], got {self.synthetic_heavy_share}",
+        )
         check(self.min_box_size >= 0, f"min_box_size must be >= 0, got {self.min_box_size}")
         check(
             0.0 <= self.aug_strength <= 2.0,
@@ -216,6 +241,22 @@ class TrainConfig:
             f"box_nms_thresh must be in (0, 1], got {self.box_nms_thresh}",
         )
         check(
+            self.postprocess in POSTPROCESS_METHODS,
+            f"postprocess must be one of {POSTPROCESS_METHODS}, got {self.postprocess!r}",
+        )
+        for name in ("soft_nms_sigma", "matrix_nms_sigma"):
+            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("soft_nms_thresh", "mask_nms_thresh"):
+            check(
+                0.0 <= getattr(self, name) <= 1.0,
+                f"{name} must be in [0, 1], got {getattr(self, name)}",
+            )
+        check(
+            self.postprocess_pool >= self.detections_per_img,
+            f"postprocess_pool ({self.postprocess_pool}) must be >= detections_per_img "
+            f"({self.detections_per_img})",
+        )
+        check(
             self.grad_clip_norm is None or self.grad_clip_norm > 0,
             f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm}",
         )
@@ -255,6 +296,7 @@ class TrainConfig:
             num_test=16,
             synthetic_images=48,
             synthetic_size=128,
+            synthetic_heavy_share=0.25,
             weights="none",
             trainable_backbone_layers=5,
             min_size=128,
