@@ -70,10 +70,6 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-#: Box IoU with another instance at or above which an instance counts as occluded / packed.
-OVERLAP_THRESH = 0.1
-
-
 def _read_json(path: str | Path, what: str, hint: str) -> Any:
     """JSON from ``path``; a missing file or bad JSON raises an error naming it, with ``hint``."""
     path = Path(path)
@@ -637,26 +633,7 @@ def confusion_matrix(
     return matrix, ["background", *names.values()]
 
 
-# --- dataset statistics and occlusion -----------------------------------------------------
-def instance_overlap(gt: GroundTruth) -> dict[int, float]:
-    """Annotation id -> largest box IoU with another non-crowd instance of the same image.
-
-    Any class counts as an occluder; 0.0 for an instance alone in its image. Crowd
-    annotations are neither keyed nor counted.
-    """
-    coco = load_ground_truth(gt)
-    plain = [a for a in coco.dataset["annotations"] if not a.get("iscrowd", 0)]
-    overlap: dict[int, float] = {}
-    for anns in _group(plain, operator.itemgetter("image_id")).values():
-        boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        ious = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(anns))).reshape(
-            len(anns), len(anns)
-        )
-        np.fill_diagonal(ious, 0.0)
-        overlap.update({a["id"]: float(v) for a, v in zip(anns, ious.max(axis=1), strict=True)})
-    return {a["id"]: overlap[a["id"]] for a in plain}
-
-
+# --- dataset statistics -----------------------------------------------------------------
 def size_buckets(gt: GroundTruth) -> dict[str, dict[str, int]]:
     """Per class, non-crowd instances in COCO's area ranges (px², annotation ``area``).
 
@@ -676,55 +653,6 @@ def size_buckets(gt: GroundTruth) -> dict[str, dict[str, int]]:
         bucket = next(b for b, (lo, hi) in SIZE_RANGES.items() if lo <= area < hi)
         counts[names[ann["category_id"]]][bucket] += 1
     return counts
-
-
-def _bucket_stats(ious: list[float], iou_thresh: float) -> dict[str, float]:
-    values = np.asarray(ious, dtype=np.float64)
-    return {
-        "instances": int(values.size),
-        "recall": float((values >= iou_thresh).mean()) if values.size else -1.0,
-        "mean_iou": float(values.mean()) if values.size else -1.0,
-    }
-
-
-def occlusion_breakdown(
-    gt: GroundTruth,
-    results: Results,
-    *,
-    score_thresh: float = 0.5,
-    iou_thresh: float = 0.5,
-    overlap_thresh: float = OVERLAP_THRESH,
-) -> dict[str, dict]:
-    """Recall and mean IoU of occluded against isolated ground-truth instances.
-
-    A non-crowd instance is "occluded" when its box has IoU >= ``overlap_thresh`` with the box
-    of another non-crowd instance of the same image (``instance_overlap``), else "isolated".
-    Per bucket: the instance count, recall (fraction whose best same-class prediction with
-    score >= ``score_thresh`` reaches mask IoU >= ``iou_thresh``) and mean IoU (as ``mean_iou``).
-
-    Returns:
-        ``{"occluded": {"instances", "recall", "mean_iou", "per_class": {name: {same keys}}},
-        "isolated": {...}}``; recall and mean_iou are -1 for an empty bucket.
-    """
-    coco, results = _prepare(gt, results)
-    names = _class_names(coco)
-    best = _best_ious(coco, results, score_thresh)
-    overlap = instance_overlap(coco)
-    buckets: dict[str, dict] = {}
-    for bucket in ("occluded", "isolated"):
-        chosen = [
-            a
-            for a in coco.dataset["annotations"]
-            if a["id"] in best and (overlap[a["id"]] >= overlap_thresh) == (bucket == "occluded")
-        ]
-        buckets[bucket] = _bucket_stats([best[a["id"]] for a in chosen], iou_thresh)
-        buckets[bucket]["per_class"] = {
-            name: _bucket_stats(
-                [best[a["id"]] for a in chosen if a["category_id"] == c], iou_thresh
-            )
-            for c, name in names.items()
-        }
-    return buckets
 
 
 def worst_images(

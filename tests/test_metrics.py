@@ -428,28 +428,6 @@ def crowded() -> dict:
     }
 
 
-def test_instance_overlap_and_occlusion_breakdown(crowded):
-    assert metrics.instance_overlap(crowded) == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 0.0, 4: 0.0})
-    results = [
-        det(1, 1, square(0, 0, 20)),
-        det(1, 3, square(40, 40, 20)),
-        det(2, 1, square(10, 0, 20)),
-    ]
-    out = metrics.occlusion_breakdown(crowded, results)
-    assert {k: out["occluded"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
-        {"instances": 2, "recall": 0.5, "mean_iou": 0.5}
-    )
-    assert {k: out["isolated"][k] for k in ("instances", "recall", "mean_iou")} == pytest.approx(
-        {"instances": 2, "recall": 0.5, "mean_iou": (1 + 1 / 3) / 2}
-    )
-    assert out["occluded"]["per_class"]["car"] == {"instances": 1, "recall": 0.0, "mean_iou": 0.0}
-    assert out["occluded"]["per_class"]["dog"] == {"instances": 0, "recall": -1.0, "mean_iou": -1.0}
-    assert (
-        metrics.occlusion_breakdown(crowded, results, overlap_thresh=0.5)["occluded"]["instances"]
-        == 0
-    )
-
-
 def test_size_buckets_use_coco_ranges(crowded):
     for a, area in zip(
         crowded["annotations"], (1023.0, 1024.0, 9216.0, 50.0, 99999.0), strict=True

@@ -142,18 +142,6 @@ def test_bar_charts():
     assert [p.get_height() for p in rectangles(ax)] == [40.0, 0.0, 50.0, 40.0, 0.0, 25.0]
     assert "n/a" in [t.get_text() for t in ax.texts]  # undefined AP, not a zero
     assert len(rectangles(viz.plot_ap_comparison(m, m, ("a", "b")))) == 6
-    breakdown = {
-        "occluded": {"instances": 2, "recall": 0.5, "mean_iou": 0.4},
-        "isolated": {"instances": 3, "recall": 1.0, "mean_iou": 0.9},
-    }
-    assert [p.get_height() for p in rectangles(viz.plot_occlusion(breakdown))] == [
-        50.0,
-        40.0,
-        100.0,
-        90.0,
-    ]
-    ax = viz.plot_overlap_histogram({1: 0.0, 2: 0.3, 3: 0.5}, overlap_thresh=0.1)
-    assert "67%" in ax.get_title()
 
 
 def test_pr_curves_and_confusion():
