@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.seglib-installed
+DETR_STAMP := $(VENV)/.seglib-detr-installed
 
-.PHONY: install test unit notebooks ui lint demo run bench clean-demo
+.PHONY: install install-detr test unit notebooks ui lint demo run bench clean-demo
 
 install: $(STAMP)
 
@@ -16,6 +17,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
+# The optional detr extra (transformers, for Mask2Former and notebook 07). The tests and the
+# notebook runs install it; the base install above never needs it.
+install-detr: $(DETR_STAMP)
+
+$(DETR_STAMP): $(STAMP) requirements-detr.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-detr.txt
+	touch $(DETR_STAMP)
+
 # The README's test command: unit tests, every notebook under nbval in the smoke profile, then
 # the notebooks in JupyterLab in a real browser.
 test: install lint unit notebooks ui
@@ -24,16 +33,16 @@ lint: install
 	$(PY) -m ruff check seglib tests bench notebooks/conftest.py
 	$(PY) -m ruff format --check seglib tests bench notebooks/conftest.py
 
-unit: install
+unit: install install-detr
 	$(PY) -m pytest tests -q --ignore=tests/ui
 
 # JupyterLab driven in Chromium (Debian's, via the playwright package; tests/ui/install_chromium.sh
 # installs it): Run All is clean in every notebook and the sliders reach the config and figures.
-ui: install
+ui: install install-detr
 	$(PY) -m pytest tests/ui -q
 
 # Notebooks run in a throw-away data folder so a test run never touches data/.
-notebooks: install
+notebooks: install install-detr
 	tmp=$$(mktemp -d) && \
 	SEGLIB_PROFILE=smoke SEGLIB_DATA=$$tmp $(PY) -m pytest -q -p no:python --nbval-lax \
 		--nbval-current-env --nbval-cell-timeout=600 notebooks; \

@@ -9,7 +9,8 @@ This is the only module (with the notebooks) that prints.
     evaluate       COCO box/mask AP, best-match and pixel IoU for a checkpoint, the
                    zero-shot baseline, or a predictions file
     predict        run a checkpoint on images: COCO results JSON + overlay PNGs
-    fetch-weights  download torchvision weights into the TORCH_HOME cache (needs internet)
+    fetch-weights  download torchvision weights into the TORCH_HOME cache, or Mask2Former's
+                   into the Hugging Face cache (needs internet)
     run            execute the notebooks headless (--run NAME, --set FIELD=VALUE)
 """
 
@@ -20,7 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from seglib.config import DEFAULT_CATEGORIES, PROFILES, TrainConfig
+from seglib.config import (
+    ARCHS,
+    DEFAULT_CATEGORIES,
+    M2F_MODEL_ID,
+    M2F_PRESETS,
+    PROFILES,
+    TrainConfig,
+)
 from seglib.io import write_json_atomic
 from seglib.paths import get_paths
 
@@ -121,7 +129,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--weights", help="coco | imagenet | none | path/to/file.pth")
-    p.add_argument("--arch", choices=("v1", "v2"))
+    p.add_argument("--arch", choices=ARCHS, help="v1 | v2 (Mask R-CNN) | mask2former (detr extra)")
+    p.add_argument("--m2f-config", choices=M2F_PRESETS, help="Mask2Former architecture preset")
+    p.add_argument("--m2f-pretrained", help="Mask2Former model id or save_pretrained folder")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--min-size", type=int)
     p.add_argument("--max-size", type=int)
@@ -144,6 +154,8 @@ _TRAIN_OVERRIDES = (
     "batch_size",
     "weights",
     "arch",
+    "m2f_config",
+    "m2f_pretrained",
     "device",
     "min_size",
     "max_size",
@@ -223,9 +235,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model"
     )
-    p.add_argument(
-        "--arch", choices=("v1", "v2"), default="v1", help="architecture for --zero-shot"
-    )
+    p.add_argument("--arch", choices=ARCHS, default="v1", help="architecture for --zero-shot")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument(
         "--gt",
@@ -263,7 +273,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         device = resolve_device(args.device)
         dataset = open_split(args.data, args.split)
-        if args.zero_shot:
+        if args.zero_shot and args.arch == "mask2former":
+            from seglib.mask2former import build_zero_shot_mask2former
+
+            model = build_zero_shot_mask2former(dataset.categories)
+        elif args.zero_shot:
             from seglib.model import build_zero_shot_model
 
             model = build_zero_shot_model(dataset.categories, arch=args.arch)
@@ -310,14 +324,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "fetch-weights", help="download torchvision weights into the TORCH_HOME cache"
+        "fetch-weights",
+        help="download torchvision weights into the TORCH_HOME cache, or Mask2Former's into the "
+        "Hugging Face cache",
     )
-    p.add_argument("kind", choices=("coco", "imagenet"))
+    p.add_argument("kind", choices=("coco", "imagenet", "mask2former"))
     p.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    p.add_argument(
+        "--model-id", default=M2F_MODEL_ID, help=f"with mask2former (default {M2F_MODEL_ID})"
+    )
     p.set_defaults(func=cmd_fetch_weights)
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    if args.kind == "mask2former":
+        from seglib import mask2former
+
+        licence = mask2former.WEIGHTS_LICENCE
+        print(f"{args.model_id}: weights licence {licence} (non-commercial use only)")
+        print(f"weights ready: {mask2former.fetch_weights(args.model_id)}")
+        return 0
     from seglib.model import fetch_weights
 
     path = fetch_weights(args.kind, args.arch, progress=True)

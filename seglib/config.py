@@ -26,7 +26,12 @@ DEFAULT_CATEGORIES: tuple[str, ...] = ("cake", "car", "dog", "person")
 COCO_IDS: dict[str, int] = {"person": 1, "car": 3, "dog": 18, "cake": 61}
 
 PROFILES = ("seed", "demo", "smoke")
-ARCHS = ("v1", "v2")
+ARCHS = ("v1", "v2", "mask2former")  # mask2former needs the detr extra (requirements-detr.txt)
+#: Mask2Former architecture presets: "swin-tiny" is the COCO checkpoint's architecture, "tiny"
+#: a ~1 M-parameter random one for offline CPU runs and tests (no published weights fit it).
+M2F_PRESETS = ("swin-tiny", "tiny")
+#: The COCO-instance Mask2Former checkpoint (Hugging Face id; weights CC BY-NC 4.0).
+M2F_MODEL_ID = "facebook/mask2former-swin-tiny-coco-instance"
 WEIGHT_CHOICES = ("coco", "imagenet", "none")  # or a path to a local file
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -72,10 +77,19 @@ class TrainConfig:
     hflip_prob: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
 
     # --- model ------------------------------------------------------------------------
-    # torchvision Mask R-CNN R50-FPN: "v1" (maskrcnn_resnet50_fpn) or "v2" (improved recipe).
+    # torchvision Mask R-CNN R50-FPN: "v1" (maskrcnn_resnet50_fpn) or "v2" (improved recipe);
+    # "mask2former": Hugging Face Mask2Former (optional detr extra), same loop and evaluator.
     arch: str = "v1"
     # "coco" (COCO-trained, the seed), "imagenet" (backbone only), "none", or a .pth path.
     weights: str = "coco"
+    # Mask2Former only: architecture preset (M2F_PRESETS); "swin-tiny" fits the COCO weights.
+    m2f_config: str = "swin-tiny"
+    # Mask2Former only: Hugging Face model id or save_pretrained folder that weights="coco"
+    # loads, offline (fetch-weights mask2former). Weights CC BY-NC 4.0.
+    m2f_pretrained: str = M2F_MODEL_ID
+    # Notebook 07: epochs every model trains in the family comparison, the same for each
+    # (None: num_epochs). The smoke profile cuts it to 2 so the notebook fits CI.
+    compare_epochs: int | None = None
     # ResNet stages left trainable (0-5); torchvision's default for fine-tuning is 3.
     trainable_backbone_layers: int = 3
     # px; the model's internal resize (shorter side, longer side cap). COCO standard.
@@ -192,6 +206,26 @@ class TrainConfig:
             f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {self.weights!r}",
         )
         check(
+            self.m2f_config in M2F_PRESETS,
+            f"m2f_config must be one of {M2F_PRESETS}, got {self.m2f_config!r}",
+        )
+        check(
+            self.compare_epochs is None or self.compare_epochs >= 1,
+            f"compare_epochs must be None or >= 1, got {self.compare_epochs}",
+        )
+        check(
+            self.arch != "mask2former" or self.weights != "imagenet",
+            "weights='imagenet' is a torchvision ResNet-50 file; Mask2Former takes 'coco', 'none' or a .pt/.pth file",
+        )
+        check(
+            self.arch != "mask2former"
+            or self.weights != "coco"
+            or self.m2f_pretrained != M2F_MODEL_ID
+            or self.m2f_config == "swin-tiny",
+            f"{M2F_MODEL_ID} fits m2f_config='swin-tiny' only, got {self.m2f_config!r}; for the "
+            "'tiny' preset point m2f_pretrained at a folder of weights that fit it",
+        )
+        check(
             0 <= self.trainable_backbone_layers <= 5,
             f"trainable_backbone_layers must be in [0, 5], got {self.trainable_backbone_layers}",
         )
@@ -298,6 +332,7 @@ class TrainConfig:
             synthetic_size=128,
             synthetic_heavy_share=0.25,
             weights="none",
+            m2f_config="tiny",
             trainable_backbone_layers=5,
             min_size=128,
             max_size=128,
@@ -337,6 +372,7 @@ class TrainConfig:
             warmup_iters=10,
             eval_interval=4,
             log_interval=1,
+            compare_epochs=2,
         )
         values.update(overrides)
         return cls.demo(**values)
