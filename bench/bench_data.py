@@ -19,7 +19,8 @@ torch and OpenCV limited to one thread), for:
 Both passes draw identical augmentations (same torch seed per pass) and the script checks that
 they produce identical targets and, once (a)'s image is made float the way the device copy
 does it, identical images; so only the data path differs. Each repeat times (a) and (b) back to
-back, after a warm-up pass; the medians are reported. When the real coco-tiny excerpt is
+back, after a warm-up pass, in the process's CPU time (other load on a shared machine does not
+count; cache and memory-bandwidth contention still do); the medians are reported. When the real coco-tiny excerpt is
 present, the same comparison runs on its 16 real images (all 80 categories, real polygons).
 """
 
@@ -75,12 +76,12 @@ class NaiveTutorialDataset(CocoSubsetDataset):
 
 
 def one_pass(ds, seed: int) -> float:
-    """Seconds to read every item once, with the augmentation seeded by ``seed``."""
+    """CPU seconds to read every item once, with the augmentation seeded by ``seed``."""
     torch.manual_seed(seed)
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(len(ds)):
         ds[i]
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def same_targets(ours, naive) -> bool:
@@ -122,10 +123,10 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
     stage: dict[str, list[float]] = {key: [] for key in steps}
     for _ in range(max(1, iters)):
         for key, step in steps.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for i in range(len(plain)):
                 step(i)
-            stage[key].append((time.perf_counter() - start) / len(plain) * 1000)
+            stage[key].append((time.process_time() - start) / len(plain) * 1000)
     pixels = statistics.mean(plain.read_image(i).numel() for i in range(len(plain)))
 
     one_pass(ours, 0)  # warm-up: page cache, allocator, lazy imports
@@ -276,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         f"pycocotools {version('pycocotools')}, numpy {np.__version__}, opencv {cv2.__version__}, "
         f"pillow {Image.__version__}"
     )
-    print("one process, torch.set_num_threads(1), cv2.setNumThreads(1): images/s are per core")
+    print(
+        "one process, torch.set_num_threads(1), cv2.setNumThreads(1): images/s are per core, "
+        "timed in this process's CPU time (time.process_time), so other load on a shared machine "
+        "does not count"
+    )
 
     split_json, image_dir = prepare_synthetic(args.work, args.images, args.size)
     report(

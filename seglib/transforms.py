@@ -5,7 +5,8 @@ A transform is called as ``t(image=..., masks=..., labels=...)`` and returns
 to every mask alike, and boxes are never transformed at all: the dataset derives them from the
 augmented masks with ``boxes_from_masks``, so nothing can drift out of sync (albumentations#836
 is that bug), and labels are indexed in numpy, so they never come back as floats. Colour
-jitter is albumentations 2.0.8's ``ColorJitter``.
+jitter is ``color_jitter``: torchvision's four adjustments composed into one affine colour map
+and applied in a single pass.
 
 The train recipe is a horizontal flip, a bbox-safe random crop and light colour jitter. There is
 no separate random rescale: torchvision's Mask R-CNN resizes every image to ``min_size`` itself,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch
 __all__ = [
     "TrainTransform",
     "boxes_from_masks",
+    "color_jitter",
     "eval_transforms",
     "nonempty",
     "train_transforms",
@@ -94,6 +95,64 @@ def _crop_flip(array: np.ndarray, rows: slice, cols: slice, flip: bool) -> np.nd
     return out
 
 
+#: Colour jitter: probability per image, and the magnitudes at strength 1 (torchvision's
+#: ColorJitter parameters: factors drawn from 1 +- these, hue shift from +- the last, in turns).
+JITTER_PROB = 0.8
+JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
+#: Luma weights of cv2.COLOR_RGB2GRAY (ITU-R BT.601), and RGB <-> YIQ, whose chroma plane a hue
+#: shift rotates (NVIDIA DALI's hue and color_twist operators do the same).
+_LUMA = np.array([0.299, 0.587, 0.114])
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+def _jitter_step(op: str, factor: float, mean_luma: float) -> tuple[np.ndarray, np.ndarray]:
+    """One adjustment as an affine colour map ``x -> a @ x + b`` on RGB pixel columns."""
+    if op == "brightness":  # torchvision: img * factor
+        return factor * np.eye(3), np.zeros(3)
+    if op == "contrast":  # blend with the image's mean grey level
+        return factor * np.eye(3), np.full(3, (1 - factor) * mean_luma)
+    if op == "saturation":  # blend with the image's own grey version
+        return factor * np.eye(3) + (1 - factor) * np.outer(np.ones(3), _LUMA), np.zeros(3)
+    angle = -2 * np.pi * factor  # hue: a turn of the chroma plane (factor in turns)
+    cos, sin = np.cos(angle), np.sin(angle)
+    turn = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+    return _YIQ2RGB @ turn @ _RGB2YIQ, np.zeros(3)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """torchvision's ColorJitter (brightness, contrast, saturation, hue in a random order),
+    fused into one affine colour map and applied in one pass with one rounding.
+
+    Brightness, contrast and saturation are torchvision's formulas (equal to its output within
+    one grey level where nothing clips). The hue shift turns the chroma plane (YIQ) by the same
+    angle, in the same direction, as torchvision's shift of the HSV hue: NVIDIA DALI's
+    definition, which keeps the whole adjustment affine. It is a different hue jitter of the same
+    size, not a copy of torchvision's pixel by pixel. Grey stays grey under saturation and hue
+    (up to one level of rounding), so every step is monotonic on grey levels. Values are
+    rounded and clipped to 0..255 once, at the end.
+
+    Args:
+        image: uint8 [H, W, 3] RGB.
+        rng: draws the four factors and their order.
+        strength: scales the magnitudes in ``JITTER``.
+
+    Returns:
+        uint8 [H, W, 3].
+    """
+    a, b = np.eye(3), np.zeros(3)
+    mean = np.array(cv2.mean(image)[:3])  # the mean colour, for contrast's grey level
+    for op in rng.permutation(list(JITTER)):
+        size = JITTER[op] * strength
+        if op == "hue":
+            factor = rng.uniform(-size, size)
+        else:
+            factor = rng.uniform(max(0.0, 1 - size), 1 + size)
+        step_a, step_b = _jitter_step(op, factor, float(_LUMA @ (a @ mean + b)))
+        a, b = step_a @ a, step_a @ b + step_b
+    return cv2.transform(image, np.hstack([a, b[:, None]]).astype(np.float32))
+
+
 def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     # When the window is exactly the box, rounding can leave hi a hair below lo.
     return float(rng.uniform(lo, max(lo, hi)))
@@ -108,15 +167,15 @@ class TrainTransform:
 
     The flip and the crop are numpy views shared by the image and every mask, so they cannot
     disagree, and the masks are copied once, at the end, for the instances that survive.
-    Colour jitter is albumentations' ``ColorJitter`` on the cropped image alone.
+    Colour jitter (``color_jitter``) touches the cropped image alone.
 
-    Randomness: every call seeds the crop and albumentations from one seed: the ``seed``
+    Randomness: every call seeds all its draws from one seed: the ``seed``
     argument when given (the training loader passes a per-sample seed derived from the run's
     seed, the epoch and the image index, so no worker state is involved), else one drawn from
     torch's global generator, like torchvision's own transforms. So ``torch.manual_seed(s)``
     makes the draws reproducible, and each DataLoader worker (which torch seeds with
     ``base_seed + worker_id``) draws its own stream instead of a forked copy of the same one
-    (albumentations' own generator would be copied into every worker).
+    (a generator held by the transform would be copied into every worker).
     """
 
     def __init__(self, strength: float = 1.0, hflip_prob: float = 0.5) -> None:
@@ -128,11 +187,6 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         # Smallest crop side as a fraction of the image side.
         self.min_crop = max(0.2, 1.0 - 0.4 * self.strength)
-        s = self.strength
-        jitter = A.ColorJitter(
-            brightness=0.2 * s, contrast=0.2 * s, saturation=0.2 * s, hue=0.02 * s, p=0.8
-        )
-        self._jitter = A.Compose([jitter]) if s > 0 else None
         self._rng = np.random.default_rng(0)
 
     def __repr__(self) -> str:
@@ -141,8 +195,6 @@ class TrainTransform:
     def _reseed(self, seed: int | None) -> None:
         if seed is None:
             seed = int(torch.randint(0, 2**32, (1,)).item())
-        if self._jitter is not None:
-            self._jitter.set_random_seed(seed)
         self._rng = np.random.default_rng(seed)
 
     def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> tuple[float, float, float, float]:
@@ -220,8 +272,8 @@ class TrainTransform:
         keep = nonempty(masks)
         if not keep.all():
             masks, labels = masks[keep], labels[keep]
-        if self._jitter is not None:
-            image = self._jitter(image=image)["image"]
+        if self.strength > 0 and self._rng.random() < JITTER_PROB:
+            image = color_jitter(image, self._rng, self.strength)
         return image, masks, labels.astype(np.int64)
 
 

@@ -12,7 +12,13 @@ import torch
 from pycocotools.coco import COCO
 
 from seglib.dataset import decode_image
-from seglib.transforms import TrainTransform, boxes_from_masks, eval_transforms, train_transforms
+from seglib.transforms import (
+    TrainTransform,
+    boxes_from_masks,
+    color_jitter,
+    eval_transforms,
+    train_transforms,
+)
 
 # pycocotools 2.0.11 under numpy 2 warns inside its own decode; nothing seglib can change.
 pytestmark = [
@@ -84,6 +90,50 @@ def test_strength_zero_without_flip_is_identity():
     np.testing.assert_array_equal(out_image, image)
     np.testing.assert_array_equal(out_masks, masks)
     np.testing.assert_array_equal(out_labels, labels)
+
+
+class _FixedDraws:
+    """A stand-in generator: one adjustment, at a chosen factor."""
+
+    def __init__(self, op: str, factor: float):
+        self.op, self.factor = op, factor
+
+    def permutation(self, ops):
+        return [self.op]
+
+    def uniform(self, lo, hi):
+        return self.factor
+
+
+@pytest.mark.parametrize(
+    ("op", "factor", "reference"),
+    [
+        ("brightness", 1.15, "adjust_brightness"),
+        ("contrast", 0.85, "adjust_contrast"),
+        ("saturation", 1.2, "adjust_saturation"),
+    ],
+)
+def test_color_jitter_matches_torchvision_within_one_level(op, factor, reference):
+    import torchvision.transforms.functional as F
+
+    image = np.random.default_rng(0).integers(40, 200, (30, 40, 3), dtype=np.uint8)
+    ours = color_jitter(image, _FixedDraws(op, factor))
+    theirs = getattr(F, reference)(torch.from_numpy(image).permute(2, 0, 1), factor)
+    diff = np.abs(ours.astype(int) - theirs.permute(1, 2, 0).numpy().astype(int))
+    assert diff.max() <= 1
+
+
+def test_color_jitter_keeps_grey_grey_and_turns_hue_by_the_drawn_angle():
+    grey = np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[None, :, None], 3, axis=2)
+    for seed in range(10):
+        out = color_jitter(grey, np.random.default_rng(seed), strength=2.0)
+        spread = out.max(axis=2).astype(int) - out.min(axis=2)
+        assert spread.max() <= 1  # grey stays grey (up to one level of rounding)
+        assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()  # monotonic on grey levels
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[...] = (200, 40, 40)
+    turned = color_jitter(red, _FixedDraws("hue", 1 / 3))  # a third of a turn: red to green
+    assert turned[0, 0, 1] > turned[0, 0, 0] and turned[0, 0, 1] > turned[0, 0, 2]
 
 
 def test_no_instances_gives_empty_arrays_of_the_right_shape():
