@@ -1,141 +1,228 @@
-"""Mask R-CNN R50-FPN builder, local weight files, the zero-shot baseline, and checkpoints.
+"""Models: the interface the rest of seglib relies on, the builder registry, and Mask R-CNN.
 
-Nothing here downloads implicitly: the torchvision builders always get ``weights=None,
-weights_backbone=None`` (pitfall 12) and weight files are read from the torch hub cache,
-``$TORCH_HOME/hub/checkpoints``. ``fetch_weights`` is the one function that downloads.
+The interface (``SegmentationModel``)
+    Every model family is an ``nn.Module`` used in exactly two ways, as torchvision's
+    detection models are:
 
-A model's *structure* depends on where its weights came from, as in torchvision: a
-pretrained v1 backbone uses frozen BatchNorm and freezes its first stages, a random one
-trains everything. So a checkpoint rebuilds the same structure from its stored config
-without reading any weight file (``model_from_checkpoint``).
+    - training (``model.train()``): ``model(images, targets)`` returns a dict of scalar loss
+      tensors; the engine back-propagates their sum and logs each under its key.
+    - inference (``model.eval()``): ``model(images)`` returns one dict per image: ``boxes``
+      float [N, 4] XYXY pixels, ``labels`` int64 [N] in 1..k, ``scores`` float [N], ``masks``
+      float [N, 1, H, W] probabilities in 0..1, all at the input image's size.
+
+    ``images`` are float [3, H, W] in 0..1 on the model's device, any size (the model resizes
+    and normalises them); ``targets`` are torchvision dicts (``boxes`` float32 [N, 4] XYXY,
+    ``labels`` int64 1..k, ``masks`` uint8 [N, H, W]). The engine, evaluation and prediction
+    use nothing else of a model: no attribute of one family, no isinstance test.
+
+The registry
+    ``build_model`` looks up a builder by architecture name (``cfg.arch``). "v1" and "v2" are
+    torchvision's Mask R-CNN R50-FPN, registered below. "mask2former" is registered by
+    ``seglib.mask2former`` when first asked for, so transformers is imported only then. A
+    family plugs in with ``register_arch(name, builder)``; ``builder(cfg, arch=, num_classes=,
+    weights=, load=)`` returns the model, reading weight files only when ``load`` is true
+    (``load=False`` gives the structure a checkpoint is loaded into).
+
+Mask R-CNN
+    The torchvision builders always get ``weights=None, weights_backbone=None``: weight files
+    are read from the torch hub cache by ``seglib.weights``, never downloaded here. A model's
+    structure depends on where its weights came from, as in torchvision: a pretrained v1
+    backbone uses frozen BatchNorm and freezes its first stages, a random one trains
+    everything. So a checkpoint rebuilds the same structure from its stored config without
+    reading any weight file (``model_from_checkpoint``).
 """
 
 from __future__ import annotations
 
-import os
-import random
+import importlib
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import (
     MaskRCNN,
-    MaskRCNN_ResNet50_FPN_V2_Weights,
-    MaskRCNN_ResNet50_FPN_Weights,
     maskrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-import seglib
-from seglib.config import ARCHS, WEIGHT_CHOICES, TrainConfig
-from seglib.io import atomic_file
+from seglib.checkpoint import (
+    CheckpointError,
+    check_class_map,
+    checkpoint_config,
+    load_checkpoint,
+    load_model_state,
+    load_state_file,
+    unwrap,
+)
+from seglib.config import WEIGHT_CHOICES, TrainConfig
+from seglib.weights import MissingWeightsError, fetch_weights, load_weight_file, weights_file
+
+# Re-exported for callers from before the split into seglib.checkpoint and seglib.weights.
+__all__ = ["CheckpointError", "MissingWeightsError", "fetch_weights", "load_checkpoint", "unwrap"]
+__all__ += ["SegmentationModel", "available_archs", "build_model", "build_model_structure"]
+__all__ += ["FrozenBatchNorm2d", "build_maskrcnn", "model_from_checkpoint", "register_arch"]
+__all__ += ["ZeroShotMaskRCNN", "build_zero_shot_model", "weights_file", "zero_shot_baseline"]
 
 COCO_NUM_CLASSES = 91  # torchvision's label space: index == COCO category id, 0 = background
-CHECKPOINT_FORMAT = 1
+#: Detections the zero-shot COCO model keeps per image before its 91 classes are narrowed to
+#: the subset's k: a cap of 100 there would leave the subset far fewer than 100.
+ZERO_SHOT_CANDIDATES = 300
 _CLS_KEY = "roi_heads.box_predictor.cls_score.weight"
-# Both torchvision R50-FPN Mask R-CNN recipes start from the ImageNet V1 ResNet-50.
-_URLS = {
-    ("coco", "v1"): MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url,
-    ("coco", "v2"): MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url,
-    ("imagenet", "v1"): ResNet50_Weights.IMAGENET1K_V1.url,
-    ("imagenet", "v2"): ResNet50_Weights.IMAGENET1K_V1.url,
-}
 
 
-class MissingWeightsError(FileNotFoundError):
-    """A pretrained weight file is not in the torch hub cache (and was not downloaded)."""
+# --- the interface and the registry -----------------------------------------------------
+@runtime_checkable
+class SegmentationModel(Protocol):
+    """What seglib needs of a model (see the module docstring for the two call forms)."""
+
+    training: bool
+
+    def __call__(
+        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+    def load_state_dict(
+        self, state_dict: Any, strict: bool = True, assign: bool = False
+    ) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or state dict is unreadable, incomplete, or does not fit the model."""
+#: ``builder(cfg, *, arch, num_classes, weights, load) -> model``.
+ModelBuilder = Callable[..., nn.Module]
+_BUILDERS: dict[str, ModelBuilder] = {}
+# Families whose module registers them on import; imported only when chosen.
+_LAZY_ARCHS = {"mask2former": "seglib.mask2former"}
 
 
-# --- weight files -----------------------------------------------------------------------
-def weights_file(kind: str, arch: str = "v1") -> Path:
-    """Where the ``kind`` ("coco" or "imagenet") weights of ``arch`` are expected.
+def register_arch(arch: str, builder: ModelBuilder) -> None:
+    """Make ``build_model(..., arch=arch)`` call ``builder`` (replacing any earlier one)."""
+    _BUILDERS[arch] = builder
 
-    Returns ``$TORCH_HOME/hub/checkpoints/<torchvision file name>`` (torch.hub.get_dir()).
+
+def available_archs() -> tuple[str, ...]:
+    """Architecture names ``build_model`` accepts (lazy ones included)."""
+    return tuple(sorted({*_BUILDERS, *_LAZY_ARCHS}))
+
+
+def _builder(arch: str) -> ModelBuilder:
+    if arch not in _BUILDERS and arch in _LAZY_ARCHS:
+        module = _LAZY_ARCHS[arch]
+        try:
+            importlib.import_module(module)  # registers the family
+        except ImportError as e:
+            raise ImportError(
+                f"arch {arch!r} is provided by {module}, which could not be imported ({e}); "
+                "install its extra requirements (requirements-detr.txt)"
+            ) from e
+    if arch not in _BUILDERS:
+        raise ValueError(f"arch must be one of {available_archs()}, got {arch!r}")
+    return _BUILDERS[arch]
+
+
+def build_model(
+    num_classes: int, weights: str = "coco", arch: str = "v1", cfg: TrainConfig | None = None
+) -> nn.Module:
+    """The ``arch`` model with predictors for ``num_classes``, following ``SegmentationModel``.
+
+    Args:
+        num_classes: k + 1 (categories plus background).
+        weights: for Mask R-CNN "coco" (COCO-trained, predictors replaced unless
+            num_classes == 91), "imagenet" (ResNet-50 backbone only), "none" (random init, all
+            layers trainable), or a local .pth/.pt file (a state dict or a seglib checkpoint).
+        arch: a name in ``available_archs()``: "v1" (maskrcnn_resnet50_fpn), "v2"
+            (maskrcnn_resnet50_fpn_v2), ...
+        cfg: sizes, proposal/ROI counts, inference thresholds, trainable_backbone_layers;
+            TrainConfig() if None.
+
+    Returns:
+        The model in train mode, on the CPU.
 
     Raises:
-        ValueError: unknown kind or arch.
+        MissingWeightsError: the coco/imagenet file is not in $TORCH_HOME/hub/checkpoints.
+        CheckpointError: a local file is unreadable or has another class count.
+        ValueError: bad num_classes, weights or arch.
     """
-    _check_arch(arch)
-    if kind not in ("coco", "imagenet"):
-        raise ValueError(f"weights kind must be 'coco' or 'imagenet', got {kind!r}")
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_URLS[(kind, arch)])
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    cfg = cfg if cfg is not None else TrainConfig()
+    return _builder(arch)(cfg, arch=arch, num_classes=num_classes, weights=weights, load=True)
 
 
-def fetch_weights(kind: str, arch: str = "v1", *, progress: bool = False) -> Path:
-    """Download the ``kind`` weights of ``arch`` into the hub cache (no-op when present).
+def build_model_structure(cfg: TrainConfig) -> nn.Module:
+    """The model ``cfg`` describes, randomly initialised but structured for ``cfg.weights``.
 
-    The only function in seglib that touches the network. The sha256 prefix in
-    torchvision's file name is checked.
-
-    Raises:
-        MissingWeightsError: the download failed (offline, proxy); says how to fetch by hand.
+    Reads no weight file: for loading a checkpoint trained from that config.
     """
-    dst = weights_file(kind, arch)
-    if dst.is_file():
-        return dst
-    url = _URLS[(kind, arch)]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(dst.name)
-    try:
-        torch.hub.download_url_to_file(
-            url, str(dst), hash_prefix=match.group(1) if match else None, progress=progress
-        )
-    except Exception as e:  # urllib, ssl and hash errors all mean "not obtained"
-        raise MissingWeightsError(
-            _missing_message(kind, arch) + f"\nThe download failed: {e}"
-        ) from e
-    return dst
-
-
-def _missing_message(kind: str, arch: str) -> str:
-    path = weights_file(kind, arch)
-    url = _URLS[(kind, arch)]
-    return (
-        f"{kind} weights for Mask R-CNN {arch} need the file {path.name}, looked for in "
-        f"{path.parent} ($TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch). "
-        f"seglib never downloads implicitly. To put it there: run "
-        f"`python -m seglib fetch-weights {kind} --arch {arch}` on a machine with internet, or "
-        f"`mkdir -p {path.parent} && curl -L -o {path} {url}` (or wget), then copy the file over. "
-        f"Offline, `--weights none` (random init) works without any file."
+    return _builder(cfg.arch)(
+        cfg, arch=cfg.arch, num_classes=cfg.num_classes, weights=cfg.weights, load=False
     )
 
 
-def _torch_load(path: Path, map_location: Any = "cpu") -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # zip, pickle and EOF errors: the file is damaged or not ours
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, categories: list[dict] | None = None
+) -> tuple[nn.Module, TrainConfig, list[dict]]:
+    """Rebuild the trained model from a checkpoint alone (no weight files, no network).
+
+    Args:
+        categories: the data's categories (e.g. ``dataset.categories``); when given, the
+            checkpoint's class map must match them (``check_class_map``).
+
+    Returns:
+        (model in eval mode on ``device``, its TrainConfig, its categories with coco_id).
+        The model is wrapped by ``seglib.postprocess.wrap`` when the config names another
+        suppression rule than torchvision's box NMS, or flip TTA.
+
+    Raises:
+        FileNotFoundError, CheckpointError: see ``load_checkpoint``; also when the stored
+        class map and the weights disagree, or the class map and ``categories`` do.
+    """
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    stored = ckpt["categories"]
+    if categories is not None:
+        check_class_map(stored, categories, source=str(path))
+    if ckpt["num_classes"] != len(stored) + 1 or cfg.num_classes != ckpt["num_classes"]:
         raise CheckpointError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(e).__name__}: {e}); "
-            f"the file is truncated, corrupt, or not a state dict / seglib checkpoint. "
-            f"Delete it and download or train it again."
-        ) from e
+            f"{path}: num_classes {ckpt['num_classes']} disagrees with its {len(stored)} categories "
+            f"and config categories {list(cfg.categories)}"
+        )
+    model = build_model_structure(cfg)
+    load_model_state(model, ckpt["model"], source=str(path))
+    from seglib.postprocess import wrap  # the run's suppression rule; the bare model for "nms"
+
+    return wrap(model.to(device).eval(), cfg), cfg, stored
 
 
-def _load_weight_file(kind: str, arch: str) -> dict[str, torch.Tensor]:
-    path = weights_file(kind, arch)
-    if not path.is_file():
-        raise MissingWeightsError(_missing_message(kind, arch))
-    return _torch_load(path)
+# --- Mask R-CNN ---------------------------------------------------------------------------
+class FrozenBatchNorm2d(torchvision.ops.misc.FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d, with its output in the input's dtype.
 
+    torchvision's multiplies by a float32 scale, so under bf16/fp16 autocast every backbone
+    activation after a BatchNorm comes out float32: twice the memory and bandwidth, and a cast
+    back at the next convolution. Here scale and shift are computed in float32 (from the
+    same buffers, so state dicts are interchangeable) and cast to the input's dtype; float32
+    inputs give torchvision's result bit for bit.
+    """
 
-# --- building ---------------------------------------------------------------------------
-def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
 
 
 def _weights_kind(weights: str) -> str:
@@ -148,14 +235,14 @@ def _weights_kind(weights: str) -> str:
     )
 
 
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """Swap every BatchNorm2d below ``module`` for torchvision's FrozenBatchNorm2d, in place."""
+def _freeze_batchnorm(module: nn.Module, eps: float | None = None) -> None:
+    """Swap every BatchNorm2d below ``module`` for ``FrozenBatchNorm2d``, in place."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps if eps is None else eps)
             setattr(module, name, frozen)
         else:
-            _freeze_batchnorm(child)
+            _freeze_batchnorm(child, eps)
 
 
 def _freeze_backbone_layers(model: MaskRCNN, trainable_layers: int) -> None:
@@ -169,9 +256,35 @@ def _freeze_backbone_layers(model: MaskRCNN, trainable_layers: int) -> None:
             param.requires_grad_(False)
 
 
-def _skeleton(num_classes: int, arch: str, cfg: TrainConfig, *, pretrained: bool) -> MaskRCNN:
-    """The randomly initialised structure that weights of the given origin are loaded into."""
-    kwargs = dict(
+def _groupnorm_backbone() -> nn.Module:
+    """ResNet-50 + FPN with GroupNorm(32) after every convolution, randomly initialised.
+
+    The same layers as torchvision's v1 backbone, with GroupNorm in place of BatchNorm in
+    the ResNet and added to the FPN's convolutions: from scratch with batches of 2, batch
+    statistics are too noisy to train on and differ between training and evaluation.
+    """
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    def group_norm(channels: int) -> nn.GroupNorm:
+        return nn.GroupNorm(32, channels)
+
+    body = resnet50(weights=None, norm_layer=group_norm)
+    return _resnet_fpn_extractor(body, 5, norm_layer=group_norm)
+
+
+def _skeleton(
+    num_classes: int, arch: str, cfg: TrainConfig, *, pretrained: bool, eps0: bool
+) -> MaskRCNN:
+    """The randomly initialised structure that weights of the given origin are loaded into.
+
+    ``eps0``: frozen BatchNorm with eps 0, as the legacy v1 COCO weights were trained.
+    """
+    builder = maskrcnn_resnet50_fpn if arch == "v1" else maskrcnn_resnet50_fpn_v2
+    model = builder(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
@@ -183,12 +296,12 @@ def _skeleton(num_classes: int, arch: str, cfg: TrainConfig, *, pretrained: bool
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
     )
-    builder = maskrcnn_resnet50_fpn if arch == "v1" else maskrcnn_resnet50_fpn_v2
-    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    if cfg.norm == "gn":
+        model.backbone = _groupnorm_backbone()
     if pretrained and arch == "v1":
         # torchvision's v1 recipe freezes backbone BatchNorm when starting from trained
         # weights (batch 2 is far too small for batch statistics); v2 keeps BatchNorm2d.
-        _freeze_batchnorm(model.backbone.body)
+        _freeze_batchnorm(model.backbone.body, eps=0.0 if eps0 else None)
     _freeze_backbone_layers(model, cfg.trainable_backbone_layers if pretrained else 5)
     return model
 
@@ -200,94 +313,73 @@ def _replace_predictors(model: MaskRCNN, num_classes: int) -> None:
     model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_in, 256, num_classes)
 
 
-def _set_frozen_eps(model: nn.Module, eps: float) -> None:
-    for module in model.modules():
-        if isinstance(module, FrozenBatchNorm2d):
-            module.eps = eps
-
-
-def _build(
-    num_classes: int, weights: str, arch: str, cfg: TrainConfig | None, *, load: bool
-) -> MaskRCNN:
-    cfg = cfg if cfg is not None else TrainConfig()
-    _check_arch(arch)
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
-    kind = _weights_kind(weights)
-    pretrained = kind != "none"
-    if kind == "coco" and load:
-        model = _skeleton(COCO_NUM_CLASSES, arch, cfg, pretrained=True)
-        model.load_state_dict(_load_weight_file("coco", arch))
-        if num_classes != COCO_NUM_CLASSES:
-            _replace_predictors(model, num_classes)
-    else:
-        model = _skeleton(num_classes, arch, cfg, pretrained=pretrained)
-    if kind == "coco" and arch == "v1":
-        _set_frozen_eps(model, 0.0)  # the legacy COCO_V1 weights were trained with eps=0
-    if kind == "imagenet" and load:
-        missing, unexpected = model.backbone.body.load_state_dict(
-            _load_weight_file("imagenet", arch), strict=False
+def _load_file(cfg: TrainConfig, arch: str, num_classes: int, path: str) -> MaskRCNN:
+    """A local state dict or seglib checkpoint; a COCO-trained one (91 classes) gets new
+    predictors when ``num_classes`` differs."""
+    state = load_state_file(path)
+    have = int(state[_CLS_KEY].shape[0]) if _CLS_KEY in state else num_classes
+    if have == COCO_NUM_CLASSES and num_classes != COCO_NUM_CLASSES:
+        # A COCO-trained file placed by hand: as weights="coco", from a file.
+        model = _skeleton(COCO_NUM_CLASSES, arch, cfg, pretrained=True, eps0=arch == "v1")
+        load_model_state(model, state, source=path)
+        _replace_predictors(model, num_classes)
+        return model
+    if have != num_classes:
+        raise CheckpointError(
+            f"{path} was trained for {have} classes ({have - 1} categories + background) but the "
+            f"model has {num_classes} ({num_classes - 1} categories + background). Use the same "
+            f"categories as the file, or start from weights='coco' to train new heads."
         )
-        if missing or any(not k.startswith("fc.") for k in unexpected):
-            raise CheckpointError(
-                f"{weights_file('imagenet', arch)} is not a torchvision ResNet-50 state dict "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]}); delete it and fetch it again."
-            )
-    if kind == "file" and load:
-        state = load_checkpoint_or_state(weights)
-        if _num_classes_of(state) == COCO_NUM_CLASSES and num_classes != COCO_NUM_CLASSES:
-            # A COCO-trained file placed by hand: load it whole, then fit new predictors.
-            model = _skeleton(COCO_NUM_CLASSES, arch, cfg, pretrained=True)
-            load_model_state(model, state, source=str(weights))
-            _replace_predictors(model, num_classes)
-            if arch == "v1":
-                _set_frozen_eps(model, 0.0)  # as for the COCO_V1 file above
-        else:
-            load_model_state(model, state, source=str(weights))
+    model = _skeleton(num_classes, arch, cfg, pretrained=True, eps0=False)
+    load_model_state(model, state, source=path)
     return model
 
 
-def build_model(
-    num_classes: int, weights: str = "coco", arch: str = "v1", cfg: TrainConfig | None = None
+def build_maskrcnn(
+    cfg: TrainConfig, *, arch: str, num_classes: int, weights: str, load: bool
 ) -> MaskRCNN:
-    """torchvision Mask R-CNN R50-FPN with box and mask predictors for ``num_classes``.
+    """The registry's builder for "v1" and "v2" (see ``build_model`` for the arguments)."""
+    kind = _weights_kind(weights)
+    coco_v1 = arch == "v1" and kind == "coco"  # the legacy COCO_V1 weights were trained with eps 0
+    if not load or kind == "none":
+        return _skeleton(num_classes, arch, cfg, pretrained=kind != "none", eps0=coco_v1)
+    if kind == "file":
+        return _load_file(cfg, arch, num_classes, weights)
+    if kind == "coco":
+        model = _skeleton(COCO_NUM_CLASSES, arch, cfg, pretrained=True, eps0=coco_v1)
+        model.load_state_dict(load_weight_file("coco", arch))
+        if num_classes != COCO_NUM_CLASSES:
+            _replace_predictors(model, num_classes)
+        return model
+    model = _skeleton(num_classes, arch, cfg, pretrained=True, eps0=False)  # imagenet: body only
+    missing, unexpected = model.backbone.body.load_state_dict(
+        load_weight_file("imagenet", arch), strict=False
+    )
+    if missing or any(not k.startswith("fc.") for k in unexpected):
+        raise CheckpointError(
+            f"{weights_file('imagenet', arch)} is not a torchvision ResNet-50 state dict "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); delete it and fetch it again."
+        )
+    return model
 
-    Args:
-        num_classes: k + 1 (categories plus background).
-        weights: "coco" (COCO-trained, predictors replaced unless num_classes == 91),
-            "imagenet" (ResNet-50 backbone only), "none" (random init, all layers trainable),
-            or a local .pth/.pt file (a state dict or a seglib checkpoint of this class count).
-        arch: "v1" (maskrcnn_resnet50_fpn) or "v2" (maskrcnn_resnet50_fpn_v2).
-        cfg: sizes, proposal/ROI counts and trainable_backbone_layers; TrainConfig() if None.
 
-    Returns:
-        The model in train mode, on the CPU. Input images float [3,H,W] in 0..1; it resizes
-        to cfg.min_size/max_size and normalises itself.
-
-    Raises:
-        MissingWeightsError: the coco/imagenet file is not in $TORCH_HOME/hub/checkpoints.
-        CheckpointError: a local file is unreadable or has another class count.
-        ValueError: bad num_classes, weights or arch.
-    """
-    return _build(num_classes, weights, arch, cfg, load=True)
-
-
-def build_model_structure(cfg: TrainConfig) -> MaskRCNN:
-    """The model ``cfg`` describes, randomly initialised but structured for ``cfg.weights``.
-
-    Reads no weight file: for loading a checkpoint trained from that config.
-    """
-    return _build(cfg.num_classes, cfg.weights, cfg.arch, cfg, load=False)
+register_arch("v1", build_maskrcnn)
+register_arch("v2", build_maskrcnn)
 
 
 # --- zero-shot baseline -----------------------------------------------------------------
 class ZeroShotMaskRCNN(nn.Module):
     """A 91-class COCO model whose detections are mapped to subset labels 1..k by ``coco_id``.
 
-    Detections of COCO classes outside the subset are dropped. Inference only.
+    Detections of COCO classes outside the subset are dropped, then the ``detections_per_img``
+    best are kept. The wrapped model should keep more candidates than that
+    (``build_zero_shot_model`` gives it ``ZERO_SHOT_CANDIDATES``), or the subset's classes get
+    only what is left of a cap shared with the other COCO classes. Inference only.
     """
 
-    def __init__(self, model: nn.Module, categories: list[dict]) -> None:
+    def __init__(
+        self, model: nn.Module, categories: list[dict], detections_per_img: int = 100
+    ) -> None:
         super().__init__()
         lut = torch.zeros(COCO_NUM_CLASSES, dtype=torch.int64)
         for cat in categories:
@@ -299,6 +391,7 @@ class ZeroShotMaskRCNN(nn.Module):
             lut[coco_id] = int(cat["id"])
         self.model = model
         self.categories = [dict(c) for c in categories]
+        self.detections_per_img = int(detections_per_img)
         self.register_buffer("coco_to_label", lut, persistent=False)
 
     def forward(
@@ -311,8 +404,11 @@ class ZeroShotMaskRCNN(nn.Module):
         outputs = []
         for out in self.model(images):
             mapped = self.coco_to_label[out["labels"]]
-            keep = mapped > 0
-            outputs.append({k: (mapped if k == "labels" else v)[keep] for k, v in out.items()})
+            kept = (mapped > 0).nonzero().squeeze(1)
+            # Best first (stable: ties keep the model's order), then the cap.
+            order = out["scores"][kept].argsort(descending=True, stable=True)
+            kept = kept[order[: self.detections_per_img]]
+            outputs.append({k: (mapped if k == "labels" else v)[kept] for k, v in out.items()})
         return outputs
 
 
@@ -321,12 +417,18 @@ def build_zero_shot_model(
     arch: str = "v1",
     cfg: TrainConfig | None = None,
     *,
+    weights: str = "coco",
     model: nn.Module | None = None,
 ) -> ZeroShotMaskRCNN:
-    """The unmodified COCO-trained model, reporting only the subset's categories.
+    """The unmodified COCO-trained Mask R-CNN, reporting only the subset's categories.
+
+    It keeps ``max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)`` detections per image over
+    its 91 classes, then the ``cfg.detections_per_img`` best of the subset's.
 
     Args:
         categories: subset category dicts with "id" (1..k) and "coco_id".
+        arch: "v1" or "v2".
+        weights: "coco", or "none" for a random stand-in that checks the plumbing.
         model: a 91-class model to wrap instead of loading the COCO weights (tests).
 
     Returns:
@@ -335,241 +437,39 @@ def build_zero_shot_model(
     Raises:
         MissingWeightsError: the COCO file is not cached. ValueError: a category lacks coco_id.
     """
+    cfg = cfg if cfg is not None else TrainConfig()
     if model is None:
-        model = build_model(COCO_NUM_CLASSES, "coco", arch, cfg)
-    return ZeroShotMaskRCNN(model, categories).eval()
+        # torchvision's own structure (BatchNorm), whatever the run's cfg.norm
+        wide = cfg.replace(
+            norm="bn", detections_per_img=max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)
+        )
+        model = build_model(COCO_NUM_CLASSES, weights, arch, wide)
+    return ZeroShotMaskRCNN(model, categories, cfg.detections_per_img).eval()
 
 
-def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> ZeroShotMaskRCNN:
-    """The zero-shot baseline for a run: COCO-trained weights when they are cached.
+def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> nn.Module:
+    """The zero-shot baseline for a run: COCO-trained Mask R-CNN weights when they are cached.
 
-    When the COCO file is missing and the run itself did not start from COCO weights (the
-    offline smoke profile), a randomly initialised 91-class model stands in, with a loud
-    warning: the comparison then checks the plumbing (label mapping by ``coco_id``), nothing
-    more.
+    The run's own arch when it is a Mask R-CNN one ("v1", "v2"); a "mask2former" run gets
+    ``seglib.mask2former.zero_shot_baseline`` (the COCO Mask2Former). When the COCO file
+    is missing and the run itself did not start from COCO weights (the offline smoke
+    profile), a randomly initialised 91-class model stands in, with a loud warning: the
+    comparison then checks the plumbing (label mapping by ``coco_id``), nothing more.
 
     Raises:
         MissingWeightsError: ``cfg.weights == "coco"`` and the file is not cached.
     """
-    if weights_file("coco", cfg.arch).is_file() or cfg.weights == "coco":
-        return build_zero_shot_model(categories, cfg.arch, cfg)
+    if cfg.arch == "mask2former":  # its own COCO model, its head restricted by name
+        from seglib.mask2former import zero_shot_baseline as mask2former_zero_shot
+
+        return mask2former_zero_shot(categories, cfg)
+    arch = cfg.arch if cfg.arch in ("v1", "v2") else "v1"
+    if weights_file("coco", arch).is_file() or cfg.weights == "coco":
+        return build_zero_shot_model(categories, arch, cfg)
     warnings.warn(
-        f"ZERO-SHOT STAND-IN: {weights_file('coco', cfg.arch)} is not cached, so a randomly "
+        f"ZERO-SHOT STAND-IN: {weights_file('coco', arch)} is not cached, so a randomly "
         "initialised 91-class model stands in for the COCO-trained baseline. Its AP means nothing.",
         UserWarning,
         stacklevel=2,
     )
-    stand_in = build_model(COCO_NUM_CLASSES, "none", cfg.arch, cfg)
-    return build_zero_shot_model(categories, cfg.arch, cfg, model=stand_in)
-
-
-# --- state dicts and checkpoints --------------------------------------------------------
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel, else ``model``."""
-    return (
-        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-    )
-
-
-def _num_classes_of(state: dict[str, torch.Tensor]) -> int | None:
-    return int(state[_CLS_KEY].shape[0]) if _CLS_KEY in state else None
-
-
-def load_checkpoint_or_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict in a seglib checkpoint or a plain state-dict file."""
-    obj = _torch_load(Path(path))
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a state dict or seglib checkpoint"
-        )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_model_state(
-    model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict"
-) -> None:
-    """Load ``state`` into ``model`` (unwrapping DDP), checking the class count first.
-
-    Raises:
-        CheckpointError: another class count (names both), or keys of another architecture.
-    """
-    model = unwrap(model)
-    have, want = _num_classes_of(state), _num_classes_of(model.state_dict())
-    if have is not None and want is not None and have != want:
-        raise CheckpointError(
-            f"{source} was trained for {have} classes ({have - 1} categories + background) but the "
-            f"model has {want} ({want - 1} categories + background). Use the same categories as the "
-            f"checkpoint, or start from weights='coco' to train new heads."
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{source} does not fit this Mask R-CNN (different arch v1/v2?): {str(e)[:600]}"
-        ) from e
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    state: dict[str, Any] = {
-        # Tensors and plain tuples only, so torch.load(weights_only=True) accepts them.
-        "python": (version, torch.tensor(py_state, dtype=torch.int64), gauss),
-        "numpy": (
-            name,
-            torch.from_numpy(keys.astype(np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(cached),
-        ),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of the ``rng`` entry of a checkpoint (python, numpy, torch, CUDA if present)."""
-    version, py_state, gauss = state["python"]
-    random.setstate((version, tuple(int(x) for x in py_state.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"].cpu())
-    if (
-        "cuda" in state
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def save_checkpoint(
-    path: str | Path,
-    *,
-    model: nn.Module,
-    cfg: TrainConfig,
-    categories: list[dict],
-    epoch: int,
-    iteration: int,
-    optimizer: torch.optim.Optimizer | None = None,
-    lr_scheduler: Any = None,
-    scaler: Any = None,
-    best_metric: float | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write a self-contained checkpoint atomically (temp file in the same folder, then rename).
-
-    Holds the model state (DDP unwrapped), optimizer/scheduler/scaler state, ``epoch``
-    (epochs completed), ``iteration`` (optimizer steps done), RNG states, ``config``
-    (cfg.to_dict()), ``categories`` (with coco_id), ``num_classes`` and library versions.
-    Everything is loadable with torch.load(weights_only=True).
-    """
-    path = Path(path)
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": int(epoch),
-        "iteration": int(iteration),
-        "best_metric": None if best_metric is None else float(best_metric),
-        "rng": _rng_state(),
-        "config": cfg.to_dict(),
-        "categories": [dict(c) for c in categories],
-        "num_classes": len(categories) + 1,
-        "versions": {
-            "seglib": str(seglib.__version__),
-            "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__),
-        },
-        "extra": extra or {},
-    }
-    with atomic_file(path) as f:
-        torch.save(ckpt, f)
-    return path
-
-
-_REQUIRED = ("format", "model", "config", "categories", "num_classes", "epoch", "iteration")
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` with torch.load(weights_only=True).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: unreadable, or not a seglib checkpoint (names the missing keys).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found; train one with `python -m seglib train --data DIR --out RUN_DIR` "
-            f"(it writes RUN_DIR/last.pt and best.pt) or pass the path of an existing .pt file"
-        )
-    ckpt = _torch_load(path, map_location)
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
-        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path} is not a seglib checkpoint: it needs keys {list(_REQUIRED)}, has {have}"
-        )
-    return ckpt
-
-
-def check_class_map(
-    checkpoint_categories: list[dict], data_categories: list[dict], *, source: str = "checkpoint"
-) -> None:
-    """Raise unless a model's labels mean the same categories as the data's (pitfalls 5, 9).
-
-    Labels 1..k are positions in a category list; a checkpoint trained on ``cake car dog
-    person`` would silently score every class wrong on a split ordered otherwise.
-
-    Raises:
-        CheckpointError: the (id, name) pairs differ; the message lists both.
-    """
-    ours = [(int(c["id"]), c["name"]) for c in checkpoint_categories]
-    theirs = [(int(c["id"]), c["name"]) for c in data_categories]
-    if ours != theirs:
-        raise CheckpointError(
-            f"{source} was trained with labels {ours} but the data uses {theirs}; evaluate it on a "
-            "subset built with the same --categories in the same order"
-        )
-
-
-def model_from_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", *, categories: list[dict] | None = None
-) -> tuple[MaskRCNN, TrainConfig, list[dict]]:
-    """Rebuild the trained model from a checkpoint alone (no weight files, no network).
-
-    Args:
-        categories: the data's categories (e.g. ``dataset.categories``); when given, the
-            checkpoint's class map must match them (``check_class_map``).
-
-    Returns:
-        (model in eval mode on ``device``, its TrainConfig, its categories with coco_id).
-
-    Raises:
-        FileNotFoundError, CheckpointError: see ``load_checkpoint``; also when the stored
-        class map and the weights disagree, or the class map and ``categories`` do.
-    """
-    ckpt = load_checkpoint(path)
-    try:
-        cfg = TrainConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: stored config is invalid for this seglib version: {e}"
-        ) from e
-    stored = ckpt["categories"]
-    if categories is not None:
-        check_class_map(stored, categories, source=str(path))
-    categories = stored
-    if ckpt["num_classes"] != len(categories) + 1 or cfg.num_classes != ckpt["num_classes"]:
-        raise CheckpointError(
-            f"{path}: num_classes {ckpt['num_classes']} disagrees with its {len(categories)} categories "
-            f"and config categories {list(cfg.categories)}"
-        )
-    model = build_model_structure(cfg)
-    load_model_state(model, ckpt["model"], source=str(path))
-    return model.to(device).eval(), cfg, categories
+    return build_zero_shot_model(categories, arch, cfg, weights="none")

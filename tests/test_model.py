@@ -1,30 +1,28 @@
-"""Model builder, weight cache lookup, zero-shot mapping and checkpoints (all offline)."""
+"""Model builder, registry, weight cache lookup, zero-shot mapping, frozen BatchNorm (offline)."""
 
 from __future__ import annotations
 
-import random
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from seglib.checkpoint import CheckpointError
 from seglib.config import TrainConfig
+from seglib.model import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
 from seglib.model import (
-    CheckpointError,
-    MissingWeightsError,
+    SegmentationModel,
     ZeroShotMaskRCNN,
+    available_archs,
     build_model,
     build_zero_shot_model,
-    load_checkpoint,
-    load_model_state,
-    model_from_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    weights_file,
+    register_arch,
 )
+from seglib.weights import MissingWeightsError, weights_file
 
 CATEGORIES = [
     {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
@@ -49,7 +47,8 @@ def no_network(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def cfg() -> TrainConfig:
-    return TrainConfig.smoke()
+    # torchvision's BatchNorm structure, which the COCO and ImageNet files fit
+    return TrainConfig.smoke(norm="bn")
 
 
 def _heads(model) -> tuple[int, int, int]:
@@ -86,7 +85,7 @@ def _save_random_coco(arch: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("arch", ["v1", "v2"])
 def test_coco_weights_load_from_torch_home_cache(arch, tmp_path):
-    cfg = TrainConfig.smoke(trainable_backbone_layers=3)
+    cfg = TrainConfig.smoke(norm="bn", trainable_backbone_layers=3)
     path = weights_file("coco", arch)
     assert path.parent == tmp_path / "torch-home" / "hub" / "checkpoints"
     assert (
@@ -145,7 +144,7 @@ def test_missing_weights_error_says_what_where_and_how(kind, tmp_path):
 
 
 def test_bad_arguments_raise_value_error(cfg):
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(ValueError, match=r"arch must be one of \('mask2former', 'v1', 'v2'\)"):
         build_model(5, "none", "v3", cfg)
     with pytest.raises(ValueError, match="weights"):
         build_model(5, "resnet", "v1", cfg)
@@ -172,106 +171,6 @@ def test_a_coco_trained_local_file_starts_a_k_class_run(tmp_path, cfg):
     assert _heads(model) == (5, 20, 5)
     key = "backbone.body.layer4.0.conv1.weight"
     assert torch.equal(model.state_dict()[key], source[key])
-
-
-def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
-    from seglib.model import check_class_map
-
-    model = build_model(5, "none", "v1", cfg)
-    path = save_checkpoint(
-        tmp_path / "ckpt.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=1, iteration=1
-    )
-    model_from_checkpoint(path, categories=[dict(c) for c in CATEGORIES])  # same map: fine
-    reordered = [dict(c, id=i + 1) for i, c in enumerate(reversed(CATEGORIES))]
-    with pytest.raises(CheckpointError, match="person") as err:
-        model_from_checkpoint(path, categories=reordered)
-    assert str(path) in str(err.value)
-    with pytest.raises(CheckpointError):
-        check_class_map(CATEGORIES, CATEGORIES[:3])
-
-
-def test_load_model_state_names_both_class_counts(cfg):
-    small = build_model(3, "none", "v1", cfg)
-    with pytest.raises(CheckpointError) as info:
-        load_model_state(small, build_model(5, "none", "v1", cfg).state_dict(), source="best.pt")
-    msg = str(info.value)
-    assert "best.pt" in msg and "5 classes" in msg and "has 3" in msg
-
-
-def test_checkpoint_round_trip(tmp_path, cfg):
-    cfg = cfg.replace(detections_per_img=10)  # pasting 50 random masks dominates the time
-    torch.manual_seed(0)
-    model = build_model(5, "none", "v1", cfg)
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
-    )
-    path = save_checkpoint(
-        tmp_path / "run" / "last.pt",
-        model=model,
-        cfg=cfg,
-        categories=CATEGORIES,
-        epoch=3,
-        iteration=42,
-        optimizer=optimizer,
-        best_metric=0.25,
-        extra={"history": [{"epoch": 1, "loss": 1.5}]},
-    )
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
-    raw = torch.load(path, weights_only=True)  # the contract: loadable without pickle trust
-    assert raw["epoch"] == 3 and raw["iteration"] == 42 and raw["best_metric"] == 0.25
-    assert raw["num_classes"] == 5 and raw["categories"] == CATEGORIES
-    assert set(raw["versions"]) == {"seglib", "torch", "torchvision"}
-    assert raw["extra"]["history"][0]["loss"] == 1.5
-    assert TrainConfig.from_dict(raw["config"]) == cfg
-
-    rebuilt, cfg2, categories = model_from_checkpoint(path)
-    assert cfg2 == cfg and categories == CATEGORIES and not rebuilt.training
-    model.eval()
-    images = _images(2)
-    with torch.inference_mode():
-        a, b = model(images), rebuilt(images)
-    for out_a, out_b in zip(a, b, strict=True):
-        assert out_a.keys() == out_b.keys()
-        for k in out_a:
-            assert torch.equal(out_a[k], out_b[k]), k
-
-
-def test_checkpoint_restores_rng_state(tmp_path, cfg):
-    model = build_model(5, "none", "v1", cfg)
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    path = save_checkpoint(
-        tmp_path / "c.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=0, iteration=0
-    )
-    first = (random.random(), np.random.rand(), torch.rand(1).item())
-    restore_rng_state(load_checkpoint(path)["rng"])
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
-
-
-def test_load_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_checkpoint(tmp_path / "nope.pt")
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(CheckpointError, match="garbage.pt"):
-        load_checkpoint(garbage)
-    plain = tmp_path / "plain.pt"
-    torch.save({"a": torch.zeros(1)}, plain)
-    with pytest.raises(CheckpointError, match="not a seglib checkpoint"):
-        load_checkpoint(plain)
-
-
-def test_truncated_checkpoint_is_reported(tmp_path, cfg):
-    path = save_checkpoint(
-        tmp_path / "last.pt",
-        model=build_model(3, "none", "v1", cfg),
-        cfg=cfg.replace(categories=("cake", "car")),
-        categories=CATEGORIES[:2],
-        epoch=1,
-        iteration=1,
-    )
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated, corrupt"):
-        model_from_checkpoint(path)
 
 
 class _FixedDetector(nn.Module):
@@ -304,10 +203,39 @@ def test_zero_shot_maps_coco_ids_to_subset_labels():
         ZeroShotMaskRCNN(_FixedDetector(), [{"id": 1, "name": "thing"}])
 
 
+class _CrowdedDetector(nn.Module):
+    """300 detections, best first: the 200 best of COCO classes outside the subset."""
+
+    def forward(self, images):
+        labels = torch.tensor([2] * 200 + [1, 3, 18, 61] * 25)  # bicycle, then the subset's
+        n = len(labels)
+        return [
+            {
+                "boxes": torch.rand(n, 4),
+                "labels": labels,
+                "scores": torch.linspace(0.99, 0.1, n),
+                "masks": torch.rand(n, 1, 8, 8),
+            }
+            for _ in images
+        ]
+
+
+def test_zero_shot_keeps_the_best_detections_of_the_subset_not_of_all_coco():
+    cfg = TrainConfig(detections_per_img=60)
+    model = build_zero_shot_model(CATEGORIES, cfg=cfg, model=_CrowdedDetector())
+    (out,) = model([torch.rand(3, 8, 8)])
+    # a cap of 100 before the mapping would have left no subset detection at all
+    assert len(out["labels"]) == 60 and set(out["labels"].tolist()) == {1, 2, 3, 4}
+    assert torch.equal(out["scores"], torch.linspace(0.99, 0.1, 300)[200:260])
+
+
 def test_zero_shot_reads_coco_weights_from_cache(tmp_path, cfg):
     _save_random_coco("v1", cfg)
     model = build_zero_shot_model(CATEGORIES, cfg=cfg.replace(trainable_backbone_layers=3))
     assert _heads(model.model) == (91, 364, 91)  # unmodified COCO heads
+    # 300 candidates over the 91 classes before the subset keeps its best cfg.detections_per_img
+    assert model.model.roi_heads.detections_per_img == 300
+    assert model.detections_per_img == cfg.detections_per_img
     with torch.inference_mode():
         outputs = model(_images(1))
     assert set(outputs[0]["labels"].tolist()) <= {1, 2, 3, 4}
@@ -330,3 +258,85 @@ def test_zero_shot_baseline_uses_cached_coco_weights_or_warns_about_its_stand_in
     expected = torch.load(weights_file("coco", "v1"), weights_only=True)
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(real.model.state_dict()[key], expected[key])
+
+
+# --- the interface, the registry, frozen BatchNorm ---------------------------------------------
+def test_maskrcnn_and_its_zero_shot_wrapper_follow_the_interface(cfg):
+    model = build_model(5, "none", "v1", cfg)
+    assert isinstance(model, SegmentationModel)
+    assert isinstance(build_zero_shot_model(CATEGORIES, model=_FixedDetector()), SegmentationModel)
+    assert not isinstance(object(), SegmentationModel)
+
+
+def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
+    from seglib import model as model_module
+
+    calls = []
+
+    def builder(cfg, *, arch, num_classes, weights, load):
+        calls.append((arch, num_classes, weights, load))
+        return nn.Linear(1, num_classes)
+
+    monkeypatch.setattr(model_module, "_BUILDERS", dict(model_module._BUILDERS))
+    register_arch("toy", builder)
+    assert "toy" in available_archs()
+    assert build_model(3, "none", "toy", cfg).out_features == 3
+    assert calls == [("toy", 3, "none", True)]
+
+
+def test_importing_seglib_does_not_import_the_optional_families():
+    code = (
+        "import sys, seglib.model, seglib.engine, seglib.inference, seglib.cli\n"
+        "print(sorted(m for m in ('transformers', 'seglib.mask2former') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _frozen_bn(channels: int = 8) -> SeglibFrozenBatchNorm2d:
+    g = torch.Generator().manual_seed(0)
+    bn = SeglibFrozenBatchNorm2d(channels)
+    bn.weight.copy_(torch.rand(channels, generator=g) + 0.5)
+    bn.bias.copy_(torch.randn(channels, generator=g))
+    bn.running_mean.copy_(torch.randn(channels, generator=g))
+    bn.running_var.copy_(torch.rand(channels, generator=g) + 0.1)
+    return bn
+
+
+def test_frozen_batchnorm_keeps_the_autocast_dtype():
+    bn = _frozen_bn()
+    conv = nn.Conv2d(3, 8, 3)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = bn(conv(x))
+        upcast = torchvision.ops.misc.FrozenBatchNorm2d.forward(bn, conv(x))
+    assert low.dtype == torch.bfloat16
+    assert upcast.dtype == torch.float32  # what torchvision's gives: every activation upcast
+    reference = bn(conv(x))
+    assert reference.dtype == torch.float32
+    assert torch.allclose(low.float(), reference, rtol=2e-2, atol=2e-2)
+    # float32 inputs: torchvision's result, bit for bit
+    assert torch.equal(reference, torchvision.ops.misc.FrozenBatchNorm2d.forward(bn, conv(x)))
+
+
+def test_pretrained_v1_freezes_batchnorm_with_the_dtype_keeping_layer(cfg):
+    from seglib.model import build_model_structure
+
+    model = build_model_structure(cfg.replace(weights="coco", trainable_backbone_layers=3))
+    frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(isinstance(m, SeglibFrozenBatchNorm2d) for m in frozen)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        features = model.backbone.body(torch.rand(1, 3, 64, 64))
+    assert {f.dtype for f in features.values()} == {torch.bfloat16}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_frozen_batchnorm_keeps_bf16_on_the_gpu():
+    bn, conv = _frozen_bn().cuda(), nn.Conv2d(3, 8, 3).cuda()
+    x = torch.rand(2, 3, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = bn(conv(x))
+    assert low.dtype == torch.bfloat16
+    reference = bn(conv(x))
+    assert (low.float() - reference).abs().max() <= 0.02 * reference.abs().max()

@@ -1,0 +1,170 @@
+"""Checkpoints: round trip, RNG state, damaged files, class maps and the resume check."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from seglib.checkpoint import (
+    CheckpointError,
+    check_class_map,
+    load_checkpoint,
+    load_for_resume,
+    load_model_state,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap,
+)
+from seglib.config import TrainConfig
+from seglib.model import build_model, model_from_checkpoint
+
+CATEGORIES = [
+    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
+    {"id": 2, "name": "car", "supercategory": "vehicle", "coco_id": 3},
+    {"id": 3, "name": "dog", "supercategory": "animal", "coco_id": 18},
+    {"id": 4, "name": "person", "supercategory": "person", "coco_id": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> TrainConfig:
+    return TrainConfig.smoke(detections_per_img=10)  # pasting 50 random masks dominates the time
+
+
+def _images(n: int = 1, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, size, size + 16, generator=g) for _ in range(n)]
+
+
+def test_checkpoint_round_trip(tmp_path, cfg):
+    torch.manual_seed(0)
+    model = build_model(5, "none", "v1", cfg)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
+    path = save_checkpoint(
+        tmp_path / "run" / "last.pt",
+        model=model,
+        cfg=cfg,
+        categories=CATEGORIES,
+        epoch=3,
+        iteration=42,
+        optimizer=optimizer,
+        best_metric=0.25,
+        extra={"history": [{"epoch": 1, "loss": 1.5}]},
+    )
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
+    raw = torch.load(path, weights_only=True)  # the contract: loadable without pickle trust
+    assert raw["epoch"] == 3 and raw["iteration"] == 42 and raw["best_metric"] == 0.25
+    assert raw["num_classes"] == 5 and raw["categories"] == CATEGORIES
+    assert set(raw["versions"]) == {"seglib", "torch", "torchvision"}
+    assert raw["extra"]["history"][0]["loss"] == 1.5
+    assert TrainConfig.from_dict(raw["config"]) == cfg
+
+    rebuilt, cfg2, categories = model_from_checkpoint(path)
+    assert cfg2 == cfg and categories == CATEGORIES and not rebuilt.training
+    model.eval()
+    images = _images(2)
+    with torch.inference_mode():
+        a, b = model(images), rebuilt(images)
+    for out_a, out_b in zip(a, b, strict=True):
+        assert out_a.keys() == out_b.keys()
+        for k in out_a:
+            assert torch.equal(out_a[k], out_b[k]), k
+
+
+def test_checkpoint_restores_rng_state(tmp_path, cfg):
+    model = torch.nn.Linear(2, 2)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=0, iteration=0
+    )
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": torch.zeros(1)}, plain)
+    with pytest.raises(CheckpointError, match="not a seglib checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_truncated_checkpoint_is_reported(tmp_path, cfg):
+    path = save_checkpoint(
+        tmp_path / "last.pt",
+        model=build_model(3, "none", "v1", cfg),
+        cfg=cfg.replace(categories=("cake", "car")),
+        categories=CATEGORIES[:2],
+        epoch=1,
+        iteration=1,
+    )
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        model_from_checkpoint(path)
+
+
+def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
+    path = save_checkpoint(
+        tmp_path / "ckpt.pt",
+        model=build_model(5, "none", "v1", cfg),
+        cfg=cfg,
+        categories=CATEGORIES,
+        epoch=1,
+        iteration=1,
+    )
+    model_from_checkpoint(path, categories=[dict(c) for c in CATEGORIES])  # same map: fine
+    reordered = [dict(c, id=i + 1) for i, c in enumerate(reversed(CATEGORIES))]
+    with pytest.raises(CheckpointError, match="person") as err:
+        model_from_checkpoint(path, categories=reordered)
+    assert str(path) in str(err.value)
+    with pytest.raises(CheckpointError):
+        check_class_map(CATEGORIES, CATEGORIES[:3])
+
+
+def test_load_model_state_names_the_tensors_that_differ():
+    small = torch.nn.Linear(8, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(small, torch.nn.Linear(8, 5).state_dict(), source="best.pt")
+    msg = str(info.value)
+    assert "best.pt" in msg and "weight: [5, 8] in best.pt, [3, 8] in the model" in msg
+    with pytest.raises(CheckpointError, match="another arch"):
+        load_model_state(small, {"other.weight": torch.zeros(1)}, source="x.pt")
+    wrapped = torch.nn.Sequential()
+    wrapped.module = small  # what DistributedDataParallel looks like from outside
+    assert unwrap(wrapped) is small
+    load_model_state(wrapped, {k: v + 1 for k, v in small.state_dict().items()})
+
+
+def test_resume_refuses_a_changed_config_and_a_new_length_when_the_schedule_spans_the_run(
+    tmp_path,
+):
+    cfg = TrainConfig.smoke(lr_schedule="cosine", num_epochs=2)
+    model = torch.nn.Linear(2, 2)
+    path = save_checkpoint(
+        tmp_path / "last.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=1, iteration=6
+    )
+    assert load_for_resume(path, cfg)["epoch"] == 1
+    with pytest.raises(ValueError, match="num_epochs"):
+        load_for_resume(path, cfg.replace(num_epochs=4))
+    with pytest.raises(ValueError, match=f"lr: saved {cfg.lr}, given {cfg.lr / 2}"):
+        load_for_resume(path, cfg.replace(lr=cfg.lr / 2))
+    step = cfg.replace(lr_schedule="multistep", lr_milestones=(0.5,))
+    save_checkpoint(path, model=model, cfg=step, categories=CATEGORIES, epoch=1, iteration=6)
+    with pytest.raises(ValueError, match="num_epochs"):  # the milestone would move
+        load_for_resume(path, step.replace(num_epochs=4))
+    flat = cfg.replace(lr_schedule="multistep", lr_milestones=())
+    save_checkpoint(path, model=model, cfg=flat, categories=CATEGORIES, epoch=1, iteration=6)
+    assert load_for_resume(path, flat.replace(num_epochs=4))["epoch"] == 1  # nothing moves
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        load_for_resume(tmp_path / "none.pt", cfg)
