@@ -2,8 +2,13 @@
 
 ``predict`` is what validation, notebooks 04/05 and ``python -m seglib evaluate`` run;
 ``evaluate`` adds the COCO metrics; ``predict_images`` serves ``python -m seglib predict``
-(results JSON plus overlay PNGs). Masks are thresholded at 0.5 on the device before they are
-copied to the host, and image ids are plain ints (pitfalls 7 and 16).
+(results JSON plus overlay PNGs). Any model following ``seglib.model.SegmentationModel``
+works: only ``model(images)`` is called.
+
+Masks are thresholded at 0.5 and cut to their extent on the device, so only uint8 crops cross
+to the host (``masks_to_host``); image ids are plain ints, never tensors, or pycocotools'
+``loadRes`` rejects the results. Under torchrun ``evaluate`` shards the images across the
+ranks and rank 0 runs COCOeval on the gathered results.
 """
 
 from __future__ import annotations
@@ -15,18 +20,74 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from seglib.checkpoint import unwrap
 from seglib.dataset import collate_fn, load_rgb
+from seglib.distributed import broadcast_from_main, gather_to_main, rank_and_world
 from seglib.io import write_json_atomic
-from seglib.model import unwrap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def images_to_device(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Copy images to ``device`` (non-blocking from pinned memory); uint8 ones become float
+    in 0..1 there, after the copy, so a quarter of the bytes cross the bus."""
+    out = []
+    for img in images:
+        img = img.to(device, non_blocking=True)
+        out.append(img.float().div_(255.0) if img.dtype == torch.uint8 else img)
+    return out
+
+
+def batch_to_device(
+    images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """``images_to_device`` plus every tensor of every target dict (non-blocking)."""
+    targets = [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
+    return images_to_device(images, device), targets
+
+
+def masks_to_host(probs: torch.Tensor) -> np.ndarray:
+    """Binary masks on the host from mask probabilities on any device.
+
+    Each mask is thresholded at 0.5 and cut to its own extent on the device; only those
+    uint8 crops are copied (one copy), then pasted back into full-size masks on the host.
+
+    Args:
+        probs: float [N, 1, H, W] probabilities (torchvision's ``masks`` output).
+
+    Returns:
+        uint8 [N, H, W] with values 0/1.
+    """
+    binary = probs[:, 0] > 0.5
+    n, h, w = binary.shape
+    out = np.zeros((n, h, w), dtype=np.uint8)
+    if n == 0:
+        return out
+    rows, cols = binary.any(dim=2), binary.any(dim=1)  # [N, H], [N, W]
+    present = rows.any(dim=1)
+    y0 = rows.int().argmax(dim=1)
+    y1 = h - rows.flip(1).int().argmax(dim=1)
+    x0 = cols.int().argmax(dim=1)
+    x1 = w - cols.flip(1).int().argmax(dim=1)
+    extents = (torch.stack([y0, y1, x0, x1], dim=1) * present[:, None]).cpu().tolist()
+    crops = [binary[i, a:b, c:d].reshape(-1) for i, (a, b, c, d) in enumerate(extents)]
+    flat = torch.cat(crops).to(torch.uint8).cpu().numpy()
+    start = 0
+    for i, (a, b, c, d) in enumerate(extents):
+        size = (b - a) * (d - c)
+        out[i, a:b, c:d] = flat[start : start + size].reshape(b - a, d - c)
+        start += size
+    return out
+
+
 def _image_id(target: Any) -> int:
     value = target["image_id"] if isinstance(target, dict) else target
-    return int(value.item() if torch.is_tensor(value) else value)  # never a tensor (pitfall 7)
+    return int(value.item() if torch.is_tensor(value) else value)  # never a tensor
 
 
 def _results_for(
@@ -37,9 +98,7 @@ def _results_for(
         return []
     boxes = output["boxes"][keep]
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    # Threshold on the device: the float [N,1,H,W] probabilities are 4x the bytes of the
-    # uint8 masks that cross to the host (pitfall 16).
-    masks = (output["masks"][keep, 0] > 0.5).to(torch.uint8).cpu().numpy()
+    masks = masks_to_host(output["masks"][keep])
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     results = []
     for box, label, score, rle in zip(
@@ -84,7 +143,9 @@ def predict(
     """COCO results for every image: model in eval mode under torch.inference_mode.
 
     Args:
-        loader_or_dataset: yields/holds ``(image, target)`` with ``target["image_id"]``.
+        model: follows ``seglib.model.SegmentationModel``; only ``model(images)`` is called.
+        loader_or_dataset: yields/holds ``(image, target)`` with ``target["image_id"]``; images
+            uint8 [3,H,W] (made float on the device) or float in 0..1.
         score_thresh: detections below it are left out (0 keeps all, as AP needs).
 
     Returns:
@@ -107,7 +168,7 @@ def predict(
         with torch.inference_mode():
             for images, targets in batches:
                 try:
-                    outputs = net([img.to(device, non_blocking=True) for img in images])
+                    outputs = net(images_to_device(images, device))
                 except torch.cuda.OutOfMemoryError as e:
                     raise torch.cuda.OutOfMemoryError(
                         f"CUDA out of memory while predicting on {len(images)} images: use a smaller "
@@ -131,13 +192,31 @@ def evaluate(
 ) -> dict[str, Any]:
     """``predict`` on every image (all scores), then ``seglib.metrics.evaluate_results``.
 
-    ``score_thresh`` applies to the thresholded metrics (best-match and pixel IoU), not to AP.
+    ``score_thresh`` applies to the thresholded metrics (best-match and pixel IoU), not to AP. A
+    DataLoader lends its dataset, batch size and worker count.
+
+    Under torchrun (an initialised process group) every rank must call it: each predicts
+    every ``world_size``-th image, rank 0 gathers the results in the dataset's image order
+    (the order one process produces, so COCOeval's tie-breaking is the same) and evaluates,
+    and every rank gets the metrics back.
     """
     from seglib.metrics import evaluate_results
 
-    loader = _as_loader(dataset, batch_size, num_workers)
-    results = predict(model, loader, device, score_thresh=0.0)
-    return evaluate_results(loader.dataset.coco, results, score_thresh=score_thresh)
+    if isinstance(dataset, DataLoader):
+        batch_size = dataset.batch_size or batch_size
+        num_workers, dataset = dataset.num_workers, dataset.dataset
+    rank, world = rank_and_world()
+    shard = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
+    results = predict(
+        model, shard, device, score_thresh=0.0, batch_size=batch_size, num_workers=num_workers
+    )
+    parts = gather_to_main(results)
+    metrics = None
+    if parts is not None:
+        position = {image_id: n for n, image_id in enumerate(dataset.ids)}
+        merged = sorted((r for part in parts for r in part), key=lambda r: position[r["image_id"]])
+        metrics = evaluate_results(dataset.coco, merged, score_thresh=score_thresh)
+    return broadcast_from_main(metrics)
 
 
 def write_results(
@@ -213,11 +292,9 @@ def predict_images(
     try:
         for image_id, path in zip(ids, files, strict=True):
             rgb = load_rgb(path)
-            tensor = (
-                torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
-            )
+            tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
             with torch.inference_mode():
-                output = net([tensor.to(device)])[0]
+                output = net(images_to_device([tensor], device))[0]
             found = _results_for(image_id, output, score_thresh)
             results.extend(found)
             records.append(
@@ -232,7 +309,7 @@ def predict_images(
             ax = viz.draw_instances(
                 rgb,
                 boxes=output["boxes"][keep].cpu(),
-                masks=(output["masks"][keep, 0] > 0.5).cpu(),
+                masks=torch.from_numpy(masks_to_host(output["masks"][keep])),
                 labels=output["labels"][keep].cpu(),
                 scores=output["scores"][keep].cpu(),
                 class_names=names,

@@ -140,3 +140,159 @@ def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path
     written = json.loads(path.read_text())
     assert [r["category_id"] for r in written] == [coco_ids[r["category_id"]] for r in results]
     assert evaluate_results(dataset.coco, path) == evaluate_results(dataset.coco, results)
+
+
+def test_masks_to_host_copies_only_each_mask_extent_and_matches_a_plain_threshold():
+    from seglib.inference import masks_to_host
+
+    probs = torch.zeros(4, 1, 20, 30)
+    probs[0, 0, 2:5, 3:9] = 0.9
+    probs[0, 0, 5, 3:9] = 0.5  # not above 0.5: outside the mask
+    probs[1, 0, 0:20, 29] = 0.7  # touches the right and bottom edges
+    probs[2, 0, 10, 10] = 0.51  # one pixel
+    # mask 3 stays empty
+    copied = []
+    real_cat = torch.cat
+
+    def spy_cat(tensors, *args, **kwargs):
+        out = real_cat(tensors, *args, **kwargs)
+        copied.append(out.numel())
+        return out
+
+    torch.cat, restore = spy_cat, torch.cat
+    try:
+        masks = masks_to_host(probs)
+    finally:
+        torch.cat = restore
+    expected = (probs[:, 0] > 0.5).to(torch.uint8).numpy()
+    assert masks.dtype == np.uint8 and np.array_equal(masks, expected)
+    assert copied[-1] == 3 * 6 + 20 * 1 + 1  # the crops, not 4 x 20 x 30 pixels
+    assert masks_to_host(torch.zeros(0, 1, 5, 5)).shape == (0, 5, 5)
+
+
+def test_predict_takes_uint8_images(synthetic_subset):
+    dataset = open_split(synthetic_subset, "val")
+
+    class Probe(nn.Module):
+        def forward(self, images):
+            assert all(img.dtype == torch.float32 and float(img.max()) <= 1.0 for img in images)
+            h, w = images[0].shape[1:]
+            return [
+                {
+                    "boxes": torch.zeros(0, 4),
+                    "labels": torch.zeros(0, dtype=torch.int64),
+                    "scores": torch.zeros(0),
+                    "masks": torch.zeros(0, 1, h, w),
+                }
+                for _ in images
+            ]
+
+    image = torch.full((3, 8, 8), 255, dtype=torch.uint8)
+    pairs = [(image, {"image_id": torch.tensor(i)}) for i in dataset.ids[:3]]
+    assert predict(Probe(), pairs, CPU) == []
+
+
+DDP_EVAL_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+from seglib.dataset import open_split
+from seglib.inference import evaluate
+sys.path.insert(0, sys.argv[3])
+from stand_in import ImperfectDetector
+
+dist.init_process_group("gloo")
+dataset = open_split(sys.argv[1], "val")
+model = ImperfectDetector(dataset)
+metrics = evaluate(model, dataset, torch.device("cpu"), score_thresh=0.5)
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump({"images": model.images_seen, "metrics": metrics}, f)
+dist.destroy_process_group()
+"""
+
+STAND_IN = '''
+import torch
+from torch import nn
+
+
+class ImperfectDetector(nn.Module):
+    """Predictions from the ground truth of each image (found by its pixels), with one
+    instance in three dropped, a false positive per image, and tied scores."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.truth = {}
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            self.truth[float(image.float().sum())] = target
+        self.images_seen = 0
+
+    def forward(self, images):
+        outputs = []
+        for image in images:
+            self.images_seen += 1
+            t = self.truth[float((image * 255).round().sum())]
+            keep = torch.arange(len(t["labels"])) % 3 != 2
+            n, (h, w) = int(keep.sum()), image.shape[1:]
+            fp_mask = torch.zeros(1, 1, h, w)
+            fp_mask[..., : h // 4, : w // 4] = 1.0
+            outputs.append({
+                "boxes": torch.cat([t["boxes"][keep], torch.tensor([[0.0, 0.0, w / 4, h / 4]])]),
+                "labels": torch.cat([t["labels"][keep], torch.tensor([1])]),
+                "scores": torch.full((n + 1,), 0.7),
+                "masks": torch.cat([t["masks"][keep][:, None].float(), fp_mask]),
+            })
+        return outputs
+'''
+
+
+@pytest.mark.slow
+def test_evaluate_under_ddp_shards_the_images_and_equals_one_process(tmp_path, synthetic_subset):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    script = tmp_path / "ddp_eval.py"
+    script.write_text(DDP_EVAL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*command, str(script), str(synthetic_subset), str(tmp_path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from stand_in import ImperfectDetector
+    finally:
+        sys.path.remove(str(tmp_path))
+    dataset = open_split(synthetic_subset, "val")
+    single = evaluate(ImperfectDetector(dataset), dataset, CPU, score_thresh=0.5)
+    n = len(dataset)
+    assert [r["images"] for r in ranks] == [(n + 1) // 2, n // 2]  # each rank its share
+    assert 0.2 < single["segm"]["AP"] < 0.95  # imperfect: ties and misses matter
+    for r in ranks:  # every rank gets rank 0's metrics
+        assert json.dumps(r["metrics"], sort_keys=True) == json.dumps(
+            json.loads(json.dumps(single)), sort_keys=True
+        )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_masks_to_host_on_the_gpu_matches_a_plain_threshold():
+    from seglib.inference import masks_to_host
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.zeros(50, 1, 120, 160)
+    for i in range(49):  # mask 49 stays empty
+        y, x = torch.randint(0, 100, (2,), generator=g).tolist()
+        probs[i, 0, y : y + 20, x : x + 40] = torch.rand(20, 40, generator=g)
+    expected = (probs[:, 0] > 0.5).to(torch.uint8).numpy()
+    assert np.array_equal(masks_to_host(probs.cuda()), expected)
