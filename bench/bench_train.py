@@ -10,7 +10,11 @@ in the same process, one after the other:
     where supported, else fp16 + GradScaler), gradient clipping, per-iteration LR schedule,
     pinned host tensors copied with non_blocking=True, losses read back once per log interval;
 (b) plain: ``model.train(); loss = sum(model(images, targets).values()); zero_grad;
-    backward; step`` in fp32 with blocking copies and no clipping.
+    backward; step`` in fp32 with blocking copies of float images (made float on the host,
+    as a dataset returning float tensors gives them) and no clipping.
+
+Both loops print their time per iteration and, on CUDA, their peak memory
+(``torch.cuda.max_memory_allocated``), then the ratios seglib/plain of both.
 
 Batches are built once in host memory from a synthetic COCO subset (images ``size * 4/3`` px
 on the longer side, so the model sees about size x 4/3*size, like COCO at 800x1333), so image
@@ -40,15 +44,12 @@ import seglib
 from seglib.coco import build_subset
 from seglib.config import TrainConfig
 from seglib.dataset import open_split
-from seglib.engine import (
-    amp_settings,
-    make_lr_scheduler,
-    make_optimizer,
-    resolve_device,
-    train_one_epoch,
-)
-from seglib.model import build_model, build_model_structure, weights_file
+from seglib.engine import train_one_epoch
+from seglib.model import build_model, build_model_structure
+from seglib.optim import make_lr_scheduler, make_optimizer
+from seglib.runtime import amp_settings, resolve_device
 from seglib.synthetic import make_synthetic_coco
+from seglib.weights import weights_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,7 +126,7 @@ def calibrated_structure(cfg: TrainConfig, batches: list) -> torch.nn.Module:
     donor.train()
     with torch.no_grad():
         for images, _ in batches:
-            donor.backbone(donor.transform(images)[0].tensors)
+            donor.backbone(donor.transform(_float(images))[0].tensors)
     model = build_model_structure(cfg)
     model.load_state_dict(donor.state_dict())  # FrozenBatchNorm2d drops num_batches_tracked
     return model
@@ -140,7 +141,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> float:
+def _float(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Float 0..1 images on the host, from the dataset's uint8 (or float) ones."""
+    return [img.float().div(255.0) if img.dtype == torch.uint8 else img for img in images]
+
+
+def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> tuple[float, float]:
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_scheduler(optimizer, cfg, iters_per_epoch=max(1, warmup + iters))
     amp_dtype, scaler = amp_settings(device, cfg.amp)
@@ -148,7 +154,10 @@ def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> float:
         batches = [
             (
                 [i.pin_memory() for i in imgs],
-                [{k: v.pin_memory() for k, v in t.items()} for t in tgts],
+                [
+                    {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in t.items()}
+                    for t in tgts
+                ],
             )
             for imgs, tgts in batches
         ]
@@ -169,7 +178,7 @@ def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> float:
     return time.perf_counter() - start, rows[-1]["loss"]
 
 
-def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> float:
+def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> tuple[float, float]:
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
@@ -181,8 +190,10 @@ def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> float:
         loss = None
         model.train()
         for images, targets in cycle(batches, n):
-            images = [img.to(device) for img in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            images = [img.to(device) for img in _float(images)]
+            targets = [
+                {k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in targets
+            ]
             loss = sum(model(images, targets).values())
             optimizer.zero_grad()
             loss.backward()
@@ -203,58 +214,41 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
+def make_config(args: argparse.Namespace, cuda: bool) -> tuple[TrainConfig, str]:
+    """The benchmark's config (and profile name) from the arguments and the device."""
     size = args.size or (800 if cuda else 128)
-    iters = args.iters or (20 if cuda else 5)
     profile = args.profile or ("seed" if cuda else "smoke")
+    coco = args.weights == "coco"
     cfg = TrainConfig.from_profile(
         profile,
         min_size=size,
         max_size=max(size, round(size * 1333 / 800)),
         batch_size=args.batch_size,
         weights=args.weights,
+        norm="bn" if coco else TrainConfig.from_profile(profile).norm,
         amp=True,
-        trainable_backbone_layers=3 if args.weights == "coco" else 5,
+        trainable_backbone_layers=3 if coco else 5,
         warmup_iters=0,
-        lr=0.001,
-    )  # the seed recipe's lr: the unclipped plain loop must stay finite
-    cached = args.weights == "coco" and weights_file("coco", cfg.arch).is_file()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        batches = make_batches(work, size, args.batch_size, n_batches=min(8, iters + args.warmup))
+        lr=0.001,  # the seed recipe's lr: the unclipped plain loop must stay finite
+    )
+    return cfg, profile
+
+
+def make_model(cfg: TrainConfig, weights: str, batches: list) -> tuple[torch.nn.Module, str]:
+    """The model both loops start from, and how its weights were obtained."""
     torch.manual_seed(0)
-    if cached:
-        model = build_model(cfg.num_classes, "coco", cfg.arch, cfg)
-    elif args.weights == "coco":
-        model = calibrated_structure(cfg, batches)
-    else:
-        model = build_model(cfg.num_classes, "none", cfg.arch, cfg)
+    if weights == "coco" and weights_file("coco", cfg.arch).is_file():
+        return build_model(cfg.num_classes, "coco", cfg.arch, cfg), " (cached COCO file)"
+    if weights == "coco":
+        note = " (not cached: its structure, random weights, calibrated frozen BN)"
+        return calibrated_structure(cfg, batches), note
+    return build_model(cfg.num_classes, "none", cfg.arch, cfg), ""
+
+
+def measure(model, cfg, batches, device, args, iters: int) -> dict[str, dict]:
+    """Median seconds, peak memory and last loss of each loop over alternating rounds."""
+    cuda = device.type == "cuda"
     initial = copy.deepcopy(model.state_dict())
-
-    amp_dtype, _ = amp_settings(device, cfg.amp)
-    print(f"device      {device_name(device)}")
-    print(
-        f"versions    python {platform.python_version()}, torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, seglib {seglib.__version__}"
-    )
-    print(
-        f"model       Mask R-CNN R50-FPN {cfg.arch}, weights {args.weights}"
-        f"{' (cached COCO file)' if cached else ' (not cached: its structure, random weights, calibrated frozen BN)' if args.weights == 'coco' else ''}, "
-        f"min_size {cfg.min_size}, max_size {cfg.max_size}, profile {profile} "
-        f"(RPN post-NMS {cfg.rpn_post_nms_top_n_train}, ROIs/img {cfg.box_batch_size_per_image})"
-    )
-    shapes = sorted({tuple(img.shape[1:]) for imgs, _ in batches for img in imgs})
-    print(
-        f"data        {len(batches)} distinct batches of {args.batch_size} synthetic images {shapes}, "
-        f"{args.warmup} warmup + {iters} timed iterations per loop"
-    )
-    print(
-        f"seglib loop AMP {amp_dtype or 'off (CPU)'}, grad clip {cfg.grad_clip_norm}, log interval {cfg.log_interval}"
-    )
-
     loops = {"seglib train_one_epoch": run_seglib, "plain fp32 torchvision": run_plain}
     rounds: dict[str, list[tuple[float, float | None, float]]] = {name: [] for name in loops}
     for _ in range(args.repeats):  # alternate, so drift (thermal, other load) hits both loops
@@ -269,25 +263,25 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(
                     f"{name}: the loss became {last_loss}; timings would be meaningless"
                 )
-            rounds[name].append(
-                (
-                    seconds,
-                    torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-                    last_loss,
-                )
-            )
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+            rounds[name].append((seconds, peak, last_loss))
     results = {}
     for name, runs in rounds.items():
         seconds = statistics.median(r[0] for r in runs)
+        peaks = [r[1] for r in runs if r[1] is not None]
         results[name] = {
             "images_per_s": iters * args.batch_size / seconds,
             "s_per_iter": seconds / iters,
-            "peak_gib": runs[-1][1],
+            "peak_gib": max(peaks) if peaks else None,
             "last_loss": runs[-1][2],
             "rounds_s": [round(r[0], 3) for r in runs],
         }
+    return results
 
-    print(f"\nmedian of {args.repeats} alternating rounds")
+
+def report(results: dict[str, dict], repeats: int) -> dict[str, float | None]:
+    """Print the table and the seglib/plain ratios; return the ratios."""
+    print(f"\nmedian of {repeats} alternating rounds")
     print(
         f"{'loop':<24} {'images/s':>9} {'s/iter':>8} {'peak GPU mem':>13} {'last loss':>10}  rounds (s)"
     )
@@ -296,22 +290,51 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<24} {r['images_per_s']:>9.2f} {r['s_per_iter']:>8.3f} {peak:>13} {r['last_loss']:>10.3f}  {r['rounds_s']}"
         )
-    ours, plain = (r["images_per_s"] for r in results.values())
-    print(f"speed-up    {ours / plain:.2f}x")
+    ours, plain = results.values()
+    ratios = {"speedup": ours["images_per_s"] / plain["images_per_s"], "peak_memory_ratio": None}
+    print(f"speed-up    {ratios['speedup']:.2f}x (seglib images/s over plain)")
+    if ours["peak_gib"] is not None and plain["peak_gib"]:
+        ratios["peak_memory_ratio"] = ours["peak_gib"] / plain["peak_gib"]
+        print(f"peak memory {ratios['peak_memory_ratio']:.2f}x (seglib over plain)")
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    cfg, profile = make_config(args, cuda)
+    iters = args.iters or (20 if cuda else 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        n_batches = min(8, iters + args.warmup)
+        batches = make_batches(work, cfg.min_size, args.batch_size, n_batches=n_batches)
+    model, origin = make_model(cfg, args.weights, batches)
+    amp_dtype, _ = amp_settings(device, cfg.amp)
+    print(f"device      {device_name(device)}")
+    print(
+        f"versions    python {platform.python_version()}, torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}, seglib {seglib.__version__}"
+    )
+    print(
+        f"model       Mask R-CNN R50-FPN {cfg.arch}, weights {args.weights}{origin}, "
+        f"min_size {cfg.min_size}, max_size {cfg.max_size}, profile {profile} "
+        f"(RPN post-NMS {cfg.rpn_post_nms_top_n_train}, ROIs/img {cfg.box_batch_size_per_image})"
+    )
+    shapes = sorted({tuple(img.shape[1:]) for imgs, _ in batches for img in imgs})
+    print(
+        f"data        {len(batches)} distinct batches of {args.batch_size} synthetic images {shapes} "
+        f"({batches[0][0][0].dtype}), {args.warmup} warmup + {iters} timed iterations per loop"
+    )
+    print(
+        f"seglib loop AMP {amp_dtype or 'off (CPU)'}, grad clip {cfg.grad_clip_norm}, log interval {cfg.log_interval}"
+    )
+    results = measure(model, cfg, batches, device, args, iters)
+    ratios = report(results, args.repeats)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "device": device_name(device),
-                    "size": size,
-                    "iters": iters,
-                    "batch_size": args.batch_size,
-                    "profile": profile,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+        summary = {"device": device_name(device), "size": cfg.min_size, "iters": iters}
+        summary.update(batch_size=args.batch_size, profile=profile, results=results, **ratios)
+        args.json.write_text(json.dumps(summary, indent=2))
     return 0
 
 
