@@ -36,7 +36,6 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import albumentations
 import cv2
 import numpy as np
 import torch
@@ -273,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"albumentations {albumentations.__version__}, "
         f"pycocotools {version('pycocotools')}, numpy {np.__version__}, opencv {cv2.__version__}, "
         f"pillow {Image.__version__}"
     )
