@@ -7,11 +7,10 @@ row-major run lengths; ``__getitem__`` rebuilds all masks of an image with one `
 That skips, on every epoch, both the polygon rasterisation and the column-major to row-major
 transpose that decoding COCO's (column-major) RLE needs: see bench/bench_data.py.
 
-Images are read in their stored frame, the one COCO annotates: an EXIF Orientation tag is not
-applied (``load_rgb``, for photos without annotations, applies it). JPEGs are decoded by
-``torchvision.io.decode_jpeg`` (libjpeg-turbo, no PIL round trip); other formats by PIL. Images
-stay uint8 [3, H, W] through augmentation and across DataLoader workers, a quarter of the
-bytes of float; ``seglib.inference.images_to_device`` makes them float 0..1 on the device.
+Images are read in their stored frame, the one COCO annotates, by ``seglib.images.decode_image``
+(an EXIF Orientation tag is not applied; ``load_rgb``, for photos without annotations, applies
+it). They stay uint8 [3, H, W] through augmentation and across DataLoader workers, a quarter of
+the bytes of float; ``seglib.inference.images_to_device`` makes them float 0..1 on the device.
 
 What it guarantees, whatever the json holds:
 - images are RGB uint8 (grayscale, CMYK, palette, alpha and 16-bit files included);
@@ -33,16 +32,16 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
+from seglib.images import ImageError, decode_image, load_rgb
 from seglib.transforms import boxes_from_masks
 
 __all__ = [
     "CocoSubsetDataset",
     "DatasetError",
+    "ImageError",
     "collate_fn",
     "decode_image",
     "load_rgb",
@@ -57,41 +56,7 @@ class DatasetError(ValueError):
     """A split json, annotation or image that cannot be used; the message names it."""
 
 
-# --- images ---------------------------------------------------------------------------------
-def _open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` so truncated files fail here, naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
-        )
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(
-            f"image {path} cannot be decoded ({e}); delete it and re-run `python -m seglib subset`"
-        ) from e
-    return image
-
-
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode as uint8 [H, W, 3]."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        # PIL's own conversion clips these to 0..255 instead of rescaling them.
-        arr = np.asarray(image)
-        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
-            arr = arr.astype(np.uint32) >> 8
-        gray = np.clip(arr, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode in ("P", "PA"):
-        # Palette transparency must go through RGBA, or PIL warns and may mis-map colours.
-        image = image.convert("RGBA")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
-
-
+# --- targets ---------------------------------------------------------------------------------
 def _mask_areas(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Pixel counts of uint8 [N, H, W] 0/1 masks as float32 [N], each counted only inside
     its XYXY box (float32 [N, 4], integral, from ``boxes_from_masks``)."""
@@ -103,56 +68,6 @@ def _mask_areas(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         ],
         dtype=np.float32,
     )
-
-
-#: The first bytes of every JPEG file (SOI marker, then the start of the next marker).
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Read an image as RGB in its stored frame (EXIF orientation not applied).
-
-    JPEGs go through ``torchvision.io.decode_jpeg``; other formats, and any JPEG it cannot
-    read, through PIL (which also names the problem when the file is corrupt).
-
-    Returns:
-        uint8 [3, H, W], laid out channels-last in memory as ``decode_jpeg`` returns it (so
-        ``.permute(1, 2, 0).numpy()`` is a contiguous [H, W, 3] array, with no copy).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: the file cannot be decoded (truncated, not an image); names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
-        )
-    data = read_file(str(path))
-    if bytes(data[:3].tolist()) == _JPEG_MAGIC:
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # corrupt, or a colour space libjpeg-turbo lacks: PIL decides which
-    # A copy: PIL's array is read-only, and torch wants to own writable memory.
-    return torch.from_numpy(np.array(_to_rgb(_open_image(path)))).permute(2, 0, 1)
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as RGB, upright according to its EXIF orientation.
-
-    Args:
-        path: any format PIL reads; modes L, LA, P, CMYK, RGBA, I;16, ... are converted.
-
-    Returns:
-        uint8 [H, W, 3].
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DatasetError: the file cannot be decoded (truncated, not an image); names the file.
-    """
-    image = _open_image(Path(path))
-    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 # --- annotations ----------------------------------------------------------------------------
@@ -389,7 +304,10 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
                 size is not the json's width and height (names both).
         """
         img = self._images[i]
-        image = decode_image(img["path"])
+        try:
+            image = decode_image(img["path"])
+        except ImageError as e:
+            raise DatasetError(f"{e} (image {img['id']} of {self.split_json})") from e
         if image.shape[1:] != (img["height"], img["width"]):
             h, w = image.shape[1:]
             raise DatasetError(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from seglib.dataset import decode_image
+from seglib.images import decode_image
 from seglib.transforms import (
     TrainTransform,
     boxes_from_masks,
