@@ -1,8 +1,9 @@
-"""COCO instances JSONs as the subset builder reads them: loading, validating, categories.
+"""COCO instances JSONs as the subset builder reads and writes them.
 
 ``load_instances`` reads a file with clear errors for truncated or foreign JSON;
 ``validate_instances`` checks what would otherwise crash later, in pycocotools or in training,
-and names the image or annotation at fault. Everything raises ``SubsetError``.
+and names the image or annotation at fault; ``split_document`` writes one split of a subset
+(its categories renumbered 1..k, each with its ``coco_id``). Everything raises ``SubsetError``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 __all__ = [
     "SubsetError",
     "area_bbox",
+    "category_counts",
     "check_file_name",
     "clean_segmentation",
     "load_instances",
     "resolve_categories",
+    "split_document",
     "validate_instances",
 ]
 
@@ -161,3 +164,92 @@ def area_bbox(seg: Any, height: int, width: int) -> tuple[float, list[float]]:
     rle = mask_utils.frPyObjects(seg, height, width)
     rle = mask_utils.merge(rle) if isinstance(rle, list) else rle
     return float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+
+
+# --- writing a split -------------------------------------------------------------------------
+def _image_entry(im: dict[str, Any], folder: str, base_url: str) -> dict[str, Any]:
+    entry = {k: im[k] for k in ("id", "file_name", "width", "height")}
+    entry["coco_url"] = im.get("coco_url") or f"{base_url}/{folder}/{im['file_name']}"
+    if "license" in im:
+        entry["license"] = im["license"]
+    return entry
+
+
+def _annotation_entry(a: dict[str, Any], seg: Any, im: dict[str, Any], label: int) -> dict:
+    if "area" in a and "bbox" in a:
+        area, bbox = a["area"], a["bbox"]
+    else:
+        area, bbox = area_bbox(seg, im["height"], im["width"])
+    return {
+        "id": a["id"],
+        "image_id": a["image_id"],
+        "category_id": label,
+        "segmentation": seg,
+        "area": area,
+        "bbox": bbox,
+        "iscrowd": int(a.get("iscrowd", 0)),
+    }
+
+
+def split_document(
+    data: dict[str, Any],
+    image_ids: list[int],
+    cats: list[dict[str, Any]],
+    folder: str,
+    split: str,
+    dropped: list[int],
+    base_url: str,
+) -> dict[str, Any]:
+    """A subset's split JSON: the chosen images of ``data`` (a COCO instances dict) and their
+    annotations of ``cats``, renumbered 1..k in that order with each ``coco_id`` kept.
+
+    Images keep their ids and a ``coco_url`` (``base_url/folder/file_name`` when the source has
+    none). Ids of annotations left with no usable polygon are appended to ``dropped``.
+    """
+    new_id = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    wanted = set(image_ids)
+    images = {im["id"]: im for im in data["images"] if im["id"] in wanted}
+    anns = []
+    for a in sorted(data["annotations"], key=lambda a: a["id"]):
+        if a["image_id"] not in images or a["category_id"] not in new_id:
+            continue
+        seg = clean_segmentation(a["segmentation"])
+        if not seg:
+            dropped.append(a["id"])
+            continue
+        anns.append(_annotation_entry(a, seg, images[a["image_id"]], new_id[a["category_id"]]))
+    info = dict(data.get("info") or {})
+    names = ", ".join(c["name"] for c in cats)
+    info["description"] = f"seglib {split} split from COCO {folder}: {names}"
+    return {
+        "info": info,
+        "licenses": data.get("licenses") or [],
+        "images": [_image_entry(images[i], folder, base_url) for i in sorted(images)],
+        "annotations": anns,
+        "categories": [
+            {
+                "id": new_id[c["id"]],
+                "name": c["name"],
+                "supercategory": c.get("supercategory", ""),
+                "coco_id": c["id"],
+            }
+            for c in cats
+        ],
+    }
+
+
+def category_counts(doc: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """category name -> images with a non-crowd instance of it, non-crowd instances, crowd regions."""
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    imgs: dict[str, set[int]] = {n: set() for n in names.values()}
+    counts = {n: {"images": 0, "instances": 0, "crowd": 0} for n in names.values()}
+    for a in doc["annotations"]:
+        name = names[a["category_id"]]
+        if a["iscrowd"]:
+            counts[name]["crowd"] += 1
+        else:
+            counts[name]["instances"] += 1
+            imgs[name].add(a["image_id"])
+    for n in counts:
+        counts[n]["images"] = len(imgs[n])
+    return counts

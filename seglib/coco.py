@@ -30,10 +30,10 @@ import numpy as np
 from . import __version__
 from .annotations import (
     SubsetError,
-    area_bbox,
-    clean_segmentation,
+    category_counts,
     load_instances,
     resolve_categories,
+    split_document,
     validate_instances,
 )
 from .config import DEFAULT_CATEGORIES, TrainConfig
@@ -133,91 +133,6 @@ def _check_arguments(
     if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
         raise SubsetError(f"base_url must start with http:// or https://, got {base_url!r}")
     return categories
-
-
-def _image_entry(im: dict[str, Any], folder: str) -> dict[str, Any]:
-    entry = {k: im[k] for k in ("id", "file_name", "width", "height")}
-    entry["coco_url"] = im.get("coco_url") or f"{COCO_BASE_URL}/{folder}/{im['file_name']}"
-    if "license" in im:
-        entry["license"] = im["license"]
-    return entry
-
-
-def _annotation_entry(a: dict[str, Any], seg: Any, im: dict[str, Any], label: int) -> dict:
-    if "area" in a and "bbox" in a:
-        area, bbox = a["area"], a["bbox"]
-    else:
-        area, bbox = area_bbox(seg, im["height"], im["width"])
-    return {
-        "id": a["id"],
-        "image_id": a["image_id"],
-        "category_id": label,
-        "segmentation": seg,
-        "area": area,
-        "bbox": bbox,
-        "iscrowd": int(a.get("iscrowd", 0)),
-    }
-
-
-def _split_doc(
-    data: dict[str, Any],
-    image_ids: list[int],
-    cats: list[dict[str, Any]],
-    folder: str,
-    split: str,
-    dropped: list[int],
-) -> dict[str, Any]:
-    """The split JSON: chosen images and their annotations of the chosen categories, renumbered.
-
-    Ids of annotations left with no usable polygon are appended to ``dropped``.
-    """
-    new_id = {c["id"]: i + 1 for i, c in enumerate(cats)}
-    wanted = set(image_ids)
-    images = {im["id"]: im for im in data["images"] if im["id"] in wanted}
-    anns = []
-    for a in sorted(data["annotations"], key=lambda a: a["id"]):
-        if a["image_id"] not in images or a["category_id"] not in new_id:
-            continue
-        seg = clean_segmentation(a["segmentation"])
-        if not seg:
-            dropped.append(a["id"])
-            continue
-        anns.append(_annotation_entry(a, seg, images[a["image_id"]], new_id[a["category_id"]]))
-    info = dict(data.get("info") or {})
-    names = ", ".join(c["name"] for c in cats)
-    info["description"] = f"seglib {split} split from COCO {folder}: {names}"
-    return {
-        "info": info,
-        "licenses": data.get("licenses") or [],
-        "images": [_image_entry(images[i], folder) for i in sorted(images)],
-        "annotations": anns,
-        "categories": [
-            {
-                "id": new_id[c["id"]],
-                "name": c["name"],
-                "supercategory": c.get("supercategory", ""),
-                "coco_id": c["id"],
-            }
-            for c in cats
-        ],
-    }
-
-
-def _counts(doc: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """category name -> images with a non-crowd instance of it, non-crowd instances, crowd regions."""
-    names = {c["id"]: c["name"] for c in doc["categories"]}
-    imgs: dict[str, set[int]] = {n: set() for n in names.values()}
-    counts = {n: {"images": 0, "instances": 0, "crowd": 0} for n in names.values()}
-    for a in doc["annotations"]:
-        name = names[a["category_id"]]
-        if a["iscrowd"]:
-            counts[name]["crowd"] += 1
-        else:
-            counts[name]["instances"] += 1
-            imgs[name].add(a["image_id"])
-    for n in counts:
-        counts[n]["images"] = len(imgs[n])
-    return counts
 
 
 def _annotation_files(
@@ -320,7 +235,7 @@ def _manifest(
         "categories": docs["train"]["categories"],
         "splits": {s: {"file": f"{s}.json", "source": SPLIT_SOURCE[s]} for s in SPLITS},
         "available": available,
-        "counts": {s: _counts(docs[s]) for s in SPLITS},
+        "counts": {s: category_counts(docs[s]) for s in SPLITS},
         "totals": {s: totals(docs[s]) for s in SPLITS},
         "dropped_annotations": sorted(dropped),
         "images": {
@@ -328,6 +243,35 @@ def _manifest(
             for s in SPLITS
         },
     }
+
+
+def _split_docs(
+    paths: dict[str, Path], names: list[str], nums: dict[str, int], seed: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[int]]:
+    """Read and check the instances JSONs, sample each split, and build its JSON.
+
+    Returns:
+        ``(docs, available, dropped)``: split -> its JSON, folder -> qualifying images (all
+        and per category), and ids of annotations dropped for having no usable polygon.
+    """
+    data = {f: load_instances(p) for f, p in paths.items()}
+    for f, p in paths.items():
+        validate_instances(data[f], p)
+    cats = {f: resolve_categories(data[f], names, paths[f]) for f in paths}
+    ref_cats = next(iter(cats.values()))
+    coco_ids = [c["id"] for c in ref_cats]
+    quals = {f: _qualifying(data[f], coco_ids) for f in paths}
+    available = _availability(quals, names, coco_ids)
+    _check_enough(nums, available, names)
+    chosen = _choose(quals, nums, seed)
+    dropped: list[int] = []
+    empty = {"images": [], "annotations": []}
+    docs = {}
+    for s in SPLITS:  # an empty split still lists the categories
+        folder = SPLIT_SOURCE[s]
+        source, split_cats = (data[folder], cats[folder]) if nums[s] else (empty, ref_cats)
+        docs[s] = split_document(source, chosen[s], split_cats, folder, s, dropped, COCO_BASE_URL)
+    return docs, available, dropped
 
 
 def build_subset(
@@ -395,30 +339,7 @@ def build_subset(
         else None
     )
     paths = _annotation_files(coco_root, nums, fetch_missing, base_url)
-    data = {f: load_instances(p) for f, p in paths.items()}
-    for f, p in paths.items():
-        validate_instances(data[f], p)
-    cats = {f: resolve_categories(data[f], names, paths[f]) for f in paths}
-    ref_cats = next(iter(cats.values()))
-    coco_ids = [c["id"] for c in ref_cats]
-    quals = {f: _qualifying(data[f], coco_ids) for f in paths}
-    available = _availability(quals, names, coco_ids)
-    _check_enough(nums, available, names)
-    chosen = _choose(quals, nums, seed)
-
-    dropped: list[int] = []
-    empty = {"images": [], "annotations": []}
-    docs = {
-        s: _split_doc(
-            data.get(SPLIT_SOURCE[s], empty) if nums[s] else empty,
-            chosen[s],
-            cats.get(SPLIT_SOURCE[s], ref_cats) if nums[s] else ref_cats,
-            SPLIT_SOURCE[s],
-            s,
-            dropped,
-        )
-        for s in SPLITS
-    }
+    docs, available, dropped = _split_docs(paths, names, nums, seed)
     hashes = place_images(
         _image_jobs(docs),
         workers,
@@ -430,15 +351,8 @@ def build_subset(
     )
     for split in SPLITS:
         write_json_atomic(out / f"{split}.json", docs[split], indent=None)
-    arguments = {
-        "categories": names,
-        "num_train": num_train,
-        "num_val": num_val,
-        "num_test": num_test,
-        "seed": seed,
-        "download": download,
-        "base_url": base_url,
-    }
+    arguments = {"categories": names, **{f"num_{k}": n for k, n in nums.items()}}
+    arguments.update(seed=seed, download=download, base_url=base_url)
     source = {
         "coco_root": str(coco_root.resolve()),
         "base_url": base_url or COCO_BASE_URL,
