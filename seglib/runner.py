@@ -77,7 +77,7 @@ def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
     """
     if profile != "seed":
         return []
-    from seglib.model import weights_file
+    from seglib.weights import weights_file
 
     notes, problems = [], []
     annotations = [

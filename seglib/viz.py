@@ -615,10 +615,7 @@ def plot_lr_schedule(cfg: Any, num_train_images: int, ax: Axes | None = None) ->
     ``num_train_images`` sets the steps per epoch (ceil(n / batch_size)); a ``max_iters`` cap
     is drawn as a dashed line where training will stop.
     """
-    try:
-        from seglib.optim import lr_factor
-    except ImportError:  # before the engine refactor's seglib.optim is in
-        from seglib.engine import lr_factor
+    from seglib.optim import lr_factor
 
     if num_train_images < 1:
         raise ValueError(f"num_train_images must be >= 1, got {num_train_images}")

@@ -37,7 +37,7 @@ def test_seed_offline_fails_fast_naming_what_is_missing_and_pointing_to_demo(tmp
 
 
 def test_seed_with_files_in_place_needs_no_network(tmp_path, monkeypatch):
-    from seglib.model import weights_file
+    from seglib.weights import weights_file
 
     monkeypatch.setattr(runner, "reachable", lambda url, timeout=3.0: False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -313,11 +313,7 @@ def test_every_notebook_declares_its_figures_in_its_own_folder(tmp_path):
 
 def test_lr_schedule_plot_is_the_training_loops_schedule():
     from seglib.config import TrainConfig
-
-    try:
-        from seglib.optim import lr_factor
-    except ImportError:  # before the engine refactor's seglib.optim is in
-        from seglib.engine import lr_factor
+    from seglib.optim import lr_factor
 
     cfg = TrainConfig.smoke(num_epochs=3, batch_size=2, warmup_iters=4, max_iters=10)
     ax = viz.plot_lr_schedule(cfg, num_train_images=7)  # 4 steps per epoch, 12 in all
