@@ -165,16 +165,7 @@ def threshold_form(score_thresh: float = 0.5, nms_thresh: float | None = None) -
     """
     return W.VBox(
         [
-            W.FloatSlider(
-                value=score_thresh,
-                min=0.0,
-                max=1.0,
-                step=0.05,
-                description="score_thresh",
-                tooltip="predictions scoring below this are not shown",
-                style=_STYLE,
-                layout=_LAYOUT,
-            ),
+            _slider("score_thresh", score_thresh, "predictions scoring below this are not shown"),
             W.FloatSlider(
                 value=1.0 if nms_thresh is None else nms_thresh,
                 min=0.05,
