@@ -194,9 +194,11 @@ def test_wrapper_keeps_the_call_contract_and_restores_the_model(tiny_model):
     before = (heads.nms_thresh, heads.detections_per_img)
     with torch.inference_mode():
         plain = model(images)
-        same = PostProcessed(model, Settings.from_config(cfg, tta_hflip=False))
-        # "nms" on the unsuppressed pool gives torchvision's own result.
-        pooled = PostProcessed(model, _settings_for(cfg, "nms", tta=False))(images)
+        # "nms" on the unsuppressed pool, through both paths, gives torchvision's own result.
+        wrapped = PostProcessed(model, _settings_for(cfg, "nms", tta=False))
+        assert not wrapped.training  # follows the wrapped model's mode
+        in_heads = wrapped(images)
+        from_pool = [wrapped.select(c, wrapped.settings) for c in wrapped.candidates(images)]
         for method in POSTPROCESS_METHODS:
             out = PostProcessed(model, _settings_for(cfg, method, tta=True))(images)
             for o, img in zip(out, images, strict=True):
@@ -205,10 +207,32 @@ def test_wrapper_keeps_the_call_contract_and_restores_the_model(tiny_model):
                 assert o["masks"].shape == (n, 1, *img.shape[-2:])
                 assert o["labels"].dtype == torch.int64 and o["boxes"].shape == (n, 4)
     assert (heads.nms_thresh, heads.detections_per_img) == before
-    assert same.settings.passthrough
-    for a, b in zip(plain, pooled, strict=True):
-        assert torch.allclose(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
-        assert torch.allclose(a["boxes"], b["boxes"])
+    assert "postprocess_detections" not in vars(heads)  # the per-call hook is gone again
+    for a, b, c in zip(plain, in_heads, from_pool, strict=True):
+        for key in ("scores", "boxes", "masks"):
+            assert torch.allclose(a[key], b[key], atol=1e-5) and torch.allclose(
+                a[key], c[key], atol=1e-5
+            )
+        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["labels"], c["labels"])
+
+
+def test_box_rules_in_the_heads_equal_the_rule_on_the_pool(tiny_model):
+    """The fast path (rule before the mask head) and the pool path give the same detections."""
+    model, cfg = tiny_model
+    torch.manual_seed(2)
+    images = [torch.rand(3, 64, 64)]
+    for method in ("soft-nms-gaussian", "soft-nms-linear"):
+        wrapped = PostProcessed(model, _settings_for(cfg, method, tta=False))
+        with torch.inference_mode():
+            (fast,) = wrapped(images)
+            (cand,) = wrapped.candidates(images)
+            slow = wrapped.select(cand, wrapped.settings)
+            plain = model(images)[0]
+        assert len(fast["scores"]) > 0
+        for key in ("scores", "boxes", "masks"):
+            assert torch.allclose(fast[key], slow[key], atol=1e-5), (method, key)
+        # Soft-NMS really ran: it keeps what NMS removed, at decayed scores.
+        assert len(fast["scores"]) >= len(plain["scores"])
 
 
 def _settings_for(cfg: TrainConfig, method: str, *, tta: bool) -> Settings:
@@ -224,3 +248,33 @@ def test_candidates_hold_both_views_with_tta(tiny_model):
     assert set(cand["view"].tolist()) == {0, 1}
     assert len(cand["scores"]) <= 2 * cfg.postprocess_pool
     assert "view" not in single
+
+
+def test_per_class_mask_iou_and_precomputed_ious_give_the_same_answers():
+    masks = _strips((0, 6), (2, 8), (5, 11), (0, 12))
+    scores, labels = torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([1, 1, 2, 1])
+    blocks = mask_iou(masks, labels)
+    assert torch.allclose(blocks, mask_iou(masks) * (labels[:, None] == labels[None, :]))
+    assert blocks[0, 2].item() == 0.0 and blocks[0, 3].item() == pytest.approx(0.5)
+    assert torch.equal(
+        mask_nms(masks, scores, labels, iou_thresh=0.3, ious=blocks),
+        mask_nms(masks, scores, labels, iou_thresh=0.3),
+    )
+    assert torch.allclose(
+        matrix_nms(masks, scores, labels, ious=blocks), matrix_nms(masks, scores, labels)
+    )
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("method", POSTPROCESS_METHODS)
+def test_an_image_without_candidates(method, tta):
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 1, 16, 16),
+        "view": torch.zeros(0, dtype=torch.int64),
+    }
+    out = PostProcessed.select(empty, _settings(method, tta_hflip=tta), {})
+    assert out["scores"].shape == (0,) and out["masks"].shape == (0, 1, 16, 16)
+    assert mask_iou(empty["masks"], empty["labels"]).shape == (0, 0)
