@@ -2,7 +2,8 @@
 
     python bench/bench_compare.py [--archs v1 mask2former] [--device auto] [--size PX]
                                   [--iters N] [--warmup N] [--batch-size B] [--images N]
-                                  [--m2f-config swin-tiny|tiny] [--profile seed|smoke] [--json FILE]
+                                  [--m2f-config swin-tiny|tiny] [--profile seed|smoke]
+                                  [--threads N] [--json FILE]
 
 Each architecture runs in its own spawned process, on the same batches (built once from a
 synthetic COCO subset, ``size * 4/3`` px on the longer side, and saved to a file), from the
@@ -21,6 +22,11 @@ faster). Per architecture:
   timed inference (not nvidia-smi); on the CPU the process's peak resident set size
   (``ru_maxrss``) minus its size before the model was built, covering training and inference.
 
+On a shared CPU machine wall time grows with the load of other processes; the table also gives
+the process's CPU seconds (``time.process_time``) per iteration and per image, which that load
+changes far less, and the JSON line records the load average. ``--threads 1`` makes CPU
+seconds comparable across machines with different core counts.
+
 Defaults: on CUDA the seed profile (2000/512 proposals/ROIs) at 800 px, Mask2Former Swin-T,
 20 iterations; on the CPU the smoke profile at 128 px, Mask2Former "tiny", 5 iterations.
 An architecture that fails (say, out of memory) is reported with its error; the others run.
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -59,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=8, help="images timed for inference")
     p.add_argument("--m2f-config", choices=M2F_PRESETS, help="default swin-tiny CUDA, tiny CPU")
     p.add_argument("--profile", choices=("seed", "smoke"), help="default seed CUDA, smoke CPU")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -99,6 +107,8 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     from seglib.runtime import amp_settings
 
     device = torch.device(opts["device"])
+    if opts.get("threads"):
+        torch.set_num_threads(opts["threads"])
     batches = torch.load(batches_file, weights_only=True)
     before = rss_mb()
     torch.manual_seed(0)
@@ -120,10 +130,11 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     train_one_epoch(model, optimizer, cycle(batches, warmup), device, 0, **kwargs)
     sync(device)
     _reset_cuda(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     train_one_epoch(model, optimizer, cycle(batches, iters), device, 1, start_iter=warmup, **kwargs)
     sync(device)
     train_s = (time.perf_counter() - start) / iters
+    train_cpu = (time.process_time() - cpu) / iters
     train_peak = _peak_cuda(device)
     images = [img for imgs, _ in batches for img in imgs]
     images = [images[i % len(images)] for i in range(opts["images"] + 1)]
@@ -133,11 +144,12 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
             if n == 1:  # the first image warms up; time the rest
                 sync(device)
                 _reset_cuda(device)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
             out = model(images_to_device([image], device))[0]
             (out["masks"] > 0.5).cpu()
         sync(device)
     infer_s = (time.perf_counter() - start) / (len(images) - 1)
+    infer_cpu = (time.process_time() - cpu) / (len(images) - 1)
     return {
         "arch": arch,
         "params": count_parameters(model),
@@ -145,6 +157,8 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
         "train_s_per_image": train_s / opts["batch_size"],
         "last_loss": rows[-1]["loss"] if rows else None,
         "infer_s_per_image": infer_s,
+        "train_cpu_s_per_iter": train_cpu,
+        "infer_cpu_s_per_image": infer_cpu,
         "train_peak_mb": train_peak,
         "infer_peak_mb": _peak_cuda(device),
         "cpu_peak_rss_mb": peak_rss_mb() - before if device.type == "cpu" else None,
@@ -191,6 +205,7 @@ def table(results: list[dict]) -> str:
     head = (
         f"{'arch':<12}{'params':>8}{'train s/iter':>13}{'train s/img':>12}{'infer s/img':>12}"
         f"{'train peak MB':>14}{'infer peak MB':>14}{'CPU peak RSS MB':>16}"
+        f"{'train cpu-s/iter':>17}{'infer cpu-s/img':>16}"
     )
     lines = [head]
     for r in results:
@@ -202,6 +217,7 @@ def table(results: list[dict]) -> str:
             f"{r['train_s_per_image']:>12.3f}{r['infer_s_per_image']:>12.3f}"
             f"{_fmt(r['train_peak_mb'], '.0f'):>14}{_fmt(r['infer_peak_mb'], '.0f'):>14}"
             f"{_fmt(r['cpu_peak_rss_mb'], '.0f'):>16}"
+            f"{r['train_cpu_s_per_iter']:>17.3f}{r['infer_cpu_s_per_image']:>16.3f}"
         )
     return "\n".join(lines)
 
@@ -217,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         iters=iters,
         images=args.images,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
     n_batches = max(2, (args.images + args.batch_size - 1) // args.batch_size)
     results = []
@@ -234,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
