@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"pycocotools {version('pycocotools')}, numpy {np.__version__}, opencv {cv2.__version__}, "
-        f"pillow {Image.__version__}"
+        f"albumentations {version('albumentations')}, pycocotools {version('pycocotools')}, "
+        f"numpy {np.__version__}, opencv {cv2.__version__}, pillow {Image.__version__}"
     )
     print(
         "one process, torch.set_num_threads(1), cv2.setNumThreads(1): images/s are per core, "

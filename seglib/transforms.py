@@ -1,12 +1,13 @@
-"""Training augmentations that keep masks, boxes and labels in sync.
+"""Training augmentations (albumentations 2.0.8) that keep masks, boxes and labels in sync.
 
-A transform is called as ``t(image=..., masks=..., labels=...)`` and returns
-``(image, masks, labels)``. The flip and the crop are one numpy slice applied to the image and
-to every mask alike, and boxes are never transformed at all: the dataset derives them from the
-augmented masks with ``boxes_from_masks``, so nothing can drift out of sync (albumentations#836
-is that bug), and labels are indexed in numpy, so they never come back as floats. Colour
-jitter is ``color_jitter``: torchvision's four adjustments composed into one affine colour map
-and applied in a single pass.
+A transform is called as ``t(image=..., masks=..., labels=..., seed=...)`` and returns
+``(image, masks, labels)``. albumentations does the flip (``A.HorizontalFlip``) and the crop
+(``A.BBoxSafeRandomCrop``), on the image and on all the masks, passed as one stacked array.
+Boxes are never carried through albumentations: the dataset derives them from the augmented
+masks with ``boxes_from_masks``, so they cannot drift out of sync (albumentations#836), and
+labels are indexed in numpy, so they never come back as floats. Colour jitter is
+``color_jitter``: torchvision's four adjustments composed into one affine colour map and applied
+in a single pass (albumentations' ``ColorJitter`` cost about 20 times as much).
 
 The train recipe is a horizontal flip, a bbox-safe random crop and light colour jitter. There is
 no separate random rescale: torchvision's Mask R-CNN resizes every image to ``min_size`` itself,
@@ -18,7 +19,9 @@ survives whole: a crop never removes every instance (albumentations#383).
 from __future__ import annotations
 
 import math
+import random
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -76,23 +79,6 @@ def nonempty(masks: np.ndarray) -> np.ndarray:
     """bool [N]: which of the uint8 [N, H, W] masks have a non-zero pixel (each stops at the
     first one it finds)."""
     return np.array([cv2.hasNonZero(_cv_mask(m)) for m in masks], dtype=bool)
-
-
-def _crop_flip(array: np.ndarray, rows: slice, cols: slice, flip: bool) -> np.ndarray:
-    """``array[..., rows, cols, :]``, mirrored left-right when ``flip``, as one new contiguous
-    array made in a single pass (uint8 [N, H, W] masks, or an [H, W, 3] image)."""
-    if array.ndim == 3 and array.shape[-1] == 3 and array.strides[-2:] == (3, 1):  # an image
-        view = array[rows, cols]
-        return cv2.flip(view, 1) if flip else np.ascontiguousarray(view)
-    if array.ndim == 3 and array.shape[-1] == 3:  # an image in another memory layout
-        return np.ascontiguousarray(array[rows, cols][:, ::-1] if flip else array[rows, cols])
-    view = array[:, rows, cols]
-    if not flip:
-        return np.ascontiguousarray(view)
-    out = np.empty(view.shape, dtype=array.dtype)
-    for src, dst in zip(view, out, strict=True):
-        cv2.flip(src, 1, dst=dst)  # OpenCV's flip is vectorised; numpy's [:, ::-1] copy is not
-    return out
 
 
 #: Colour jitter: probability per image, and the magnitudes at strength 1 (torchvision's
@@ -165,17 +151,27 @@ class TrainTransform:
     the seed recipe (crops keep at least 60% of each side, brightness/contrast/saturation
     +-20%, hue +-0.02), 2 is the maximum (crops down to 20% of a side).
 
-    The flip and the crop are numpy views shared by the image and every mask, so they cannot
-    disagree, and the masks are copied once, at the end, for the instances that survive.
-    Colour jitter (``color_jitter``) touches the cropped image alone.
+    The flip and the crop are albumentations' ``HorizontalFlip(p=hflip_prob)`` and
+    ``BBoxSafeRandomCrop(erosion_rate=0.0)`` in one ``A.Compose`` (``pipeline``), applied to the
+    image and to the stacked masks alike. The only box albumentations sees is the crop guide: a
+    random window of at least ``min_crop`` of each side around one randomly chosen instance
+    (pascal_voc, clipped to the image), so the crop keeps that instance whole and is never
+    smaller than ``min_crop``. The crop runs before the flip: the guide is drawn in the
+    unflipped frame and mirrored with the image, which is the same distribution as flipping
+    first, and the flip then copies the cropped arrays rather than the whole ones. Colour
+    jitter (``color_jitter``) touches the cropped image alone.
 
-    Randomness: every call seeds all its draws from one seed: the ``seed``
-    argument when given (the training loader passes a per-sample seed derived from the run's
-    seed, the epoch and the image index, so no worker state is involved), else one drawn from
-    torch's global generator, like torchvision's own transforms. So ``torch.manual_seed(s)``
-    makes the draws reproducible, and each DataLoader worker (which torch seeds with
-    ``base_seed + worker_id``) draws its own stream instead of a forked copy of the same one
-    (a generator held by the transform would be copied into every worker).
+    Randomness: every call seeds all its draws from one seed: the ``seed`` argument when given
+    (the training loader passes a per-sample seed derived from the run's seed, the epoch, the
+    image index and the rank, so no worker state is involved), else one drawn from torch's
+    global generator, like torchvision's own transforms. The seed makes a numpy generator (crop
+    guide, colour jitter) and a Python one, and ``Compose.set_random_state`` hands that pair to
+    the Compose and all its transforms, which draw from it in turn (the flip decision and the
+    crop coordinates come from the Python one). ``Compose(seed=...)`` and ``set_random_seed``
+    would instead give each transform its own copy of the same stream, so two transforms would
+    draw the same numbers. So the same seed gives the same output whatever was drawn before,
+    ``torch.manual_seed(s)`` makes unseeded calls reproducible, and each DataLoader worker draws
+    its own stream instead of a forked copy of the same one.
     """
 
     def __init__(self, strength: float = 1.0, hflip_prob: float = 0.5) -> None:
@@ -187,6 +183,24 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         # Smallest crop side as a fraction of the image side.
         self.min_crop = max(0.2, 1.0 - 0.4 * self.strength)
+        ops: list[A.BasicTransform] = []
+        if self.strength > 0:
+            ops.append(A.BBoxSafeRandomCrop(erosion_rate=0.0, p=1.0))
+        ops.append(A.HorizontalFlip(p=self.hflip_prob))
+        # The only box given to albumentations is the crop guide; clip guards against float
+        # noise at the border (albumentations#459). Nothing reads the guide back, so it is not
+        # re-filtered after each transform; shapes are checked once, in __call__.
+        bbox_params = (
+            A.BboxParams(
+                format="pascal_voc",
+                label_fields=["guide_ids"],
+                clip=True,
+                check_each_transform=False,
+            )
+            if self.strength > 0
+            else None
+        )
+        self.pipeline = A.Compose(ops, bbox_params=bbox_params, is_check_shapes=False)
         self._rng = np.random.default_rng(0)
 
     def __repr__(self) -> str:
@@ -195,37 +209,40 @@ class TrainTransform:
     def _reseed(self, seed: int | None) -> None:
         if seed is None:
             seed = int(torch.randint(0, 2**32, (1,)).item())
+        # One numpy generator, shared with albumentations and drawn in order, and the Python
+        # one albumentations draws its flip and crop from (Mersenne Twister, unrelated to PCG64).
         self._rng = np.random.default_rng(seed)
+        self.pipeline.set_random_state(self._rng, random.Random(seed))
 
-    def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> tuple[float, float, float, float]:
-        """A random window ``(x1, y1, x2, y2)`` of at least ``min_crop`` of each side, holding
-        the box of one randomly chosen instance (anywhere, when there is none)."""
+    def _crop_guide(self, masks: np.ndarray, h: int, w: int) -> np.ndarray:
+        """The box BBoxSafeRandomCrop must keep: ``[[x1, y1, x2, y2]]`` (pascal_voc, float32).
+
+        A random window of at least ``min_crop`` of each side, holding the box of one randomly
+        chosen instance (anywhere, when there is none), rounded outwards to whole pixels and
+        grown by one pixel on each side (within the image). BBoxSafeRandomCrop draws each side
+        of its crop between the guide's edge and the image's, in normalised coordinates, and
+        rounds down: a side drawn at the guide's far edge can come out one pixel short
+        (``int(15 / 22 * 22) == 14``), and the margin rules that out, so the crop holds the
+        whole window.
+        """
         rng = self._rng
         frac = rng.uniform(self.min_crop, 1.0)
         gw, gh = frac * w, frac * h
         if len(masks) == 0:
             gx, gy = rng.uniform(0, w - gw), rng.uniform(0, h - gh)
-            return gx, gy, gx + gw, gy + gh
-        j = int(rng.integers(len(masks)))
-        x1, y1, x2, y2 = (float(v) for v in boxes_from_masks(masks[j : j + 1])[0])
-        gw, gh = max(gw, x2 - x1), max(gh, y2 - y1)
-        gx = _uniform(rng, max(0.0, x2 - gw), min(x1, w - gw))
-        gy = _uniform(rng, max(0.0, y2 - gh), min(y1, h - gh))
-        return gx, gy, min(gx + gw, w), min(gy + gh, h)
-
-    def _crop_window(self, masks: np.ndarray, h: int, w: int) -> tuple[slice, slice]:
-        """Rows and columns of a random crop containing the guide window.
-
-        Sampled as albumentations' ``BBoxSafeRandomCrop`` does (each side uniformly between
-        the guide's edge and the image's), rounded outwards, so the guide's instance is kept
-        whole and the crop is never smaller than ``min_crop``.
-        """
-        gx1, gy1, gx2, gy2 = self._crop_guide(masks, h, w)
-        u = self._rng.random(4)
-        x0, y0 = math.floor(gx1 * u[0]), math.floor(gy1 * u[1])
-        x1 = min(w, math.ceil(gx2 + (w - gx2) * u[2]))
-        y1 = min(h, math.ceil(gy2 + (h - gy2) * u[3]))
-        return slice(y0, y1), slice(x0, x1)
+        else:
+            j = int(rng.integers(len(masks)))
+            x1, y1, x2, y2 = (float(v) for v in boxes_from_masks(masks[j : j + 1])[0])
+            gw, gh = max(gw, x2 - x1), max(gh, y2 - y1)
+            gx = _uniform(rng, max(0.0, x2 - gw), min(x1, w - gw))
+            gy = _uniform(rng, max(0.0, y2 - gh), min(y1, h - gh))
+        box = (
+            max(math.floor(gx) - 1, 0),
+            max(math.floor(gy) - 1, 0),
+            min(math.ceil(gx + gw) + 1, w),
+            min(math.ceil(gy + gh) + 1, h),
+        )
+        return np.array([box], dtype=np.float32)
 
     def __call__(
         self,
@@ -264,17 +281,26 @@ class TrainTransform:
                 f"labels must be [{masks.shape[0]}] to match masks, got {labels.shape}"
             )
         self._reseed(seed)
-        flip = bool(self._rng.random() < self.hflip_prob)
-        # Drawn in the unflipped frame, then mirrored with the image: just as likely a crop.
-        rows, cols = self._crop_window(masks, h, w) if self.strength > 0 else (slice(None),) * 2
-        image = _crop_flip(image, rows, cols, flip)
-        masks = _crop_flip(masks, rows, cols, flip)
-        keep = nonempty(masks)
-        if not keep.all():
-            masks, labels = masks[keep], labels[keep]
+        data: dict = {"image": image}  # albumentations copies it if it is not contiguous
+        if self.strength > 0:
+            data["bboxes"] = self._crop_guide(masks, h, w)
+            data["guide_ids"] = [0]
+        if len(masks):
+            # albumentations 2.0.8 cannot stack an empty list of masks; leave them out instead.
+            data["masks"] = masks
+        out = self.pipeline(**data)
+        image = out["image"]
+        if len(masks):
+            masks = out["masks"]
+            keep = nonempty(masks)
+            if not keep.all():
+                masks, labels = masks[keep], labels[keep]
+            masks = np.ascontiguousarray(masks, dtype=np.uint8)
+        else:
+            masks = np.zeros((0, *image.shape[:2]), dtype=np.uint8)
         if self.strength > 0 and self._rng.random() < JITTER_PROB:
             image = color_jitter(image, self._rng, self.strength)
-        return image, masks, labels.astype(np.int64)
+        return np.ascontiguousarray(image), masks, labels.astype(np.int64)
 
 
 def train_transforms(strength: float = 1.0, hflip_prob: float = 0.5) -> TrainTransform:

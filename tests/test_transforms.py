@@ -1,4 +1,5 @@
-"""Train augmentation: masks, labels and image stay in sync over many random draws."""
+"""Train augmentation: albumentations flips and crops, and masks, labels and image stay in sync
+over many random draws."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import pickle
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 
+import seglib.transforms
 from seglib.images import decode_image
 from seglib.transforms import (
     TrainTransform,
@@ -161,7 +164,6 @@ def test_mismatched_inputs_are_rejected():
 
 
 def test_draws_are_reproducible_per_torch_seed_and_survive_pickling():
-    image, masks, labels = _asymmetric_case()
     image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     masks = np.zeros((1, 60, 80), np.uint8)
     masks[0, 20:30, 30:40] = 1
@@ -178,6 +180,172 @@ def test_draws_are_reproducible_per_torch_seed_and_survive_pickling():
     np.testing.assert_array_equal(draw(copy, 3)[0], first[0])
     shapes = {draw(t, seed)[0].shape for seed in range(10)}
     assert len(shapes) > 1, "different seeds should give different crops"
+
+
+# --- albumentations does the flip and the crop ------------------------------------------------
+def test_the_pipeline_is_albumentations_flip_and_bbox_safe_crop():
+    t = train_transforms(strength=1.0, hflip_prob=0.3)
+    assert isinstance(t.pipeline, A.Compose)
+    crop, flip = t.pipeline.transforms
+    assert type(crop) is A.BBoxSafeRandomCrop and crop.erosion_rate == 0.0 and crop.p == 1.0
+    assert type(flip) is A.HorizontalFlip and flip.p == 0.3
+    params = t.pipeline.processors["bboxes"].params
+    assert (
+        params.format == "pascal_voc" and params.clip and list(params.label_fields) == ["guide_ids"]
+    )
+    (only,) = train_transforms(strength=0.0, hflip_prob=0.7).pipeline.transforms
+    assert type(only) is A.HorizontalFlip and only.p == 0.7
+
+
+def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
+    """Fix the crop albumentations draws and count its flips: the output must be exactly that
+    crop, mirrored by albumentations, for the image and every mask."""
+    window = (5, 3, 21, 17)  # x_min, y_min, x_max, y_max
+
+    def fixed_window(self, params, data):
+        return {"crop_coords": window}
+
+    flips = []
+    hflip_apply = A.HorizontalFlip.apply
+
+    def counted_apply(self, img, **params):
+        flips.append(img.shape)
+        return hflip_apply(self, img, **params)
+
+    monkeypatch.setattr(A.BBoxSafeRandomCrop, "get_params_dependent_on_data", fixed_window)
+    monkeypatch.setattr(A.HorizontalFlip, "apply", counted_apply)
+    monkeypatch.setattr(seglib.transforms, "JITTER_PROB", 0.0)
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    masks = np.zeros((2, 20, 30), np.uint8)
+    masks[0, 4:10, 6:12] = 1
+    masks[1, 12:16, 14:29] = 1
+    x0, y0, x1, y1 = window
+    for hflip_prob, flipped in ((0.0, False), (1.0, True)):
+        flips.clear()
+        out_image, out_masks, out_labels = train_transforms(strength=1.0, hflip_prob=hflip_prob)(
+            image=image, masks=masks, labels=np.array([1, 2]), seed=0
+        )
+        expect_image, expect_masks = image[y0:y1, x0:x1], masks[:, y0:y1, x0:x1]
+        if flipped:
+            expect_image, expect_masks = expect_image[:, ::-1], expect_masks[:, :, ::-1]
+        np.testing.assert_array_equal(out_image, expect_image)
+        np.testing.assert_array_equal(out_masks, expect_masks)
+        np.testing.assert_array_equal(out_labels, [1, 2])
+        # The image, then each mask (HorizontalFlip.apply_to_mask calls apply).
+        crop_shape = (y1 - y0, x1 - x0)
+        assert flips == ([(*crop_shape, 3), crop_shape, crop_shape] if flipped else [])
+
+
+def _coordinate_image(h: int, w: int) -> np.ndarray:
+    """Each pixel holds its own column (red) and row (green), so an output pixel says where in
+    the input it came from."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, :, 0] = np.arange(w)[None, :]
+    image[:, :, 1] = np.arange(h)[:, None]
+    return image
+
+
+def _blobs(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:
+    masks = np.zeros((n, h, w), np.uint8)
+    for m in masks:
+        x, y = rng.integers(0, w - 2), rng.integers(0, h - 2)
+        m[y : y + rng.integers(1, h // 2), x : x + rng.integers(1, w // 2)] = 1
+    return masks
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0])
+def test_masks_follow_the_image_through_every_flip_and_crop(monkeypatch, strength):
+    """Without jitter, the output image must be one window of the input, mirrored or not, and
+    every mask must be the same window of its input mask."""
+    monkeypatch.setattr(seglib.transforms, "JITTER_PROB", 0.0)
+    rng = np.random.default_rng(2)
+    t = train_transforms(strength=strength)
+    seen = set()
+    for seed in range(60):
+        h, w = (int(v) for v in rng.integers(20, 120, size=2))
+        image = _coordinate_image(h, w)
+        masks = _blobs(rng, h, w, int(rng.integers(1, 5)))
+        labels = np.arange(1, len(masks) + 1)
+        out_image, out_masks, out_labels = t(image=image, masks=masks, labels=labels, seed=seed)
+        cols, rows = out_image[0, :, 0].astype(int), out_image[:, 0, 1].astype(int)
+        flipped = len(cols) > 1 and cols[0] > cols[-1]
+        x0, y0 = int(cols.min()), int(rows.min())
+        oh, ow = out_image.shape[:2]
+        window = image[y0 : y0 + oh, x0 : x0 + ow]
+        kept = masks[out_labels - 1][:, y0 : y0 + oh, x0 : x0 + ow]
+        if flipped:
+            window, kept = window[:, ::-1], kept[:, :, ::-1]
+        np.testing.assert_array_equal(out_image, window)
+        np.testing.assert_array_equal(out_masks, kept)
+        dropped = np.setdiff1d(labels, out_labels)
+        assert not masks[dropped - 1][:, y0 : y0 + oh, x0 : x0 + ow].any(), "a visible mask lost"
+        seen.add((flipped, (oh, ow) != (h, w)))
+    assert {f for f, _ in seen} == {False, True}, "the draws never flipped, or always did"
+    assert any(cropped for _, cropped in seen), "the draws never cropped"
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0])
+def test_the_guide_instance_is_kept_whole_and_the_crop_is_large_enough(strength):
+    """With one instance, the guide is its box: it must survive whole (same pixel count), and
+    every crop keeps at least ``min_crop`` of each side."""
+    rng = np.random.default_rng(3)
+    t = train_transforms(strength=strength)
+    sides = set()
+    for seed in range(200):
+        h, w = (int(v) for v in rng.integers(8, 160, size=2))
+        masks = _blobs(rng, h, w, 1)
+        image = np.zeros((h, w, 3), np.uint8)
+        out_image, out_masks, out_labels = t(
+            image=image, masks=masks, labels=np.array([3]), seed=seed
+        )
+        assert len(out_masks) == 1 and out_labels.tolist() == [3]
+        assert int(out_masks.sum()) == int(masks.sum()), f"draw {seed}: the guide was cut"
+        oh, ow = out_image.shape[:2]
+        assert oh >= t.min_crop * h and ow >= t.min_crop * w, f"draw {seed}: crop too small"
+        sides.add(round(oh / h, 1))
+    assert len(sides) > 2, "the crops never varied in size"
+
+
+def test_the_same_seed_gives_the_same_output_and_another_seed_another():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    masks = _blobs(rng, 90, 120, 4)
+    labels = np.array([1, 2, 3, 4])
+    t = train_transforms(strength=1.0)
+
+    def draw(transform, seed):
+        return transform(image=image, masks=masks, labels=labels, seed=seed)
+
+    first = draw(t, 11)
+    draw(t, 12)  # draws in between change nothing: each call reseeds everything
+    torch.manual_seed(0)  # nor does torch's global state, when a seed is given
+    again = draw(t, 11)
+    fresh = draw(pickle.loads(pickle.dumps(train_transforms(strength=1.0))), 11)
+    for a, b, c in zip(first, again, fresh, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    outputs = {
+        (out[0].shape, out[0].tobytes(), out[1].tobytes())
+        for out in (draw(t, seed) for seed in range(20, 30))
+    }
+    assert len(outputs) == 10, "different seeds should give different outputs"
+
+
+def test_strength_zero_only_flips():
+    image, masks, labels = _asymmetric_case()
+    t = train_transforms(strength=0.0, hflip_prob=0.5)
+    flipped = set()
+    for seed in range(30):
+        out_image, out_masks, out_labels = t(image=image, masks=masks, labels=labels, seed=seed)
+        np.testing.assert_array_equal(out_labels, labels)
+        if np.array_equal(out_image, image):
+            np.testing.assert_array_equal(out_masks, masks)
+            flipped.add(False)
+        else:
+            np.testing.assert_array_equal(out_image, image[:, ::-1])
+            np.testing.assert_array_equal(out_masks, masks[:, :, ::-1])
+            flipped.add(True)
+    assert flipped == {False, True}
 
 
 # --- the sync property --------------------------------------------------------------------
@@ -263,8 +431,7 @@ def _property_over_samples(samples, k):
         if seed >= DRAWS and seen_crop and seen_drop:
             break
         image, masks, labels = samples[seed % len(samples)]
-        torch.manual_seed(seed)
-        out = t(image=image, masks=masks, labels=labels)
+        out = t(image=image, masks=masks, labels=labels, seed=seed)  # as the training loader
         _check_invariants(len(masks), image, out, k)
         seen_crop |= out[0].shape != image.shape
         seen_drop |= len(out[1]) < len(masks)
