@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 ARTIFACTS = Path(os.environ.get("SEGLIB_UI_ARTIFACTS") or REPO / "tests" / "ui" / "artifacts")
-# About 2 training steps per epoch: the suite checks widgets and wiring, not learning.
+# About 2 training steps per epoch: the suite checks widgets and wiring, not learning. An
+# untrained model fills every detection slot, so fewer slots make each post-processing and
+# evaluation step (04-07) cheaper.
 TINY_RUN = {
     "num_train": 4,
     "num_val": 2,
@@ -40,8 +43,10 @@ TINY_RUN = {
     "num_epochs": 1,
     "warmup_iters": 1,
     "eval_interval": 1,
+    "detections_per_img": 10,
 }
-RUN_TIMEOUT_S = float(os.environ.get("SEGLIB_UI_RUN_TIMEOUT", "150"))
+# Seconds for one Run All; several times what a notebook needs on 2 idle cores.
+RUN_TIMEOUT_S = float(os.environ.get("SEGLIB_UI_RUN_TIMEOUT", "300"))
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -61,6 +66,8 @@ LAB_SETTINGS = {
 }
 SCREENSHOTS = pytest.StashKey[list]()
 FAILED_ARTEFACTS = pytest.StashKey[list]()
+KERNEL_CPU = pytest.StashKey[dict]()
+CPU_OTHERS = pytest.StashKey[dict]()
 
 
 # --- the browser ---------------------------------------------------------------------------
@@ -102,16 +109,17 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser(chromium_path, tmp_path_factory):
+def browser(request, chromium_path, tmp_path_factory):
     """A persistent Chromium context with a fresh profile folder; closed even on failure."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("the playwright package is missing: pip install -r requirements.txt")
+    profile = tmp_path_factory.mktemp("chromium-profile")
     pw = sync_playwright().start()
     try:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
+            str(profile),
             executable_path=chromium_path,
             headless=True,
             args=CHROMIUM_FLAGS,
@@ -122,6 +130,8 @@ def browser(chromium_path, tmp_path_factory):
             context.set_default_timeout(30_000)
             yield context
         finally:
+            chromium = sum(_cpu_seconds(pid) for pid in _pids_with(str(profile).encode()))
+            request.config.stash[CPU_OTHERS]["(chromium)"] = chromium
             _quietly(context.close)
     finally:
         _quietly(pw.stop)
@@ -142,6 +152,7 @@ class LabServer:
     scratch: Path
     data: Path
     log: Path
+    kernel_cpu: dict[str, float] = field(default_factory=dict)
 
     def newest_config(self) -> Path | None:
         """The most recently written run config under ``<data>/runs/`` (run folders may be named)."""
@@ -160,8 +171,16 @@ class LabServer:
         return json.loads(body) if body else None
 
     def shut_down_kernels(self) -> None:
-        """Shut down every session's kernel (frees CPU and memory between notebooks)."""
+        """Shut down every session's kernel (frees CPU and memory between notebooks).
+
+        Each kernel's CPU seconds go to ``kernel_cpu`` under its notebook's name first: the
+        suite's cost, notebook by notebook, whatever else the machine is doing.
+        """
         for session in self.api("GET", "/api/sessions"):
+            marker = f"kernel-{session['kernel']['id']}.json".encode()
+            cpu = sum(_cpu_seconds(pid) for pid in _pids_with(marker))
+            name = Path(session["path"]).stem
+            self.kernel_cpu[name] = self.kernel_cpu.get(name, 0.0) + cpu
             self.api("DELETE", f"/api/sessions/{session['id']}")
 
 
@@ -204,19 +223,39 @@ def _wait_for_server(proc: subprocess.Popen, runtime: Path, log: Path, timeout_s
     raise RuntimeError(f"JupyterLab did not answer within {timeout_s:.0f} s:\n{_tail(log)}")
 
 
-def _kill_kernels_left(scratch: Path) -> None:
-    """Kernels run in their own sessions; find any left by their connection file's folder."""
-    marker = str(scratch / "jupyter-runtime").encode()
+def _pids_with(marker: bytes) -> list[int]:
+    """Processes whose command line holds ``marker`` (Linux /proc; none elsewhere)."""
+    pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if marker in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
+                pids.append(int(proc.name))
         except (OSError, ValueError):
+            pass
+    return pids
+
+
+def _cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of ``pid`` (and of its reaped children) so far; 0 when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = fields[11:15] if children else fields[11:13]
+    return sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def _kill_kernels_left(scratch: Path) -> None:
+    """Kernels run in their own sessions; find any left by their connection file's folder."""
+    for pid in _pids_with(str(scratch / "jupyter-runtime").encode()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             pass
 
 
 @pytest.fixture(scope="session")
-def lab_server(tmp_path_factory):
+def lab_server(request, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("jupyterlab")
     shutil.copytree(
         NOTEBOOKS,
@@ -270,6 +309,9 @@ def lab_server(tmp_path_factory):
                 server.shut_down_kernels()
             except OSError:
                 pass
+            request.config.stash[KERNEL_CPU] = server.kernel_cpu
+        # Without its children: they are the kernels, counted above.
+        request.config.stash[CPU_OTHERS]["(jupyter server)"] = _cpu_seconds(proc.pid, False)
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=15)
@@ -373,6 +415,7 @@ def _interrupt(signum, frame):
 def pytest_configure(config):
     config.stash[SCREENSHOTS] = []
     config.stash[FAILED_ARTEFACTS] = []
+    config.stash[CPU_OTHERS] = {}
     # A CI timeout sends SIGTERM: unwind like Ctrl-C so the fixtures stop server and browser.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
@@ -391,6 +434,15 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    cpu = dict(sorted(config.stash.get(KERNEL_CPU, {}).items()))
+    if cpu:
+        cpu.update(config.stash.get(CPU_OTHERS, {}))
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["(pytest)"] = own.ru_utime + own.ru_stime
+        terminalreporter.write_sep("-", "CPU seconds: each notebook's kernel, then the rest")
+        for name, seconds in cpu.items():
+            terminalreporter.write_line(f"{name:<28} {seconds:6.1f}")
+        terminalreporter.write_line(f"{'total':<28} {sum(cpu.values()):6.1f}")
     shots = config.stash.get(SCREENSHOTS, [])
     if shots:
         terminalreporter.write_sep("-", "notebook screenshots")

@@ -34,6 +34,39 @@ _CELLS_JS = """
 """
 
 
+# Only the prompts and the status bar's kernel item: cheap enough to poll (no layout).
+_PROMPTS_JS = """
+() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const prompts = panel
+    ? [...panel.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map((e) => e.textContent)
+    : [];
+  const item = document.querySelector('.jp-StatusBar-TextItem[title^="Change kernel"]');
+  return [prompts, item ? item.textContent : ''];
+}
+"""
+
+
+# FNV-1a over each output image's src: equal digests mean the same bytes, for our purposes.
+_IMAGE_DIGESTS_JS = """
+(cell) => [...cell.querySelectorAll('.jp-Cell-outputArea img')].map((img) => {
+  const src = img.getAttribute('src') || '';
+  let h = 0x811c9dc5;
+  for (let i = 0; i < src.length; i++) {
+    h ^= src.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return `${src.length}:${h.toString(16)}`;
+})
+"""
+
+
+def _kernel_state(status: str) -> str | None:
+    """ "Python 3 (ipykernel) | Idle" -> "idle"; None while no kernel is attached."""
+    name, _, state = status.rpartition("|")
+    return state.strip().lower() if name.strip() and "No Kernel" not in name else None
+
+
 @dataclass
 class Cell:
     """What one code cell shows: ``count`` is its execution count, None before it ran."""
@@ -111,12 +144,13 @@ class LabPage:
         """Wait until code cell ``index`` has run (count > ``after``) and nothing is queued."""
 
         def done() -> bool:
-            cells = self.cells()
+            prompts, status = self.page.evaluate(_PROMPTS_JS)
+            cells = [Cell(i, p, "") for i, p in enumerate(prompts)]
             return (
                 index < len(cells)
                 and (cells[index].count or 0) > after
                 and not any(c.running for c in cells)
-                and self.kernel_status() == "idle"
+                and _kernel_state(status) == "idle"
             )
 
         # Twice in a row: the kernel goes idle for a moment between queued cells.
@@ -124,11 +158,7 @@ class LabPage:
 
     def kernel_status(self) -> str | None:
         """The status bar's kernel state ("idle", "busy", ...); None before a kernel is attached."""
-        item = self.page.locator('.jp-StatusBar-TextItem[title^="Change kernel"]')
-        if item.count() == 0:
-            return None
-        name, _, state = item.first.inner_text().rpartition("|")
-        return state.strip().lower() if name.strip() and "No Kernel" not in name else None
+        return _kernel_state(self.page.evaluate(_PROMPTS_JS)[1])
 
     def cells(self) -> list[Cell]:
         rows = self.notebook.evaluate(_CELLS_JS, STDERR)
@@ -215,9 +245,11 @@ class LabPage:
         )
 
     def images(self, index: int) -> list[str]:
-        """The ``src`` of every image in code cell ``index``'s outputs, widget outputs included."""
-        imgs = self.code_cells.nth(index).locator(".jp-Cell-outputArea img")
-        return [imgs.nth(i).get_attribute("src") or "" for i in range(imgs.count())]
+        """A digest of each image in code cell ``index``'s outputs (widget outputs included).
+
+        Digests, computed in the page, rather than the data URLs: those are megabytes to poll.
+        """
+        return self.code_cells.nth(index).evaluate(_IMAGE_DIGESTS_JS)
 
     def wait_images_change(self, index: int, before: list[str], timeout_s: float) -> bool:
         """Whether code cell ``index`` shows different images within ``timeout_s``."""
@@ -233,7 +265,7 @@ class LabPage:
         while time.monotonic() < deadline:
             if ok():
                 return
-            time.sleep(0.25)
+            time.sleep(0.5)
         raise TimeoutError(f"{self.current}: gave up after {timeout_s:.0f} s waiting for {what}")
 
 
