@@ -12,6 +12,7 @@ This is the only module (with the notebooks) that prints.
     fetch-weights  download torchvision weights into the TORCH_HOME cache, or Mask2Former's
                    into the Hugging Face cache (needs internet)
     run            execute the notebooks headless (--run NAME, --set FIELD=VALUE)
+    study          the occlusion study: post-processing variants, AP per occlusion bucket
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from seglib.config import (
     DEFAULT_CATEGORIES,
     M2F_MODEL_ID,
     M2F_PRESETS,
+    POSTPROCESS_METHODS,
     PROFILES,
     TrainConfig,
 )
@@ -41,6 +43,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=40, help="images per split (default 40)")
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--heavy-share",
+        type=float,
+        default=0.0,
+        help="share of scenes drawn with heavy occlusion, 0-1 (default 0)",
+    )
     p.set_defaults(func=cmd_synth)
 
 
@@ -48,7 +56,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from seglib.synthetic import make_synthetic_coco
 
     summary = make_synthetic_coco(
-        args.out, images_per_split=args.images, size=args.size, seed=args.seed
+        args.out,
+        images_per_split=args.images,
+        size=args.size,
+        seed=args.seed,
+        heavy_share=args.heavy_share,
     )
     print(f"synthetic COCO written to {args.out}")
     print(json.dumps(summary, indent=2))
@@ -228,6 +240,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_postprocess_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_METHODS,
+        default=None,
+        help="suppression rule (default: the checkpoint's config, else nms); see seglib.postprocess",
+    )
+    p.add_argument(
+        "--tta-hflip",
+        action="store_true",
+        default=None,
+        help="add horizontal-flip test-time augmentation",
+    )
+
+
+def _postprocessed(model, args: argparse.Namespace, cfg: TrainConfig | None):
+    """``model`` with --postprocess / --tta-hflip applied over ``cfg``'s stored choice."""
+    changes = {
+        k: getattr(args, k) for k in ("postprocess", "tta_hflip") if getattr(args, k) is not None
+    }
+    if not changes:
+        return model
+    from seglib.postprocess import wrap
+
+    return wrap(model, (cfg or TrainConfig()).replace(**changes))
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="COCO AP, best-match IoU and pixel IoU")
     p.add_argument("--data", type=Path, help="subset folder (with --checkpoint or --zero-shot)")
@@ -252,6 +291,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the metrics JSON here")
+    _add_postprocess_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -273,6 +313,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         device = resolve_device(args.device)
         dataset = open_split(args.data, args.split)
+        run_cfg = None  # zero-shot: TrainConfig()'s post-processing unless flags say otherwise
         if args.zero_shot and args.arch == "mask2former":
             from seglib.mask2former import build_zero_shot_mask2former
 
@@ -284,9 +325,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             from seglib.model import model_from_checkpoint
 
-            model, _, _ = model_from_checkpoint(
+            model, run_cfg, _ = model_from_checkpoint(
                 args.checkpoint, device=device, categories=dataset.categories
             )
+        model = _postprocessed(model, args, run_cfg)
         model.to(device)
         metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
     print(format_table(metrics))
@@ -303,6 +345,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--score-thresh", type=float, default=0.5)
     p.add_argument("--device", default="auto")
+    _add_postprocess_flags(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -312,7 +355,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from seglib.model import model_from_checkpoint
 
     device = resolve_device(args.device)
-    model, _, categories = model_from_checkpoint(args.checkpoint, device=device)
+    model, run_cfg, categories = model_from_checkpoint(args.checkpoint, device=device)
+    model = _postprocessed(model, args, run_cfg)
     written = predict_images(
         model, args.images, args.out, device, categories=categories, score_thresh=args.score_thresh
     )
@@ -422,6 +466,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="occlusion study: post-processing variants, AP per occlusion bucket"
+    )
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--data", type=Path, help="subset folder (default: data/subset/<profile>)")
+    p.add_argument("--checkpoint", type=Path, help="default: the profile's run's best.pt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for occlusion_study.json/.txt (default: CHECKPOINT/../eval)",
+    )
+    p.add_argument(
+        "--methods", nargs="+", choices=POSTPROCESS_METHODS, default=list(POSTPROCESS_METHODS)
+    )
+    p.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA variants")
+    p.add_argument(
+        "--timing-images", type=int, default=8, help="test images timed per variant (default 8)"
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from seglib.engine import resolve_device
+    from seglib.study import format_study, run_study, save_study
+
+    paths = get_paths(args.profile)
+    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
+    checkpoint = args.checkpoint or paths.require(
+        paths.best_checkpoint, "`python -m seglib train` (or notebook 03)"
+    )
+    study = run_study(
+        checkpoint,
+        data,
+        resolve_device(args.device),
+        methods=args.methods,
+        tta=(False,) if args.no_tta else (False, True),
+        timing_images=args.timing_images,
+    )
+    written = save_study(study, args.out or Path(checkpoint).parent / "eval")
+    print(format_study(study))
+    print(f"written: {written['json']} and {written['table']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -433,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_fetch_weights,
         _add_run,
+        _add_study,
     ):
         add(sub)
     return parser

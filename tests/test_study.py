@@ -1,0 +1,144 @@
+"""The occlusion study end to end on a random tiny model, its report, the CLI, and its figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seglib import occlusion, study, viz
+from seglib.config import TrainConfig
+
+pytestmark = pytest.mark.slow  # builds a Mask R-CNN and runs it on 10 images (~10 s)
+
+GRIDS = {"nms": {"box_nms_thresh": (0.3, 0.5)}, "soft-nms-linear": {"soft_nms_thresh": (0.3, 0.6)}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_subset, tmp_path_factory):
+    """best.pt of a randomly initialised 64 px model over the synthetic subset's categories."""
+    from seglib.checkpoint import save_checkpoint
+    from seglib.dataset import open_split
+    from seglib.model import build_model
+
+    categories = open_split(synthetic_subset, "val").categories
+    cfg = TrainConfig.smoke(
+        min_size=64,
+        max_size=64,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=30,
+        detections_per_img=20,
+        postprocess_pool=40,
+        box_score_thresh=0.0,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.num_classes, "none", cfg.arch, cfg)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    return save_checkpoint(path, model=model, cfg=cfg, categories=categories, epoch=1, iteration=1)
+
+
+@pytest.fixture(scope="module")
+def result(checkpoint, synthetic_subset):
+    return study.run_study(
+        checkpoint,
+        synthetic_subset,
+        "cpu",
+        methods=("nms", "soft-nms-linear"),
+        grids=GRIDS,
+        timing_images=1,
+        zero_shot_archs=("v1",),
+    )
+
+
+def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
+    names = [v["name"] for v in result["variants"]]
+    assert names == ["baseline", "nms", "nms + flip", "soft-nms-linear", "soft-nms-linear + flip"]
+    base = result["variants"][0]
+    assert base["params"] == {"box_nms_thresh": 0.5} and base["val_grid"] == []
+    for v in result["variants"][1:]:
+        grid = v["val_grid"]
+        assert len(grid) == 2
+        assert v["val_mask_AP"] == max(g["val_mask_AP"] for g in grid)
+        assert v["params"] in [g["params"] for g in grid]
+        assert v["tta_hflip"] == v["name"].endswith("+ flip")
+    for v in result["variants"]:
+        assert set(v["test"]) == set(occlusion.ROWS)
+        assert v["test"]["all"]["instances"] == sum(
+            v["test"][b]["instances"] for b in occlusion.BUCKETS
+        )
+        assert np.isfinite(v["ms_per_image"]) and v["ms_per_image"] > 0
+    assert base["extra_ms"] == 0.0
+    assert result["best"] in names[1:]
+    assert set(result["predictions"]) == set(names)
+    assert result["counts"]["test"]["heavy"] + result["counts"]["test"]["partial"] > 0
+
+
+def test_zero_shot_rows_say_why_they_are_missing(result):
+    from seglib.model import weights_file
+
+    (row,) = result["zero_shot"]
+    if not weights_file("coco", "v1").is_file():
+        assert "not cached" in row["skipped"] and "fetch-weights" in row["skipped"]
+    else:
+        assert set(row["test"]) == set(occlusion.ROWS)
+
+
+def test_save_writes_json_without_predictions_and_the_table(result, tmp_path):
+    written = study.save_study(result, tmp_path)
+    data = json.loads(written["json"].read_text())
+    assert "predictions" not in data and len(data["variants"]) == 5
+    table = written["table"].read_text()
+    for name in ("baseline", "soft-nms-linear + flip", "zero-shot v1", "heavy"):
+        assert name in table
+    assert table == study.format_study(result) + "\n"
+
+
+def test_changed_images_ranks_by_change(result, synthetic_subset):
+    gt = synthetic_subset / "test.json"
+    before = result["predictions"]["baseline"]
+    unchanged = study.changed_images(gt, before, before, n=10)
+    assert [c for _, c in unchanged] == [0.0] * len(unchanged) and len(unchanged) >= 1
+    assert [i for i, _ in unchanged] == sorted(i for i, _ in unchanged)
+    changed = study.changed_images(gt, before, [], score_thresh=0.0, n=2)
+    assert len(changed) <= 2 and all(c <= 0 for _, c in changed)
+    assert [abs(c) for _, c in changed] == sorted((abs(c) for _, c in changed), reverse=True)
+
+
+def test_cli_study_writes_both_files(checkpoint, synthetic_subset, tmp_path, capsys):
+    from seglib.cli import main
+
+    argv = ["study", "--data", str(synthetic_subset), "--checkpoint", str(checkpoint)]
+    argv += ["--out", str(tmp_path), "--methods", "mask-nms", "--no-tta", "--timing-images", "0"]
+    argv += ["--device", "cpu"]
+    assert main(argv) == 0
+    assert "mask-nms" in capsys.readouterr().out
+    data = json.loads((tmp_path / study.JSON_NAME).read_text())
+    assert [v["name"] for v in data["variants"]] == ["baseline", "mask-nms"]
+    assert (tmp_path / study.TABLE_NAME).is_file()
+
+
+def test_figures_have_content(result, synthetic_subset):
+    from seglib.dataset import open_split
+
+    ax = viz.plot_occlusion_study(result)
+    assert len(ax.patches) == len(result["variants"]) * len(occlusion.ROWS)
+    assert any(p.get_height() > 0 for p in ax.patches) or all(
+        v["test"]["all"]["segm"]["AP"] <= 0 for v in result["variants"]
+    )
+    test_ds = open_split(synthetic_subset, "test")
+    levels = occlusion.occlusion_levels(test_ds.coco)
+    ax = viz.plot_occlusion_levels(levels)
+    assert sum(p.get_height() for p in ax.patches) == len(levels)
+    ids = occlusion.most_occluded_images(test_ds.coco, bucket="partial", n=2) or test_ds.ids[:1]
+    fig = viz.draw_occlusion_gallery(test_ds, ids, levels)
+    assert all(a.images for a in fig.axes[: len(ids)])
+    table = result["variants"][0]["test"]
+    ax = viz.plot_bucket_metrics(table)
+    assert len(ax.patches) == 4 * len(occlusion.ROWS)
+    before = result["predictions"]["baseline"]
+    fig = viz.draw_before_after(test_ds, test_ds.ids[:1], before, [], score_thresh=0.0)
+    drawn = fig.axes[:3]
+    assert all(a.images for a in drawn)
+    assert "after: 0" in drawn[2].get_title()
