@@ -388,7 +388,7 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
         print(f"{args.model_id}: weights licence {licence} (non-commercial use only)")
         print(f"weights ready: {mask2former.fetch_weights(args.model_id)}")
         return 0
-    from seglib.model import fetch_weights
+    from seglib.weights import fetch_weights
 
     path = fetch_weights(args.kind, args.arch, progress=True)
     print(f"weights ready: {path}")
@@ -439,7 +439,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in preflight(args.profile, paths):
         print(note)
     if args.profile == "seed":
-        from seglib.model import fetch_weights, weights_file
+        from seglib.weights import fetch_weights, weights_file
 
         if not weights_file("coco", "v1").is_file():
             # `make run` is the explicit request for the seed experiment, whose weights these are.
