@@ -440,8 +440,11 @@ def build_zero_shot_model(
     cfg = cfg if cfg is not None else TrainConfig()
     if model is None:
         # torchvision's own structure (BatchNorm), whatever the run's cfg.norm
+        keep = max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)
         wide = cfg.replace(
-            norm="bn", detections_per_img=max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)
+            norm="bn",
+            detections_per_img=keep,
+            postprocess_pool=max(keep, cfg.postprocess_pool),  # the pool holds every candidate
         )
         model = build_model(COCO_NUM_CLASSES, weights, arch, wide)
     return ZeroShotMaskRCNN(model, categories, cfg.detections_per_img).eval()
