@@ -8,12 +8,15 @@ torch and OpenCV limited to one thread), for:
 
 (a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: JPEGs decoded by
     ``torchvision.io.decode_jpeg``; each mask rasterised once at construction and kept as
-    row-major run lengths, rebuilt per ``__getitem__`` with one ``np.repeat``; the image stays
-    uint8 (the float conversion happens on the device, after the copy);
+    row-major run lengths, rebuilt per ``__getitem__`` with one ``np.repeat``, with its tight box
+    kept from construction; the augmentation crops and flips the masks as one stacked array and
+    finds the new boxes inside the moved old ones; the image stays uint8 (the float conversion
+    happens on the device, after the copy);
 (b) the torchvision tutorial's approach, as its detection references apply it to COCO: PIL
     decodes (``Image.open(...).convert("RGB")``, ``pil_to_tensor``), every ``__getitem__``
     rebuilds every mask from its polygons with pycocotools ``annToMask``, and the dataset hands
-    out float images in 0..1. The augmentation and the target building are seglib's own (a
+    out float images in 0..1; its boxes come from the decoded masks (the tutorial's
+    ``masks_to_boxes``). The augmentation and the target building are seglib's own (a
     subclass overriding ``read_image``, ``load_instances`` and the final conversion).
 
 Both passes draw identical augmentations (same torch seed per pass) and the script checks that
@@ -46,7 +49,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from seglib.coco import build_subset
 from seglib.dataset import CocoSubsetDataset
 from seglib.synthetic import make_synthetic_coco
-from seglib.transforms import train_transforms
+from seglib.transforms import boxes_from_masks, train_transforms
 
 COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-tiny"
 
@@ -64,14 +67,16 @@ class NaiveTutorialDataset(CocoSubsetDataset):
         image, target = super().__getitem__(i)
         return image.float().div_(255.0), target
 
-    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         img_id = self.ids[i]
         h, w = self.get_height_and_width(i)
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, iscrowd=False))
         masks = np.zeros((len(anns), h, w), np.uint8)
         for j, ann in enumerate(anns):
             masks[j] = self.coco.annToMask(ann)
-        return masks, np.array([a["category_id"] for a in anns], np.int64)
+        # The tutorial's boxes: from each decoded mask (its masks_to_boxes).
+        labels = np.array([a["category_id"] for a in anns], np.int64)
+        return masks, labels, boxes_from_masks(masks)
 
 
 def one_pass(ds, seed: int) -> float:

@@ -49,7 +49,9 @@ __all__ = [
     "split_categories",
 ]
 
-Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+#: ``t(image=, masks=, labels=, boxes=, seed=) -> (image, masks, labels, boxes)``, the output
+#: boxes tight around the output masks, like ``seglib.transforms.TrainTransform``.
+Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 class DatasetError(ValueError):
@@ -118,9 +120,10 @@ def _counts_from_string(counts: bytes) -> list[int]:
 
 def _row_major_runs(
     counts: list[int], h: int, w: int, where: str
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(values uint8, run lengths int32) of a mask read row by row, from COCO's column-major
-    run lengths (which start with a run of zeros); None for an empty mask."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(values uint8, run lengths int32, tight box float32 [4]) of a mask read row by row,
+    from COCO's column-major run lengths (which start with a run of zeros); None for an
+    empty mask."""
     runs = np.asarray(counts, dtype=np.int64)
     if (runs < 0).any() or runs.sum() != h * w:
         raise DatasetError(
@@ -132,7 +135,7 @@ def _row_major_runs(
     starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     lengths = np.diff(np.concatenate([[0], starts, [flat.size]])).astype(np.int32)
     values = flat[np.concatenate([[0], starts])]
-    return values, lengths
+    return values, lengths, boxes_from_masks(flat.reshape(1, h, w))[0]
 
 
 def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | None:
@@ -250,8 +253,9 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             self._images.append({"id": img_id, "height": h, "width": w, "path": path})
         self.ids = [img["id"] for img in self._images]
 
-        # Per image: label and row-major runs of every non-crowd instance that covers something.
-        per_image: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in self._images]
+        # Per image: label, row-major runs and box of every non-crowd instance that covers
+        # something.
+        per_image: list[list[tuple]] = [[] for _ in self._images]
         for ann in data["annotations"]:
             where = f"{src}: annotation {ann.get('id')!r}"
             cat = ann.get("category_id")
@@ -276,9 +280,10 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         # One concatenation per image, so all its masks come back from a single np.repeat.
         self._instances = [
             (
-                np.array([c for c, _, _ in items], np.int64),
-                np.concatenate([v for _, v, _ in items]) if items else np.zeros(0, np.uint8),
-                np.concatenate([r for _, _, r in items]) if items else np.zeros(0, np.int32),
+                np.array([c for c, _, _, _ in items], np.int64),
+                np.concatenate([v for _, v, _, _ in items]) if items else np.zeros(0, np.uint8),
+                np.concatenate([r for _, _, r, _ in items]) if items else np.zeros(0, np.int32),
+                np.array([b for _, _, _, b in items], np.float32).reshape(-1, 4),
             )
             for items in per_image
         ]
@@ -320,12 +325,13 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         """Image ``i`` as uint8 [H, W, 3] (a view of ``read_image``), in the json's frame."""
         return self.read_image(i).permute(1, 2, 0).numpy()
 
-    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Non-crowd instances of image ``i``: masks uint8 [N, H, W] and labels int64 [N] (json frame)."""
+    def load_instances(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Non-crowd instances of image ``i`` (json frame): masks uint8 [N, H, W], labels
+        int64 [N] and the masks' tight boxes float32 [N, 4] XYXY (kept from construction)."""
         img = self._images[i]
-        labels, values, runs = self._instances[i]
+        labels, values, runs, boxes = self._instances[i]
         masks = np.repeat(values, runs).reshape(len(labels), img["height"], img["width"])
-        return masks, labels.copy()
+        return masks, labels.copy(), boxes.copy()
 
     def __getitem__(
         self, key: int | tuple[int, int]
@@ -334,14 +340,17 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         # image i, so it depends on no worker's RNG state.
         i, seed = key if isinstance(key, tuple) else (key, None)
         image = self.read_image(i)
-        masks, labels = self.load_instances(i)
+        masks, labels, boxes = self.load_instances(i)
         if self.transforms is not None:
             extra = {} if seed is None else {"seed": seed}
-            hwc, masks, labels = self.transforms(
-                image=image.permute(1, 2, 0).numpy(), masks=masks, labels=labels, **extra
+            hwc, masks, labels, boxes = self.transforms(
+                image=image.permute(1, 2, 0).numpy(),
+                masks=masks,
+                labels=labels,
+                boxes=boxes,
+                **extra,
             )
             image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_jpeg
-        boxes = boxes_from_masks(masks)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (
             (widths > 0)

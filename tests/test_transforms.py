@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 import seglib.transforms
 from seglib.images import decode_image
 from seglib.transforms import (
+    StackedHorizontalFlip,
     TrainTransform,
     boxes_from_masks,
     color_jitter,
@@ -53,6 +54,26 @@ def test_boxes_from_masks_handles_no_instances_and_bool_input():
         boxes_from_masks(np.zeros((4, 4), np.uint8))
 
 
+def test_boxes_from_masks_within_windows_reads_only_the_windows():
+    rng = np.random.default_rng(6)
+    masks = _blobs(rng, 40, 50, 6)
+    masks[5] = 0
+    full = boxes_from_masks(masks)
+    # Windows that hold their masks, some reaching past the image: the same boxes.
+    grown = full + np.array([-3, -2, 4, 5], np.float32)
+    grown[5] = (10, 10, 20, 20)
+    np.testing.assert_array_equal(boxes_from_masks(masks, grown), full)
+    # Only the window is read: a window around part of a mask boxes that part.
+    part = np.zeros((1, 10, 10), np.uint8)
+    part[0, 1, 1] = part[0, 8, 8] = 1
+    np.testing.assert_array_equal(
+        boxes_from_masks(part, np.array([[5, 5, 10, 10]])), [[8, 8, 9, 9]]
+    )
+    np.testing.assert_array_equal(boxes_from_masks(part, np.array([[3, 3, 3, 9]])), [[0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="within"):
+        boxes_from_masks(masks, full[:2])
+
+
 # --- construction and simple cases --------------------------------------------------------
 @pytest.mark.parametrize("kwargs", [{"strength": -0.1}, {"strength": 2.5}, {"hflip_prob": 1.5}])
 def test_train_transforms_rejects_out_of_range_settings(kwargs):
@@ -76,7 +97,7 @@ def _asymmetric_case():
 
 def test_flip_mirrors_image_and_masks():
     image, masks, labels = _asymmetric_case()
-    out_image, out_masks, out_labels = train_transforms(strength=0.0, hflip_prob=1.0)(
+    out_image, out_masks, out_labels, _ = train_transforms(strength=0.0, hflip_prob=1.0)(
         image=image, masks=masks, labels=labels
     )
     np.testing.assert_array_equal(out_image, image[:, ::-1])
@@ -87,7 +108,7 @@ def test_flip_mirrors_image_and_masks():
 
 def test_strength_zero_without_flip_is_identity():
     image, masks, labels = _asymmetric_case()
-    out_image, out_masks, out_labels = train_transforms(strength=0.0, hflip_prob=0.0)(
+    out_image, out_masks, out_labels, _ = train_transforms(strength=0.0, hflip_prob=0.0)(
         image=image, masks=masks, labels=labels
     )
     np.testing.assert_array_equal(out_image, image)
@@ -143,13 +164,14 @@ def test_no_instances_gives_empty_arrays_of_the_right_shape():
     t = train_transforms(strength=2.0, hflip_prob=0.5)
     for seed in range(20):
         torch.manual_seed(seed)
-        image, masks, labels = t(
+        image, masks, labels, boxes = t(
             image=np.full((40, 50, 3), 90, np.uint8),
             masks=np.zeros((0, 40, 50), np.uint8),
             labels=np.zeros(0, np.int64),
         )
         assert masks.shape == (0, *image.shape[:2]) and masks.dtype == np.uint8
         assert labels.shape == (0,) and labels.dtype == np.int64
+        assert boxes.shape == (0, 4) and boxes.dtype == np.float32
 
 
 def test_mismatched_inputs_are_rejected():
@@ -161,6 +183,8 @@ def test_mismatched_inputs_are_rejected():
         t(image=image, masks=masks, labels=labels[:1])
     with pytest.raises(ValueError, match="image"):
         t(image=image[:, :, 0], masks=masks, labels=labels)
+    with pytest.raises(ValueError, match="boxes"):
+        t(image=image, masks=masks, labels=labels, boxes=np.zeros((1, 4)))
 
 
 def test_draws_are_reproducible_per_torch_seed_and_survive_pickling():
@@ -188,13 +212,24 @@ def test_the_pipeline_is_albumentations_flip_and_bbox_safe_crop():
     assert isinstance(t.pipeline, A.Compose)
     crop, flip = t.pipeline.transforms
     assert type(crop) is A.BBoxSafeRandomCrop and crop.erosion_rate == 0.0 and crop.p == 1.0
-    assert type(flip) is A.HorizontalFlip and flip.p == 0.3
+    assert type(flip) is StackedHorizontalFlip and flip.p == 0.3
+    assert isinstance(flip, A.HorizontalFlip)
     params = t.pipeline.processors["bboxes"].params
     assert (
         params.format == "pascal_voc" and params.clip and list(params.label_fields) == ["guide_ids"]
     )
     (only,) = train_transforms(strength=0.0, hflip_prob=0.7).pipeline.transforms
-    assert type(only) is A.HorizontalFlip and only.p == 0.7
+    assert type(only) is StackedHorizontalFlip and only.p == 0.7
+
+
+def test_the_stacked_flip_gives_albumentations_own_result():
+    """One OpenCV call over the [N*H, W] rows equals HorizontalFlip's own 3-D mask flip."""
+    masks = np.random.default_rng(5).integers(0, 2, (3, 7, 11), dtype=np.uint8)
+    ours = StackedHorizontalFlip(p=1.0)(image=masks[0, :, :, None].repeat(3, 2), mask3d=masks)
+    theirs = A.HorizontalFlip(p=1.0)(image=masks[0, :, :, None].repeat(3, 2), mask3d=masks)
+    np.testing.assert_array_equal(ours["mask3d"], theirs["mask3d"])
+    np.testing.assert_array_equal(ours["mask3d"], masks[:, :, ::-1])
+    assert ours["mask3d"].flags.c_contiguous
 
 
 def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
@@ -207,13 +242,19 @@ def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
 
     flips = []
     hflip_apply = A.HorizontalFlip.apply
+    stack_apply = StackedHorizontalFlip.apply_to_mask3d
 
     def counted_apply(self, img, **params):
         flips.append(img.shape)
         return hflip_apply(self, img, **params)
 
+    def counted_stack(self, masks, **params):
+        flips.append(masks.shape)
+        return stack_apply(self, masks, **params)
+
     monkeypatch.setattr(A.BBoxSafeRandomCrop, "get_params_dependent_on_data", fixed_window)
     monkeypatch.setattr(A.HorizontalFlip, "apply", counted_apply)
+    monkeypatch.setattr(StackedHorizontalFlip, "apply_to_mask3d", counted_stack)
     monkeypatch.setattr(seglib.transforms, "JITTER_PROB", 0.0)
     image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     masks = np.zeros((2, 20, 30), np.uint8)
@@ -222,7 +263,7 @@ def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
     x0, y0, x1, y1 = window
     for hflip_prob, flipped in ((0.0, False), (1.0, True)):
         flips.clear()
-        out_image, out_masks, out_labels = train_transforms(strength=1.0, hflip_prob=hflip_prob)(
+        out_image, out_masks, out_labels, _ = train_transforms(strength=1.0, hflip_prob=hflip_prob)(
             image=image, masks=masks, labels=np.array([1, 2]), seed=0
         )
         expect_image, expect_masks = image[y0:y1, x0:x1], masks[:, y0:y1, x0:x1]
@@ -231,9 +272,9 @@ def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
         np.testing.assert_array_equal(out_image, expect_image)
         np.testing.assert_array_equal(out_masks, expect_masks)
         np.testing.assert_array_equal(out_labels, [1, 2])
-        # The image, then each mask (HorizontalFlip.apply_to_mask calls apply).
+        # The image, then the two masks as one stack.
         crop_shape = (y1 - y0, x1 - x0)
-        assert flips == ([(*crop_shape, 3), crop_shape, crop_shape] if flipped else [])
+        assert flips == ([(*crop_shape, 3), (2, *crop_shape)] if flipped else [])
 
 
 def _coordinate_image(h: int, w: int) -> np.ndarray:
@@ -266,7 +307,13 @@ def test_masks_follow_the_image_through_every_flip_and_crop(monkeypatch, strengt
         image = _coordinate_image(h, w)
         masks = _blobs(rng, h, w, int(rng.integers(1, 5)))
         labels = np.arange(1, len(masks) + 1)
-        out_image, out_masks, out_labels = t(image=image, masks=masks, labels=labels, seed=seed)
+        out_image, out_masks, out_labels, out_boxes = t(
+            image=image, masks=masks, labels=labels, seed=seed
+        )
+        known = t(image=image, masks=masks, labels=labels, boxes=boxes_from_masks(masks), seed=seed)
+        np.testing.assert_array_equal(known.boxes, out_boxes)
+        np.testing.assert_array_equal(known.masks, out_masks)
+        np.testing.assert_array_equal(out_boxes, boxes_from_masks(out_masks))
         cols, rows = out_image[0, :, 0].astype(int), out_image[:, 0, 1].astype(int)
         flipped = len(cols) > 1 and cols[0] > cols[-1]
         x0, y0 = int(cols.min()), int(rows.min())
@@ -295,7 +342,7 @@ def test_the_guide_instance_is_kept_whole_and_the_crop_is_large_enough(strength)
         h, w = (int(v) for v in rng.integers(8, 160, size=2))
         masks = _blobs(rng, h, w, 1)
         image = np.zeros((h, w, 3), np.uint8)
-        out_image, out_masks, out_labels = t(
+        out_image, out_masks, out_labels, _ = t(
             image=image, masks=masks, labels=np.array([3]), seed=seed
         )
         assert len(out_masks) == 1 and out_labels.tolist() == [3]
@@ -336,7 +383,7 @@ def test_strength_zero_only_flips():
     t = train_transforms(strength=0.0, hflip_prob=0.5)
     flipped = set()
     for seed in range(30):
-        out_image, out_masks, out_labels = t(image=image, masks=masks, labels=labels, seed=seed)
+        out_image, out_masks, out_labels, _ = t(image=image, masks=masks, labels=labels, seed=seed)
         np.testing.assert_array_equal(out_labels, labels)
         if np.array_equal(out_image, image):
             np.testing.assert_array_equal(out_masks, masks)
@@ -350,7 +397,7 @@ def test_strength_zero_only_flips():
 
 # --- the sync property --------------------------------------------------------------------
 def _check_invariants(n_in, image_in, out, k):
-    image, masks, labels = out
+    image, masks, labels, boxes = out
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert masks.dtype == np.uint8 and masks.ndim == 3 and masks.shape[1:] == image.shape[:2]
     assert labels.dtype == np.int64 and labels.shape == (len(masks),)
@@ -360,7 +407,8 @@ def _check_invariants(n_in, image_in, out, k):
     assert len(masks) <= n_in
     if n_in:
         assert len(masks) >= 1, "the crop removed every instance"
-    boxes = boxes_from_masks(masks)
+    assert boxes.dtype == np.float32
+    np.testing.assert_array_equal(boxes, boxes_from_masks(masks))  # tight, in sync
     assert ((boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)).all()
     assert image.shape[0] <= image_in.shape[0] and image.shape[1] <= image_in.shape[1]
 
@@ -389,7 +437,7 @@ def test_labels_masks_and_image_stay_paired_over_random_draws():
         torch.manual_seed(seed)
         out = t(image=image, masks=masks, labels=labels)
         _check_invariants(len(masks), image, out, k=4)
-        out_image, out_masks, out_labels = out
+        out_image, out_masks, out_labels, _ = out
         grey = out_image[:, :, 0].astype(int)
         background = grey[~out_masks.any(axis=0)] if len(out_masks) else grey.ravel()
         levels = []
@@ -431,8 +479,12 @@ def _property_over_samples(samples, k):
         if seed >= DRAWS and seen_crop and seen_drop:
             break
         image, masks, labels = samples[seed % len(samples)]
-        out = t(image=image, masks=masks, labels=labels, seed=seed)  # as the training loader
+        out = t(image=image, masks=masks, labels=labels, seed=seed)
         _check_invariants(len(masks), image, out, k)
+        # As the dataset calls it, with the boxes known: the same output, read in windows.
+        known = t(image=image, masks=masks, labels=labels, boxes=boxes_from_masks(masks), seed=seed)
+        for a, b in zip(out, known, strict=True):
+            np.testing.assert_array_equal(a, b)
         seen_crop |= out[0].shape != image.shape
         seen_drop |= len(out[1]) < len(masks)
     assert seen_crop and seen_drop, "the draws never cropped or never dropped an instance"
