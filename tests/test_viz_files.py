@@ -1,0 +1,98 @@
+"""viz.files: figures saved atomically with a content record, and checked by what they hold."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import json  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from seglib import viz  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_save_figure_is_atomic_png(tmp_path):
+    ax = viz.draw_instances(np.zeros((8, 8, 3), dtype=np.uint8))
+    out = viz.save_figure(ax, tmp_path / "sub" / "overlay.png", dpi=50, close=True)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["overlay.content.json", "overlay.png"]
+    assert not plt.fignum_exists(ax.figure.number)
+    fig = viz.plot_lr([])
+    with pytest.raises(ValueError, match=r"'\.xyz' is not one of"):
+        viz.save_figure(fig, tmp_path / "x.xyz")
+    assert not (tmp_path / "x.xyz").exists()
+
+
+def test_figure_content_tells_full_axes_from_empty_ones():
+    fig, axes = viz.make_grid(7, ncols=4)
+    axes[0].bar([0, 1], [0.0, 2.0])
+    axes[1].bar([0, 1], [0.0, 0.0])  # bars without height: an empty chart
+    axes[2].plot([0, 1, 2], [0.5, 0.4, 0.3])
+    axes[3].plot([0, 1, 2], [0.0, 0.0, 0.0])  # a PR curve of a model at AP 0
+    axes[3].axvline(0.5)  # reference lines are not data
+    axes[4].imshow(np.random.default_rng(0).random((4, 4)))
+    axes[5].imshow(np.zeros((4, 4)))  # a constant image shows nothing
+    axes[6].set_title("nothing drawn")
+    content = viz.figure_content(fig)
+    assert [a["has_data"] for a in content["axes"][:7]] == [1, 0, 1, 0, 1, 0, 0]
+    assert content["axes"][7]["hidden"]  # make_grid's spare panel is not held against it
+    assert content["empty_axes"] == [1, 3, 5, 6]
+    assert content["axes"][0]["bars_with_height"] == 1 and content["axes"][2]["points"] == 3
+    assert content["axes"][6]["title"] == "nothing drawn"
+
+
+def test_saved_figures_are_checked_for_presence_blankness_and_empty_axes(tmp_path):
+    fig, axes = viz.make_grid(2, ncols=2)
+    axes[0].plot([0, 1], [1, 2])
+    axes[1].bar([0], [3.0])
+    good = viz.save_figure(fig, tmp_path / "good.png", dpi=40)
+    assert viz.check_figure_file(good) == []
+    record = json.loads(viz.content_file(good).read_text())
+    assert record["file"] == "good.png" and record["empty_axes"] == []
+
+    fig, axes = viz.make_grid(2, ncols=2)
+    axes[0].plot([0, 1], [1, 2])
+    axes[1].set_title("AP per class")
+    problems = viz.check_figure_file(viz.save_figure(fig, tmp_path / "half.png", dpi=40))
+    assert len(problems) == 1 and "'AP per class'" in problems[0] and "no data" in problems[0]
+
+    blank = Figure(figsize=(2, 2))
+    problems = viz.check_figure_file(viz.save_figure(blank, tmp_path / "blank.png", dpi=40))
+    assert any("blank" in p for p in problems)
+
+    assert "missing" in viz.check_figure_file(tmp_path / "absent.png")[0]
+    (tmp_path / "good.png").write_bytes(blank_png := (tmp_path / "blank.png").read_bytes())
+    assert blank_png and any("another version" in p for p in viz.check_figure_file(good))
+    viz.content_file(good).unlink()
+    assert any("content.json is missing" in p for p in viz.check_figure_file(good))
+
+
+def test_every_notebook_declares_its_figures_in_its_own_folder(tmp_path):
+    from seglib.paths import Paths, get_paths
+
+    assert list(viz.NOTEBOOK_FIGURES)[:5] == [
+        "01_data_subset",
+        "02_data_augmentations",
+        "03_train",
+        "04_evaluate",
+        "05_inference_viz",
+    ]
+    for notebook, (folder, names) in viz.NOTEBOOK_FIGURES.items():
+        assert all(name.startswith(notebook[:3]) and name.endswith(".png") for name in names)
+        assert isinstance(getattr(Paths, folder), property), f"{notebook}: no Paths.{folder}"
+    paths = get_paths("smoke", tmp_path, run="r1")
+    assert viz.notebook_figures(paths, "01_data_subset")[0].parent == paths.subset / "figures"
+    assert viz.notebook_figures(paths, "04_evaluate")[0].parent == paths.run_dir("r1") / "figures"
+    with pytest.raises(KeyError, match="NOTEBOOK_FIGURES"):
+        viz.notebook_figures(paths, "99_unknown")
