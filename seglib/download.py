@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from . import __version__
-from .annotations import SubsetError
-from .io import write_bytes_atomic
+from seglib import __version__
+from seglib.annotations import SubsetError
+from seglib.io import write_bytes_atomic
 
 __all__ = [
     "ANNOTATIONS_SHA1",
