@@ -1,7 +1,8 @@
 """``python -m seglib <command>``: the pipeline's steps, headless.
 
 Each command parses its arguments, calls one library function and prints what it returned.
-This is the only module (with the notebooks) that prints.
+The parser is built here; the commands' handlers are in ``seglib.commands``. These two
+modules (with the notebooks) are the only ones that print.
 
     synth          write a synthetic COCO 2017 root (offline stand-in)
     subset         build the cake/car/dog/person subset from a COCO root (copy or download)
@@ -18,10 +19,11 @@ This is the only module (with the notebooks) that prints.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from seglib import commands
+from seglib.commands import config_from_args, train_categories
 from seglib.config import (
     ARCHS,
     DEFAULT_CATEGORIES,
@@ -29,10 +31,9 @@ from seglib.config import (
     M2F_PRESETS,
     POSTPROCESS_METHODS,
     PROFILES,
-    TrainConfig,
 )
-from seglib.io import write_json_atomic
-from seglib.paths import get_paths
+
+__all__ = ["build_parser", "config_from_args", "main", "train_categories"]
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -49,22 +50,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="share of scenes drawn with heavy occlusion, 0-1 (default 0)",
     )
-    p.set_defaults(func=cmd_synth)
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from seglib.synthetic import make_synthetic_coco
-
-    summary = make_synthetic_coco(
-        args.out,
-        images_per_split=args.images,
-        size=args.size,
-        seed=args.seed,
-        heavy_share=args.heavy_share,
-    )
-    print(f"synthetic COCO written to {args.out}")
-    print(json.dumps(summary, indent=2))
-    return 0
+    p.set_defaults(func=commands.cmd_synth)
 
 
 def _add_subset(sub: argparse._SubParsersAction) -> None:
@@ -97,28 +83,7 @@ def _add_subset(sub: argparse._SubParsersAction) -> None:
         help="replaces http://images.cocodataset.org, keeping its layout",
     )
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
-    p.set_defaults(func=cmd_subset)
-
-
-def cmd_subset(args: argparse.Namespace) -> int:
-    from seglib.coco import build_subset, format_counts
-
-    manifest = build_subset(
-        args.coco_root,
-        args.out,
-        categories=args.categories,
-        num_train=args.train,
-        num_val=args.val,
-        num_test=args.test,
-        seed=args.seed,
-        download=args.download,
-        base_url=args.base_url,
-        workers=args.workers,
-        progress=True,
-    )
-    print(f"subset written to {args.out}")
-    print(format_counts(manifest["counts"]))
-    return 0
+    p.set_defaults(func=commands.cmd_subset)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -157,87 +122,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="category names in label order (default: the subset's, from DATA/train.json)",
     )
-    p.set_defaults(func=cmd_train)
-
-
-_TRAIN_OVERRIDES = (
-    "num_epochs",
-    "lr",
-    "batch_size",
-    "weights",
-    "arch",
-    "m2f_config",
-    "m2f_pretrained",
-    "device",
-    "min_size",
-    "max_size",
-    "max_iters",
-    "num_workers",
-    "seed",
-    "amp",
-)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The profile (or --config file) with the command-line overrides applied."""
-    cfg = TrainConfig.load(args.config) if args.config else TrainConfig.from_profile(args.profile)
-    overrides = {
-        k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k, None) is not None
-    }
-    return cfg.replace(**overrides)
-
-
-def train_categories(cfg: TrainConfig, args: argparse.Namespace, data: Path) -> TrainConfig:
-    """``cfg`` with the categories to train: ``--categories``, else those of a ``--config``
-    file, else the subset's own (``data/train.json``, in label order).
-
-    Raises:
-        FileNotFoundError: ``data/train.json`` is missing.
-        ValueError: explicit categories differ from the subset's (names both, and the fix).
-    """
-    from seglib.dataset import split_categories
-
-    subset = [c["name"] for c in split_categories(data)]
-    if args.categories:
-        cfg = cfg.replace(categories=tuple(args.categories))
-    elif not args.config:
-        return cfg.replace(categories=tuple(subset))
-    if list(cfg.categories) != subset:
-        given = "--categories" if args.categories else f"the config file {args.config}"
-        raise ValueError(
-            f"{given} asks for categories {list(cfg.categories)} but {data / 'train.json'} holds "
-            f"{subset} (labels 1..{len(subset)}, in that order). Build a subset with those "
-            f"categories (`python -m seglib subset --categories ...`), or leave the categories "
-            f"out to train on the subset's"
-        )
-    return cfg
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from seglib.engine import train
-    from seglib.runs import new_run_name
-
-    if args.config and not (args.data and args.out):
-        raise ValueError(
-            "--config needs --data and --out: a config file does not say which profile's folders to use"
-        )
-    paths = get_paths(args.profile)
-    cfg = config_from_args(args)
-    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
-    cfg = train_categories(cfg, args, Path(data))
-    # Without --out, a fresh run gets a new timestamped folder; --resume continues the latest.
-    out = args.out or (paths.run if args.resume else paths.run_dir(new_run_name()))
-    if (out / "last.pt").exists() and not (args.resume or args.overwrite):
-        raise FileExistsError(
-            f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
-        )
-    summary = train(cfg, data, out, resume=args.resume, progress=True)
-    if summary.get("rank", 0) == 0:
-        print(f"run folder: {out}")
-        best = summary.get("best")
-        if best is not None:
-            print(f"best val mask AP: {best}")
-    return 0
+    p.set_defaults(func=commands.cmd_train)
 
 
 def _add_postprocess_flags(p: argparse.ArgumentParser) -> None:
@@ -253,18 +138,6 @@ def _add_postprocess_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="add horizontal-flip test-time augmentation",
     )
-
-
-def _postprocessed(model, args: argparse.Namespace, cfg: TrainConfig | None):
-    """``model`` with --postprocess / --tta-hflip applied over ``cfg``'s stored choice."""
-    changes = {
-        k: getattr(args, k) for k in ("postprocess", "tta_hflip") if getattr(args, k) is not None
-    }
-    if not changes:
-        return model
-    from seglib.postprocess import wrap
-
-    return wrap(model, (cfg or TrainConfig()).replace(**changes))
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -292,50 +165,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the metrics JSON here")
     _add_postprocess_flags(p)
-    p.set_defaults(func=cmd_evaluate)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seglib.metrics import evaluate_results, format_table
-
-    if args.gt or args.predictions:
-        if not (args.gt and args.predictions):
-            raise ValueError("--gt and --predictions go together")
-        metrics = evaluate_results(args.gt, args.predictions, score_thresh=args.score_thresh)
-    else:
-        if not args.data or not (args.checkpoint or args.zero_shot):
-            raise ValueError(
-                "give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions"
-            )
-        from seglib.dataset import open_split
-        from seglib.engine import resolve_device
-        from seglib.inference import evaluate
-
-        device = resolve_device(args.device)
-        dataset = open_split(args.data, args.split)
-        run_cfg = None  # zero-shot: TrainConfig()'s post-processing unless flags say otherwise
-        if args.zero_shot and args.arch == "mask2former":
-            from seglib.mask2former import build_zero_shot_mask2former
-
-            model = build_zero_shot_mask2former(dataset.categories)
-        elif args.zero_shot:
-            from seglib.model import build_zero_shot_model
-
-            model = build_zero_shot_model(dataset.categories, arch=args.arch)
-        else:
-            from seglib.model import model_from_checkpoint
-
-            model, run_cfg, _ = model_from_checkpoint(
-                args.checkpoint, device=device, categories=dataset.categories
-            )
-        model = _postprocessed(model, args, run_cfg)
-        model.to(device)
-        metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
-    print(format_table(metrics))
-    if args.out:
-        write_json_atomic(args.out, metrics)
-        print(f"metrics written to {args.out}")
-    return 0
+    p.set_defaults(func=commands.cmd_evaluate)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -346,24 +176,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-thresh", type=float, default=0.5)
     p.add_argument("--device", default="auto")
     _add_postprocess_flags(p)
-    p.set_defaults(func=cmd_predict)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from seglib.engine import resolve_device
-    from seglib.inference import predict_images
-    from seglib.model import model_from_checkpoint
-
-    device = resolve_device(args.device)
-    model, run_cfg, categories = model_from_checkpoint(args.checkpoint, device=device)
-    model = _postprocessed(model, args, run_cfg)
-    written = predict_images(
-        model, args.images, args.out, device, categories=categories, score_thresh=args.score_thresh
-    )
-    print(f"{written['num_images']} images, {written['num_predictions']} predictions")
-    print(f"results: {written['results']}")
-    print(f"overlays: {args.out}")
-    return 0
+    p.set_defaults(func=commands.cmd_predict)
 
 
 def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
@@ -377,22 +190,7 @@ def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-id", default=M2F_MODEL_ID, help=f"with mask2former (default {M2F_MODEL_ID})"
     )
-    p.set_defaults(func=cmd_fetch_weights)
-
-
-def cmd_fetch_weights(args: argparse.Namespace) -> int:
-    if args.kind == "mask2former":
-        from seglib import mask2former
-
-        licence = mask2former.WEIGHTS_LICENCE
-        print(f"{args.model_id}: weights licence {licence} (non-commercial use only)")
-        print(f"weights ready: {mask2former.fetch_weights(args.model_id)}")
-        return 0
-    from seglib.weights import fetch_weights
-
-    path = fetch_weights(args.kind, args.arch, progress=True)
-    print(f"weights ready: {path}")
-    return 0
+    p.set_defaults(func=commands.cmd_fetch_weights)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -423,47 +221,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="folder for executed notebooks (default: RUN/notebooks)",
     )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    p.set_defaults(func=cmd_run)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from seglib.config import parse_overrides
-    from seglib.runner import check_outputs, notebook_paths, preflight, run_notebooks
-    from seglib.runs import check_can_start, headline, new_run_name
-
-    overrides = parse_overrides(args.overrides)
-    TrainConfig.from_profile(args.profile, **overrides)  # bad values fail here, not in notebook 03
-    name = args.run or new_run_name()
-    paths = get_paths(args.profile, run=name)
-    check_can_start(paths, name, overwrite=args.overwrite)  # before spending time on 01-02
-    for note in preflight(args.profile, paths):
-        print(note)
-    if args.profile == "seed":
-        from seglib.weights import fetch_weights, weights_file
-
-        if not weights_file("coco", "v1").is_file():
-            # `make run` is the explicit request for the seed experiment, whose weights these are.
-            print(f"fetched {fetch_weights('coco', 'v1')}")
-    out = args.out or paths.notebooks_out
-    print(
-        f"run {name!r} ({args.profile}): {paths.run}"
-        + (f", overrides {overrides}" if overrides else "")
-    )
-    for done in run_notebooks(
-        args.profile,
-        out,
-        run_name=name,
-        overrides=overrides,
-        overwrite=args.overwrite,
-        timeout=args.timeout,
-    ):
-        print(f"executed {done}", flush=True)
-    print(f"executed notebooks in {out}; figures in {paths.figures} and {paths.data_figures}")
-    problems = check_outputs(paths, [nb.stem for nb in notebook_paths()])
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    print(f"val mask AP50: {headline(paths)['segm_AP50']:.3f}")
-    return 1 if problems else 0
+    p.set_defaults(func=commands.cmd_run)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
@@ -486,30 +244,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--timing-images", type=int, default=8, help="test images timed per variant (default 8)"
     )
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_study)
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from seglib.engine import resolve_device
-    from seglib.study import format_study, run_study, save_study
-
-    paths = get_paths(args.profile)
-    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
-    checkpoint = args.checkpoint or paths.require(
-        paths.best_checkpoint, "`python -m seglib train` (or notebook 03)"
-    )
-    study = run_study(
-        checkpoint,
-        data,
-        resolve_device(args.device),
-        methods=args.methods,
-        tta=(False,) if args.no_tta else (False, True),
-        timing_images=args.timing_images,
-    )
-    written = save_study(study, args.out or Path(checkpoint).parent / "eval")
-    print(format_study(study))
-    print(f"written: {written['json']} and {written['table']}")
-    return 0
+    p.set_defaults(func=commands.cmd_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

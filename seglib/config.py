@@ -6,7 +6,10 @@ range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.
 (profile ``seed``; the name avoids the ``seed`` field) is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
 checks the plumbing, not the results.
 
-File locations live in ``seglib.paths``; atomic file writing in ``seglib.io``.
+Each field's rule (range, choices) is one line of ``_field_rules``; the checks that relate
+fields are short ``TrainConfig`` methods. The profiles' values live in ``seglib.profiles``,
+the type and rule checking in ``seglib.rules``, file locations in ``seglib.paths``,
+atomic file writing in ``seglib.io``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seglib import rules
 from seglib.io import write_json_atomic
+from seglib.profiles import DEMO, PROFILES, SMOKE_FROM_DEMO
 
 #: The four categories of the project, in the order that defines label ids 1..4.
 DEFAULT_CATEGORIES: tuple[str, ...] = ("cake", "car", "dog", "person")
 #: Their ids in COCO 2017 (non-contiguous; background is 0 in the model, not in COCO).
 COCO_IDS: dict[str, int] = {"person": 1, "car": 3, "dog": 18, "cake": 61}
 
-PROFILES = ("seed", "demo", "smoke")
 NORMS = ("bn", "gn")
 ARCHS = ("v1", "v2", "mask2former")  # mask2former needs the detr extra (requirements-detr.txt)
 #: Mask2Former architecture presets: "swin-tiny" is the COCO checkpoint's architecture, "tiny"
@@ -172,157 +176,72 @@ class TrainConfig:
     score_thresh: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        rules.check_types(self)  # first: the rules below compare values of the declared types
         # JSON round-trips give lists; keep tuples so configs compare equal.
         self.categories = tuple(self.categories)
         self.lr_milestones = tuple(self.lr_milestones)
-        errors = []
+        cross_field = (
+            self._categories_problem(),
+            self._norm_problem(),
+            self._m2f_weights_problem(),
+            self._m2f_preset_problem(),
+            self._size_problem(),
+            self._pool_problem(),
+        )
+        problems = rules.problems(self, _field_rules()) + [p for p in cross_field if p]
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                errors.append(msg)
+    # --- checks that relate fields (None: fine; else the message) ----------------------
+    def _categories_problem(self) -> str | None:
+        if not self.categories:
+            return "categories must not be empty"
+        if len(set(self.categories)) != len(self.categories):
+            return f"categories repeat: {self.categories}"
+        return None
 
-        check(len(self.categories) > 0, "categories must not be empty")
-        check(
-            len(set(self.categories)) == len(self.categories),
-            f"categories repeat: {self.categories}",
-        )
-        check(
-            self.data_source in DATA_SOURCES,
-            f"data_source must be one of {DATA_SOURCES}, got {self.data_source!r}",
-        )
-        for name in ("num_train", "num_val", "num_test", "synthetic_images"):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        check(
-            self.synthetic_size >= 32, f"synthetic_size must be >= 32 px, got {self.synthetic_size}"
-        )
-        check(
-            0.0 <= self.synthetic_heavy_share <= 1.0,
-            f"synthetic_heavy_share must be in [0, 1], got {self.synthetic_heavy_share}",
-        )
-        check(self.min_box_size >= 0, f"min_box_size must be >= 0, got {self.min_box_size}")
-        check(
-            0.0 <= self.aug_strength <= 2.0,
-            f"aug_strength must be in [0, 2], got {self.aug_strength}",
-        )
-        check(0.0 <= self.hflip_prob <= 1.0, f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
-        check(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
-        check(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
-        check(
-            self.norm != "gn"
-            or self.arch == "mask2former"  # norm is Mask R-CNN's; Mask2Former ignores it
-            or (self.weights == "none" and self.arch == "v1"),
+    def _norm_problem(self) -> str | None:
+        # norm is Mask R-CNN's; Mask2Former ignores it.
+        from_scratch_v1 = self.weights == "none" and self.arch == "v1"
+        if self.norm != "gn" or self.arch == "mask2former" or from_scratch_v1:
+            return None
+        return (
             f"norm 'gn' builds a v1 Mask R-CNN from scratch: it needs weights 'none' and arch 'v1' "
-            f"(torchvision's trained weights use BatchNorm), got weights {self.weights!r}, arch {self.arch!r}",
+            f"(torchvision's trained weights use BatchNorm), got weights {self.weights!r}, arch {self.arch!r}"
         )
-        check(
-            self.weights in WEIGHT_CHOICES or self.weights.endswith((".pth", ".pt")),
-            f"weights must be one of {WEIGHT_CHOICES} or a path ending in .pth/.pt, got {self.weights!r}",
-        )
-        check(
-            self.m2f_config in M2F_PRESETS,
-            f"m2f_config must be one of {M2F_PRESETS}, got {self.m2f_config!r}",
-        )
-        check(
-            self.compare_epochs is None or self.compare_epochs >= 1,
-            f"compare_epochs must be None or >= 1, got {self.compare_epochs}",
-        )
-        check(
-            self.arch != "mask2former" or self.weights != "imagenet",
-            "weights='imagenet' is a torchvision ResNet-50 file; Mask2Former takes 'coco', 'none' or a .pt/.pth file",
-        )
-        check(
-            self.arch != "mask2former"
-            or self.weights != "coco"
-            or self.m2f_pretrained != M2F_MODEL_ID
-            or self.m2f_config == "swin-tiny",
-            f"{M2F_MODEL_ID} fits m2f_config='swin-tiny' only, got {self.m2f_config!r}; for the "
-            "'tiny' preset point m2f_pretrained at a folder of weights that fit it",
-        )
-        check(
-            0 <= self.trainable_backbone_layers <= 5,
-            f"trainable_backbone_layers must be in [0, 5], got {self.trainable_backbone_layers}",
-        )
-        check(
-            32 <= self.min_size <= self.max_size,
-            f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}",
-        )
-        for name in (
-            "rpn_pre_nms_top_n_train",
-            "rpn_post_nms_top_n_train",
-            "rpn_pre_nms_top_n_test",
-            "rpn_post_nms_top_n_test",
-            "box_batch_size_per_image",
-            "detections_per_img",
-        ):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        check(0.0 < self.lr <= 1.0, f"lr must be in (0, 1], got {self.lr}")
-        check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        check(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}")
-        check(
-            self.max_iters is None or self.max_iters >= 1,
-            f"max_iters must be None or >= 1, got {self.max_iters}",
-        )
-        check(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        check(
-            0.0 < self.warmup_factor <= 1.0,
-            f"warmup_factor must be in (0, 1], got {self.warmup_factor}",
-        )
-        check(
-            self.lr_schedule in LR_SCHEDULES,
-            f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
-        )
-        check(0.0 < self.lr_gamma <= 1.0, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        check(
-            all(0.0 < m < 1.0 for m in self.lr_milestones)
-            and list(self.lr_milestones) == sorted(self.lr_milestones),
-            f"lr_milestones must be increasing fractions of the run in (0, 1), got {self.lr_milestones}",
-        )
-        check(
-            0.0 <= self.box_score_thresh <= 1.0,
-            f"box_score_thresh must be in [0, 1], got {self.box_score_thresh}",
-        )
-        check(
-            0.0 < self.box_nms_thresh <= 1.0,
-            f"box_nms_thresh must be in (0, 1], got {self.box_nms_thresh}",
-        )
-        check(
-            self.postprocess in POSTPROCESS_METHODS,
-            f"postprocess must be one of {POSTPROCESS_METHODS}, got {self.postprocess!r}",
-        )
-        for name in ("soft_nms_sigma", "matrix_nms_sigma"):
-            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("soft_nms_thresh", "mask_nms_thresh"):
-            check(
-                0.0 <= getattr(self, name) <= 1.0,
-                f"{name} must be in [0, 1], got {getattr(self, name)}",
-            )
-        check(
-            self.postprocess_pool >= self.detections_per_img,
-            f"postprocess_pool ({self.postprocess_pool}) must be >= detections_per_img "
-            f"({self.detections_per_img})",
-        )
-        check(
-            self.grad_clip_norm is None or self.grad_clip_norm > 0,
-            f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm}",
-        )
-        check(
-            self.device in DEVICES or self.device.startswith("cuda:"),
-            f"device must be one of {DEVICES} or 'cuda:N', got {self.device!r}",
-        )
-        check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
-        check(self.eval_interval >= 1, f"eval_interval must be >= 1, got {self.eval_interval}")
-        check(self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}")
-        check(
-            0.0 <= self.score_thresh <= 1.0,
-            f"score_thresh must be in [0, 1], got {self.score_thresh}",
-        )
-        if errors:
-            raise ValueError("invalid TrainConfig: " + "; ".join(errors))
 
-    # --- profiles ---------------------------------------------------------------------
+    def _m2f_weights_problem(self) -> str | None:
+        if self.arch == "mask2former" and self.weights == "imagenet":
+            return "weights='imagenet' is a torchvision ResNet-50 file; Mask2Former takes 'coco', 'none' or a .pt/.pth file"
+        return None
+
+    def _m2f_preset_problem(self) -> str | None:
+        loads_published = (
+            self.arch == "mask2former"
+            and self.weights == "coco"
+            and self.m2f_pretrained == M2F_MODEL_ID
+        )
+        if not loads_published or self.m2f_config == "swin-tiny":
+            return None
+        return (
+            f"{M2F_MODEL_ID} fits m2f_config='swin-tiny' only, got {self.m2f_config!r}; for the "
+            "'tiny' preset point m2f_pretrained at a folder of weights that fit it"
+        )
+
+    def _size_problem(self) -> str | None:
+        if 32 <= self.min_size <= self.max_size:
+            return None
+        return f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}"
+
+    def _pool_problem(self) -> str | None:
+        if self.postprocess_pool >= self.detections_per_img:
+            return None
+        return (
+            f"postprocess_pool ({self.postprocess_pool}) must be >= detections_per_img "
+            f"({self.detections_per_img})"
+        )
+
+    # --- profiles (values and their reasons: seglib.profiles) ---------------------------
     @classmethod
     def seed_recipe(cls, **overrides: Any) -> TrainConfig:
         """The ``seed`` profile, the seed experiment: real COCO subset, COCO-trained weights, SGD lr 0.001, 10 epochs."""
@@ -332,70 +251,17 @@ class TrainConfig:
     def demo(cls, **overrides: Any) -> TrainConfig:
         """The offline demo (``make demo``): learns the synthetic shapes from scratch on 2 CPU cores.
 
-        Synthetic data at 128 px, no pretrained weights, GroupNorm in the ResNet and FPN (with
-        BatchNorm and batches of 2, mask AP50 stayed near 0.4), proposal and ROI counts cut so a
-        step costs under a second on 2 CPU cores, and a cosine schedule from lr 0.02 after 50
-        warmup steps: a constant lr 0.02 collapsed, lr 0.04 barely learned. The learning curves
-        behind these choices are in docs/benchmarks.md. Synthetic shapes say nothing about COCO.
+        The values, and why each: ``seglib.profiles.DEMO``. Synthetic shapes say nothing about COCO.
         """
-        values: dict[str, Any] = dict(
-            data_source="synthetic",
-            num_train=48,
-            num_val=24,
-            num_test=16,
-            synthetic_images=64,  # about 85% of synthetic images qualify: 54 for 48 train
-            synthetic_size=128,
-            synthetic_heavy_share=0.25,
-            weights="none",
-            norm="gn",
-            m2f_config="tiny",
-            trainable_backbone_layers=5,
-            min_size=128,
-            max_size=128,
-            rpn_pre_nms_top_n_train=200,
-            rpn_post_nms_top_n_train=100,
-            rpn_pre_nms_top_n_test=200,
-            rpn_post_nms_top_n_test=100,
-            box_batch_size_per_image=64,
-            detections_per_img=50,
-            # On the CPU at 128 px the mask head dominates inference, and the pool's masks are
-            # all predicted: a pool the size of the output keeps the study's cost at inference's.
-            postprocess_pool=50,
-            lr=0.02,
-            lr_schedule="cosine",
-            num_epochs=16,
-            warmup_iters=50,
-            device="cpu",
-            amp=False,
-            num_workers=0,
-            eval_interval=4,
-            log_interval=4,
-            score_thresh=0.5,
-        )
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**DEMO, **overrides})
 
     @classmethod
     def smoke(cls, **overrides: Any) -> TrainConfig:
         """The demo cut to what CI can afford: 24 training images, 144 steps, about 2 minutes on 2 CPU cores.
 
-        Enough to learn the synthetic shapes a little (the notebooks' tests require mask AP50
-        of at least 0.15 on synthetic val; at 96 steps it stayed near 0.1), not to show a good
-        model: use ``demo`` for that.
+        Checks the plumbing, not the results (the cuts, and why: ``seglib.profiles.SMOKE_FROM_DEMO``).
         """
-        values: dict[str, Any] = dict(
-            num_train=24,
-            num_val=12,
-            num_test=8,
-            synthetic_images=32,  # 27 qualify for 24 train
-            num_epochs=12,
-            warmup_iters=20,
-            eval_interval=6,
-            log_interval=1,
-            compare_epochs=2,
-        )
-        values.update(overrides)
-        return cls.demo(**values)
+        return cls.demo(**{**SMOKE_FROM_DEMO, **overrides})
 
     @classmethod
     def from_profile(cls, profile: str, **overrides: Any) -> TrainConfig:
@@ -450,35 +316,61 @@ class TrainConfig:
             raise ValueError(f"{path}: {e}") from e
 
 
-def _is(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind.startswith("tuple["):  # tuple[X, ...]: a list or tuple of X, never a bare string
-        item = kind[len("tuple[") :].split(",")[0]
-        return isinstance(value, (list, tuple)) and all(_is(v, item) for v in value)
-    raise TypeError(f"no check for type {kind!r}")
+def _field_rules() -> dict[str, rules.Rule]:
+    """Each field's own rule, in field order (types are checked before, from the annotations).
 
-
-def _check_types(cfg: TrainConfig) -> None:
-    """Raise ValueError naming every field whose value has the wrong type (JSON, CLI, widgets)."""
-    errors = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        if value is None and "None" in kinds:
-            continue
-        if not any(_is(value, k) for k in kinds if k != "None"):
-            errors.append(f"{f.name} must be {f.type}, got {value!r}")
-        elif "float" in kinds and isinstance(value, int):
-            object.__setattr__(cfg, f.name, float(value))
-    if errors:
-        raise ValueError("invalid TrainConfig: " + "; ".join(errors))
+    Built at each check, so the choice tuples are read as they are then (tests extend ARCHS).
+    """
+    return {
+        "data_source": rules.OneOf(DATA_SOURCES),
+        "num_train": rules.COUNT,
+        "num_val": rules.COUNT,
+        "num_test": rules.COUNT,
+        "synthetic_images": rules.COUNT,
+        "synthetic_size": rules.Range(lo=32, unit=" px"),
+        "synthetic_heavy_share": rules.FRACTION,
+        "min_box_size": rules.NON_NEGATIVE,
+        "aug_strength": rules.Range(0, 2),
+        "hflip_prob": rules.FRACTION,
+        "arch": rules.OneOf(ARCHS),
+        "weights": rules.OneOf(
+            WEIGHT_CHOICES, "a path ending in .pth/.pt", lambda w: w.endswith((".pth", ".pt"))
+        ),
+        "m2f_config": rules.OneOf(M2F_PRESETS),
+        "compare_epochs": rules.COUNT,
+        "trainable_backbone_layers": rules.Range(0, 5),
+        "norm": rules.OneOf(NORMS),
+        "rpn_pre_nms_top_n_train": rules.COUNT,
+        "rpn_post_nms_top_n_train": rules.COUNT,
+        "rpn_pre_nms_top_n_test": rules.COUNT,
+        "rpn_post_nms_top_n_test": rules.COUNT,
+        "box_batch_size_per_image": rules.COUNT,
+        "box_score_thresh": rules.FRACTION,
+        "box_nms_thresh": rules.POSITIVE_FRACTION,
+        "detections_per_img": rules.COUNT,
+        "postprocess": rules.OneOf(POSTPROCESS_METHODS),
+        "soft_nms_sigma": rules.POSITIVE,
+        "soft_nms_thresh": rules.FRACTION,
+        "matrix_nms_sigma": rules.POSITIVE,
+        "mask_nms_thresh": rules.FRACTION,
+        "lr": rules.POSITIVE_FRACTION,
+        "momentum": rules.Range(0, 1, hi_open=True),
+        "weight_decay": rules.NON_NEGATIVE,
+        "batch_size": rules.COUNT,
+        "num_epochs": rules.COUNT,
+        "max_iters": rules.COUNT,
+        "warmup_iters": rules.NON_NEGATIVE,
+        "warmup_factor": rules.POSITIVE_FRACTION,
+        "lr_schedule": rules.OneOf(LR_SCHEDULES),
+        "lr_milestones": rules.INCREASING_FRACTIONS,
+        "lr_gamma": rules.POSITIVE_FRACTION,
+        "grad_clip_norm": rules.POSITIVE,
+        "device": rules.OneOf(DEVICES, "'cuda:N'", lambda d: d.startswith("cuda:")),
+        "num_workers": rules.NON_NEGATIVE,
+        "eval_interval": rules.COUNT,
+        "log_interval": rules.COUNT,
+        "score_thresh": rules.FRACTION,
+    }
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

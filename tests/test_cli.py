@@ -285,3 +285,10 @@ def test_train_takes_the_subsets_categories_unless_given(
         in capsys.readouterr().err
     )
     assert len(seen) == 2
+
+
+def test_evaluate_asks_for_a_complete_set_of_inputs(tmp_path, capsys):
+    assert main(["evaluate", "--gt", str(tmp_path / "val.json")]) == 2
+    assert capsys.readouterr().err == "error: --gt and --predictions go together\n"
+    assert main(["evaluate", "--data", str(tmp_path)]) == 2
+    assert "give --data with --checkpoint FILE or --zero-shot" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -142,3 +143,95 @@ def test_profiles_demo_and_smoke_share_the_recipe_that_learns():
     assert demo.synthetic_images >= demo.num_val + demo.num_test
     assert smoke.synthetic_images >= smoke.num_val + smoke.num_test
     assert TrainConfig.from_profile("demo") == demo
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # one-sided bounds, with a unit where the field has one
+        ({"num_train": 0}, "num_train must be >= 1, got 0"),
+        ({"synthetic_size": 31}, "synthetic_size must be >= 32 px, got 31"),
+        ({"soft_nms_sigma": 0}, "soft_nms_sigma must be > 0, got 0.0"),
+        # intervals: each end open or closed as the rule says
+        ({"aug_strength": 2.5}, "aug_strength must be in [0, 2], got 2.5"),
+        ({"lr": 0.0}, "lr must be in (0, 1], got 0.0"),
+        ({"momentum": 1.0}, "momentum must be in [0, 1), got 1.0"),
+        ({"trainable_backbone_layers": 6}, "trainable_backbone_layers must be in [0, 5], got 6"),
+        # fields typed "X | None" say so
+        ({"max_iters": 0}, "max_iters must be None or >= 1, got 0"),
+        ({"grad_clip_norm": 0}, "grad_clip_norm must be None or > 0, got 0.0"),
+        # choices, with what else is accepted
+        ({"norm": "ln"}, "norm must be one of ('bn', 'gn'), got 'ln'"),
+        (
+            {"weights": "x.bin"},
+            "weights must be one of ('coco', 'imagenet', 'none') or a path ending in .pth/.pt, "
+            "got 'x.bin'",
+        ),
+        ({"device": "tpu"}, "device must be one of ('auto', 'cpu', 'cuda') or 'cuda:N', got 'tpu'"),
+        (
+            {"lr_milestones": (0.8, 0.5)},
+            "lr_milestones must be increasing fractions of the run in (0, 1), got (0.8, 0.5)",
+        ),
+    ],
+)
+def test_field_rules_name_the_field_the_rule_and_the_value(change, message):
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**change)
+    assert str(raised.value) == f"invalid TrainConfig: {message}"
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"categories": ()}, "categories must not be empty"),
+        ({"categories": ("dog", "dog")}, "categories repeat: ('dog', 'dog')"),
+        ({"norm": "gn"}, "norm 'gn' builds a v1 Mask R-CNN from scratch"),
+        ({"norm": "gn", "weights": "none", "arch": "v2"}, "got weights 'none', arch 'v2'"),
+        ({"arch": "mask2former", "weights": "imagenet"}, "weights='imagenet' is a torchvision"),
+        ({"arch": "mask2former", "m2f_config": "tiny"}, "fits m2f_config='swin-tiny' only"),
+        ({"min_size": 900, "max_size": 800}, "need 32 <= min_size <= max_size, got 900, 800"),
+        ({"postprocess_pool": 10}, "postprocess_pool (10) must be >= detections_per_img (100)"),
+    ],
+)
+def test_cross_field_checks_name_both_fields(change, fragment):
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**change)
+    assert fragment in str(raised.value)
+
+
+def test_cross_field_checks_pass_the_combinations_they_allow():
+    assert TrainConfig(norm="gn", weights="none").norm == "gn"
+    assert TrainConfig(norm="gn", arch="mask2former").norm == "gn"  # Mask2Former ignores norm
+    assert TrainConfig(arch="mask2former", m2f_config="tiny", m2f_pretrained="folder").arch
+    assert TrainConfig(weights="run/best.pt", device="cuda:1").device == "cuda:1"
+    assert TrainConfig(max_iters=None, grad_clip_norm=None, compare_epochs=None).max_iters is None
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(lr=0.0, batch_size=0, arch="v3", postprocess_pool=10)
+    message = str(raised.value)
+    assert message.startswith("invalid TrainConfig: ") and message.count("; ") == 3
+    for name in ("lr", "batch_size", "arch", "postprocess_pool"):
+        assert name in message
+
+
+def test_every_rule_is_for_a_field_and_the_choices_are_read_when_checking(monkeypatch):
+    from seglib import config
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(config._field_rules()) <= names
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="toy")
+    monkeypatch.setattr(config, "ARCHS", (*config.ARCHS, "toy"))
+    assert TrainConfig(arch="toy").arch == "toy"
+
+
+def test_profiles_are_the_defaults_with_the_profile_modules_values():
+    from seglib import profiles
+
+    demo, smoke = TrainConfig.demo().to_dict(), TrainConfig.smoke().to_dict()
+    assert {k: demo[k] for k in profiles.DEMO} == profiles.DEMO
+    assert {k: smoke[k] for k in profiles.SMOKE_FROM_DEMO} == profiles.SMOKE_FROM_DEMO
+    untouched = set(demo) - set(profiles.DEMO) - set(profiles.SMOKE_FROM_DEMO)
+    assert {k: smoke[k] for k in untouched} == {k: TrainConfig().to_dict()[k] for k in untouched}
