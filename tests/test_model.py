@@ -269,7 +269,7 @@ def test_maskrcnn_and_its_zero_shot_wrapper_follow_the_interface(cfg):
 
 
 def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
-    from seglib import model as model_module
+    from seglib import registry
 
     calls = []
 
@@ -277,7 +277,7 @@ def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
         calls.append((arch, num_classes, weights, load))
         return nn.Linear(1, num_classes)
 
-    monkeypatch.setattr(model_module, "_BUILDERS", dict(model_module._BUILDERS))
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
     register_arch("toy", builder)
     assert "toy" in available_archs()
     assert build_model(3, "none", "toy", cfg).out_features == 3
@@ -287,7 +287,8 @@ def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
 def test_importing_seglib_does_not_import_the_optional_families():
     code = (
         "import sys, seglib.model, seglib.engine, seglib.inference, seglib.cli\n"
-        "print(sorted(m for m in ('transformers', 'seglib.mask2former') if m in sys.modules))"
+        "optional = ('transformers', 'seglib.mask2former', 'seglib.mask2former_weights')\n"
+        "print(sorted(m for m in optional if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
