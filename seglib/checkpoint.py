@@ -8,6 +8,8 @@ A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only
 - ``rng``: python, numpy, torch and CUDA generator states, for a resume inside an epoch;
 - ``config`` (``TrainConfig.to_dict()``), ``categories`` (with ``coco_id``), ``num_classes``,
   so a checkpoint rebuilds its own model (``seglib.model.model_from_checkpoint``);
+- ``norm_eps``: every normalisation layer's ``eps``, which state dicts leave out (the legacy
+  v1 COCO weights freeze BatchNorm with eps 0, and a rebuilt model must use what was trained);
 - ``versions``, ``format`` and ``extra`` (the run loop's history and best epoch).
 
 Files are written atomically (``seglib.io.atomic_file``): a crash leaves the old file.
@@ -158,6 +160,29 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- save and load ----------------------------------------------------------------------------
+def norm_eps(model: nn.Module) -> dict[str, float]:
+    """``{module name: eps}`` of every layer with a float ``eps`` (BatchNorm, frozen or not,
+    GroupNorm, LayerNorm): a setting the state dict does not carry."""
+    return {
+        name: float(module.eps)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "eps", None), float)
+    }
+
+
+def restore_norm_eps(model: nn.Module, eps: dict[str, float]) -> None:
+    """Set each named layer's ``eps`` to the saved value (``norm_eps``), in place.
+
+    Raises:
+        CheckpointError: a saved name is not a layer with an ``eps`` in ``model``.
+    """
+    modules = dict(model.named_modules())
+    for name, value in eps.items():
+        if not isinstance(getattr(modules.get(name), "eps", None), float):
+            raise CheckpointError(f"the checkpoint sets eps of {name!r}, which the model lacks")
+        modules[name].eps = float(value)
+
+
 def save_checkpoint(
     path: str | Path,
     *,
@@ -191,6 +216,7 @@ def save_checkpoint(
         "config": cfg.to_dict(),
         "categories": [dict(c) for c in categories],
         "num_classes": len(categories) + 1,
+        "norm_eps": norm_eps(unwrap(model)),
         "versions": {
             "seglib": str(seglib.__version__),
             "torch": str(torch.__version__),

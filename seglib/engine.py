@@ -27,7 +27,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from seglib.checkpoint import load_for_resume, load_model_state, restore_rng_state, save_checkpoint
+from seglib.checkpoint import (
+    load_for_resume,
+    load_model_state,
+    restore_norm_eps,
+    restore_rng_state,
+    save_checkpoint,
+)
 from seglib.config import TrainConfig
 from seglib.distributed import DistInfo, init_distributed
 from seglib.inference import batch_to_device, evaluate
@@ -330,6 +336,7 @@ def _assemble(
     else:
         model = build_model_structure(cfg)
         load_model_state(model, ckpt["model"], source=str(source))
+        restore_norm_eps(model, ckpt.get("norm_eps", {}))
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     lr_scheduler = make_lr_scheduler(optimizer, cfg, len(train_loader))

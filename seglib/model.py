@@ -36,6 +36,7 @@ from seglib.checkpoint import (
     checkpoint_config,
     load_checkpoint,
     load_model_state,
+    restore_norm_eps,
     unwrap,
 )
 from seglib.config import TrainConfig
@@ -120,6 +121,7 @@ def model_from_checkpoint(
         )
     model = build_model_structure(cfg)
     load_model_state(model, ckpt["model"], source=str(path))
+    restore_norm_eps(model, ckpt.get("norm_eps", {}))  # absent from checkpoints before it
     from seglib.postprocess import wrap  # the run's suppression rule; the bare model for "nms"
 
     return wrap(model.to(device).eval(), cfg), cfg, stored

@@ -14,12 +14,13 @@ from seglib.checkpoint import (
     load_checkpoint,
     load_for_resume,
     load_model_state,
+    restore_norm_eps,
     restore_rng_state,
     save_checkpoint,
     unwrap,
 )
 from seglib.config import TrainConfig
-from seglib.model import build_model, model_from_checkpoint
+from seglib.model import FrozenBatchNorm2d, build_model, model_from_checkpoint
 
 CATEGORIES = [
     {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
@@ -168,3 +169,33 @@ def test_resume_refuses_a_changed_config_and_a_new_length_when_the_schedule_span
     assert load_for_resume(path, flat.replace(num_epochs=4))["epoch"] == 1  # nothing moves
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         load_for_resume(tmp_path / "none.pt", cfg)
+
+
+def test_a_v1_model_from_a_hand_placed_coco_file_is_rebuilt_with_its_eps(tmp_path, cfg):
+    """A 91-class v1 file placed by hand trains with frozen BatchNorm at eps 0 (torchvision's
+    legacy COCO weights); state dicts do not hold eps, so the checkpoint must, or the rebuilt
+    model would normalise with 1e-5 and give other outputs."""
+    torch.manual_seed(0)
+    coco_file = tmp_path / "maskrcnn_coco_by_hand.pth"
+    torch.save(build_model(91, "none", "v1", cfg.replace(norm="bn")).state_dict(), coco_file)
+    file_cfg = cfg.replace(weights=str(coco_file), norm="bn")
+    model = build_model(5, str(coco_file), "v1", file_cfg)
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(m.eps == 0.0 for m in frozen)
+    path = save_checkpoint(
+        tmp_path / "best.pt", model=model, cfg=file_cfg, categories=CATEGORIES, epoch=1, iteration=1
+    )
+    coco_file.unlink()  # the rebuild reads no weight file
+    rebuilt, _, _ = model_from_checkpoint(path)
+    assert all(m.eps == 0.0 for m in rebuilt.modules() if isinstance(m, FrozenBatchNorm2d))
+    model.eval()
+    images = _images(1)
+    with torch.inference_mode():
+        a, b = model(images)[0], rebuilt(images)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_restore_norm_eps_refuses_a_layer_the_model_lacks(cfg):
+    model = build_model(5, "none", "v1", cfg)
+    with pytest.raises(CheckpointError, match="no.such.layer"):
+        restore_norm_eps(model, {"no.such.layer": 0.0})
