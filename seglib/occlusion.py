@@ -309,15 +309,16 @@ def occlusion_ap(
     """Box and mask AP per occlusion bucket, with recall and best-match IoU beside them.
 
     AP follows COCOeval's area-range rule with buckets for areas (module docstring): all
-    scores, IoU 0.50:0.95, 100 detections per image. Recall and mean IoU are those of
+    scores, IoU 0.50:0.95, 100 detections per image. Recall and best-match IoU are those of
     ``metrics.best_ious`` over the bucket's instances: each instance's best mask IoU with a
-    same-class prediction scoring >= ``score_thresh`` (0 with none), recall the share
-    reaching ``iou_thresh``.
+    same-class prediction scoring >= ``score_thresh`` (0 with none); ``best_match_iou`` is
+    their mean (recall-oriented, as ``metrics.best_match_iou``: extra predictions cost
+    nothing), recall the share reaching ``iou_thresh``.
 
     Returns:
         ``{row: {"instances", "bbox": {AP, AP50, AP75, AR100}, "segm": {...}, "recall",
-        "mean_iou"}}`` for rows ``all``, ``none``, ``partial``, ``heavy``; 0-1 scale, -1 where
-        the row has no instance.
+        "best_match_iou"}}`` for rows ``all``, ``none``, ``partial``, ``heavy``; 0-1 scale,
+        -1 where the row has no instance.
 
     Raises:
         ValueError: see ``metrics.load_results``.
@@ -341,7 +342,7 @@ def occlusion_ap(
             [v for k, v in best.items() if row == "all" or buckets[k] == row], dtype=np.float64
         )
         out[row]["recall"] = float((values >= iou_thresh).mean()) if values.size else -1.0
-        out[row]["mean_iou"] = float(values.mean()) if values.size else -1.0
+        out[row]["best_match_iou"] = float(values.mean()) if values.size else -1.0
     return out
 
 
@@ -351,11 +352,13 @@ def format_occlusion_ap(table: Mapping[str, Mapping]) -> str:
     def pct(v: float) -> str:
         return f"{100 * v:7.1f}" if v is not None and v >= 0 else "      -"
 
-    head = f"{'bucket':<9}{'n':>5}{'box AP':>8}{'mask AP':>8}{'AP50':>7}{'recall':>8}{'mIoU':>7}"
+    head = (
+        f"{'bucket':<9}{'n':>5}{'box AP':>8}{'mask AP':>8}{'AP50':>7}{'recall':>8}{'best IoU':>10}"
+    )
     lines = [head]
     for row, r in table.items():
         lines.append(
             f"{row:<9}{r['instances']:>5}{pct(r['bbox']['AP'])}{pct(r['segm']['AP'])}"
-            f"{pct(r['segm']['AP50'])}{pct(r['recall'])}{pct(r['mean_iou'])}"
+            f"{pct(r['segm']['AP50'])}{pct(r['recall'])}   {pct(r['best_match_iou'])}"
         )
     return "\n".join(lines)

@@ -156,8 +156,12 @@ def test_ap_per_bucket_follows_cocos_area_range_rule(scene):
         0.0,
         1.0,
     )
-    assert table["partial"]["mean_iou"] == 0.0
-    assert "heavy" in occlusion.format_occlusion_ap(table)
+    # best-match IoU per instance (as metrics.best_match_iou), under the project's name
+    assert table["partial"]["best_match_iou"] == 0.0
+    assert table["heavy"]["best_match_iou"] == pytest.approx(1.0)
+    assert all("mean_iou" not in table[row] for row in occlusion.ROWS)
+    text = occlusion.format_occlusion_ap(table)
+    assert "heavy" in text and "best IoU" in text.splitlines()[0]
 
 
 def test_ap_per_bucket_of_an_empty_bucket_is_undefined():

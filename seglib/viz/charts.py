@@ -265,7 +265,8 @@ def plot_occlusion_levels(
 
 
 def plot_bucket_metrics(table: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
-    """Box AP, mask AP, recall and mean IoU (percent) per bucket, from ``occlusion.occlusion_ap``."""
+    """Box AP, mask AP, recall and best-match IoU (percent) per bucket, from
+    ``occlusion.occlusion_ap``."""
     ax = _new_ax(ax, (6.5, 4.0))
     rows = [r for r in ROWS if r in table]
     series = {
@@ -273,11 +274,11 @@ def plot_bucket_metrics(table: Mapping[str, Mapping], ax: Axes | None = None) ->
             table[row]["bbox"]["AP"],
             table[row]["segm"]["AP"],
             table[row]["recall"],
-            table[row]["mean_iou"],
+            table[row]["best_match_iou"],
         ]
         for row in rows
     }
-    _bucket_bars(ax, ["box AP", "mask AP", "recall", "mean IoU"], series)
+    _bucket_bars(ax, ["box AP", "mask AP", "recall", "best-match IoU"], series)
     ax.set_ylabel("%")
     ax.set_title("by occlusion bucket")
     return ax
