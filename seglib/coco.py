@@ -132,6 +132,8 @@ def _check_arguments(
         raise SubsetError(f"workers must be an int >= 1, got {workers!r}")
     if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
         raise SubsetError(f"base_url must start with http:// or https://, got {base_url!r}")
+    if not any(nums.values()):
+        raise SubsetError("num_train, num_val and num_test are all 0: nothing to build")
     return categories
 
 
@@ -274,6 +276,35 @@ def _split_docs(
     return docs, available, dropped
 
 
+def _fetchers(
+    coco_root: Path, base_url: str | None, annotations_sha1: str | None, net: dict[str, Any]
+) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    """``(fetch one image, fetch the annotations)`` with the download settings ``net``."""
+    return (
+        functools.partial(download_file, **net),
+        functools.partial(fetch_annotations, coco_root, base_url, sha1=annotations_sha1, **net),
+    )
+
+
+def _source(coco_root: Path, base_url: str | None, paths: dict[str, Path]) -> dict[str, Any]:
+    """Where the subset came from, for the manifest."""
+    return {
+        "coco_root": str(coco_root.resolve()),
+        "base_url": base_url or COCO_BASE_URL,
+        "annotations": {f: str(p.resolve()) for f, p in paths.items()},
+    }
+
+
+def _write_subset(
+    out: Path, docs: dict[str, dict[str, Any]], manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the split JSONs, then ``manifest.json``; return the manifest."""
+    for split in SPLITS:
+        write_json_atomic(out / f"{split}.json", docs[split], indent=None)
+    write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
 def build_subset(
     coco_root: str | Path,
     out: str | Path,
@@ -329,14 +360,9 @@ def build_subset(
     coco_root, out = Path(coco_root), Path(out)
     nums = {"train": num_train, "val": num_val, "test": num_test}
     names = _check_arguments(categories, nums, workers, base_url)
-    if not any(nums.values()):
-        raise SubsetError("num_train, num_val and num_test are all 0: nothing to build")
     net = {"retries": retries, "backoff": backoff, "timeout": timeout}
-    fetch = functools.partial(download_file, **net) if download else None
-    fetch_missing = (
-        functools.partial(fetch_annotations, coco_root, base_url, sha1=annotations_sha1, **net)
-        if download
-        else None
+    fetch, fetch_missing = (
+        _fetchers(coco_root, base_url, annotations_sha1, net) if download else (None, None)
     )
     paths = _annotation_files(coco_root, nums, fetch_missing, base_url)
     docs, available, dropped = _split_docs(paths, names, nums, seed)
@@ -349,18 +375,11 @@ def build_subset(
         fetch=fetch,
         base_url=base_url,
     )
-    for split in SPLITS:
-        write_json_atomic(out / f"{split}.json", docs[split], indent=None)
     arguments = {"categories": names, **{f"num_{k}": n for k, n in nums.items()}}
     arguments.update(seed=seed, download=download, base_url=base_url)
-    source = {
-        "coco_root": str(coco_root.resolve()),
-        "base_url": base_url or COCO_BASE_URL,
-        "annotations": {f: str(p.resolve()) for f, p in paths.items()},
-    }
+    source = _source(coco_root, base_url, paths)
     manifest = _manifest(arguments, source, docs, available, dropped, hashes)
-    write_json_atomic(out / "manifest.json", manifest)
-    return manifest
+    return _write_subset(out, docs, manifest)
 
 
 # --- the notebooks' and CLI's entry points --------------------------------------------------

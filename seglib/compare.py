@@ -8,7 +8,8 @@ architecture differs), then evaluates each one on the same split with
 ``metrics.evaluate_results`` (box and mask AP, overall and per class) and
 ``occlusion.occlusion_ap`` (AP per occlusion bucket). It also records parameters, training
 and inference time per image and, on CUDA, peak memory. ``comparison_tables`` lays the
-result out as text; ``ap_series``, ``occlusion_series`` and ``load_results`` feed ``viz``.
+result out as text; ``ap_series``, ``occlusion_series`` and ``load_results`` feed ``viz``
+(they live in ``seglib.compare_report`` and are importable from here).
 
 What an equal budget shows, and what it does not: on the offline profiles both families
 start from random weights and learn synthetic shapes for a few dozen iterations, and
@@ -29,8 +30,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from seglib.compare_report import (
+    ap_series,
+    comparison_tables,
+    load_results,
+    most_occluded,
+    occlusion_series,
+)
 from seglib.config import TrainConfig
 from seglib.io import write_json_atomic
+
+__all__ = [
+    "ARCH_NAMES",
+    "TINY_NOTE",
+    "Contender",
+    "Plan",
+    "ap_series",
+    "compare_models",
+    "comparison_tables",
+    "count_parameters",
+    "load_results",
+    "most_occluded",
+    "occlusion_series",
+    "plan_comparison",
+    "predict_timed",
+]
 
 #: Display names of the architectures.
 ARCH_NAMES = {"v1": "mask-rcnn-v1", "v2": "mask-rcnn-v2", "mask2former": "mask2former"}
@@ -72,6 +96,82 @@ def _maskrcnn_weights_cached(kind: str, arch: str) -> bool:
     return weights_file(kind, arch).is_file()
 
 
+def _mask2former_config(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig | str:
+    """The trained Mask2Former contender's config, or why it is left out.
+
+    ``cfg.weights`` "coco" becomes its own COCO checkpoint (Swin-T); anything else a random
+    init of ``cfg.m2f_config``.
+    """
+    from seglib.inference import check_postprocess
+    from seglib.mask2former import pretrained_available, require_transformers
+
+    try:
+        require_transformers()
+    except ImportError as e:
+        return str(e)
+    weights = "coco" if cfg.weights == "coco" else "none"
+    preset = "swin-tiny" if weights == "coco" else cfg.m2f_config
+    try:
+        c = cfg.replace(arch="mask2former", weights=weights, m2f_config=preset, **changes)
+        check_postprocess(c.arch, c.postprocess, c.tta_hflip)
+    except ValueError as e:
+        return str(e)
+    if weights == "coco" and not pretrained_available(c.m2f_pretrained):
+        return (
+            f"{c.m2f_pretrained} is not in the Hugging Face cache "
+            "(`python -m seglib fetch-weights mask2former`)"
+        )
+    return c
+
+
+def _maskrcnn_config(cfg: TrainConfig, arch: str, changes: Mapping[str, Any]) -> TrainConfig | str:
+    """The trained Mask R-CNN contender's config (``arch`` "v1" or "v2"), or why it is left out."""
+    if arch == "v2" and cfg.weights != "coco":
+        return (
+            f"compared from its COCO weights only (this profile's weights are "
+            f"{cfg.weights!r}; the offline recipe trains v1 from scratch)"
+        )
+    try:
+        c = cfg.replace(arch=arch, **changes)
+    except ValueError as e:
+        return str(e)
+    if c.weights in ("coco", "imagenet") and not _maskrcnn_weights_cached(c.weights, arch):
+        return (
+            f"its {c.weights} weights are not cached "
+            f"(`python -m seglib fetch-weights {c.weights} --arch {arch}`)"
+        )
+    return c
+
+
+def _trained_contender(cfg: TrainConfig, arch: str, changes: Mapping[str, Any]) -> Contender | str:
+    """``cfg`` trained as ``arch`` with ``changes``, or why it is left out (a sentence)."""
+    name = ARCH_NAMES[arch]
+    if arch == "mask2former":
+        c = _mask2former_config(cfg, changes)
+    else:
+        c = _maskrcnn_config(cfg, arch, changes)
+    if isinstance(c, str):
+        return f"{name}: {c}"
+    note = f"overrides {dict(changes)}" if changes else ""
+    if c.arch == "mask2former" and c.m2f_config == "tiny":
+        note = "; ".join(filter(None, [TINY_NOTE, note]))
+    return Contender(name, c, True, note)
+
+
+def _zero_shot_contender(cfg: TrainConfig, trained: Contender) -> Contender | str:
+    """The unmodified COCO model of ``trained``'s arch, or why it is left out (a sentence)."""
+    from seglib.mask2former import pretrained_available
+
+    arch = trained.cfg.arch
+    name = f"zero-shot-{trained.name}"
+    if arch == "mask2former" and pretrained_available(trained.cfg.m2f_pretrained):
+        zs = cfg.replace(arch=arch, weights="coco", m2f_config="swin-tiny")
+        return Contender(name, zs, False, "COCO head restricted to the classes")
+    if arch != "mask2former" and _maskrcnn_weights_cached("coco", arch):
+        return Contender(name, cfg.replace(arch=arch), False, "COCO model")
+    return f"{name}: its COCO weights are not cached"
+
+
 def plan_comparison(
     cfg: TrainConfig,
     archs: Sequence[str] = ("v1", "v2", "mask2former"),
@@ -83,7 +183,9 @@ def plan_comparison(
 
     Every trained contender is ``cfg`` with another ``arch``, so the budget and recipe are the
     same. Mask2Former takes ``cfg.weights`` "coco" as its own COCO checkpoint (Swin-T) and
-    anything else as a random init of ``cfg.m2f_config`` (the offline profiles' "tiny").
+    anything else as a random init of ``cfg.m2f_config`` (the offline profiles' "tiny"). It
+    is left out when ``cfg`` asks for post-processing (``postprocess`` other than "nms", or
+    ``tta_hflip``): it has no NMS to replace.
 
     Args:
         archs: which of "v1", "v2", "mask2former" to consider.
@@ -95,69 +197,19 @@ def plan_comparison(
     Returns:
         A ``Plan``: contenders in order, and a sentence per contender left out.
     """
-    from seglib.mask2former import pretrained_available, require_transformers
-
     plan = Plan([])
     overrides = overrides or {}
     for arch in archs:
         if arch not in ARCH_NAMES:
             raise ValueError(f"arch must be one of {tuple(ARCH_NAMES)}, got {arch!r}")
-        name = ARCH_NAMES[arch]
-        changes = dict(overrides.get(arch, {}))
-        note = f"overrides {changes}" if changes else ""
-        if arch == "mask2former":
-            try:
-                require_transformers()
-            except ImportError as e:
-                plan.skipped.append(f"{name}: {e}")
-                continue
-            weights = "coco" if cfg.weights == "coco" else "none"
-            preset = "swin-tiny" if weights == "coco" else cfg.m2f_config
-            try:
-                c = cfg.replace(arch=arch, weights=weights, m2f_config=preset, **changes)
-            except ValueError as e:
-                plan.skipped.append(f"{name}: {e}")
-                continue
-            if weights == "coco" and not pretrained_available(c.m2f_pretrained):
-                plan.skipped.append(
-                    f"{name}: {c.m2f_pretrained} is not in the Hugging Face cache "
-                    "(`python -m seglib fetch-weights mask2former`)"
-                )
-                continue
-            if c.m2f_config == "tiny":
-                note = "; ".join(filter(None, [TINY_NOTE, note]))
-        elif arch == "v2" and cfg.weights != "coco":
-            plan.skipped.append(
-                f"{name}: compared from its COCO weights only (this profile's weights are "
-                f"{cfg.weights!r}; the offline recipe trains v1 from scratch)"
-            )
+        trained = _trained_contender(cfg, arch, dict(overrides.get(arch, {})))
+        if isinstance(trained, str):
+            plan.skipped.append(trained)
             continue
-        else:
-            try:
-                c = cfg.replace(arch=arch, **changes)
-            except ValueError as e:
-                plan.skipped.append(f"{name}: {e}")
-                continue
-            if c.weights in ("coco", "imagenet") and not _maskrcnn_weights_cached(c.weights, arch):
-                plan.skipped.append(
-                    f"{name}: its {c.weights} weights are not cached "
-                    f"(`python -m seglib fetch-weights {c.weights} --arch {arch}`)"
-                )
-                continue
-        plan.contenders.append(Contender(name, c, True, note))
-        if not zero_shot:
-            continue
-        if arch == "mask2former" and pretrained_available(c.m2f_pretrained):
-            zs = cfg.replace(arch=arch, weights="coco", m2f_config="swin-tiny")
-            plan.contenders.append(
-                Contender(f"zero-shot-{name}", zs, False, "COCO head restricted to the classes")
-            )
-        elif arch != "mask2former" and _maskrcnn_weights_cached("coco", arch):
-            plan.contenders.append(
-                Contender(f"zero-shot-{name}", cfg.replace(arch=arch), False, "COCO model")
-            )
-        else:
-            plan.skipped.append(f"zero-shot-{name}: its COCO weights are not cached")
+        plan.contenders.append(trained)
+        if zero_shot:
+            zs = _zero_shot_contender(cfg, trained)
+            (plan.skipped if isinstance(zs, str) else plan.contenders).append(zs)
     return plan
 
 
@@ -216,6 +268,80 @@ def predict_timed(
     return results, {"time_per_image": elapsed / len(dataset), "peak_memory_mb": _peak_mb(device)}
 
 
+def _check_trained(contenders: Sequence[Contender]) -> None:
+    """Refuse, before anything trains, a trained contender its post-processing cannot apply to.
+
+    A trained contender is loaded back with its config's post-processing
+    (``model_from_checkpoint``); a zero-shot one is built without it.
+    """
+    from seglib.inference import check_postprocess
+
+    for c in contenders:
+        if c.train:
+            try:
+                check_postprocess(c.cfg.arch, c.cfg.postprocess, c.cfg.tta_hflip)
+            except ValueError as e:
+                raise ValueError(f"contender {c.name!r}: {e}") from e
+
+
+def _train_contender(
+    cfg: TrainConfig,
+    name: str,
+    data_dir: Path,
+    run_dir: Path,
+    device: torch.device,
+    categories: list[dict],
+    callback: Callback | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``cfg`` into ``run_dir`` and load its ``last.pt``.
+
+    Returns:
+        ``(model, {"iterations", "train_time_per_image", "train_wall_s", "validations",
+        "train_peak_memory_mb"})``.
+    """
+    from seglib.engine import train
+    from seglib.model import model_from_checkpoint
+
+    def relay(event: str, payload: dict[str, Any]) -> None:
+        if callback is not None:
+            callback(event, {**payload, "model": name})
+
+    _reset_peak(device)
+    start = time.perf_counter()
+    summary = train(cfg, data_dir, run_dir, callback=relay)
+    elapsed = time.perf_counter() - start
+    train_time = sum(h["time"] for h in summary["history"])
+    stats = {
+        "iterations": summary["iteration"],
+        "train_time_per_image": train_time / max(1, summary["iteration"] * cfg.batch_size),
+        "train_wall_s": elapsed,
+        "validations": sum(1 for h in summary["history"] if "segm_AP" in h),
+        "train_peak_memory_mb": _peak_mb(device),
+    }
+    model, _, _ = model_from_checkpoint(run_dir / "last.pt", device, categories=categories)
+    return model, stats
+
+
+def _evaluate_contender(
+    model: nn.Module, dataset: Any, device: torch.device, score_thresh: float, results_file: Path
+) -> dict[str, Any]:
+    """Parameters, inference time and memory, metrics and AP per occlusion bucket of ``model``
+    on ``dataset``; its results go to ``results_file`` with COCO's category ids."""
+    from seglib.inference import write_results
+    from seglib.metrics import evaluate_results
+    from seglib.occlusion import occlusion_ap
+
+    params = count_parameters(model)
+    results, timing = predict_timed(model, dataset, device)
+    return {
+        "params": params,
+        **timing,
+        "metrics": evaluate_results(dataset.coco, results, score_thresh=score_thresh),
+        "occlusion": occlusion_ap(dataset.coco, results, score_thresh=score_thresh),
+        "results": str(write_results(results_file, results, dataset.categories)),
+    }
+
+
 def compare_models(
     plan: Plan | Sequence[Contender],
     data_dir: str | Path,
@@ -228,7 +354,9 @@ def compare_models(
     """Train each trained contender for the same budget, then evaluate every one on ``split``.
 
     Writes ``out_dir/<name>/`` (the run: config.json, metrics.jsonl, last.pt, ...),
-    ``out_dir/<name>/<split>_results.json`` and ``out_dir/comparison.json``.
+    ``out_dir/<name>/<split>_results.json`` (COCO's category ids, as
+    ``inference.write_results`` writes them; ``load_results`` reads them back) and
+    ``out_dir/comparison.json``.
 
     Args:
         num_epochs: replaces every trained contender's ``num_epochs`` (the same budget;
@@ -237,177 +365,51 @@ def compare_models(
             added, and ("evaluated", {"model", "metrics"}) per contender.
 
     Returns:
-        ``{"split", "num_images", "skipped", "models": {name: {"arch", "note", "train"
-        (bool), "params", "iterations", "train_time_per_image" (s, data loading included),
-        "train_peak_memory_mb", "time_per_image", "peak_memory_mb" (CUDA only, else None),
-        "metrics" (evaluate_results), "occlusion" (occlusion_ap), "results" (path)}}}``.
+        ``{"split", "num_images", "categories" (the split's), "skipped", "models": {name:
+        {"arch", "note", "train" (bool), "params", "iterations", "train_time_per_image" (s,
+        data loading included), "train_peak_memory_mb", "time_per_image", "peak_memory_mb"
+        (CUDA only, else None), "metrics" (evaluate_results), "occlusion" (occlusion_ap),
+        "results" (path)}}}``.
+
+    Raises:
+        ValueError: a trained Mask2Former contender whose config asks for post-processing
+            (``inference.check_postprocess``), before anything is trained.
     """
     from seglib.dataset import open_split
-    from seglib.engine import resolve_device, train
-    from seglib.metrics import evaluate_results
-    from seglib.model import model_from_checkpoint
-    from seglib.occlusion import occlusion_ap
+    from seglib.engine import resolve_device
 
     contenders = plan.contenders if isinstance(plan, Plan) else list(plan)
     skipped = list(plan.skipped) if isinstance(plan, Plan) else []
+    _check_trained(contenders)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     dataset = open_split(data_dir, split)
     models: dict[str, Any] = {}
     for contender in contenders:
-        cfg = contender.cfg
+        cfg, name = contender.cfg, contender.name
         if contender.train and num_epochs is not None:
             cfg = cfg.replace(num_epochs=num_epochs)
         device = resolve_device(cfg.device)
-        run_dir = out_dir / contender.name
+        run_dir = out_dir / name
         row: dict[str, Any] = {"arch": cfg.arch, "note": contender.note, "train": contender.train}
         if contender.train:
-
-            def relay(event: str, payload: dict[str, Any], name: str = contender.name) -> None:
-                if callback is not None:
-                    callback(event, {**payload, "model": name})
-
-            _reset_peak(device)
-            start = time.perf_counter()
-            summary = train(cfg, data_dir, run_dir, callback=relay)
-            elapsed = time.perf_counter() - start
-            evals = sum(1 for h in summary["history"] if "segm_AP" in h)
-            train_time = sum(h["time"] for h in summary["history"])
-            row.update(
-                iterations=summary["iteration"],
-                train_time_per_image=train_time / max(1, summary["iteration"] * cfg.batch_size),
-                train_wall_s=elapsed,
-                validations=evals,
-                train_peak_memory_mb=_peak_mb(device),
-            )
-            model, _, _ = model_from_checkpoint(
-                run_dir / "last.pt", device, categories=dataset.categories
-            )
+            args = (cfg, name, data_dir, run_dir, device, dataset.categories, callback)
+            model, stats = _train_contender(*args)
         else:
             model = _build_zero_shot(contender, dataset.categories).to(device)
-            row.update(iterations=0, train_time_per_image=None, train_peak_memory_mb=None)
-        row["params"] = count_parameters(model)
-        results, timing = predict_timed(model, dataset, device)
-        row.update(timing)
-        row["metrics"] = evaluate_results(dataset.coco, results, score_thresh=cfg.score_thresh)
-        row["occlusion"] = occlusion_ap(dataset.coco, results, score_thresh=cfg.score_thresh)
-        row["results"] = str(
-            write_json_atomic(run_dir / f"{split}_results.json", results, indent=None)
-        )
-        models[contender.name] = row
+            stats = {"iterations": 0, "train_time_per_image": None, "train_peak_memory_mb": None}
+        row.update(stats)
+        results_file = run_dir / f"{split}_results.json"
+        row.update(_evaluate_contender(model, dataset, device, cfg.score_thresh, results_file))
+        models[name] = row
         if callback is not None:
-            callback("evaluated", {"model": contender.name, "metrics": row["metrics"]})
+            callback("evaluated", {"model": name, "metrics": row["metrics"]})
         del model
-    out = {"split": split, "num_images": len(dataset), "skipped": skipped, "models": models}
+    out = {
+        "split": split,
+        "num_images": len(dataset),
+        "categories": dataset.categories,
+        "skipped": skipped,
+        "models": models,
+    }
     write_json_atomic(out_dir / "comparison.json", out)
     return out
-
-
-# --- reporting ------------------------------------------------------------------------------
-def _pct(value: float | None) -> str:
-    return f"{100 * value:.1f}" if value is not None and value >= 0 else "-"
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def comparison_tables(summary: Mapping[str, Any]) -> dict[str, str]:
-    """Fixed-width text tables of ``compare_models``'s summary, in percent ("-" = undefined).
-
-    Returns:
-        ``{"overall": box/mask AP, AP50, params, times, memory; "per_class": mask AP per
-        class; "occlusion": mask AP (and box AP) per occlusion bucket, with instance counts}``.
-    """
-    models = summary["models"]
-    w = max([len(n) for n in models] + [5]) + 2
-    head = (
-        f"{'model':<{w}}{'box AP':>7}{'mask AP':>8}{'AP50':>6}{'params':>8}"
-        f"{'train s/img':>12}{'infer s/img':>12}{'peak MB':>9}"
-    )
-    lines = [head]
-    for name, m in models.items():
-        lines.append(
-            f"{name:<{w}}{_pct(m['metrics']['bbox']['AP']):>7}{_pct(m['metrics']['segm']['AP']):>8}"
-            f"{_pct(m['metrics']['segm']['AP50']):>6}{m['params'] / 1e6:>7.1f}M"
-            f"{_num(m['train_time_per_image'], '.3f'):>12}{_num(m['time_per_image'], '.3f'):>12}"
-            f"{_num(m['peak_memory_mb'], '.0f'):>9}"
-        )
-    names = list(next(iter(models.values()))["metrics"]["segm"]["per_class"]) if models else []
-    per_class = [f"{'mask AP':<{w}}" + "".join(f"{n[:9]:>10}" for n in names)]
-    for name, m in models.items():
-        pc = m["metrics"]["segm"]["per_class"]
-        per_class.append(f"{name:<{w}}" + "".join(f"{_pct(pc[n]['AP']):>10}" for n in names))
-    rows = list(next(iter(models.values()))["occlusion"]) if models else []
-    occ = [
-        f"{'mask AP (box AP)':<{w}}"
-        + "".join(
-            f"{r + ' n=' + str(next(iter(models.values()))['occlusion'][r]['instances']):>16}"
-            for r in rows
-        )
-    ]
-    for name, m in models.items():
-        cells = [
-            f"{_pct(m['occlusion'][r]['segm']['AP'])} ({_pct(m['occlusion'][r]['bbox']['AP'])})"
-            for r in rows
-        ]
-        occ.append(f"{name:<{w}}" + "".join(f"{c:>16}" for c in cells))
-    return {
-        "overall": "\n".join(lines),
-        "per_class": "\n".join(per_class),
-        "occlusion": "\n".join(occ),
-    }
-
-
-def ap_series(
-    summary: Mapping[str, Any], iou_type: str = "segm"
-) -> tuple[list[str], dict[str, list[float]]]:
-    """AP per class, then overall, of every model: ``(groups, {model: [0-1 or -1, ...]})``.
-
-    For ``viz.plot_grouped_scores``.
-    """
-    models = summary["models"]
-    classes = list(next(iter(models.values()))["metrics"][iou_type]["per_class"]) if models else []
-    series = {
-        name: [m["metrics"][iou_type]["per_class"][c]["AP"] for c in classes]
-        + [m["metrics"][iou_type]["AP"]]
-        for name, m in models.items()
-    }
-    return [*classes, "all"], series
-
-
-def occlusion_series(
-    summary: Mapping[str, Any], iou_type: str = "segm"
-) -> tuple[list[str], dict[str, list[float]]]:
-    """AP per occlusion bucket (``occlusion.ROWS``, with instance counts) of every model."""
-    models = summary["models"]
-    if not models:
-        return [], {}
-    first = next(iter(models.values()))["occlusion"]
-    groups = [f"{row} (n={first[row]['instances']})" for row in first]
-    series = {
-        name: [m["occlusion"][row][iou_type]["AP"] for row in first] for name, m in models.items()
-    }
-    return groups, series
-
-
-def most_occluded(dataset: Any, n: int = 3) -> list[int]:
-    """``n`` image ids of ``dataset``, those with the most heavily occluded instances first.
-
-    Falls back to partially occluded, then to any images, so it returns ``min(n, len)`` ids.
-    """
-    from seglib.occlusion import most_occluded_images
-
-    ids: list[int] = []
-    for bucket in ("heavy", "partial", "none"):
-        ids += [i for i in most_occluded_images(dataset.coco, n=n, bucket=bucket) if i not in ids]
-    ids += [i for i in dataset.ids if i not in ids]
-    return ids[:n]
-
-
-def load_results(summary: Mapping[str, Any]) -> dict[str, list[dict]]:
-    """Each model's COCO results on the split, read back from its results file."""
-    import json
-
-    return {
-        name: json.loads(Path(m["results"]).read_text()) for name, m in summary["models"].items()
-    }

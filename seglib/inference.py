@@ -239,6 +239,28 @@ def write_results(
     return write_json_atomic(path, to_coco_ids(results, categories), indent=None)
 
 
+def check_postprocess(arch: str, postprocess: str = "nms", tta_hflip: bool = False) -> None:
+    """Refuse a post-processing variant on a model that has no NMS to replace.
+
+    ``seglib.postprocess`` (``--postprocess``, ``--tta-hflip``) works inside torchvision's
+    Mask R-CNN, in place of its box NMS. Mask2Former predicts a fixed set of masks and
+    suppresses nothing, so only the model's own output ("nms", no flip) applies to it.
+
+    Raises:
+        ValueError: ``arch`` is "mask2former" and another rule or flip TTA is asked for.
+    """
+    if arch != "mask2former" or (postprocess == "nms" and not tta_hflip):
+        return
+    asked = [f"--postprocess {postprocess}"] if postprocess != "nms" else []
+    asked += ["--tta-hflip"] if tta_hflip else []
+    raise ValueError(
+        f"{' and '.join(asked)} cannot apply to a Mask2Former model (arch 'mask2former'): "
+        "post-processing replaces the box NMS inside torchvision's Mask R-CNN, and Mask2Former "
+        "has no NMS to replace. Use a Mask R-CNN (arch 'v1' or 'v2'), or leave postprocess "
+        "at 'nms' and tta_hflip off"
+    )
+
+
 def _image_files(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):

@@ -6,13 +6,17 @@
 * ``split_predictions`` runs ``best.pt`` once per split at permissive thresholds and caches the
   COCO results with a record of the checkpoint (sha1) and settings; a changed checkpoint means
   they are recomputed. Thresholds are then applied to the cache, never inside the model again.
+  The cache is a COCO results file, with COCO's category ids (``inference.write_results``);
+  it is read back in the split's labels 1..k, as ``inference.predict`` returns them.
 * ``OperatingPoint`` is the score / NMS threshold pair picked in notebook 05 and saved in the
   run, which overlays, galleries and the confusion matrix use.
+
+The provenance records (``checkpoint_fingerprint``, ``read_if_fresh``, ``write_with_source``
+and their results-file forms) live in ``seglib.provenance`` and are importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,11 +29,51 @@ from typing import Any
 from seglib.config import TrainConfig
 from seglib.io import write_json_atomic
 from seglib.paths import RUN_INFO, Paths, check_run_name
+from seglib.provenance import (
+    checkpoint_fingerprint,
+    read_if_fresh,
+    read_results_if_fresh,
+    source_file,
+    write_results_with_source,
+    write_with_source,
+)
+
+__all__ = [
+    "MIN_DETECTIONS",
+    "OVERWRITE_ENV",
+    "PERMISSIVE_SCORE_THRESH",
+    "RESULTS_CATEGORY_IDS",
+    "RUN_MARKERS",
+    "OperatingPoint",
+    "RunExistsError",
+    "RunRequest",
+    "SplitPredictions",
+    "check_can_start",
+    "checkpoint_fingerprint",
+    "clear_run",
+    "env_overwrite",
+    "evaluate_split",
+    "headline",
+    "new_run_name",
+    "read_if_fresh",
+    "read_results_if_fresh",
+    "read_run_info",
+    "run_exists",
+    "run_summary",
+    "source_file",
+    "split_predictions",
+    "start_run",
+    "write_results_with_source",
+    "write_with_source",
+]
 
 #: Set to 1 by ``python -m seglib run --overwrite``: notebook 03's overwrite box starts ticked.
 OVERWRITE_ENV = "SEGLIB_OVERWRITE"
 #: Files whose presence makes a folder an existing run.
 RUN_MARKERS = (RUN_INFO, "config.json", "metrics.jsonl", "last.pt", "best.pt")
+#: How the cached predictions number categories (recorded, so older caches in the split's
+#: labels are recomputed rather than misread).
+RESULTS_CATEGORY_IDS = "coco"
 #: Inference settings of the cached predictions: keep every detection the model scores above
 #: 0, up to COCO's 100 per image, so any slider threshold can be applied to the cache.
 PERMISSIVE_SCORE_THRESH = 0.0
@@ -151,65 +195,6 @@ def _describe(run_dir: Path) -> str:
     return ""
 
 
-# --- provenance -------------------------------------------------------------------------------
-def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:
-    """``{"path", "size", "mtime_ns", "sha1"}`` of a checkpoint: what derived files record.
-
-    Raises:
-        FileNotFoundError: no such file.
-    """
-    path = Path(path)
-    stat = path.stat()
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {
-        "path": str(path),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "sha1": digest.hexdigest(),
-    }
-
-
-def source_file(path: str | Path) -> Path:
-    """The provenance record beside a derived file: ``x.json`` -> ``x.source.json``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.source.json")
-
-
-def _same_source(recorded: Mapping, wanted: Mapping) -> bool:
-    """Equal settings and the same checkpoint content (sha1; path and mtime may move)."""
-
-    def strip(d: Mapping) -> dict:
-        out = dict(d)
-        out["checkpoint"] = (d.get("checkpoint") or {}).get("sha1")
-        return out
-
-    return strip(recorded) == strip(wanted)
-
-
-def read_if_fresh(path: str | Path, source: Mapping) -> Any | None:
-    """The JSON in ``path`` if its provenance record matches ``source``, else None."""
-    path, record = Path(path), source_file(path)
-    if not (path.is_file() and record.is_file()):
-        return None
-    try:
-        if not _same_source(json.loads(record.read_text()), source):
-            return None
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_with_source(path: str | Path, data: Any, source: Mapping) -> Path:
-    """Write ``data`` as JSON and its provenance record (written second: a crash leaves stale)."""
-    source_file(path).unlink(missing_ok=True)
-    write_json_atomic(path, data)
-    write_json_atomic(source_file(path), dict(source))
-    return Path(path)
-
-
 # --- cached predictions -----------------------------------------------------------------------
 @dataclass
 class SplitPredictions:
@@ -254,33 +239,10 @@ def _permissive(net: Any, detections: int) -> None:
         h.detections_per_img = detections
 
 
-def split_predictions(
-    paths: Paths,
-    split: str,
-    device: Any,
-    *,
-    zero_shot: bool = False,
-    progress: bool = False,
-) -> SplitPredictions:
-    """Cached predictions of the selected run's ``best.pt`` on ``split`` (val or test).
-
-    Files: ``predictions/<split>_results.json`` (or ``<split>_zero_shot.json``) with
-    ``.source.json`` beside it recording the checkpoint's sha1 and the inference settings.
-    The model runs only when the record is missing or differs. The zero-shot baseline
-    (``zero_shot=True``) uses the run's config for image size and NMS, and is keyed on the
-    same checkpoint so it is redone with the run.
-
-    Raises:
-        FileNotFoundError: no ``best.pt`` (names notebook 03) or no split (names notebook 01).
-        CheckpointError: the checkpoint's class map differs from the split's.
-    """
-    from seglib.dataset import open_split
-
-    checkpoint = paths.require(paths.best_checkpoint, "notebooks/03_train.ipynb")
-    paths.require(paths.split_json(split), "notebooks/01_data_subset.ipynb")
-    dataset = open_split(paths.subset, split)
-    cfg = TrainConfig.load(paths.run / "config.json")
-    detections = max(cfg.detections_per_img, MIN_DETECTIONS)
+def _prediction_source(
+    split: str, checkpoint: Path, cfg: TrainConfig, detections: int, zero_shot: bool
+) -> dict[str, Any]:
+    """What a prediction cache records: checkpoint, settings, and the zero-shot weights."""
     source = {
         "split": split,
         "model": "zero-shot" if zero_shot else "best.pt",
@@ -288,6 +250,7 @@ def split_predictions(
         "box_score_thresh": PERMISSIVE_SCORE_THRESH,
         "box_nms_thresh": cfg.box_nms_thresh,
         "detections_per_img": detections,
+        "category_ids": RESULTS_CATEGORY_IDS,
     }
     if zero_shot and cfg.arch == "mask2former":
         from seglib.mask2former import pretrained_available
@@ -299,19 +262,53 @@ def split_predictions(
 
         coco_weights = weights_file("coco", cfg.arch)
         source["zero_shot_weights"] = str(coco_weights) if coco_weights.is_file() else "stand-in"
+    return source
+
+
+def split_predictions(
+    paths: Paths,
+    split: str,
+    device: Any,
+    *,
+    zero_shot: bool = False,
+    progress: bool = False,
+) -> SplitPredictions:
+    """Cached predictions of the selected run's ``best.pt`` on ``split`` (val or test).
+
+    Files: ``predictions/<split>_results.json`` (or ``<split>_zero_shot.json``), a COCO
+    results file with COCO's category ids, with ``.source.json`` beside it recording the
+    checkpoint's sha1 and the inference settings. The model runs only when the record is
+    missing or differs. The zero-shot baseline (``zero_shot=True``) uses the run's config for
+    image size and NMS, and is keyed on the same checkpoint so it is redone with the run.
+    ``results`` are in the split's labels 1..k either way.
+
+    Raises:
+        FileNotFoundError: no ``best.pt`` (names notebook 03) or no split (names notebook 01).
+        CheckpointError: the checkpoint's class map differs from the split's.
+        ValueError: a Mask2Former run whose config asks for post-processing
+            (``inference.check_postprocess``).
+    """
+    from seglib import inference, model
+    from seglib.dataset import open_split
+
+    checkpoint = paths.require(paths.best_checkpoint, "notebooks/03_train.ipynb")
+    paths.require(paths.split_json(split), "notebooks/01_data_subset.ipynb")
+    dataset = open_split(paths.subset, split)
+    cfg = TrainConfig.load(paths.run / "config.json")
+    inference.check_postprocess(cfg.arch, cfg.postprocess, cfg.tta_hflip)
+    detections = max(cfg.detections_per_img, MIN_DETECTIONS)
+    source = _prediction_source(split, checkpoint, cfg, detections, zero_shot)
     file = paths.predictions / f"{split}_{'zero_shot' if zero_shot else 'results'}.json"
-    cached = read_if_fresh(file, source)
+    cached = read_results_if_fresh(file, source, dataset.coco)
     if cached is not None:
         return SplitPredictions(split, dataset, cached, cfg, file, source, recomputed=False)
-    from seglib import inference, model
-
     if zero_shot:
         net = model.zero_shot_baseline(dataset.categories, cfg).to(device)
     else:
         net, _, _ = model.model_from_checkpoint(checkpoint, device, categories=dataset.categories)
     _permissive(net, detections)
     results = inference.predict(net, dataset, device, progress=progress)
-    write_with_source(file, results, source)
+    write_results_with_source(file, results, dataset.categories, source)
     return SplitPredictions(split, dataset, results, cfg, file, source, recomputed=True)
 
 

@@ -17,7 +17,11 @@ seed's suppression (box NMS at the trained ``box_nms_thresh``) with every rule o
    stated reason otherwise.
 
 ``save_study`` writes ``occlusion_study.json`` and ``occlusion_study.txt`` (``format_study``)
-atomically. The library prints nothing; the CLI and notebook 06 show the table.
+atomically; they and ``changed_images`` live in ``seglib.study_report`` and are importable from
+here. The library prints nothing; the CLI and notebook 06 show the table.
+
+The study is for torchvision's Mask R-CNN (arch "v1", "v2"): a Mask2Former checkpoint has no
+NMS to replace, and is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import contextlib
 import copy
 import io
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import product
 from pathlib import Path
@@ -41,8 +44,23 @@ from torch.utils.data import DataLoader
 
 from seglib import occlusion
 from seglib.config import POSTPROCESS_METHODS, TrainConfig
-from seglib.io import write_bytes_atomic, write_json_atomic
 from seglib.postprocess import PostProcessed, Settings
+from seglib.study_report import JSON_NAME, TABLE_NAME, changed_images, format_study, save_study
+
+__all__ = [
+    "BASELINE",
+    "GRIDS",
+    "JSON_NAME",
+    "TABLE_NAME",
+    "changed_images",
+    "format_study",
+    "run_study",
+    "save_study",
+    "sweep",
+    "time_per_image",
+    "to_results",
+    "variant_name",
+]
 
 #: The parameter each rule is tuned over on val; the middle values are the published defaults.
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -53,7 +71,6 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "mask-nms": {"mask_nms_thresh": (0.3, 0.5, 0.7)},
 }
 BASELINE = "baseline"
-JSON_NAME, TABLE_NAME = "occlusion_study.json", "occlusion_study.txt"
 
 
 def variant_name(method: str, tta_hflip: bool) -> str:
@@ -228,6 +245,133 @@ def _zero_shot_rows(
     return rows
 
 
+def _load(
+    checkpoint: str | Path, subset_dir: str | Path, device: torch.device
+) -> tuple[torch.nn.Module, TrainConfig, list[dict], Any, Any]:
+    """The bare model of ``checkpoint`` and its config, both with the seed's suppression (box
+    NMS, no flip) whatever rule the run stored; its categories; the val and test splits.
+
+    Raises:
+        ValueError: a Mask2Former checkpoint (no NMS for the variants to replace).
+    """
+    from seglib.dataset import open_split
+    from seglib.model import model_from_checkpoint
+    from seglib.postprocess import wrap
+
+    val_ds, test_ds = open_split(subset_dir, "val"), open_split(subset_dir, "test")
+    net, cfg, categories = model_from_checkpoint(checkpoint, device, categories=val_ds.categories)
+    if cfg.arch == "mask2former":
+        raise ValueError(
+            f"{checkpoint} is a Mask2Former checkpoint: the occlusion study compares "
+            "post-processing variants (--postprocess, --tta-hflip) that replace the box NMS "
+            "inside torchvision's Mask R-CNN, and Mask2Former has no NMS to replace. Study a "
+            "Mask R-CNN run (arch 'v1' or 'v2')"
+        )
+    base_cfg = cfg.replace(postprocess="nms", tta_hflip=False)
+    return wrap(net, base_cfg), base_cfg, categories, val_ds, test_ds
+
+
+def _variant_grids(
+    base_cfg: TrainConfig,
+    methods: Sequence[str],
+    tta: Sequence[bool],
+    grids: Mapping[str, Mapping[str, Sequence[float]]],
+) -> dict[tuple[str, bool], dict[str, Settings]]:
+    """Per variant ``(method, flip)``: ``{"<variant> <params>": Settings}`` of its grid points."""
+    return {
+        (m, f): {
+            f"{variant_name(m, f)} {p}": Settings.from_config(
+                base_cfg, postprocess=m, tta_hflip=f, **p
+            )
+            for p in _grid(m, grids)
+        }
+        for m in methods
+        for f in tta
+    }
+
+
+def _tune_on_val(
+    net: torch.nn.Module,
+    val_ds: Any,
+    base_cfg: TrainConfig,
+    variant_grids: Mapping[tuple[str, bool], Mapping[str, Settings]],
+    grids: Mapping[str, Mapping[str, Sequence[float]]],
+    device: torch.device,
+    batch_size: int,
+) -> tuple[dict[str, Settings], dict[str, dict[str, Any]]]:
+    """Every grid point of every variant on val, from one model pass; each variant's best.
+
+    Returns:
+        ``(chosen, rows)``, both keyed by variant name, baseline first: the Settings with the
+        best val mask AP, and ``{"params", "val_grid", "val_mask_AP"}``.
+    """
+    chosen: dict[str, Settings] = {BASELINE: Settings.from_config(base_cfg)}
+    flat = {BASELINE: chosen[BASELINE]}
+    flat.update({key: s for grid in variant_grids.values() for key, s in grid.items()})
+    val_results = sweep(net, val_ds, flat, device, batch_size=batch_size)
+    val_ap = {key: _segm_ap(val_ds.coco, res) for key, res in val_results.items()}
+    rows: dict[str, dict[str, Any]] = {
+        BASELINE: {
+            "params": {"box_nms_thresh": base_cfg.box_nms_thresh},
+            "val_grid": [],
+            "val_mask_AP": val_ap[BASELINE],
+        }
+    }
+    for (m, f), grid in variant_grids.items():
+        best_key = max(grid, key=lambda k: val_ap[k])
+        name, params = variant_name(m, f), _grid(m, grids)
+        chosen[name] = grid[best_key]
+        rows[name] = {
+            "params": params[list(grid).index(best_key)],
+            "val_grid": [
+                {"params": p, "val_mask_AP": val_ap[k]} for p, k in zip(params, grid, strict=True)
+            ],
+            "val_mask_AP": val_ap[best_key],
+        }
+    return chosen, rows
+
+
+def _test_variants(
+    chosen: Mapping[str, Settings],
+    rows: Mapping[str, Mapping[str, Any]],
+    gt: Any,
+    predictions: Mapping[str, list[dict]],
+    score_thresh: float,
+) -> list[dict[str, Any]]:
+    """One row per variant: its settings, its val tuning and ``occlusion_ap`` on test."""
+    return [
+        {
+            "name": name,
+            "postprocess": s.postprocess,
+            "tta_hflip": s.tta_hflip,
+            **rows[name],
+            "test": occlusion.occlusion_ap(gt, predictions[name], score_thresh=score_thresh),
+        }
+        for name, s in chosen.items()
+    ]
+
+
+def _time_variants(
+    net: torch.nn.Module,
+    chosen: Mapping[str, Settings],
+    test_ds: Any,
+    device: torch.device,
+    images: int,
+) -> dict[str, dict[str, float]]:
+    """Per variant, end to end: ``{"ms_per_image", "extra_ms"}`` (over the baseline)."""
+    models = {
+        name: net if name == BASELINE else PostProcessed(net, s) for name, s in chosen.items()
+    }
+    ms = time_per_image(models, test_ds, device, images=images)
+    return {name: {"ms_per_image": t, "extra_ms": t - ms[BASELINE]} for name, t in ms.items()}
+
+
+def _best_on_val(variants: Sequence[Mapping[str, Any]]) -> str:
+    """The name of the variant with the best val mask AP; the baseline when it is alone."""
+    candidates = [v for v in variants if v["name"] != BASELINE]
+    return max(candidates, key=lambda v: v["val_mask_AP"])["name"] if candidates else BASELINE
+
+
 def run_study(
     checkpoint: str | Path,
     subset_dir: str | Path,
@@ -260,88 +404,29 @@ def run_study(
 
     Raises:
         FileNotFoundError: the checkpoint or a split is missing.
-        ValueError: an unknown method, or a grid value TrainConfig rejects.
+        ValueError: an unknown method, a grid value TrainConfig rejects, or a Mask2Former
+            checkpoint.
     """
-    from seglib.dataset import open_split
-    from seglib.model import model_from_checkpoint
-    from seglib.postprocess import wrap
-
     unknown = sorted(set(methods) - set(POSTPROCESS_METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {POSTPROCESS_METHODS}")
     device = torch.device(device)
-    val_ds, test_ds = open_split(subset_dir, "val"), open_split(subset_dir, "test")
-    net, cfg, categories = model_from_checkpoint(checkpoint, device, categories=val_ds.categories)
-    base_cfg = cfg.replace(postprocess="nms", tta_hflip=False)
-    net = wrap(net, base_cfg)  # the bare model, whatever rule the run's config stored
-    metric_kw = {"score_thresh": cfg.score_thresh}
-
-    # 1-2. Every grid point on val, from one pass; pick each variant's best.
-    specs = {
-        (m, f): {
-            f"{variant_name(m, f)} {p}": Settings.from_config(
-                base_cfg, postprocess=m, tta_hflip=f, **p
-            )
-            for p in _grid(m, grids)
-        }
-        for m in methods
-        for f in tta
-    }
-    chosen: dict[str, Settings] = {BASELINE: Settings.from_config(base_cfg)}
-    flat = {BASELINE: chosen[BASELINE]}
-    flat.update({key: s for grid in specs.values() for key, s in grid.items()})
-    val_results = sweep(net, val_ds, flat, device, batch_size=batch_size)
-    val_ap = {key: _segm_ap(val_ds.coco, res) for key, res in val_results.items()}
-    rows: dict[str, dict[str, Any]] = {
-        BASELINE: {"params": {"box_nms_thresh": cfg.box_nms_thresh}, "val_grid": []}
-    }
-    for (m, f), grid in specs.items():
-        best_key = max(grid, key=lambda k: val_ap[k])
-        name = variant_name(m, f)
-        chosen[name] = grid[best_key]
-        params = _grid(m, grids)
-        rows[name] = {
-            "params": params[list(grid).index(best_key)],
-            "val_grid": [
-                {"params": p, "val_mask_AP": val_ap[k]} for p, k in zip(params, grid, strict=True)
-            ],
-        }
-    rows[BASELINE]["val_mask_AP"] = val_ap[BASELINE]
-    for name in chosen:
-        if name != BASELINE:
-            rows[name]["val_mask_AP"] = max(g["val_mask_AP"] for g in rows[name]["val_grid"])
-
-    # 3. Test, each variant at its chosen parameters.
+    net, base_cfg, categories, val_ds, test_ds = _load(checkpoint, subset_dir, device)
+    variant_grids = _variant_grids(base_cfg, methods, tta, grids)
+    chosen, rows = _tune_on_val(net, val_ds, base_cfg, variant_grids, grids, device, batch_size)
     predictions = sweep(net, test_ds, chosen, device, batch_size=batch_size)
-    variants = []
-    for name, s in chosen.items():
-        variants.append(
-            {
-                "name": name,
-                "postprocess": s.postprocess,
-                "tta_hflip": s.tta_hflip,
-                **rows[name],
-                "test": occlusion.occlusion_ap(test_ds.coco, predictions[name], **metric_kw),
-            }
-        )
-
-    # 4. Time per image, end to end, against the baseline.
+    variants = _test_variants(chosen, rows, test_ds.coco, predictions, base_cfg.score_thresh)
     if timing_images > 0:
-        models = {
-            name: net if name == BASELINE else PostProcessed(net, s) for name, s in chosen.items()
-        }
-        ms = time_per_image(models, test_ds, device, images=timing_images)
-        for row in variants:
-            row["ms_per_image"] = ms[row["name"]]
-            row["extra_ms"] = ms[row["name"]] - ms[BASELINE]
-    candidates = [v for v in variants if v["name"] != BASELINE]
-    best = max(candidates, key=lambda v: v["val_mask_AP"])["name"] if candidates else BASELINE
-
+        timing = _time_variants(net, chosen, test_ds, device, timing_images)
+        variants = [{**v, **timing[v["name"]]} for v in variants]
+    zero_shot = _zero_shot_rows(
+        zero_shot_archs, categories, test_ds, device, score_thresh=base_cfg.score_thresh
+    )
     return {
         "checkpoint": str(checkpoint),
         "subset": str(subset_dir),
         "device": str(device),
-        "score_thresh": cfg.score_thresh,
+        "score_thresh": base_cfg.score_thresh,
         "heavy_from": occlusion.HEAVY_FROM,
         "counts": {
             "val": occlusion.bucket_counts(val_ds.coco),
@@ -350,99 +435,7 @@ def run_study(
         "grids": {m: {k: list(v) for k, v in grids[m].items()} for m in methods},
         "timing_images": timing_images,
         "variants": variants,
-        "best": best,
-        "zero_shot": _zero_shot_rows(zero_shot_archs, categories, test_ds, device, **metric_kw),
+        "best": _best_on_val(variants),
+        "zero_shot": zero_shot,
         "predictions": predictions,
     }
-
-
-# --- reporting -------------------------------------------------------------------------------
-def _pct(value: float | None) -> str:
-    return f"{100 * value:6.1f}" if value is not None and value >= 0 else "     -"
-
-
-def format_study(study: Mapping[str, Any]) -> str:
-    """The study as a fixed-width table (percent; '-' where a bucket has no instance).
-
-    Columns: box and mask AP overall, mask AP per bucket, recall of heavy instances, the
-    tuned parameter, and extra time per image against the baseline.
-    """
-    counts = study["counts"]["test"]
-    head = (
-        f"{'variant':<26}{'box AP':>7}{'mask AP':>8}"
-        + "".join(f"{b[:7]:>8}" for b in occlusion.BUCKETS)
-        + f"{'heavy R':>8}{'+ms/img':>9}  tuned on val"
-    )
-    sub = (
-        f"{'':<26}{'':>7}{'':>8}"
-        + "".join(f"{'n=' + str(counts[b]):>8}" for b in occlusion.BUCKETS)
-        + f"{'':>8}{'':>9}"
-    )
-    lines = [head, sub]
-    for row in study["variants"]:
-        t = row["test"]
-        extra = row.get("extra_ms")
-        params = ", ".join(f"{k}={v:g}" for k, v in row["params"].items())
-        lines.append(
-            f"{row['name'][:26]:<26}{_pct(t['all']['bbox']['AP']):>7} {_pct(t['all']['segm']['AP']):>7}"
-            + "".join(f"  {_pct(t[b]['segm']['AP'])}" for b in occlusion.BUCKETS)
-            + f"  {_pct(t['heavy']['recall'])}"
-            + (f"{extra:>+9.1f}" if extra is not None else f"{'-':>9}")
-            + f"  {params}"
-        )
-    for row in study.get("zero_shot", []):
-        if "skipped" in row:
-            lines.append(f"{row['name']:<26}skipped: {row['skipped']}")
-        else:
-            t = row["test"]
-            lines.append(
-                f"{row['name'][:26]:<26}{_pct(t['all']['bbox']['AP']):>7} {_pct(t['all']['segm']['AP']):>7}"
-                + "".join(f"  {_pct(t[b]['segm']['AP'])}" for b in occlusion.BUCKETS)
-                + f"  {_pct(t['heavy']['recall'])}"
-            )
-    lines.append(
-        f"mask AP per bucket: COCO's area-range rule with occlusion buckets "
-        f"(heavy: level >= {study['heavy_from']:g}); heavy R: recall at mask IoU 0.5, "
-        f"score >= {study['score_thresh']:g}; best on val: {study['best']}"
-    )
-    return "\n".join(lines)
-
-
-def save_study(study: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``occlusion_study.json`` (without predictions) and ``occlusion_study.txt`` atomically."""
-    out_dir = Path(out_dir)
-    data = {k: v for k, v in study.items() if k != "predictions"}
-    return {
-        "json": write_json_atomic(out_dir / JSON_NAME, data),
-        "table": write_bytes_atomic(out_dir / TABLE_NAME, (format_study(study) + "\n").encode()),
-    }
-
-
-def changed_images(
-    gt: Any,
-    before: list[dict],
-    after: list[dict],
-    *,
-    score_thresh: float = 0.5,
-    n: int = 4,
-) -> list[tuple[int, float]]:
-    """Images where two prediction sets differ most, by the change of per-image best-match IoU.
-
-    Per image, the mean over its non-crowd instances of the best-match mask IoU
-    (``metrics.best_ious``, predictions scoring >= ``score_thresh``); ranked by the absolute
-    change from ``before`` to ``after``, largest first, then by image id. Unchanged images
-    come last rather than not at all, so a gallery always has something to show.
-
-    Returns:
-        ``[(image_id, change), ...]``, change = after - before.
-    """
-    from seglib.metrics import best_ious, load_ground_truth
-
-    coco = load_ground_truth(copy.deepcopy(load_ground_truth(gt).dataset))
-    a = best_ious(coco, before, score_thresh=score_thresh)
-    b = best_ious(coco, after, score_thresh=score_thresh)
-    per_image: dict[int, list[float]] = defaultdict(list)
-    for ann_id in a:
-        per_image[coco.anns[ann_id]["image_id"]].append(b[ann_id] - a[ann_id])
-    changes = [(image_id, float(np.mean(v))) for image_id, v in per_image.items()]
-    return sorted(changes, key=lambda c: (-abs(c[1]), c[0]))[:n]

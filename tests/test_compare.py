@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from seglib import compare
 from seglib.config import TrainConfig
@@ -200,3 +202,70 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["models"]["m2f-a"]["note"] == "" and saved["models"]["m2f-b"]["note"]
     assert "m2f-b" in compare.comparison_tables(summary)["overall"]
+
+
+# --- results files and post-processing -----------------------------------------------------
+class _Oracle(torch.nn.Module):
+    """A stand-in detector that returns each image's ground truth (label 2 at a low score),
+    knowing an image by its pixels, so the warm-up and timed passes get the same answers."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.known = []
+        for i in range(len(dataset)):
+            image, t = dataset[i]
+            output = {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "scores": torch.where(t["labels"] == 2, 0.3, 0.9),
+                "masks": t["masks"][:, None].float(),
+            }
+            self.known.append(
+                (image.float() / 255 if image.dtype == torch.uint8 else image, output)
+            )
+
+    def forward(self, images):
+        return [next(out for img, out in self.known if torch.equal(img, x)) for x in images]
+
+
+def test_results_files_carry_coco_ids_and_read_back_as_labels(
+    synthetic_subset, tmp_path, monkeypatch
+):
+    from seglib.dataset import open_split
+    from seglib.metrics import evaluate_results
+    from seglib.occlusion import occlusion_ap
+
+    dataset = open_split(synthetic_subset, "val", min_box_size=0)
+    monkeypatch.setattr(compare, "_build_zero_shot", lambda contender, cats: _Oracle(dataset))
+    cfg = TrainConfig.smoke(device="cpu")
+    summary = compare.compare_models(
+        [compare.Contender("oracle", cfg, train=False)], synthetic_subset, tmp_path, split="val"
+    )
+    row = summary["models"]["oracle"]
+    coco_id = {c["id"]: c["coco_id"] for c in dataset.categories}
+    assert coco_id != {i: i for i in coco_id}  # the synthetic subset renumbers (cake is 61)
+    back = compare.load_results(summary)["oracle"]
+    labels = {r["category_id"] for r in back}
+    assert labels <= {1, 2, 3, 4} and len(labels) > 1  # read back: the split's labels
+    on_disk = json.loads(Path(row["results"]).read_text())
+    assert [r["category_id"] for r in on_disk] == [coco_id[r["category_id"]] for r in back]
+    # read back, through the summary or as a file against the split, it scores the same
+    assert row["metrics"]["segm"]["AP"] == pytest.approx(1.0)
+    assert evaluate_results(dataset.coco, back, score_thresh=cfg.score_thresh) == row["metrics"]
+    assert evaluate_results(synthetic_subset / "val.json", row["results"]) == row["metrics"]
+    assert occlusion_ap(dataset.coco, row["results"]) == row["occlusion"]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert compare.load_results(saved) == compare.load_results(summary)
+
+
+def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_present, tmp_path):
+    weights_present(maskrcnn=False, m2f_cached=False)
+    for asked in ({"postprocess": "soft-nms-gaussian"}, {"tta_hflip": True}):
+        plan = compare.plan_comparison(TrainConfig.smoke(**asked))
+        assert [c.name for c in plan.contenders] == ["mask-rcnn-v1"]
+        (why,) = [s for s in plan.skipped if s.startswith("mask2former:")]
+        assert "no NMS to replace" in why
+    m2f = compare.Contender("m2f", TrainConfig.smoke(arch="mask2former", tta_hflip=True))
+    with pytest.raises(ValueError, match="'m2f'.*--tta-hflip.*Mask2Former"):
+        compare.compare_models([m2f], tmp_path / "data", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything trained

@@ -296,3 +296,18 @@ def test_masks_to_host_on_the_gpu_matches_a_plain_threshold():
         probs[i, 0, y : y + 20, x : x + 40] = torch.rand(20, 40, generator=g)
     expected = (probs[:, 0] > 0.5).to(torch.uint8).numpy()
     assert np.array_equal(masks_to_host(probs.cuda()), expected)
+
+
+def test_post_processing_is_refused_for_mask2former_only():
+    from seglib.inference import check_postprocess
+
+    for arch in ("v1", "v2"):
+        check_postprocess(arch, "matrix-nms", True)  # Mask R-CNN takes every variant
+    check_postprocess("mask2former")  # its own output: nothing asked
+    check_postprocess("mask2former", "nms", False)
+    with pytest.raises(ValueError, match=r"--postprocess mask-nms cannot apply to a Mask2Former"):
+        check_postprocess("mask2former", "mask-nms")
+    with pytest.raises(ValueError, match=r"^--tta-hflip cannot.*no NMS to replace"):
+        check_postprocess("mask2former", "nms", True)
+    with pytest.raises(ValueError, match=r"soft-nms-linear and --tta-hflip"):
+        check_postprocess("mask2former", "soft-nms-linear", True)

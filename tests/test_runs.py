@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from seglib import runs
 from seglib.config import TrainConfig
@@ -175,3 +176,104 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
     start_run(paths, RunRequest("r", cfg.replace(seed=1), overwrite=True))
     train(cfg.replace(seed=1), paths.subset, paths.run)
     assert runs.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 4
+
+
+# --- cached predictions are COCO results files ---------------------------------------------
+class _Oracle(torch.nn.Module):
+    """A stand-in detector that returns each image's ground truth (label 2 at a low score).
+
+    It carries the two filters ``split_predictions`` opens, and knows an image by its pixels,
+    so it answers the same whatever order or batch the images come in.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.score_thresh, self.detections_per_img = 0.5, 10
+        self.known = []
+        for i in range(len(dataset)):
+            image, t = dataset[i]
+            scores = torch.where(t["labels"] == 2, 0.3, 0.9)
+            output = {
+                "boxes": t["boxes"],
+                "labels": t["labels"],
+                "scores": scores,
+                "masks": t["masks"][:, None].float(),
+            }
+            self.known.append(
+                (image.float() / 255 if image.dtype == torch.uint8 else image, output)
+            )
+
+    def forward(self, images):
+        return [next(out for img, out in self.known if torch.equal(img, x)) for x in images]
+
+
+def _fake_run(tmp_path, synthetic_subset, cfg):
+    """A selected run with ``cfg`` and a stand-in best.pt over a copy of the synthetic subset."""
+    paths = get_paths("smoke", tmp_path, run="r")
+    shutil.copytree(synthetic_subset, paths.subset)
+    paths.run.mkdir(parents=True)
+    cfg.save(paths.run / "config.json")
+    paths.best_checkpoint.write_bytes(b"stand-in weights")
+    return paths
+
+
+def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
+    tmp_path, synthetic_subset, monkeypatch
+):
+    from seglib import model
+    from seglib.dataset import open_split
+    from seglib.metrics import evaluate_results
+
+    paths = _fake_run(tmp_path, synthetic_subset, TrainConfig.smoke())
+    dataset = open_split(paths.subset, "val", min_box_size=0)
+    calls = []
+
+    def from_checkpoint(path, device, categories=None):
+        calls.append(path)
+        return _Oracle(dataset), TrainConfig.smoke(), categories
+
+    monkeypatch.setattr(model, "model_from_checkpoint", from_checkpoint)
+    first = runs.split_predictions(paths, "val", "cpu")
+    assert first.recomputed and len(calls) == 1 and first.results
+    labels = {r["category_id"] for r in first.results}
+    assert labels <= {1, 2, 3, 4} and len(labels) > 1  # in memory: the split's labels
+    coco_id = {c["id"]: c["coco_id"] for c in dataset.categories}
+    assert coco_id != {i: i for i in coco_id}  # the synthetic subset renumbers (cake is 61)
+    on_disk = json.loads(first.file.read_text())
+    assert [r["category_id"] for r in on_disk] == [coco_id[r["category_id"]] for r in first.results]
+    assert first.source["category_ids"] == "coco"
+    # the cache reads back as what the model returned, and scores the same as a file
+    again = runs.split_predictions(paths, "val", "cpu")
+    assert not again.recomputed and len(calls) == 1 and again.results == first.results
+    in_memory = evaluate_results(dataset.coco, first.results)
+    assert evaluate_results(dataset.coco, again.results) == in_memory
+    assert evaluate_results(paths.split_json("val"), first.file) == in_memory
+    assert in_memory["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_a_cache_in_the_splits_labels_is_recomputed_not_misread(
+    tmp_path, synthetic_subset, monkeypatch
+):
+    from seglib import model
+    from seglib.dataset import open_split
+
+    paths = _fake_run(tmp_path, synthetic_subset, TrainConfig.smoke())
+    dataset = open_split(paths.subset, "val", min_box_size=0)
+    monkeypatch.setattr(
+        model, "model_from_checkpoint", lambda p, d, categories=None: (_Oracle(dataset), None, [])
+    )
+    fresh = runs.split_predictions(paths, "val", "cpu")
+    # what the cache held before files carried COCO ids: labels, and no category_ids record
+    old_source = {k: v for k, v in fresh.source.items() if k != "category_ids"}
+    runs.write_with_source(fresh.file, fresh.results, old_source)
+    redone = runs.split_predictions(paths, "val", "cpu")
+    assert redone.recomputed and redone.results == fresh.results
+
+
+def test_a_mask2former_run_asking_for_post_processing_is_refused(tmp_path, synthetic_subset):
+    for i, asked in enumerate(({"postprocess": "soft-nms-gaussian"}, {"tta_hflip": True})):
+        cfg = TrainConfig.smoke(arch="mask2former", **asked)
+        paths = _fake_run(tmp_path / str(i), synthetic_subset, cfg)
+        with pytest.raises(ValueError, match="Mask2Former.*no NMS to replace"):
+            runs.split_predictions(paths, "val", "cpu")
+        assert not paths.predictions.exists()

@@ -75,6 +75,19 @@ def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
     assert result["counts"]["test"]["heavy"] + result["counts"]["test"]["partial"] > 0
 
 
+def test_a_mask2former_checkpoint_is_refused(synthetic_subset, monkeypatch):
+    from seglib import model
+
+    cfg = TrainConfig.smoke(arch="mask2former")
+    monkeypatch.setattr(
+        model,
+        "model_from_checkpoint",
+        lambda path, device, categories=None: (torch.nn.Identity(), cfg, categories),
+    )
+    with pytest.raises(ValueError, match="m2f.pt is a Mask2Former checkpoint.*no NMS to replace"):
+        study.run_study("m2f.pt", synthetic_subset, "cpu", methods=("nms",), tta=(False,))
+
+
 def test_zero_shot_rows_say_why_they_are_missing(result):
     from seglib.model import weights_file
 
