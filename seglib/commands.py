@@ -133,21 +133,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _postprocessed(model, args: argparse.Namespace, cfg: TrainConfig | None):
-    """``model`` with --postprocess / --tta-hflip applied over ``cfg``'s stored choice."""
+def _postprocess_choice(args: argparse.Namespace, cfg: TrainConfig | None) -> TrainConfig:
+    """``cfg`` (TrainConfig() for a zero-shot model) with --postprocess / --tta-hflip applied,
+    refused up front for Mask2Former, which has no NMS to replace."""
+    from seglib.inference import check_postprocess
+
     changes = {
         k: getattr(args, k) for k in ("postprocess", "tta_hflip") if getattr(args, k) is not None
     }
-    if not changes:
+    chosen = (cfg or TrainConfig()).replace(**changes)  # a mask2former config refuses here
+    arch = cfg.arch if cfg is not None else getattr(args, "arch", "v1")  # None: zero-shot
+    check_postprocess(arch, chosen.postprocess, chosen.tta_hflip)
+    return chosen
+
+
+def _postprocessed(model, args: argparse.Namespace, cfg: TrainConfig | None):
+    """``model`` with --postprocess / --tta-hflip applied over ``cfg``'s stored choice."""
+    if getattr(args, "postprocess", None) is None and getattr(args, "tta_hflip", None) is None:
         return model
     from seglib.postprocess import wrap
 
-    return wrap(model, (cfg or TrainConfig()).replace(**changes))
+    return wrap(model, _postprocess_choice(args, cfg))
 
 
 def _model_to_evaluate(args: argparse.Namespace, dataset, device):
     """The zero-shot model (--zero-shot, --arch) or the checkpoint's, post-processed as asked."""
     run_cfg = None  # zero-shot: TrainConfig()'s post-processing unless flags say otherwise
+    if args.zero_shot:
+        _postprocess_choice(args, None)  # before any weights are loaded
     if args.zero_shot and args.arch == "mask2former":
         from seglib.mask2former import build_zero_shot_mask2former
 

@@ -268,22 +268,6 @@ def predict_timed(
     return results, {"time_per_image": elapsed / len(dataset), "peak_memory_mb": _peak_mb(device)}
 
 
-def _check_trained(contenders: Sequence[Contender]) -> None:
-    """Refuse, before anything trains, a trained contender its post-processing cannot apply to.
-
-    A trained contender is loaded back with its config's post-processing
-    (``model_from_checkpoint``); a zero-shot one is built without it.
-    """
-    from seglib.inference import check_postprocess
-
-    for c in contenders:
-        if c.train:
-            try:
-                check_postprocess(c.cfg.arch, c.cfg.postprocess, c.cfg.tta_hflip)
-            except ValueError as e:
-                raise ValueError(f"contender {c.name!r}: {e}") from e
-
-
 def _train_contender(
     cfg: TrainConfig,
     name: str,
@@ -372,15 +356,12 @@ def compare_models(
         "results" (path)}}}``.
 
     Raises:
-        ValueError: a trained Mask2Former contender whose config asks for post-processing
-            (``inference.check_postprocess``), before anything is trained.
     """
     from seglib.dataset import open_split
     from seglib.engine import resolve_device
 
     contenders = plan.contenders if isinstance(plan, Plan) else list(plan)
     skipped = list(plan.skipped) if isinstance(plan, Plan) else []
-    _check_trained(contenders)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     dataset = open_split(data_dir, split)
     models: dict[str, Any] = {}

@@ -187,6 +187,7 @@ class TrainConfig:
             self._m2f_preset_problem(),
             self._size_problem(),
             self._pool_problem(),
+            self._m2f_postprocess_problem(),
         )
         problems = rules.problems(self, _field_rules()) + [p for p in cross_field if p]
         if problems:
@@ -239,6 +240,15 @@ class TrainConfig:
         return (
             f"postprocess_pool ({self.postprocess_pool}) must be >= detections_per_img "
             f"({self.detections_per_img})"
+        )
+
+    def _m2f_postprocess_problem(self) -> str | None:
+        # seglib.postprocess replaces the box NMS inside torchvision's Mask R-CNN.
+        if self.arch != "mask2former" or (self.postprocess == "nms" and not self.tta_hflip):
+            return None
+        return (
+            f"postprocess {self.postprocess!r} and tta_hflip {self.tta_hflip} replace Mask "
+            "R-CNN's box NMS; arch 'mask2former' has no NMS to replace (keep 'nms' and False)"
         )
 
     # --- profiles (values and their reasons: seglib.profiles) ---------------------------

@@ -285,8 +285,6 @@ def split_predictions(
     Raises:
         FileNotFoundError: no ``best.pt`` (names notebook 03) or no split (names notebook 01).
         CheckpointError: the checkpoint's class map differs from the split's.
-        ValueError: a Mask2Former run whose config asks for post-processing
-            (``inference.check_postprocess``).
     """
     from seglib import inference, model
     from seglib.dataset import open_split
@@ -295,7 +293,6 @@ def split_predictions(
     paths.require(paths.split_json(split), "notebooks/01_data_subset.ipynb")
     dataset = open_split(paths.subset, split)
     cfg = TrainConfig.load(paths.run / "config.json")
-    inference.check_postprocess(cfg.arch, cfg.postprocess, cfg.tta_hflip)
     detections = max(cfg.detections_per_img, MIN_DETECTIONS)
     source = _prediction_source(split, checkpoint, cfg, detections, zero_shot)
     file = paths.predictions / f"{split}_{'zero_shot' if zero_shot else 'results'}.json"

@@ -292,3 +292,14 @@ def test_evaluate_asks_for_a_complete_set_of_inputs(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --gt and --predictions go together\n"
     assert main(["evaluate", "--data", str(tmp_path)]) == 2
     assert "give --data with --checkpoint FILE or --zero-shot" in capsys.readouterr().err
+
+
+def test_post_processing_is_refused_for_zero_shot_mask2former_before_any_weights(
+    synthetic_subset, capsys
+):
+    args = ["evaluate", "--data", str(synthetic_subset), "--zero-shot", "--arch", "mask2former"]
+    assert main([*args, "--postprocess", "matrix-nms"]) == 2
+    err = capsys.readouterr().err
+    assert "--postprocess matrix-nms cannot apply to a Mask2Former model" in err
+    assert main([*args, "--tta-hflip"]) == 2
+    assert "--tta-hflip cannot apply to a Mask2Former model" in capsys.readouterr().err

@@ -265,7 +265,5 @@ def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_prese
         assert [c.name for c in plan.contenders] == ["mask-rcnn-v1"]
         (why,) = [s for s in plan.skipped if s.startswith("mask2former:")]
         assert "no NMS to replace" in why
-    m2f = compare.Contender("m2f", TrainConfig.smoke(arch="mask2former", tta_hflip=True))
-    with pytest.raises(ValueError, match="'m2f'.*--tta-hflip.*Mask2Former"):
-        compare.compare_models([m2f], tmp_path / "data", tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # refused before anything trained
+    with pytest.raises(ValueError, match="no NMS to replace"):  # no such contender exists
+        TrainConfig.smoke(arch="mask2former", tta_hflip=True)

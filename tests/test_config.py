@@ -191,6 +191,11 @@ def test_field_rules_name_the_field_the_rule_and_the_value(change, message):
         ({"arch": "mask2former", "m2f_config": "tiny"}, "fits m2f_config='swin-tiny' only"),
         ({"min_size": 900, "max_size": 800}, "need 32 <= min_size <= max_size, got 900, 800"),
         ({"postprocess_pool": 10}, "postprocess_pool (10) must be >= detections_per_img (100)"),
+        (
+            {"arch": "mask2former", "postprocess": "matrix-nms"},
+            "'mask2former' has no NMS to replace",
+        ),
+        ({"arch": "mask2former", "tta_hflip": True}, "tta_hflip True replace Mask R-CNN's box NMS"),
     ],
 )
 def test_cross_field_checks_name_both_fields(change, fragment):

@@ -268,12 +268,3 @@ def test_a_cache_in_the_splits_labels_is_recomputed_not_misread(
     runs.write_with_source(fresh.file, fresh.results, old_source)
     redone = runs.split_predictions(paths, "val", "cpu")
     assert redone.recomputed and redone.results == fresh.results
-
-
-def test_a_mask2former_run_asking_for_post_processing_is_refused(tmp_path, synthetic_subset):
-    for i, asked in enumerate(({"postprocess": "soft-nms-gaussian"}, {"tta_hflip": True})):
-        cfg = TrainConfig.smoke(arch="mask2former", **asked)
-        paths = _fake_run(tmp_path / str(i), synthetic_subset, cfg)
-        with pytest.raises(ValueError, match="Mask2Former.*no NMS to replace"):
-            runs.split_predictions(paths, "val", "cpu")
-        assert not paths.predictions.exists()
