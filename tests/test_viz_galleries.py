@@ -7,7 +7,6 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -25,31 +24,11 @@ def rectangles(ax: Axes) -> list[Rectangle]:
     return [p for p in ax.patches if isinstance(p, Rectangle)]
 
 
-def coco_results(ds, score=0.9):
-    """Results equal to the ground truth of ``ds`` (every non-crowd instance, one score)."""
-    import pycocotools.mask as mask_utils
-
-    coco = ds.coco
-    results = []
-    for ann in coco.loadAnns(coco.getAnnIds(iscrowd=False)):
-        rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
-        results.append(
-            {
-                "image_id": ann["image_id"],
-                "category_id": ann["category_id"],
-                "bbox": ann["bbox"],
-                "score": score,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-            }
-        )
-    return results
-
-
-def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset):
+def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset, gt_results):
     from seglib.dataset import open_split
 
     ds = open_split(synthetic_subset, "test")
-    results = coco_results(ds)
+    results = gt_results(ds.coco)
     first = ds.ids[0]
     # Drop one instance of the first image (a miss) and relabel another (a false positive).
     mine = [r for r in results if r["image_id"] == first]
@@ -72,11 +51,13 @@ def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset):
     assert fig.axes[3].get_title().startswith("TP ")
 
 
-def test_model_comparison_shows_ground_truth_and_each_model_on_the_same_images(synthetic_subset):
+def test_model_comparison_shows_ground_truth_and_each_model_on_the_same_images(
+    synthetic_subset, gt_results
+):
     from seglib.dataset import open_split
 
     ds = open_split(synthetic_subset, "val")
-    results = coco_results(ds)
+    results = gt_results(ds.coco)
     fig = viz.draw_model_comparison(ds, ds.ids[:2], {"fine-tuned": results, "zero-shot": []})
     assert len(fig.axes) == 6
     titles = [ax.get_title() for ax in fig.axes]

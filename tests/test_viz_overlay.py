@@ -104,25 +104,12 @@ def test_prediction_vs_gt_and_grid():
     assert len(axes) == 5 and len(fig.axes) == 6
 
 
-def test_prediction_samples_pairs_images_with_their_decoded_results(synthetic_subset):
-    import pycocotools.mask as mask_utils
-
+def test_prediction_samples_pairs_images_with_their_decoded_results(synthetic_subset, gt_results):
     from seglib.dataset import open_split
 
     ds = open_split(synthetic_subset, "val")
     coco = ds.coco
-    results = []
-    for ann in coco.loadAnns(coco.getAnnIds(iscrowd=False)):
-        rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
-        results.append(
-            {
-                "image_id": ann["image_id"],
-                "category_id": ann["category_id"],
-                "bbox": ann["bbox"],
-                "score": 0.7,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-            }
-        )
+    results = gt_results(coco, score=0.7)
     samples = viz.prediction_samples(ds, results)
     assert len(samples) == len(ds)
     for (image, pred), image_id in zip(samples, ds.ids, strict=True):

@@ -142,27 +142,15 @@ def test_live_loss_plot_collects_iterations_and_redraws(capsys):
     assert [list(line.get_ydata()) for line in ap_ax.lines] == [[10.0], [30.0]]
 
 
-def test_threshold_explorer_redraws_from_cached_predictions(synthetic_subset, monkeypatch):
-    import numpy as np
-    import pycocotools.mask as mask_utils
-
+def test_threshold_explorer_redraws_from_cached_predictions(
+    synthetic_subset, monkeypatch, gt_results
+):
     from seglib import widgets
     from seglib.dataset import open_split
 
     ds = open_split(synthetic_subset, "test")
     coco = ds.coco
-    results = []
-    for ann in coco.loadAnns(coco.getAnnIds(imgIds=ds.ids[:2], iscrowd=False)):
-        rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
-        results.append(
-            {
-                "image_id": ann["image_id"],
-                "category_id": ann["category_id"],
-                "bbox": ann["bbox"],
-                "score": 0.9,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-            }
-        )
+    results = gt_results(coco, coco.loadAnns(coco.getAnnIds(imgIds=ds.ids[:2], iscrowd=False)))
     drawn = []
     real_grid = widgets.viz.draw_instance_grid
 
