@@ -15,8 +15,9 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from queue import Empty
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +27,8 @@ from seglib.paths import RUN_ENV, Paths
 from seglib.runs import OVERWRITE_ENV
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+#: Seconds of each wait for a kernel message in ``run_notebooks`` (see ``stepwise_get_msg``).
+POLL_SECONDS = 1.0
 COCO_HOST = "http://images.cocodataset.org"
 WEIGHTS_HOST = "https://download.pytorch.org"
 
@@ -137,6 +140,38 @@ def kernel_environment(values: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def stepwise_get_msg(
+    get_msg: Callable[..., Awaitable[dict]], step: float = POLL_SECONDS
+) -> Callable[..., Awaitable[dict]]:
+    """A channel's async ``get_msg`` that waits without a timeout in polls of ``step`` seconds.
+
+    nbclient waits for a cell's ``execute_reply`` with one poll of the shell socket without a
+    timeout. In a headless ``make demo`` that poll once never returned: the kernel had finished
+    the cell (its idle status had arrived on iopub, which the kernel sends after the reply) and
+    sat idle, the reply never came out of the socket, and the run waited for ever (nbclient#312
+    describes the same hang around widget cells). A poll that times out checks the socket
+    again, so a reply that is there is read within ``step`` seconds. Waits with a timeout pass
+    through unchanged.
+    """
+
+    async def wait(timeout: float | None = None) -> dict:
+        if timeout is not None:
+            return await get_msg(timeout=timeout)
+        while True:
+            try:
+                return await get_msg(timeout=step)
+            except Empty:
+                continue
+
+    return wait
+
+
+def _poll_stepwise(client: Any) -> None:
+    """Make ``client``'s kernel channels wait for messages in steps (``stepwise_get_msg``)."""
+    for channel in (client.kc.shell_channel, client.kc.iopub_channel):
+        channel.get_msg = stepwise_get_msg(channel.get_msg)
+
+
 def run_notebooks(
     profile: str,
     out_dir: str | Path,
@@ -180,6 +215,7 @@ def run_notebooks(
                 kernel_name=kernel_name,
                 resources={"metadata": {"path": str(source.parent)}},
             )
+            client.on_notebook_start = lambda client=client, **_: _poll_stepwise(client)
             target = out_dir / source.name
             try:
                 client.execute()

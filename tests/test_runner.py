@@ -234,3 +234,46 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
     assert "lr" in capsys.readouterr().err
     assert cli.main(["run", "--profile", "smoke", "--set", "learning_rate=1"]) == 2
     assert "not a TrainConfig field" in capsys.readouterr().err
+
+
+def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
+    import asyncio
+    from queue import Empty
+
+    calls = []
+
+    async def get_msg(timeout=None):
+        calls.append(timeout)
+        if len(calls) < 3:
+            raise Empty
+        return {"msg_type": "execute_reply"}
+
+    wait = runner.stepwise_get_msg(get_msg, step=0.5)
+    assert asyncio.run(wait())["msg_type"] == "execute_reply"
+    assert calls == [0.5, 0.5, 0.5]  # never one unbounded poll
+    calls.clear()
+    with pytest.raises(Empty):
+        asyncio.run(wait(timeout=2.0))
+    assert calls == [2.0]
+
+
+def test_the_notebook_runs_read_kernel_messages_stepwise(tmp_path, monkeypatch):
+    """Every wait of a real run without a timeout goes through the stepwise poll."""
+    waits = []
+    real = runner.stepwise_get_msg
+
+    def recording(get_msg, step=runner.POLL_SECONDS):
+        wait = real(get_msg, step)
+
+        async def recorded(timeout=None):
+            waits.append(timeout)
+            return await wait(timeout)
+
+        return recorded
+
+    monkeypatch.setattr(runner, "stepwise_get_msg", recording)
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_only.ipynb", "print('hi')", "1 + 1")
+    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src))
+    assert None in waits  # the cells' replies were waited for without a timeout, in steps
