@@ -89,22 +89,31 @@ SIZE_RANGES = {
 
 
 # --- COCOeval -----------------------------------------------------------------------------
-def _run_cocoeval(coco: COCO, results: list[dict], iou_type: str) -> COCOeval:
-    # Like torchvision's reference: bbox results carry no mask, segm results no box, so
-    # loadRes takes each detection's area from the box or the mask respectively.
+def load_detections(coco: COCO, results: list[dict], iou_type: str) -> COCO:
+    """``results`` as pycocotools' detection set against ``coco``, for one ``iou_type``.
+
+    Like torchvision's reference: bbox results carry no mask, segm results no box, so loadRes
+    takes each detection's area from the box or the mask respectively. An empty list gives an
+    empty set (loadRes indexes anns[0]).
+    """
     drop = "segmentation" if iou_type == "bbox" else "bbox"
     dets = [{k: v for k, v in r.items() if k != drop} for r in results]
     with quiet():
         if dets:
-            dt = coco.loadRes(dets)
-        else:  # loadRes indexes anns[0]; an empty result set is built by hand.
-            dt = COCO()
-            dt.dataset = {
-                "images": list(coco.dataset["images"]),
-                "annotations": [],
-                "categories": copy.deepcopy(coco.dataset["categories"]),
-            }
-            dt.createIndex()
+            return coco.loadRes(dets)
+        dt = COCO()
+        dt.dataset = {
+            "images": list(coco.dataset["images"]),
+            "annotations": [],
+            "categories": copy.deepcopy(coco.dataset["categories"]),
+        }
+        dt.createIndex()
+    return dt
+
+
+def _run_cocoeval(coco: COCO, results: list[dict], iou_type: str) -> COCOeval:
+    dt = load_detections(coco, results, iou_type)
+    with quiet():
         evaluator = COCOeval(coco, dt, iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -112,7 +121,8 @@ def _run_cocoeval(coco: COCO, results: list[dict], iou_type: str) -> COCOeval:
     return evaluator
 
 
-def _mean_valid(values: np.ndarray) -> float:
+def mean_valid(values: np.ndarray) -> float:
+    """Mean of the entries COCOeval defined (> -1), or -1 when there is none."""
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else -1.0
 
@@ -134,9 +144,9 @@ def _section(evaluator: COCOeval, names: dict[int, str]) -> dict:
     t50, t75 = _iou_index(evaluator, 0.5), _iou_index(evaluator, 0.75)
     section["per_class"] = {
         names[c]: {
-            "AP": _mean_valid(precision[:, :, k, 0, -1]),
-            "AP50": _mean_valid(precision[t50, :, k, 0, -1]),
-            "AP75": _mean_valid(precision[t75, :, k, 0, -1]),
+            "AP": mean_valid(precision[:, :, k, 0, -1]),
+            "AP50": mean_valid(precision[t50, :, k, 0, -1]),
+            "AP75": mean_valid(precision[t75, :, k, 0, -1]),
         }
         for k, c in enumerate(evaluator.params.catIds)
     }
@@ -154,7 +164,7 @@ def _curves(evaluator: COCOeval, names: dict[int, str], iou_thresh: float) -> di
             curves[names[c]] = {
                 "recall": recall,
                 "precision": precision[:, k].tolist(),
-                "AP": _mean_valid(precision[:, k]),
+                "AP": mean_valid(precision[:, k]),
             }
     has_gt = (precision > -1).all(axis=0)
     if has_gt.any():

@@ -41,9 +41,7 @@ AP blind to the duplicates that a softer suppression keeps.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,9 +57,12 @@ from seglib.metrics import (
     GroundTruth,
     Results,
     best_ious,
+    load_detections,
     load_ground_truth,
     load_results,
+    mean_valid,
 )
+from seglib.results import quiet
 
 BUCKETS = ("none", "partial", "heavy")
 #: Level at and above which an instance is heavily occluded (see the module docstring).
@@ -253,20 +254,10 @@ def _cocoeval_by_bucket(
     gt = copy.deepcopy(coco)
     for ann in gt.dataset["annotations"]:
         ann["area"] = float(gt_bucket.get(ann["id"], 0))  # crowds are ignored whatever their area
-    drop = "segmentation" if iou_type == "bbox" else "bbox"
-    dets = [{k: v for k, v in r.items() if k != drop} for r in results]
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         gt.createIndex()
-        if dets:
-            dt = gt.loadRes(dets)
-        else:
-            dt = COCO()
-            dt.dataset = {
-                "images": list(gt.dataset["images"]),
-                "annotations": [],
-                "categories": copy.deepcopy(gt.dataset["categories"]),
-            }
-            dt.createIndex()
+    dt = load_detections(gt, results, iou_type)
+    with quiet():
         for ann, bucket in zip(dt.dataset["annotations"], det_bucket, strict=True):
             ann["area"] = float(bucket)
         evaluator = COCOeval(gt, dt, iou_type)
@@ -277,11 +268,6 @@ def _cocoeval_by_bucket(
     return evaluator
 
 
-def _mean_valid(values: np.ndarray) -> float:
-    valid = values[values > -1]
-    return float(valid.mean()) if valid.size else -1.0
-
-
 def _ap_rows(evaluator: COCOeval) -> dict[str, dict[str, float]]:
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
     recall = evaluator.eval["recall"]  # [T, K, A, M]
@@ -289,10 +275,10 @@ def _ap_rows(evaluator: COCOeval) -> dict[str, dict[str, float]]:
     t50, t75 = int(np.argmin(abs(thrs - 0.5))), int(np.argmin(abs(thrs - 0.75)))
     return {
         row: {
-            "AP": _mean_valid(precision[:, :, :, a, -1]),
-            "AP50": _mean_valid(precision[t50, :, :, a, -1]),
-            "AP75": _mean_valid(precision[t75, :, :, a, -1]),
-            "AR100": _mean_valid(recall[:, :, a, -1]),
+            "AP": mean_valid(precision[:, :, :, a, -1]),
+            "AP50": mean_valid(precision[t50, :, :, a, -1]),
+            "AP75": mean_valid(precision[t75, :, :, a, -1]),
+            "AR100": mean_valid(recall[:, :, a, -1]),
         }
         for a, row in enumerate(ROWS)
     }
