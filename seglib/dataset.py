@@ -138,6 +138,25 @@ def _row_major_runs(
     return values, lengths, boxes_from_masks(flat.reshape(1, h, w))[0]
 
 
+def _pack(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's ``(label, values, runs, box)`` instances as (labels int64 [N], values and
+    runs of all masks concatenated, boxes float32 [N, 4])."""
+    if not items:
+        return (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.uint8),
+            np.zeros(0, np.int32),
+            np.zeros((0, 4), np.float32),
+        )
+    labels, values, runs, boxes = zip(*items, strict=True)
+    return (
+        np.array(labels, np.int64),
+        np.concatenate(values),
+        np.concatenate(runs),
+        np.array(boxes, np.float32),
+    )
+
+
 def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | None:
     """COCO run lengths (column-major, starting with zeros) of one annotation's segmentation,
     from polygons, uncompressed RLE or compressed RLE; None when there is nothing to draw.
@@ -278,15 +297,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
             if runs is not None:
                 per_image[i].append((cat, *runs))
         # One concatenation per image, so all its masks come back from a single np.repeat.
-        self._instances = [
-            (
-                np.array([c for c, _, _, _ in items], np.int64),
-                np.concatenate([v for _, v, _, _ in items]) if items else np.zeros(0, np.uint8),
-                np.concatenate([r for _, _, r, _ in items]) if items else np.zeros(0, np.int32),
-                np.array([b for _, _, _, b in items], np.float32).reshape(-1, 4),
-            )
-            for items in per_image
-        ]
+        self._instances = [_pack(items) for items in per_image]
 
         self.coco = COCO()
         with contextlib.redirect_stdout(io.StringIO()):
