@@ -225,7 +225,8 @@ def _bucket_bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[
         )
         labels = ["n/a" if np.isnan(v) else f"{v:.0f}" for v in pct]
         ax.bar_label(bars, labels=labels, fontsize=6)
-    ax.set_xticks(x, list(groups), rotation=30 if len(groups) > 4 else 0, ha="right")
+    rotate = len(groups) > 4  # long rows of labels slant, right-aligned to their tick
+    ax.set_xticks(x, list(groups), rotation=30 if rotate else 0, ha="right" if rotate else "center")
     ax.legend(fontsize=7)
 
 
