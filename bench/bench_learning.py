@@ -27,7 +27,8 @@ import torch
 import torchvision
 
 from seglib import coco, engine
-from seglib.config import PROFILES, TrainConfig, parse_overrides
+from seglib.config import PROFILES, TrainConfig
+from seglib.overrides import parse_overrides
 from seglib.paths import get_paths
 
 

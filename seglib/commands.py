@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from seglib.config import TrainConfig, parse_overrides
+from seglib.config import TrainConfig
 from seglib.io import write_json_atomic
+from seglib.overrides import parse_overrides
 from seglib.paths import get_paths
 
 

@@ -8,15 +8,14 @@ checks the plumbing, not the results.
 
 Each field's rule (range, choices) is one line of ``_field_rules``; the checks that relate
 fields are short ``TrainConfig`` methods. The profiles' values live in ``seglib.profiles``,
-the type and rule checking in ``seglib.rules``, file locations in ``seglib.paths``,
-atomic file writing in ``seglib.io``.
+the type and rule checking in ``seglib.rules``, reading overrides (``--set``, ``$SEGLIB_SET``)
+in ``seglib.overrides``, file locations in ``seglib.paths``, atomic writing in ``seglib.io``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.postprocess`` ("nms" is torchvision's own).
 POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
+MATRIX_NMS_KERNELS = ("gaussian", "linear")
 
 
 def _slider(lo: float, hi: float, step: float, log: bool = False) -> dict[str, Any]:
@@ -121,12 +121,20 @@ class TrainConfig:
     # Inference: how overlapping detections are suppressed (seglib.postprocess): "nms" is
     # torchvision's box NMS at box_nms_thresh, the seed; the others rescore or use masks.
     postprocess: str = "nms"
-    # Soft-NMS Gaussian: overlapping scores decay by exp(-IoU²/sigma); 0.5 in Bodla et al. 2017.
+    # Soft-NMS Gaussian: scores decay by exp(-IoU²/sigma), so a LARGER sigma suppresses LESS;
+    # 0.5 in Bodla et al. 2017.
     soft_nms_sigma: float = 0.5
     # Soft-NMS linear: scores of boxes with IoU above this decay by (1 - IoU); 0.3 in the paper.
     soft_nms_thresh: float = 0.3
-    # Matrix NMS (on masks, Gaussian kernel): decay exp(-sigma * IoU²); 2.0 as in SOLOv2.
+    # Soft-NMS: candidates rescored to this or below are dropped (0.001 in Bodla et al.'s code).
+    soft_nms_score_floor: float = 0.001
+    # Matrix NMS decay per higher same-class mask: "gaussian" exp(-sigma * IoU²) or "linear" (1 - IoU).
+    matrix_nms_kernel: str = "gaussian"
+    # Matrix NMS Gaussian: multiplies IoU² (SOLOv2's code; the paper divides), so a LARGER
+    # sigma suppresses MORE; 2.0 as in SOLOv2.
     matrix_nms_sigma: float = 2.0
+    # Matrix NMS: detections whose decayed score falls below this are dropped (SOLOv2's 0.05).
+    matrix_nms_score_floor: float = 0.05
     # Mask NMS: mask IoU above which the lower-scored detection of a class is dropped.
     mask_nms_thresh: float = 0.5
     # Candidates per image taken with the model's box NMS off, for every variant but plain
@@ -361,7 +369,10 @@ def _field_rules() -> dict[str, rules.Rule]:
         "postprocess": rules.OneOf(POSTPROCESS_METHODS),
         "soft_nms_sigma": rules.POSITIVE,
         "soft_nms_thresh": rules.FRACTION,
+        "soft_nms_score_floor": rules.FRACTION,
+        "matrix_nms_kernel": rules.OneOf(MATRIX_NMS_KERNELS),
         "matrix_nms_sigma": rules.POSITIVE,
+        "matrix_nms_score_floor": rules.FRACTION,
         "mask_nms_thresh": rules.FRACTION,
         "lr": rules.POSITIVE_FRACTION,
         "momentum": rules.Range(0, 1, hi_open=True),
@@ -380,71 +391,4 @@ def _field_rules() -> dict[str, rules.Rule]:
         "eval_interval": rules.COUNT,
         "log_interval": rules.COUNT,
         "score_thresh": rules.FRACTION,
-    }
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["lr=0.002", "num_epochs=3"]`` -> ``{"lr": 0.002, "num_epochs": 3}``.
-
-    Each value is read as JSON where it parses (numbers, true/false, null, lists) and as a
-    plain string otherwise, so ``weights=none`` and ``categories=["dog","cake"]`` both work.
-    Types and ranges are checked when the values reach ``TrainConfig``.
-
-    Raises:
-        ValueError: an item without ``=``, or a name that is not a TrainConfig field (the
-            message lists the valid names).
-    """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected NAME=VALUE, for example lr=0.002")
-        if name not in known:
-            raise ValueError(
-                f"--set {item!r}: {name!r} is not a TrainConfig field; valid: {sorted(known)}"
-            )
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    return values
-
-
-#: Environment variable through which ``python -m seglib run --set`` hands overrides to the
-#: notebooks' kernels: a JSON object of TrainConfig fields.
-OVERRIDES_ENV = "SEGLIB_SET"
-
-
-def env_overrides() -> dict[str, Any]:
-    """The TrainConfig overrides in ``$SEGLIB_SET`` (a JSON object), or ``{}`` when unset.
-
-    Raises:
-        ValueError: the variable is not a JSON object of known field names.
-    """
-    raw = os.environ.get(OVERRIDES_ENV, "").strip()
-    if not raw:
-        return {}
-    try:
-        values = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"${OVERRIDES_ENV} is not valid JSON ({e}): {raw!r}") from e
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"${OVERRIDES_ENV} must be a JSON object of TrainConfig fields, got {raw!r}"
-        )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"${OVERRIDES_ENV} names unknown TrainConfig fields {unknown}")
-    return values
-
-
-def slider_fields() -> dict[str, dict[str, Any]]:
-    """Field name -> slider range, for every TrainConfig field a notebook slider edits."""
-    return {
-        f.name: f.metadata["slider"]
-        for f in dataclasses.fields(TrainConfig)
-        if "slider" in f.metadata
     }

@@ -21,8 +21,8 @@ from queue import Empty
 from typing import Any
 from urllib.parse import urlparse
 
-from seglib.config import OVERRIDES_ENV
 from seglib.io import write_bytes_atomic
+from seglib.overrides import OVERRIDES_ENV
 from seglib.paths import RUN_ENV, Paths
 from seglib.runs import OVERWRITE_ENV
 

@@ -18,7 +18,8 @@ import ipywidgets as W
 from IPython.display import display
 
 from seglib import metrics, runs, viz
-from seglib.config import WEIGHT_CHOICES, TrainConfig, slider_fields
+from seglib.config import WEIGHT_CHOICES, TrainConfig
+from seglib.overrides import slider_fields
 from seglib.paths import Paths
 
 _STYLE = {"description_width": "150px"}

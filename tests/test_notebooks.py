@@ -81,7 +81,7 @@ def test_same_first_cell_pattern_imports_seed_device_profile():
         tails.add(tail)
         for needed in (
             "default_profile()",
-            "TrainConfig.from_profile(profile, **config.env_overrides())",
+            "TrainConfig.from_profile(profile, **overrides.env_overrides())",
             "seed_everything",
             "resolve_device",
         ):
