@@ -1,90 +1,133 @@
 """True positives, false positives and misses on one image, for the error galleries.
 
-A prediction is a true positive when it takes a still unmatched ground-truth instance of its
-own class with mask IoU >= ``iou_thresh`` (predictions taken in descending score, as COCOeval
-does at one IoU threshold). An unmatched prediction inside a crowd region (intersection over
-its own area >= ``iou_thresh``) is ignored, as COCOeval ignores it; any other is a false
-positive. A ground-truth instance no prediction took is a miss.
+The outcomes are COCOeval's own: ``match_image`` runs pycocotools' ``COCOeval`` (mask IoU, one
+category at a time, the image alone, one IoU threshold, area range "all", every prediction
+kept) and reads its per-image matches (``evaluateImg``: ``dtMatches``, ``gtMatches``,
+``dtIgnore``). So, as in COCO's AP at that threshold: predictions take ground truth of their
+own class in descending score, each instance at most once; a prediction matched to a crowd
+region *of its own class* (intersection over the prediction's area >= the threshold) is
+ignored; any other unmatched prediction, including one of another class inside a crowd, is a
+false positive; a non-crowd instance no prediction took is a miss.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from seglib.metrics import GroundTruth, load_ground_truth, load_results
+from seglib.metrics import GroundTruth, load_detections, load_ground_truth, load_results
+from seglib.results import quiet
 
 TP, FP, IGNORED = "tp", "fp", "ignored"
+
+
+def _image_only(coco: COCO, image_id: int) -> tuple[COCO, list[dict]]:
+    """A private COCO holding ``image_id`` alone, and its annotations in their order.
+
+    COCOeval rewrites ground-truth annotations in place (adds "ignore", polygons become RLE),
+    so it gets copies, re-numbered 1..M: its matches store annotation ids, and 0 means none.
+    """
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    private = load_ground_truth(
+        {
+            "images": [copy.deepcopy(coco.imgs[image_id])],
+            "annotations": [{**copy.deepcopy(a), "id": i} for i, a in enumerate(anns, start=1)],
+            "categories": copy.deepcopy(coco.dataset["categories"]),
+        }
+    )
+    return private, anns
+
+
+def _cocoeval_outcomes(
+    coco: COCO, preds: list[dict], image_id: int, iou_thresh: float
+) -> tuple[list[str], np.ndarray]:
+    """COCOeval's matching of ``preds`` (ids 1..N in this order) against ``coco`` (ids 1..M).
+
+    Returns:
+        (outcome per prediction, ``TP``/``FP``/``IGNORED``; bool [M], whether each
+        annotation was taken by a prediction that counts: crowds come out False).
+    """
+    outcome, taken = [FP] * len(preds), np.zeros(len(coco.anns), dtype=bool)
+    if not preds:
+        return outcome, taken
+    with quiet():
+        evaluator = COCOeval(coco, load_detections(coco, preds, "segm"), "segm")
+        params = evaluator.params
+        params.imgIds, params.useCats = [int(image_id)], 1
+        params.iouThrs = np.array([float(iou_thresh)])
+        params.areaRng, params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        params.maxDets = [len(preds)]
+        evaluator.evaluate()
+    for entry in evaluator.evalImgs:  # one per category with ground truth or predictions
+        if entry is None:
+            continue
+        for d, dt_id in enumerate(entry["dtIds"]):
+            if entry["dtIgnore"][0, d]:
+                outcome[dt_id - 1] = IGNORED
+            elif entry["dtMatches"][0, d] > 0:
+                outcome[dt_id - 1] = TP
+        for g, gt_id in enumerate(entry["gtIds"]):
+            taken[gt_id - 1] = entry["gtMatches"][0, g] > 0 and not entry["gtIgnore"][g]
+    return outcome, taken
 
 
 def match_image(
     gt: GroundTruth, results: Sequence[Mapping], image_id: int, *, iou_thresh: float = 0.5
 ) -> dict[str, Any]:
-    """Classify one image's predictions and ground-truth instances.
+    """Classify one image's predictions and ground-truth instances as COCOeval matches them.
 
     Args:
-        gt: the split's ground truth (``COCO``, split JSON path or dict).
-        results: COCO results (all images; the caller applies any score threshold first).
+        gt: the split's ground truth (``COCO``, split JSON path or dict); left unchanged.
+        results: in-memory COCO results, as ``seglib.inference.predict`` returns them (all
+            images; the caller applies any score threshold first).
         image_id: the image to look at.
+        iou_thresh: the mask IoU from which a prediction takes an instance (COCO's AP50: 0.5).
 
     Returns:
         ``{"prediction": {boxes float32 [N,4] XYXY px, masks uint8 [N,H,W], labels int64 [N],
         scores float32 [N], outcome: list of "tp" | "fp" | "ignored"}, "ground_truth":
-        {boxes, masks, labels, matched: bool [M]}, "counts": {"tp", "fp", "missed"}}``,
-        predictions highest score first, ground truth non-crowd only, in annotation order.
+        {boxes float32 [M,4], masks uint8 [M,H,W], labels int64 [M], matched: bool [M]},
+        "counts": {"tp", "fp", "missed"}}``, predictions highest score first (ties in their
+        order in ``results``), ground truth non-crowd only, in annotation order. Labels are
+        1..k, the position of the category in ``gt``'s list (what ``class_names`` indexes).
 
     Raises:
-        KeyError: ``image_id`` is not in ``gt``. ValueError: malformed results.
+        KeyError: ``image_id`` is not in ``gt``.
+        ValueError: malformed results (``load_results``).
     """
-    coco = load_ground_truth(gt)
-    if int(image_id) not in coco.imgs:
+    source = load_ground_truth(gt)
+    if int(image_id) not in source.imgs:
         raise KeyError(f"image id {image_id} is not in the ground truth")
-    info = coco.imgs[int(image_id)]
+    image_id = int(image_id)
+    coco, anns = _image_only(source, image_id)
+    info = coco.imgs[image_id]
     h, w = int(info["height"]), int(info["width"])
-    mine = [r for r in results if int(r["image_id"]) == int(image_id)]
+    mine = [r for r in results if int(r["image_id"]) == image_id]
     preds = sorted(load_results(mine, coco), key=lambda r: -r["score"])
-    anns = coco.loadAnns(coco.getAnnIds(imgIds=[int(image_id)]))
-    plain = [a for a in anns if not a.get("iscrowd", 0)]
-    crowd = [a for a in anns if a.get("iscrowd", 0)]
-    gt_rles = [coco.annToRLE(a) for a in plain]
-    pred_rles = [p["segmentation"] for p in preds]
-    ious = (
-        np.asarray(mask_utils.iou(pred_rles, gt_rles, [0] * len(gt_rles))).reshape(
-            len(preds), len(plain)
-        )
-        if preds and plain
-        else np.zeros((len(preds), len(plain)))
-    )
-    in_crowd = np.zeros(len(preds), dtype=bool)
-    if preds and crowd:
-        cover = mask_utils.iou(pred_rles, [coco.annToRLE(a) for a in crowd], [1] * len(crowd))
-        in_crowd = np.asarray(cover).reshape(len(preds), len(crowd)).max(axis=1) >= iou_thresh
-    matched = np.zeros(len(plain), dtype=bool)
-    outcome = []
-    for i, p in enumerate(preds):
-        same = np.array([a["category_id"] == p["category_id"] for a in plain], dtype=bool)
-        candidates = np.where(same & ~matched, ious[i], -1.0) if plain else np.empty(0)
-        g = int(candidates.argmax()) if candidates.size else -1
-        if g >= 0 and candidates[g] >= iou_thresh:
-            matched[g] = True
-            outcome.append(TP)
-        else:
-            outcome.append(IGNORED if in_crowd[i] else FP)
+    outcome, taken = _cocoeval_outcomes(coco, preds, image_id, iou_thresh)
+    plain = [i for i, a in enumerate(anns) if not a.get("iscrowd", 0)]
+    matched = taken[plain]
+    # The model's labels, which class_names and the drawings index: a category's position in
+    # the ground truth's list (its id, once COCO's, need not be 1..k).
+    label = {int(c["id"]): k for k, c in enumerate(coco.dataset["categories"], start=1)}
     return {
         "prediction": {
             "boxes": _xyxy([p["bbox"] for p in preds]),
-            "masks": _decode(pred_rles, h, w),
-            "labels": np.array([p["category_id"] for p in preds], dtype=np.int64),
+            "masks": _decode([p["segmentation"] for p in preds], h, w),
+            "labels": np.array([label[p["category_id"]] for p in preds], dtype=np.int64),
             "scores": np.array([p["score"] for p in preds], dtype=np.float32),
             "outcome": outcome,
         },
         "ground_truth": {
-            "boxes": _xyxy([a["bbox"] for a in plain]),
-            "masks": _decode(gt_rles, h, w),
-            "labels": np.array([a["category_id"] for a in plain], dtype=np.int64),
+            "boxes": _xyxy([anns[i]["bbox"] for i in plain]),
+            "masks": _decode([source.annToRLE(anns[i]) for i in plain], h, w),
+            "labels": np.array([label[anns[i]["category_id"]] for i in plain], dtype=np.int64),
             "matched": matched,
         },
         "counts": {
