@@ -3,7 +3,8 @@
 ``load_instances`` reads a file with clear errors for truncated or foreign JSON;
 ``validate_instances`` checks what would otherwise crash later, in pycocotools or in training,
 and names the image or annotation at fault; ``split_document`` writes one split of a subset
-(its categories renumbered 1..k, each with its ``coco_id``). Everything raises ``SubsetError``.
+(COCO's category ids, the categories listed in label order: ``seglib.categories``). Everything
+raises ``SubsetError``.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _image_entry(im: dict[str, Any], folder: str, base_url: str) -> dict[str, An
     return entry
 
 
-def _annotation_entry(a: dict[str, Any], seg: Any, im: dict[str, Any], label: int) -> dict:
+def _annotation_entry(a: dict[str, Any], seg: Any, im: dict[str, Any]) -> dict:
     if "area" in a and "bbox" in a:
         area, bbox = a["area"], a["bbox"]
     else:
@@ -183,7 +184,7 @@ def _annotation_entry(a: dict[str, Any], seg: Any, im: dict[str, Any], label: in
     return {
         "id": a["id"],
         "image_id": a["image_id"],
-        "category_id": label,
+        "category_id": a["category_id"],
         "segmentation": seg,
         "area": area,
         "bbox": bbox,
@@ -201,23 +202,25 @@ def split_document(
     base_url: str,
 ) -> dict[str, Any]:
     """A subset's split JSON: the chosen images of ``data`` (a COCO instances dict) and their
-    annotations of ``cats``, renumbered 1..k in that order with each ``coco_id`` kept.
+    annotations of ``cats``, whose order in ``categories`` defines labels 1..k
+    (``seglib.categories.category_labels``).
 
-    Images keep their ids and a ``coco_url`` (``base_url/folder/file_name`` when the source has
-    none). Ids of annotations left with no usable polygon are appended to ``dropped``.
+    Category, image and annotation ids stay COCO's. Images get a ``coco_url``
+    (``base_url/folder/file_name`` when the source has none). Ids of annotations left with no
+    usable polygon are appended to ``dropped``.
     """
-    new_id = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    wanted_cats = {c["id"] for c in cats}
     wanted = set(image_ids)
     images = {im["id"]: im for im in data["images"] if im["id"] in wanted}
     anns = []
     for a in sorted(data["annotations"], key=lambda a: a["id"]):
-        if a["image_id"] not in images or a["category_id"] not in new_id:
+        if a["image_id"] not in images or a["category_id"] not in wanted_cats:
             continue
         seg = clean_segmentation(a["segmentation"])
         if not seg:
             dropped.append(a["id"])
             continue
-        anns.append(_annotation_entry(a, seg, images[a["image_id"]], new_id[a["category_id"]]))
+        anns.append(_annotation_entry(a, seg, images[a["image_id"]]))
     info = dict(data.get("info") or {})
     names = ", ".join(c["name"] for c in cats)
     info["description"] = f"seglib {split} split from COCO {folder}: {names}"
@@ -227,12 +230,7 @@ def split_document(
         "images": [_image_entry(images[i], folder, base_url) for i in sorted(images)],
         "annotations": anns,
         "categories": [
-            {
-                "id": new_id[c["id"]],
-                "name": c["name"],
-                "supercategory": c.get("supercategory", ""),
-                "coco_id": c["id"],
-            }
+            {"id": c["id"], "name": c["name"], "supercategory": c.get("supercategory", "")}
             for c in cats
         ],
     }

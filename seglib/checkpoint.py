@@ -6,8 +6,11 @@ A checkpoint is one ``torch.save`` dict, loadable with ``torch.load(weights_only
 - ``optimizer``, ``lr_scheduler``, ``scaler``: their state dicts, or None (``best.pt``);
 - ``epoch`` (epochs completed), ``iteration`` (optimizer steps done), ``best_metric``;
 - ``rng``: python, numpy, torch and CUDA generator states, for a resume inside an epoch;
-- ``config`` (``TrainConfig.to_dict()``), ``categories`` (with ``coco_id``), ``num_classes``,
-  so a checkpoint rebuilds its own model (``seglib.model.model_from_checkpoint``);
+- ``config`` (``TrainConfig.to_dict()``), ``categories`` (the class map: the split's category
+  dicts, COCO's ids, in label order), ``num_classes``, so a checkpoint rebuilds its own model
+  (``seglib.model.model_from_checkpoint``) and its labels turn into COCO's ids
+  (``seglib.categories``). Checkpoints written before the subsets kept COCO's ids hold
+  ``id`` 1..k plus ``coco_id``; ``load_checkpoint`` reads them into the current form;
 - ``norm_eps``: every normalisation layer's ``eps``, which state dicts leave out (the legacy
   v1 COCO weights freeze BatchNorm with eps 0, and a rebuilt model must use what was trained);
 - ``versions``, ``format`` and ``extra`` (the run loop's history and best epoch).
@@ -27,6 +30,7 @@ import torchvision
 from torch import nn
 
 import seglib
+from seglib.categories import CategoryError, category_labels
 from seglib.config import TrainConfig
 from seglib.io import atomic_file
 
@@ -183,6 +187,36 @@ def restore_norm_eps(model: nn.Module, eps: dict[str, float]) -> None:
         modules[name].eps = float(value)
 
 
+def class_map(categories: list[dict], *, source: str = "checkpoint") -> list[dict]:
+    """A checkpoint's categories in label order with COCO's ids, whichever seglib wrote them.
+
+    Older checkpoints numbered them 1..k (the label) and kept COCO's id in ``coco_id``: sorted
+    by that label, each takes its ``coco_id`` as ``id``, so their predictions still get COCO's ids.
+
+    Raises:
+        CheckpointError: a class map that is neither form (names ``source``; retrain).
+    """
+    categories = [dict(c) for c in categories]
+    if any("coco_id" in c for c in categories):
+        old = sorted(categories, key=lambda c: c.get("id", 0))
+        if [c.get("id") for c in old] != list(range(1, len(old) + 1)) or not all(
+            isinstance(c.get("coco_id"), int) for c in old
+        ):
+            raise CheckpointError(
+                f"{source}: its class map {categories} numbers categories neither 1..k with "
+                "'coco_id' (older seglib) nor by COCO's id; train the model again"
+            )
+        categories = [
+            {"id": c["coco_id"], **{k: v for k, v in c.items() if k not in ("id", "coco_id")}}
+            for c in old
+        ]
+    try:
+        category_labels(categories, source=f"{source}'s class map")
+    except CategoryError as e:
+        raise CheckpointError(str(e)) from e
+    return categories
+
+
 def save_checkpoint(
     path: str | Path,
     *,
@@ -200,8 +234,12 @@ def save_checkpoint(
     """Write a self-contained checkpoint (see the module docstring) atomically.
 
     Args:
+        categories: the training split's categories in label order (``dataset.categories``).
         epoch: epochs completed; iteration: optimizer steps done.
         extra: plain JSON-like values the run loop wants back on resume.
+
+    Raises:
+        CheckpointError: ``categories`` give no class map (see ``class_map``).
     """
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -214,7 +252,7 @@ def save_checkpoint(
         "best_metric": None if best_metric is None else float(best_metric),
         "rng": rng_state(),
         "config": cfg.to_dict(),
-        "categories": [dict(c) for c in categories],
+        "categories": class_map(categories, source=str(path)),
         "num_classes": len(categories) + 1,
         "norm_eps": norm_eps(unwrap(model)),
         "versions": {
@@ -230,11 +268,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``.
+    """Read a checkpoint written by ``save_checkpoint``, its ``categories`` as ``class_map``
+    gives them (an older seglib's 1..k class map turned into COCO's ids).
 
     Raises:
         FileNotFoundError: no file at ``path`` (says how to make one).
-        CheckpointError: unreadable, or not a seglib checkpoint (names the missing keys).
+        CheckpointError: unreadable, not a seglib checkpoint (names the missing keys), or a
+            class map in no known numbering.
     """
     path = Path(path)
     if not path.is_file():
@@ -248,6 +288,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(
             f"{path} is not a seglib checkpoint: it needs keys {list(_REQUIRED)}, has {have}"
         )
+    ckpt["categories"] = class_map(ckpt["categories"], source=str(path))
     return ckpt
 
 

@@ -328,8 +328,9 @@ def build_subset(
     Train images come from train2017, val and test from val2017 (disjoint). An image qualifies
     when it has a non-crowd instance of at least one chosen category; the rarest category is
     served first so each appears in about n/k images where COCO has enough. Split JSONs keep
-    original image and annotation ids and crowd instances (``iscrowd=1``), hold only the chosen
-    categories renumbered 1..k in the order given (``coco_id`` kept), and are byte-identical
+    original image, annotation and category ids (COCO's: ``seglib.categories``) and crowd
+    instances (``iscrowd=1``), hold only the chosen categories, listed in the order given (which
+    defines labels 1..k), and are byte-identical
     for the same seed and arguments. They and ``manifest.json`` are written only after every
     image is in ``OUT/images/`` and decodes.
 

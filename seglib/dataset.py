@@ -1,7 +1,7 @@
 """One split of a category subset as Mask R-CNN training data.
 
-``CocoSubsetDataset`` reads a split json written by ``seglib.coco.build_subset`` (categories
-renumbered 1..k) and yields torchvision's Mask R-CNN ``(image, target)`` pairs. Every mask
+``CocoSubsetDataset`` reads a split json written by ``seglib.coco.build_subset`` (COCO's
+category ids) and yields torchvision's Mask R-CNN ``(image, target)`` pairs. Every mask
 (polygons, compressed or uncompressed RLE) is rasterised once, at construction, and kept as
 row-major run lengths; ``__getitem__`` rebuilds all masks of an image with one ``np.repeat``.
 That skips, on every epoch, both the polygon rasterisation and the column-major to row-major
@@ -35,6 +35,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from seglib.categories import CategoryError, category_labels
 from seglib.images import ImageError, decode_image, load_rgb
 from seglib.transforms import boxes_from_masks
 
@@ -194,15 +195,13 @@ def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | N
     )
 
 
-def _subset_categories(data: dict[str, Any], src: str) -> list[dict[str, Any]]:
-    """The json's categories sorted by id, which must run 1..k."""
-    categories = sorted(data["categories"], key=lambda c: c.get("id", 0))
-    cat_ids = [c.get("id") for c in categories]
-    if cat_ids != list(range(1, len(cat_ids) + 1)):
-        raise DatasetError(
-            f"{src}: category ids must be 1..k in a subset, got {cat_ids}; build it with `python -m seglib subset`"
-        )
-    return categories
+def _subset_categories(data: dict[str, Any], src: str) -> tuple[list[dict], dict[int, int]]:
+    """The json's categories in label order and their ``category_labels``."""
+    categories = [dict(c) for c in data["categories"]]
+    try:
+        return categories, category_labels(categories, source=src)
+    except CategoryError as e:
+        raise DatasetError(str(e)) from e
 
 
 def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
@@ -218,23 +217,27 @@ def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
 
 
 class CocoSubsetDataset(torch.utils.data.Dataset):
-    """Mask R-CNN training pairs from one split json (categories renumbered 1..k).
+    """Mask R-CNN training pairs from one split json (COCO's category ids).
 
     ``dataset[i]`` is ``(image, target)``: image uint8 [3, H, W] RGB; target with
-    boxes float32 [N, 4] XYXY pixels (from the masks), labels int64 [N] in 1..k,
+    boxes float32 [N, 4] XYXY pixels (from the masks), labels int64 [N] in 1..k (the
+    position of the annotation's category in the json's list: ``category_labels``),
     masks uint8 [N, H, W] (0/1), image_id int64 scalar, area float32 [N] (mask pixels),
     iscrowd int64 [N] (all 0). H, W are after ``transforms``.
 
     Attributes:
-        coco: pycocotools ``COCO`` of the whole split json, crowd instances included (ground truth).
+        coco: pycocotools ``COCO`` of the whole split json, crowd instances included (ground
+            truth, COCO's category ids).
         ids: image ids, in the order of the json.
-        categories: category dicts (id 1..k, name, coco_id, ...), sorted by id.
+        categories: category dicts (``id`` = COCO's id, ``name``, ...) in label order.
+        category_labels: ``{category id: label 1..k}`` (``seglib.categories.category_labels``).
         class_names: category names; ``class_names[label - 1]`` names a label.
 
     Raises (at construction):
         FileNotFoundError: the split json does not exist.
-        DatasetError: malformed json, a category id outside 1..k, an annotation of an unknown
-            image, an undecodable segmentation, or a file_name escaping ``image_dir``.
+        DatasetError: malformed json, categories in an older seglib's numbering (1..k with
+            ``coco_id``), an annotation of an unknown category or image, an undecodable
+            segmentation, or a file_name escaping ``image_dir``.
     """
 
     def __init__(
@@ -253,8 +256,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         data = _read_split_json(self.split_json)
         src = str(self.split_json)
 
-        self.categories = _subset_categories(data, src)
-        cat_ids = [c["id"] for c in self.categories]
+        self.categories, self.category_labels = _subset_categories(data, src)
         self.class_names = [str(c.get("name", c["id"])) for c in self.categories]
 
         self._images: list[dict[str, Any]] = []
@@ -278,9 +280,10 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         for ann in data["annotations"]:
             where = f"{src}: annotation {ann.get('id')!r}"
             cat = ann.get("category_id")
-            if isinstance(cat, bool) or not isinstance(cat, int) or not 1 <= cat <= len(cat_ids):
+            if isinstance(cat, bool) or not isinstance(cat, int) or cat not in self.category_labels:
+                valid = ", ".join(f"{c.get('name')} {c['id']}" for c in self.categories)
                 raise DatasetError(
-                    f"{where} has category_id {cat!r}; a subset's ids run 1..{len(cat_ids)}"
+                    f"{where} has category_id {cat!r}, which is none of the json's categories ({valid})"
                 )
             if ann.get("image_id") not in index:
                 raise DatasetError(
@@ -295,7 +298,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
                 continue
             runs = _row_major_runs(counts, h, w, where)
             if runs is not None:
-                per_image[i].append((cat, *runs))
+                per_image[i].append((self.category_labels[cat], *runs))
         # One concatenation per image, so all its masks come back from a single np.repeat.
         self._instances = [_pack(items) for items in per_image]
 
@@ -412,15 +415,15 @@ def open_split(
 
 
 def split_categories(data_dir: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """The categories of ``data_dir/{split}.json``, sorted by id 1..k (``id``, ``name``,
-    ``coco_id``...): ``[c["name"] for c in ...]`` gives the class names in label order.
+    """The categories of ``data_dir/{split}.json`` in label order (``id`` = COCO's id,
+    ``name``, ...): ``[c["name"] for c in ...]`` gives the class names in label order.
 
     Raises:
         FileNotFoundError: the split json is missing.
-        DatasetError: it is not valid JSON, or its category ids are not 1..k.
+        DatasetError: it is not valid JSON, or it numbers its categories as an older seglib did.
     """
     path = Path(data_dir) / f"{split}.json"
-    return _subset_categories(_read_split_json(path), str(path))
+    return _subset_categories(_read_split_json(path), str(path))[0]
 
 
 def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:

@@ -149,9 +149,10 @@ def predict(
         score_thresh: detections below it are left out (0 keeps all, as AP needs).
 
     Returns:
-        One dict per detection: image_id int, category_id int (label 1..k), bbox [x,y,w,h]
-        float pixels, score float, segmentation compressed RLE with ``counts`` as str. Write
-        them with ``write_results``, which gives files COCO's category ids.
+        One dict per detection: image_id int, category_id int (the model's label 1..k, not
+        yet COCO's id), bbox [x,y,w,h] float pixels, score float, segmentation compressed RLE
+        with ``counts`` as str. Write them with ``write_results``, which gives files COCO's
+        category ids.
     """
     device = torch.device(device)
     loader = _as_loader(loader_or_dataset, batch_size, num_workers)
@@ -224,17 +225,18 @@ def write_results(
 ) -> Path:
     """Write in-memory results (labels 1..k) as a COCO results file, with COCO's category ids.
 
-    Every results file seglib writes goes through here, so any COCO tool scores it against
-    COCO's own annotations; ``seglib.metrics.read_results`` (or passing the path to any
-    ``seglib.metrics`` function) turns the ids back into a split's labels.
+    Every results file seglib writes goes through here, so pycocotools scores it against the
+    split's json (or COCO's own annotations) as it is; ``seglib.metrics.read_results`` turns
+    the ids back into labels.
 
     Args:
-        categories: the split's or checkpoint's category dicts (``id``, ``name``, ``coco_id``).
+        categories: the split's or checkpoint's category dicts in label order (``id`` COCO's).
 
     Raises:
-        ValueError: a result's label is not one of ``categories``' ids.
+        ValueError: a result's label is outside 1..k, or ``categories`` are numbered as an
+            older seglib did.
     """
-    from seglib.metrics import to_coco_ids
+    from seglib.results import to_coco_ids
 
     return write_json_atomic(path, to_coco_ids(results, categories), indent=None)
 
@@ -288,6 +290,8 @@ def predict_images(
 ) -> dict[str, Any]:
     """Predict on image files (or folders of them); write results JSON and overlay PNGs.
 
+    ``categories`` are the checkpoint's, in label order (``seglib.categories``).
+
     Image ids are the numeric file stems (COCO names such as 000000123456.jpg) when all are
     numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results with
     COCO's category ids, scores >= score_thresh), OUT/images.json (id, file_name, width,
@@ -306,7 +310,7 @@ def predict_images(
     ids = [int(s) for s in stems] if numeric else list(range(1, len(files) + 1))
     unique_stems = len(set(stems)) == len(stems)
     out_dir = Path(out_dir)
-    names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    names = [c["name"] for c in categories]  # label order
     net = unwrap(model)
     was_training = net.training
     net.eval()

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seglib.categories import category_labels
 from seglib.checkpoint import CheckpointError, load_model_state, load_state_file
 from seglib.config import TrainConfig
 from seglib.mask2former_weights import (
@@ -345,10 +346,10 @@ def build_zero_shot_mask2former(
     """The unmodified COCO-trained Mask2Former, reporting only the subset's categories.
 
     All 80 classes compete in the softmax, as in the COCO model; pairs of other classes are
-    dropped and the rest relabelled 1..k by name (the torchvision baseline maps by coco_id).
+    dropped and the rest relabelled 1..k by name (the torchvision baseline maps by COCO id).
 
     Args:
-        categories: subset category dicts with "id" (1..k) and "name".
+        categories: the split's category dicts in label order (``seglib.categories``).
         hf_model: an 80-class model to wrap instead of loading ``cfg.m2f_pretrained`` (tests,
             the offline stand-in).
 
@@ -361,8 +362,9 @@ def build_zero_shot_mask2former(
     id2label = hf_model.config.id2label
     lut = [0] * len(id2label)
     rows = subset_head_rows(id2label, [c["name"] for c in categories])
+    labels = category_labels(categories, source="zero-shot categories")
     for cat, row in zip(categories, rows, strict=False):
-        lut[row] = int(cat["id"])
+        lut[row] = labels[int(cat["id"])]
     return _wrap(hf_model, lut, cfg).eval()
 
 

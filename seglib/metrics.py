@@ -1,8 +1,9 @@
 """Evaluation: COCO AP through pycocotools, plus the IoU-based measures the notebooks plot.
 
 Inputs everywhere are a split's ground truth ``gt`` and COCO ``results``, as described in
-``seglib.results`` (which also reads results files, with COCO's category ids, and
-renumbers them to the ground truth's). The mask-IoU measures live in ``seglib.iou``; both
+``seglib.results``: ground truth and results files carry COCO's category ids and are
+compared as they are; results lists carry labels 1..k, turned into the ground truth's ids
+first (``seglib.categories``). The mask-IoU measures live in ``seglib.iou``; both
 modules' functions are importable from here too.
 
 AP needs no score threshold (it sweeps all scores); ``score_thresh`` only applies to the
@@ -39,7 +40,6 @@ from seglib.results import (
     GroundTruth,
     Results,
     class_names,
-    coco_category_ids,
     filter_predictions,
     from_coco_ids,
     load_ground_truth,
@@ -60,7 +60,6 @@ __all__ = [
     "Results",
     "best_ious",
     "best_match_iou",
-    "coco_category_ids",
     "confusion_matrix",
     "evaluate_results",
     "filter_predictions",
@@ -150,6 +149,8 @@ def _section(evaluator: COCOeval, names: dict[int, str]) -> dict:
         }
         for k, c in enumerate(evaluator.params.catIds)
     }
+    # label order, as the ground truth lists its categories; COCOeval sorts them by id
+    section["per_class"] = {name: section["per_class"][name] for name in names.values()}
     return section
 
 
@@ -159,7 +160,9 @@ def _curves(evaluator: COCOeval, names: dict[int, str], iou_thresh: float) -> di
     ]  # [R, K]
     recall = evaluator.params.recThrs.tolist()
     curves = {}
-    for k, c in enumerate(evaluator.params.catIds):
+    column = {c: k for k, c in enumerate(evaluator.params.catIds)}
+    for c in names:  # label order; COCOeval's columns are in id order
+        k = column[c]
         if (precision[:, k] > -1).any():
             curves[names[c]] = {
                 "recall": recall,
@@ -212,34 +215,32 @@ def evaluate_results(
         ``{"bbox": {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, "per_class": {name:
         {AP, AP50, AP75}}}, "segm": {...}, "best_match_iou", "pixel_iou": {name: iou},
         "mean_pixel_iou",
-        "num_images", "num_predictions", "score_thresh", "categories": [{id, name, coco_id}]}``
-        on a 0-1 scale, -1 where undefined
-        (no ground truth). With ``with_curves``, each section also holds ``"pr_curves"`` as
+        "num_images", "num_predictions", "score_thresh", "categories": [{id, name}]}`` on a
+        0-1 scale, -1 where undefined (no ground truth); classes in label order, ``id`` being
+        COCO's. With ``with_curves``, each section also holds ``"pr_curves"`` as
         returned by ``pr_curves`` at IoU 0.5.
 
     Raises:
         ValueError: see ``load_results``.
     """
-    coco, results = prepare(gt, results)
+    coco, loaded = prepare(gt, results)
     names = class_names(coco)
     metrics: dict[str, Any] = {}
     for iou_type in IOU_TYPES:
-        evaluator = _run_cocoeval(coco, results, iou_type)
+        evaluator = _run_cocoeval(coco, loaded, iou_type)
         metrics[iou_type] = _section(evaluator, names)
         if with_curves:
             metrics[iou_type]["pr_curves"] = _curves(evaluator, names, 0.5)
+    # the IoU measures take ``results`` as given: ``loaded`` carries COCO's ids, not labels
     best = best_match_iou(coco, results, score_thresh=score_thresh)
     metrics["best_match_iou"] = -1.0 if np.isnan(best) else best
     metrics["pixel_iou"] = pixel_iou(coco, results, score_thresh=score_thresh)
     defined = [v for v in metrics["pixel_iou"].values() if v >= 0]
     metrics["mean_pixel_iou"] = float(np.mean(defined)) if defined else -1.0
     metrics["num_images"] = len(coco.getImgIds())
-    metrics["num_predictions"] = len(results)
+    metrics["num_predictions"] = len(loaded)
     metrics["score_thresh"] = float(score_thresh)
-    coco_ids = coco_category_ids(coco.dataset["categories"])
-    metrics["categories"] = [
-        {"id": c, "name": name, "coco_id": coco_ids[c]} for c, name in names.items()
-    ]
+    metrics["categories"] = [{"id": c, "name": name} for c, name in names.items()]
     return metrics
 
 
@@ -251,7 +252,7 @@ def size_buckets(gt: GroundTruth) -> dict[str, dict[str, int]]:
     share their end points; here each instance falls in exactly one bucket.)
 
     Returns:
-        ``{name: {"small": n, "medium": n, "large": n}}`` in category-id order.
+        ``{name: {"small": n, "medium": n, "large": n}}`` in label order.
     """
     coco = load_ground_truth(gt)
     names = class_names(coco)

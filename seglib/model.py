@@ -101,7 +101,8 @@ def model_from_checkpoint(
             checkpoint's class map must match them (``check_class_map``).
 
     Returns:
-        (model in eval mode on ``device``, its TrainConfig, its categories with coco_id).
+        (model in eval mode on ``device``, its TrainConfig, its class map: categories in label
+        order with COCO's ids, ``seglib.checkpoint.class_map``).
         The model is wrapped by ``seglib.postprocess.wrap`` when the config names another
         suppression rule than torchvision's box NMS, or flip TTA.
 

@@ -62,7 +62,7 @@ from seglib.metrics import (
     load_results,
     mean_valid,
 )
-from seglib.results import quiet
+from seglib.results import class_names, quiet
 
 BUCKETS = ("none", "partial", "heavy")
 #: Level at and above which an instance is heavily occluded (see the module docstring).
@@ -160,7 +160,7 @@ def bucket_counts(gt: GroundTruth, heavy_from: float = HEAVY_FROM) -> dict[str, 
         ``{"none": n, "partial": n, "heavy": n, "per_class": {name: {bucket: n}}}``.
     """
     coco = load_ground_truth(gt)
-    names = {c: coco.cats[c]["name"] for c in sorted(coco.getCatIds())}
+    names = class_names(coco)
     buckets = occlusion_buckets(coco, heavy_from)
     counts: dict[str, Any] = dict.fromkeys(BUCKETS, 0)
     counts["per_class"] = {name: dict.fromkeys(BUCKETS, 0) for name in names.values()}
@@ -311,18 +311,18 @@ def occlusion_ap(
     """
     source = load_ground_truth(gt)
     coco = load_ground_truth(copy.deepcopy(source.dataset))
-    results = load_results(results, coco)
+    loaded = load_results(results, coco)  # COCO's ids, for COCOeval
     buckets = occlusion_buckets(coco, heavy_from)
     gt_bucket = {ann_id: BUCKETS.index(b) for ann_id, b in buckets.items()}
-    det_bucket = _detection_buckets(coco, results, gt_bucket)
+    det_bucket = _detection_buckets(coco, loaded, gt_bucket)
     out: dict[str, dict[str, Any]] = {
         row: {"instances": sum(1 for b in buckets.values() if row in ("all", b))} for row in ROWS
     }
     for iou_type in IOU_TYPES:
-        rows = _ap_rows(_cocoeval_by_bucket(coco, results, iou_type, gt_bucket, det_bucket))
+        rows = _ap_rows(_cocoeval_by_bucket(coco, loaded, iou_type, gt_bucket, det_bucket))
         for row in ROWS:
             out[row][iou_type] = rows[row]
-    best = best_ious(coco, results, score_thresh=score_thresh)
+    best = best_ious(coco, results, score_thresh=score_thresh)  # as given: labels in a list
     for row in ROWS:
         values = np.asarray(
             [v for k, v in best.items() if row == "all" or buckets[k] == row], dtype=np.float64

@@ -8,13 +8,13 @@
   ``bbox`` ([x, y, w, h] pixels; derived from the mask when absent). Ids may be numpy or torch
   scalars; they are cast to int.
 
-Category ids: labels stay the split's ids (1..k) inside seglib, so a results *list* (what
-``seglib.inference.predict`` returns) uses the ground truth's own ids. Results *files* carry
-COCO's category ids (person 1, car 3, dog 18, cake 61), as COCO's evaluation server and any
-other COCO tool expect: ``to_coco_ids`` converts on export (``seglib.inference.write_results``)
-and ``read_results`` converts back, matching each ground-truth category by its ``coco_id``
-(subset splits) or its own id (COCO's annotation files). So a results file scores the same
-against a subset's ``val.json`` as against COCO's original annotations of the same images.
+Category ids (``seglib.categories``): ground truth and every results *file* carry COCO's
+category ids (person 1, car 3, dog 18, cake 61), as COCO's evaluation server and pycocotools
+expect, so a file is scored against a split as it is, and scores the same against COCO's
+original annotations of the same images. A results *list* (what ``seglib.inference.predict``
+returns, and what viz draws) carries the model's labels 1..k, the positions of the ground
+truth's categories: ``to_coco_ids`` converts on export (``seglib.inference.write_results``),
+``read_results`` converts back, and ``load_results`` converts a list before scoring it.
 
 ``results_to_instances`` and ``filter_predictions`` serve drawings and sliders over cached
 results. Nothing here prints: pycocotools' output is swallowed.
@@ -36,7 +36,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
-from seglib.config import COCO_IDS
+from seglib.categories import category_labels
 
 #: What every function accepts as ground truth and as results (see the module docstring).
 GroundTruth = COCO | str | Path | Mapping
@@ -69,13 +69,17 @@ def _read_json(path: str | Path, what: str, hint: str) -> Any:
 
 
 def load_ground_truth(gt: GroundTruth) -> COCO:
-    """Return ``gt`` as a pycocotools COCO (a COCO is returned unchanged).
+    """Return ``gt`` as a pycocotools COCO (a COCO is returned unchanged), its categories
+    checked to give labels (``seglib.categories.category_labels``).
 
     Raises:
         FileNotFoundError: ``gt`` is a path that does not exist.
-        ValueError: the file is not JSON, or the dict lacks images/annotations/categories.
+        ValueError: the file is not JSON, the dict lacks images/annotations/categories, or its
+            categories are numbered as an older seglib did (``CategoryError``, saying how to
+            rebuild the subset).
     """
     if isinstance(gt, COCO):
+        category_labels(gt.dataset.get("categories", []), source="ground truth")
         return gt
     source = "ground-truth dict"
     if isinstance(gt, (str, Path)):
@@ -90,6 +94,7 @@ def load_ground_truth(gt: GroundTruth) -> COCO:
         raise ValueError(
             f"{source} lacks keys {missing}; a COCO split json has images, annotations and categories"
         )
+    category_labels(gt["categories"], source=source)
     coco = COCO()
     coco.dataset = dict(gt)
     with quiet():
@@ -126,133 +131,144 @@ def _as_rle(seg: Any, h: int, w: int, where: str) -> dict:
     )
 
 
-# --- category ids: the split's on the inside, COCO's in files ----------------------------
-def coco_category_ids(categories: Sequence[Mapping]) -> dict[int, int]:
-    """Category id -> COCO category id, for the ``categories`` of a split or a COCO file.
-
-    A subset split's categories carry ``coco_id``. A category without one is taken at its own
-    id (COCO's files), unless its name is one of the project's (``config.COCO_IDS``) at another
-    id: then it is a renumbered split that lost its ``coco_id``, matched by name.
-
-    Raises:
-        ValueError: two categories claim the same COCO id.
-    """
-    out: dict[int, int] = {}
-    for c in categories:
-        coco_id = c.get("coco_id")
-        if coco_id is None:
-            coco_id = COCO_IDS.get(c.get("name"), c["id"])
-        out[int(c["id"])] = int(coco_id)
-    if len(set(out.values())) != len(out):
-        raise ValueError(f"categories map to repeated COCO ids: {out}")
-    return out
+# --- category ids: COCO's in files and ground truth, labels in results lists ---------------
+def _check_known(used: set[int], known: Mapping[int, Any], message: Callable[[list], str]) -> None:
+    unknown = sorted(used - set(known))
+    if unknown:
+        raise ValueError(message(unknown))
 
 
-def _replace_category_ids(results: Sequence[Mapping], table: dict[int, int]) -> list[dict]:
+def _category_ids(results: Sequence[Mapping]) -> set[int]:
+    return {_as_int(r["category_id"], "category_id") for r in results}
+
+
+def _with_category_ids(results: Sequence[Mapping], table: Mapping[int, int]) -> list[dict]:
     return [{**r, "category_id": table[_as_int(r["category_id"], "category_id")]} for r in results]
 
 
-def to_coco_ids(results: Sequence[Mapping], categories: Sequence[Mapping]) -> list[dict]:
-    """Copies of in-memory results with each ``category_id`` (a split label 1..k) replaced by
-    its COCO id: what a results file holds.
+def to_coco_ids(
+    results: Sequence[Mapping], categories: Sequence[Mapping], *, source: str = "categories"
+) -> list[dict]:
+    """Copies of in-memory results with each ``category_id`` (a label 1..k) replaced by its
+    category's COCO id: what a results file holds.
 
     Args:
-        categories: the split's (or checkpoint's) category dicts: ``id``, ``name``, ``coco_id``.
+        categories: the split's (or checkpoint's) category dicts in label order, ``id`` being
+            COCO's (``seglib.categories.category_labels``).
+        source: where ``categories`` came from, for the errors.
 
     Raises:
-        ValueError: a label that is none of ``categories``' ids (names the valid ones).
+        ValueError: a label outside 1..k (names the categories), or ``categories`` in an older
+            seglib's numbering.
     """
-    table = coco_category_ids(categories)
-    unknown = sorted({_as_int(r["category_id"], "category_id") for r in results} - set(table))
-    if unknown:
-        raise ValueError(
-            f"results use labels {unknown}, but the categories have ids {sorted(table)}"
-        )
-    return _replace_category_ids(results, table)
+    labels = category_labels(categories, source=source)
+    table = {label: cat_id for cat_id, label in labels.items()}
+    names = ", ".join(f"{label} {c.get('name')}" for label, c in enumerate(categories, 1))
+    _check_known(
+        _category_ids(results),
+        table,
+        lambda unknown: f"results use labels {unknown}, but the labels of {source} are {names}",
+    )
+    return _with_category_ids(results, table)
+
+
+def _check_coco_ids(results: Sequence[Mapping], coco: COCO, source: str) -> None:
+    """Raise unless every ``category_id`` of ``results`` is one of ``coco``'s category ids."""
+    valid = ", ".join(f"{c['name']} {c['id']}" for c in coco.dataset["categories"])
+    _check_known(
+        _category_ids(results),
+        coco.cats,
+        lambda unknown: (
+            f"{source} uses category ids {unknown}, which are none of the ground truth's "
+            f"categories ({valid}). Results files and ground truth both carry COCO's category "
+            "ids, as `python -m seglib predict` and seglib.inference.write_results write them; "
+            "a file numbered 1..k, or made for other categories, cannot be scored against it"
+        ),
+    )
 
 
 def from_coco_ids(
     results: Sequence[Mapping], gt: GroundTruth, *, source: str = "results"
 ) -> list[dict]:
-    """Copies of results that carry COCO category ids, renumbered to ``gt``'s own ids.
-
-    ``gt`` may use either numbering: a subset split (ids 1..k, each with ``coco_id``) or COCO's
-    original annotations (ids are COCO's). See ``coco_category_ids``.
+    """Copies of results that carry COCO's category ids (a results file's) with the labels of
+    ``gt``'s categories instead (in-memory results, as ``inference.predict`` returns them).
 
     Raises:
-        ValueError: an id that is not the COCO id of any category of ``gt`` (names the ids,
-            the valid ones by name, and ``source``).
+        ValueError: an id that is not one of ``gt``'s categories (names the ids, the valid
+            ones and ``source``).
     """
     coco = load_ground_truth(gt)
-    table = coco_category_ids(coco.dataset["categories"])
-    inverse = {coco_id: cat_id for cat_id, coco_id in table.items()}
-    used = {_as_int(r["category_id"], "category_id") for r in results}
-    unknown = sorted(used - set(inverse))
-    if unknown:
-        valid = ", ".join(f"{coco.cats[c]['name']} {table[c]}" for c in sorted(table))
-        raise ValueError(
-            f"{source} uses category ids {unknown}, which are not COCO ids of the ground "
-            f"truth's categories ({valid}). Results files carry COCO's category ids, as "
-            "`python -m seglib predict` and seglib.inference.write_results write them; a file "
-            "numbered like a subset's labels (1..k), or made for other categories, cannot be "
-            "scored against this ground truth"
-        )
-    return _replace_category_ids(results, inverse)
+    _check_coco_ids(results, coco, source)
+    return _with_category_ids(results, category_labels(coco.dataset["categories"]))
 
 
-def read_results(path: str | Path, gt: GroundTruth) -> list[dict]:
-    """A results file (COCO category ids) with its category ids in ``gt``'s numbering.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a JSON list, or category ids that fit no category of ``gt``.
-    """
+def _read_results_file(path: str | Path) -> list[dict]:
+    """A results file's list as it is (COCO's category ids), checked to be result dicts."""
     results = _read_json(path, "results file", "write it with `python -m seglib predict`")
     if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
         raise ValueError(f"results file {path} must hold a JSON list of result dicts")
     missing = [i for i, r in enumerate(results) if "category_id" not in r]
     if missing:
         raise ValueError(f"results file {path}: result {missing[0]} has no category_id")
-    return from_coco_ids(results, gt, source=f"results file {path}")
+    return results
+
+
+def read_results(path: str | Path, gt: GroundTruth) -> list[dict]:
+    """A results file (COCO's category ids) as in-memory results: labels of ``gt``'s categories.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a JSON list, or category ids that are none of ``gt``'s.
+    """
+    return from_coco_ids(_read_results_file(path), gt, source=f"results file {path}")
+
+
+def _as_coco_ids(results: Results, coco: COCO) -> list[dict]:
+    """``results`` with COCO's category ids: a file's as they are, a list's labels converted."""
+    if isinstance(results, (str, Path)):
+        found = _read_results_file(results)
+        _check_coco_ids(found, coco, f"results file {results}")
+        return found
+    if not isinstance(results, (list, tuple)):
+        raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
+    missing = [
+        i for i, r in enumerate(results) if not isinstance(r, Mapping) or "category_id" not in r
+    ]
+    if missing:
+        raise ValueError(
+            f"result {missing[0]} lacks 'category_id'; each result needs image_id, category_id, score, segmentation"
+        )
+    return to_coco_ids(results, coco.dataset["categories"], source="the ground truth's categories")
 
 
 def load_results(results: Results, gt: GroundTruth) -> list[dict]:
-    """Validate results against ``gt`` and return clean copies (plain ints/floats, RLE with str counts).
+    """Validate results against ``gt`` and return clean copies (plain ints/floats, RLE with str
+    counts, COCO's category ids as in ``gt``): what pycocotools' ``loadRes`` takes.
 
-    A path is read with ``read_results`` (its COCO category ids become ``gt``'s); a list is
-    taken to use ``gt``'s own category ids already.
+    A path is a results file: its COCO category ids are compared with ``gt``'s as they are. A
+    list is in-memory results (``inference.predict``'s): its labels 1..k are turned into the
+    ids of ``gt``'s categories (``seglib.categories.category_labels``). The copies carry COCO's
+    ids, so they are for pycocotools; a seglib function taking ``results`` wants the input.
 
     Raises:
         FileNotFoundError: ``results`` is a missing path.
-        ValueError: a result lacks keys, names an image id or a category id that is not in the
-            ground truth (an image id must be a plain int, not a tensor; a category id must be
-            the ground truth's, or in a file COCO's), or has a mask of the wrong size.
+        ValueError: a result lacks keys, names an image id that is not in the ground truth (an
+            image id must be a plain int, not a tensor), a category that is not (a file's id or
+            a list's label), or has a mask of the wrong size.
     """
     coco = load_ground_truth(gt)
-    if isinstance(results, (str, Path)):
-        results = read_results(results, coco)
-    if not isinstance(results, (list, tuple)):
-        raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
+    results = _as_coco_ids(results, coco)
     sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in coco.dataset["images"]}
-    valid_cats = sorted(coco.getCatIds())
-    out, bad_images, bad_cats = [], set(), set()
+    out, bad_images = [], set()
     for i, r in enumerate(results):
-        missing = (
-            {"image_id", "category_id", "score", "segmentation"} - set(r)
-            if isinstance(r, Mapping)
-            else {"all"}
-        )
+        missing = {"image_id", "category_id", "score", "segmentation"} - set(r)
         if missing:
             raise ValueError(
                 f"result {i} lacks {sorted(missing)}; each result needs image_id, category_id, score, segmentation"
             )
         image_id = _as_int(r["image_id"], f"result {i} image_id")
-        category_id = _as_int(r["category_id"], f"result {i} category_id")
         if image_id not in sizes:
             bad_images.add(image_id)
-            continue
-        if category_id not in valid_cats:
-            bad_cats.add(category_id)
             continue
         h, w = sizes[image_id]
         seg = _as_rle(r["segmentation"], h, w, f"result {i} (image {image_id})")
@@ -265,7 +281,7 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
         out.append(
             {
                 "image_id": image_id,
-                "category_id": category_id,
+                "category_id": _as_int(r["category_id"], f"result {i} category_id"),
                 "bbox": bbox,
                 "score": float(r["score"]),
                 "segmentation": seg,
@@ -275,13 +291,6 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
         raise ValueError(
             f"results reference image ids {sorted(bad_images)[:10]} that are not in the ground truth "
             f"({len(sizes)} images); evaluate predictions against the split they were made on"
-        )
-    if bad_cats:
-        names = {c: coco.cats[c]["name"] for c in valid_cats}
-        raise ValueError(
-            f"results use category_id {sorted(bad_cats)} not in the ground truth; valid ids: {names}. "
-            "In-memory results use the ground truth's own category ids (a split's labels 1..k); "
-            "only results files carry COCO's ids (read them with read_results, or pass the path)"
         )
     return out
 
@@ -295,7 +304,8 @@ def prepare(gt: GroundTruth, results: Results) -> tuple[COCO, list[dict]]:
 
 
 def class_names(coco: COCO) -> dict[int, str]:
-    return {c: coco.cats[c]["name"] for c in sorted(coco.getCatIds())}
+    """Category id -> name, in label order (the order of the ground truth's ``categories``)."""
+    return {int(c["id"]): c["name"] for c in coco.dataset["categories"]}
 
 
 # --- cached predictions ---------------------------------------------------------------------

@@ -16,14 +16,16 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-#: COCO 2017 categories drawn here: the project's four plus two distractors.
+from .config import COCO_IDS
+
+#: COCO 2017 categories drawn here, with COCO's ids: the project's four plus two distractors.
 CATEGORIES: list[dict[str, Any]] = [
-    {"supercategory": "person", "id": 1, "name": "person"},
+    {"supercategory": "person", "id": COCO_IDS["person"], "name": "person"},
     {"supercategory": "vehicle", "id": 2, "name": "bicycle"},
-    {"supercategory": "vehicle", "id": 3, "name": "car"},
+    {"supercategory": "vehicle", "id": COCO_IDS["car"], "name": "car"},
     {"supercategory": "animal", "id": 17, "name": "cat"},
-    {"supercategory": "animal", "id": 18, "name": "dog"},
-    {"supercategory": "food", "id": 61, "name": "cake"},
+    {"supercategory": "animal", "id": COCO_IDS["dog"], "name": "dog"},
+    {"supercategory": "food", "id": COCO_IDS["cake"], "name": "cake"},
 ]
 TARGETS = ("person", "car", "dog", "cake")
 DISTRACTORS = ("bicycle", "cat")

@@ -5,7 +5,9 @@ The scenes come from ``seglib.scenes``: each category is a distinct shape with i
 colour palette, so a model can learn it (``seglib.shapes``): person, car, dog and cake;
 distractors bicycle and cat sit in the same scenes, and some images hold none of the four.
 
-The layout and JSON match COCO's ``instances_{train,val}2017.json``: polygons as lists of
+The layout and JSON match COCO's ``instances_{train,val}2017.json``, category ids included
+(person 1, car 3, dog 18, cake 61, so a subset built from it numbers them as one built from
+COCO does: ``seglib.categories``): polygons as lists of
 polygons, ``bbox`` = polygon extents ``[x, y, w, h]``, ``area`` = rasterised mask area,
 crowd groups as *uncompressed* RLE (``{"counts": [ints], "size": [h, w]}``, column-major)
 with ``iscrowd=1``. Occluded instances are annotated by their visible part, as in COCO.

@@ -1,7 +1,8 @@
 """The zero-shot baseline: the unmodified COCO-trained model, reporting the subset's classes.
 
 ``ZeroShotMaskRCNN`` wraps a 91-class COCO Mask R-CNN and maps its detections to the
-subset's labels 1..k by ``coco_id``, dropping the other COCO classes; ``zero_shot_baseline``
+subset's labels 1..k by category id (COCO's, as in the split: ``seglib.categories``),
+dropping the other COCO classes; ``zero_shot_baseline``
 gives a run's baseline (the COCO Mask2Former for a "mask2former" run, from
 ``seglib.mask2former``), or a loudly announced random stand-in when the COCO weights are not
 cached. Inference only.
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seglib.categories import category_labels
 from seglib.config import TrainConfig
 from seglib.maskrcnn import COCO_NUM_CLASSES
 from seglib.registry import build_model
@@ -26,7 +28,7 @@ ZERO_SHOT_CANDIDATES = 300
 
 
 class ZeroShotMaskRCNN(nn.Module):
-    """A 91-class COCO model whose detections are mapped to subset labels 1..k by ``coco_id``.
+    """A 91-class COCO model whose detections are mapped to subset labels 1..k by COCO id.
 
     Detections of COCO classes outside the subset are dropped, then the ``detections_per_img``
     best are kept. The wrapped model should keep more candidates than that
@@ -39,13 +41,13 @@ class ZeroShotMaskRCNN(nn.Module):
     ) -> None:
         super().__init__()
         lut = torch.zeros(COCO_NUM_CLASSES, dtype=torch.int64)
-        for cat in categories:
-            coco_id = cat.get("coco_id")
-            if not isinstance(coco_id, int) or not 1 <= coco_id < COCO_NUM_CLASSES:
+        for coco_id, label in category_labels(categories, source="zero-shot categories").items():
+            if not 1 <= coco_id < COCO_NUM_CLASSES:
                 raise ValueError(
-                    f"category {cat.get('name')!r} needs an integer coco_id in 1..90, got {coco_id!r}"
+                    f"category id {coco_id} is not a COCO category id (1..90); the zero-shot "
+                    "model needs the split's categories, which carry COCO's ids"
                 )
-            lut[coco_id] = int(cat["id"])
+            lut[coco_id] = label
         self.model = model
         self.categories = [dict(c) for c in categories]
         self.detections_per_img = int(detections_per_img)
@@ -83,7 +85,7 @@ def build_zero_shot_model(
     its 91 classes, then the ``cfg.detections_per_img`` best of the subset's.
 
     Args:
-        categories: subset category dicts with "id" (1..k) and "coco_id".
+        categories: the split's category dicts in label order, ``id`` being COCO's.
         arch: "v1" or "v2".
         weights: "coco", or "none" for a random stand-in that checks the plumbing.
         model: a 91-class model to wrap instead of loading the COCO weights (tests).
@@ -92,7 +94,8 @@ def build_zero_shot_model(
         A module in eval mode; outputs use labels 1..k.
 
     Raises:
-        MissingWeightsError: the COCO file is not cached. ValueError: a category lacks coco_id.
+        MissingWeightsError: the COCO file is not cached. ValueError: a category id that is
+            not COCO's.
     """
     cfg = cfg if cfg is not None else TrainConfig()
     if model is None:
@@ -114,7 +117,7 @@ def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> nn.Module:
     ``seglib.mask2former.zero_shot_baseline`` (the COCO Mask2Former). When the COCO file
     is missing and the run itself did not start from COCO weights (the offline smoke
     profile), a randomly initialised 91-class model stands in, with a loud warning: the
-    comparison then checks the plumbing (label mapping by ``coco_id``), nothing more.
+    comparison then checks the plumbing (label mapping by COCO id), nothing more.
 
     Raises:
         MissingWeightsError: ``cfg.weights == "coco"`` and the file is not cached.

@@ -41,22 +41,25 @@ def coco_tiny() -> Path:
 
 @pytest.fixture(scope="session")
 def gt_results():
-    """A function ``(coco, anns=None, *, score=0.9, category_id=None) -> list``: COCO results
-    equal to the ground truth of ``anns`` (default: every non-crowd annotation of ``coco``),
-    one score for all, masks as RLE; ``category_id`` relabels them all."""
+    """A function ``(coco, anns=None, *, score=0.9, category_id=None) -> list``: in-memory
+    COCO results (as ``inference.predict`` returns them: ``category_id`` is the label 1..k, the
+    position of the annotation's category in ``coco``'s list) equal to the ground truth of
+    ``anns`` (default: every non-crowd annotation of ``coco``), one score for all, masks as
+    RLE; ``category_id`` relabels them all."""
     import numpy as np
     import pycocotools.mask as mask_utils
 
     def make(coco, anns=None, *, score=0.9, category_id=None):
         if anns is None:
             anns = coco.loadAnns(coco.getAnnIds(iscrowd=False))
+        label = {c["id"]: i for i, c in enumerate(coco.dataset["categories"], start=1)}
         results = []
         for ann in anns:
             rle = mask_utils.encode(np.asfortranarray(coco.annToMask(ann)))
             results.append(
                 {
                     "image_id": ann["image_id"],
-                    "category_id": category_id or ann["category_id"],
+                    "category_id": category_id or label[ann["category_id"]],
                     "bbox": ann["bbox"],
                     "score": score,
                     "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},

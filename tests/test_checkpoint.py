@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -22,11 +23,17 @@ from seglib.checkpoint import (
 from seglib.config import TrainConfig
 from seglib.model import FrozenBatchNorm2d, build_model, model_from_checkpoint
 
+#: A split's categories: COCO's ids, in label order (cake is label 1).
 CATEGORIES = [
-    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
-    {"id": 2, "name": "car", "supercategory": "vehicle", "coco_id": 3},
-    {"id": 3, "name": "dog", "supercategory": "animal", "coco_id": 18},
-    {"id": 4, "name": "person", "supercategory": "person", "coco_id": 1},
+    {"id": 61, "name": "cake", "supercategory": "food"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 1, "name": "person", "supercategory": "person"},
+]
+#: The same class map as seglib wrote it before the subsets kept COCO's ids.
+OLD_CATEGORIES = [
+    {"id": i, "name": c["name"], "supercategory": c["supercategory"], "coco_id": c["id"]}
+    for i, c in enumerate(CATEGORIES, start=1)
 ]
 
 
@@ -125,12 +132,62 @@ def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
         iteration=1,
     )
     model_from_checkpoint(path, categories=[dict(c) for c in CATEGORIES])  # same map: fine
-    reordered = [dict(c, id=i + 1) for i, c in enumerate(reversed(CATEGORIES))]
+    reordered = list(reversed(CATEGORIES))
     with pytest.raises(CheckpointError, match="person") as err:
         model_from_checkpoint(path, categories=reordered)
     assert str(path) in str(err.value)
     with pytest.raises(CheckpointError):
         check_class_map(CATEGORIES, CATEGORIES[:3])
+
+
+def test_an_older_seglibs_class_map_is_read_with_cocos_ids(tmp_path, cfg):
+    """A checkpoint trained on a subset numbered 1..k (with coco_id) keeps working: its labels
+    are those ids, so each category takes its coco_id and the label order stays."""
+    from seglib.inference import write_results
+
+    path = save_checkpoint(
+        tmp_path / "best.pt",
+        model=build_model(5, "none", "v1", cfg),
+        cfg=cfg,
+        categories=CATEGORIES,
+        epoch=1,
+        iteration=1,
+    )
+    raw = torch.load(path, weights_only=True)
+    raw["categories"] = list(reversed(OLD_CATEGORIES))  # order in the file does not matter
+    torch.save(raw, path)
+    assert load_checkpoint(path)["categories"] == CATEGORIES
+    _, _, categories = model_from_checkpoint(path, categories=CATEGORIES)  # a rebuilt subset
+    assert categories == CATEGORIES
+    # what the model predicts (labels 1..4) reaches the results file as COCO's ids
+    labels = [{"image_id": 7, "category_id": label, "score": 0.5} for label in (1, 2, 3, 4)]
+    written = write_results(tmp_path / "results.json", labels, categories)
+    assert [r["category_id"] for r in json.loads(written.read_text())] == [61, 3, 18, 1]
+
+
+def test_a_class_map_in_no_known_numbering_is_refused(tmp_path, cfg):
+    model = torch.nn.Linear(2, 2)
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, cfg=cfg, categories=CATEGORIES, epoch=0, iteration=0
+    )
+    raw = torch.load(path, weights_only=True)
+    raw["categories"] = [dict(c, id=c["id"] + 1) for c in OLD_CATEGORIES]  # 2..5, not 1..k
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: its class map .* train the model again"):
+        load_checkpoint(path)
+    raw["categories"] = [CATEGORIES[0], CATEGORIES[0]]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="category id 61 appears twice"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="appears twice"):
+        save_checkpoint(
+            tmp_path / "d.pt",
+            model=model,
+            cfg=cfg,
+            categories=[CATEGORIES[1], CATEGORIES[1]],
+            epoch=0,
+            iteration=0,
+        )
 
 
 def test_load_model_state_names_the_tensors_that_differ():

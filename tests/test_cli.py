@@ -169,8 +169,8 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
 def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annotations(
     coco_tiny, tmp_path, capsys
 ):
-    """A results file carries COCO's category ids; the subset's val.json (ids 1..4 with
-    coco_id) and COCO's own annotations of the same images must give the same scores."""
+    """A results file carries COCO's category ids, as the subset's val.json does; it and
+    COCO's own annotations of the same images (categories in id order) give the same scores."""
     import numpy as np
     from pycocotools.coco import COCO
 
@@ -185,7 +185,7 @@ def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annot
     build_subset(root, tmp_path / "subset", num_train=0, num_val=10, num_test=0, progress=False)
     val = json.loads((tmp_path / "subset/val.json").read_text())
     full = json.loads((coco_tiny / "instances_train2017_tiny.json").read_text())
-    coco_ids = {c["coco_id"] for c in val["categories"]}
+    coco_ids = {c["id"] for c in val["categories"]}
     kept = {a["id"] for a in val["annotations"]}
     original = dict(
         full,
@@ -227,12 +227,13 @@ def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annot
         args = ["evaluate", "--gt", gt, "--predictions", tmp_path / "results.json", "--out", out]
         assert main([str(a) for a in args]) == 0
         scores[name] = json.loads(out.read_text())
-        assert sorted(c["coco_id"] for c in scores[name].pop("categories")) == sorted(coco_ids)
+        assert sorted(c["id"] for c in scores[name].pop("categories")) == sorted(coco_ids)
     assert scores["subset"] == scores["original"]
     assert 0 < scores["subset"]["segm"]["AP"] < 1 and 0 < scores["subset"]["bbox"]["AP"] < 1
 
-    # The same file numbered like the subset's labels fits neither numbering: refused.
-    label = {c["coco_id"]: c["id"] for c in val["categories"]}
+    # The same file numbered by the model's labels (cake 1, car 2, dog 3, person 4) is refused:
+    # the val images hold cars and persons, labels 2 and 4, COCO ids of no chosen category.
+    label = {c["id"]: i for i, c in enumerate(val["categories"], start=1)}
     relabelled = [dict(r, category_id=label[r["category_id"]]) for r in results]
     (tmp_path / "labels.json").write_text(json.dumps(relabelled))
     capsys.readouterr()
@@ -245,6 +246,114 @@ def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annot
     ]
     status = main([str(a) for a in args])
     assert status == 2 and "labels.json uses category ids [2, 4]" in capsys.readouterr().err
+
+
+def _plain_pycocotools(gt_file, results_file) -> dict[str, list[float]]:
+    """COCOeval's stats for a split file and a results file, with pycocotools alone, as any
+    COCO user would run it: COCO(gt), loadRes(file), COCOeval, per iou type."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    stats = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for iou_type in ("segm", "bbox"):
+            gt = COCO(str(gt_file))
+            evaluator = COCOeval(gt, gt.loadRes(str(results_file)), iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats[iou_type] = evaluator.stats.tolist()
+    return stats
+
+
+def _own_results(subset, split, gt_results, *, noisy):
+    """seglib's results for the split's true instances (in-memory labels, from the conftest
+    fixture), written by seglib's own writer; ``noisy`` drops, mislabels and rescores some."""
+    import numpy as np
+
+    from seglib.dataset import open_split
+    from seglib.inference import write_results
+
+    dataset = open_split(subset, split)
+    results = gt_results(dataset.coco)
+    if noisy:
+        rng = np.random.default_rng(0)
+        k = len(dataset.categories)
+        results = [
+            dict(
+                r,
+                score=float(rng.uniform()),
+                category_id=r["category_id"]
+                if rng.uniform() > 0.15
+                else int(rng.integers(1, k + 1)),
+            )
+            for r in results
+            if rng.uniform() > 0.2
+        ]
+    return (
+        dataset,
+        results,
+        write_results(subset / f"{split}_results.json", results, dataset.categories),
+    )
+
+
+def _check_plain_pycocotools_agrees(subset, split, gt_results, tmp_path):
+    """The headline of issue 15, point 8: seglib's own results file, scored with pycocotools
+    alone against seglib's own split file, gets what `seglib evaluate` reports."""
+    from seglib.metrics import evaluate_results
+
+    gt_file = subset / f"{split}.json"
+    _, _, perfect = _own_results(subset, split, gt_results, noisy=False)
+    assert _plain_pycocotools(gt_file, perfect)["segm"][0] == pytest.approx(1.0)
+    dataset, results, noisy = _own_results(subset, split, gt_results, noisy=True)
+    plain = _plain_pycocotools(gt_file, noisy)
+    out = tmp_path / f"{split}_metrics.json"
+    assert (
+        main(["evaluate", "--gt", str(gt_file), "--predictions", str(noisy), "--out", str(out)])
+        == 0
+    )
+    cli = json.loads(out.read_text())
+    in_memory = evaluate_results(dataset.coco, results)
+    for iou_type in ("segm", "bbox"):
+        for i, key in enumerate(("AP", "AP50", "AP75")):  # all areas: loadRes's area rule aside
+            assert cli[iou_type][key] == pytest.approx(plain[iou_type][i], abs=1e-12), (
+                iou_type,
+                key,
+            )
+            assert in_memory[iou_type][key] == pytest.approx(plain[iou_type][i], abs=1e-12)
+    assert 0 < cli["segm"]["AP"] < 1 and 0 < cli["bbox"]["AP"] < 1
+    return plain["segm"][0], cli["segm"]["AP"]
+
+
+def test_plain_pycocotools_scores_seglibs_own_files_as_seglib_evaluate_does(
+    synthetic_subset, gt_results, tmp_path, capsys
+):
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for name in ("train.json", "val.json", "test.json"):
+        (subset / name).write_bytes((synthetic_subset / name).read_bytes())
+    (subset / "images").symlink_to(synthetic_subset / "images")
+    _check_plain_pycocotools_agrees(subset, "val", gt_results, tmp_path)
+
+
+@pytest.mark.coco_tiny
+def test_plain_pycocotools_scores_seglibs_own_files_on_real_coco(
+    coco_tiny, gt_results, tmp_path, capsys
+):
+    from seglib.coco import build_subset
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations/instances_val2017.json").symlink_to(
+        coco_tiny / "instances_train2017_tiny.json"
+    )
+    (root / "val2017").symlink_to(coco_tiny / "train2017")
+    subset = tmp_path / "subset"
+    build_subset(root, subset, num_train=0, num_val=10, num_test=0, progress=False)
+    _check_plain_pycocotools_agrees(subset, "val", gt_results, tmp_path)
 
 
 def test_train_takes_the_subsets_categories_unless_given(

@@ -1,4 +1,4 @@
-"""Subset building: union, balance, renumbering, reproducibility, bad input, real data."""
+"""Subset building: union, balance, COCO's ids kept, reproducibility, bad input, real data."""
 
 from __future__ import annotations
 
@@ -37,19 +37,19 @@ def test_split_files_and_categories(synthetic_subset):
     for split, n in (("train", 12), ("val", 6), ("test", 4)):
         doc = _read(synthetic_subset / f"{split}.json")
         assert list(doc) == ["info", "licenses", "images", "annotations", "categories"]
+        # COCO's ids, listed in the order asked for (which makes labels 1..k), no second id
         assert doc["categories"] == [
             {
-                "id": i + 1,
+                "id": COCO_IDS[name],
                 "name": name,
                 "supercategory": doc["categories"][i]["supercategory"],
-                "coco_id": COCO_IDS[name],
             }
             for i, name in enumerate(DEFAULT_CATEGORIES)
         ]
         assert len(doc["images"]) == n
         assert [im["id"] for im in doc["images"]] == sorted(im["id"] for im in doc["images"])
         assert [a["id"] for a in doc["annotations"]] == sorted(a["id"] for a in doc["annotations"])
-        assert {a["category_id"] for a in doc["annotations"]} <= {1, 2, 3, 4}
+        assert {a["category_id"] for a in doc["annotations"]} == {1, 3, 18, 61}
         for im in doc["images"]:
             assert (synthetic_subset / "images" / im["file_name"]).is_file()
             assert im["coco_url"].endswith(
@@ -57,19 +57,18 @@ def test_split_files_and_categories(synthetic_subset):
             )
 
 
-def test_original_ids_kept_and_labels_renumbered(synthetic_coco, synthetic_subset):
+def test_original_image_annotation_and_category_ids_kept(synthetic_coco, synthetic_subset):
     for split, folder in (("train", "train2017"), ("val", "val2017"), ("test", "val2017")):
         src = _read(synthetic_coco / "annotations" / f"instances_{folder}.json")
         src_anns = {a["id"]: a for a in src["annotations"]}
         src_images = {im["id"]: im for im in src["images"]}
         doc = _read(synthetic_subset / f"{split}.json")
-        to_coco = {c["id"]: c["coco_id"] for c in doc["categories"]}
         for im in doc["images"]:
             assert src_images[im["id"]]["file_name"] == im["file_name"]
         for a in doc["annotations"]:
             orig = src_anns[a["id"]]
             assert orig["image_id"] == a["image_id"]
-            assert to_coco[a["category_id"]] == orig["category_id"]
+            assert a["category_id"] == orig["category_id"]
             assert orig["segmentation"] == a["segmentation"] and orig["iscrowd"] == a["iscrowd"]
         # every annotation of a chosen category on a chosen image is there, crowd included
         ids = {im["id"] for im in doc["images"]}
@@ -121,7 +120,7 @@ def test_manifest(synthetic_coco, synthetic_subset):
     for split in ("train", "val", "test"):
         doc = _read(synthetic_subset / f"{split}.json")
         assert set(manifest["counts"][split]) == set(DEFAULT_CATEGORIES)
-        person = [a for a in doc["annotations"] if a["category_id"] == 4 and not a["iscrowd"]]
+        person = [a for a in doc["annotations"] if a["category_id"] == 1 and not a["iscrowd"]]
         assert manifest["counts"][split]["person"]["instances"] == len(person)
         assert manifest["counts"][split]["person"]["images"] == len({a["image_id"] for a in person})
         assert manifest["totals"][split]["images"] == len(doc["images"])
@@ -164,11 +163,10 @@ def test_union_not_intersection(synthetic_coco, tmp_path):
     by_image: dict[int, set[int]] = {}
     for a in doc["annotations"]:
         by_image.setdefault(a["image_id"], set()).add(a["category_id"])
-    assert any(cats == {1} for cats in by_image.values()) and any(
-        cats == {2} for cats in by_image.values()
+    assert any(cats == {18} for cats in by_image.values()) and any(
+        cats == {61} for cats in by_image.values()
     )
-    assert [c["name"] for c in manifest["categories"]] == ["dog", "cake"]
-    assert [c["coco_id"] for c in manifest["categories"]] == [18, 61]
+    assert [(c["id"], c["name"]) for c in manifest["categories"]] == [(18, "dog"), (61, "cake")]
 
 
 def test_same_seed_same_bytes_other_seed_other_images(synthetic_coco, synthetic_subset, tmp_path):
@@ -463,14 +461,14 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     }
     train = _read(out / "train.json")
     assert train["categories"] == [
-        {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
-        {"id": 2, "name": "person", "supercategory": "person", "coco_id": 1},
+        {"id": 61, "name": "cake", "supercategory": "food"},
+        {"id": 1, "name": "person", "supercategory": "person"},
     ]
     assert 522418 in {im["id"] for im in train["images"]}
-    assert {a["category_id"] for a in train["annotations"] if a["image_id"] == 522418} == {1, 2}
+    assert {a["category_id"] for a in train["annotations"] if a["image_id"] == 522418} == {1, 61}
     crowd = [a for a in train["annotations"] if a["iscrowd"]]
     assert [(a["id"], a["image_id"], a["category_id"]) for a in crowd] == [
-        (900100184613, 184613, 2)
+        (900100184613, 184613, 1)
     ]
 
     src = {a["id"]: a for a in _read(coco_tiny / "instances_train2017_tiny.json")["annotations"]}
@@ -503,11 +501,14 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         original = COCO(str(coco_tiny / "instances_train2017_tiny.json"))
     ds = open_split(out, "train", min_box_size=0)
+    assert ds.category_labels == {61: 1, 1: 2}  # the order asked for: cake, person
     decoded = 0
     for i, image_id in enumerate(ds.ids):
         _, target = ds[i]
         anns = [a for a in train["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
         assert target["masks"].shape[0] == len(anns)
+        expected = [{61: 1, 1: 2}[a["category_id"]] for a in anns]
+        assert target["labels"].tolist() == expected
         for mask, a in zip(target["masks"].numpy(), anns, strict=True):
             assert (mask == original.annToMask(src[a["id"]])).all(), a["id"]
             decoded += 1

@@ -30,9 +30,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
 ]
 
+# COCO's ids, in label order: cake is label 1, person label 2
+CAKE, PERSON = 61, 1
 CATEGORIES = [
-    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
-    {"id": 2, "name": "person", "supercategory": "person", "coco_id": 1},
+    {"id": CAKE, "name": "cake", "supercategory": "food"},
+    {"id": PERSON, "name": "person", "supercategory": "person"},
 ]
 
 
@@ -53,27 +55,16 @@ def write_split(folder: Path, images, annotations, categories=CATEGORIES) -> Pat
 
 
 def subset_of(instances: dict, names: list[str]) -> dict:
-    """The subset format of a COCO instances dict: ``names`` renumbered 1..k, crowd kept."""
+    """The subset format of a COCO instances dict: the categories ``names`` in that order, with
+    COCO's ids, and their annotations, crowd kept."""
     by_name = {c["name"]: c for c in instances["categories"]}
-    new_id = {by_name[n]["id"]: i + 1 for i, n in enumerate(names)}
+    wanted = {by_name[n]["id"] for n in names}
     return {
         "info": instances.get("info", {}),
         "licenses": instances.get("licenses", []),
         "images": instances["images"],
-        "annotations": [
-            dict(a, category_id=new_id[a["category_id"]])
-            for a in instances["annotations"]
-            if a["category_id"] in new_id
-        ],
-        "categories": [
-            {
-                "id": i + 1,
-                "name": n,
-                "supercategory": by_name[n]["supercategory"],
-                "coco_id": by_name[n]["id"],
-            }
-            for i, n in enumerate(names)
-        ],
+        "annotations": [a for a in instances["annotations"] if a["category_id"] in wanted],
+        "categories": [by_name[n] for n in names],
     }
 
 
@@ -114,36 +105,36 @@ def handmade(tmp_path):
         {
             "id": 11,
             "image_id": 1,
-            "category_id": 2,
+            "category_id": PERSON,
             "iscrowd": 0,
             "segmentation": [[10, 2, 30, 2, 30, 15, 10, 15]],
         },
         {
             "id": 12,
             "image_id": 1,
-            "category_id": 1,
+            "category_id": CAKE,
             "iscrowd": 0,
             "segmentation": rle_str(rle_mask),
         },
         {
             "id": 13,
             "image_id": 1,
-            "category_id": 2,
+            "category_id": PERSON,
             "iscrowd": 0,
             "segmentation": rle_uncompressed(unc_mask),
         },
         {
             "id": 14,
             "image_id": 1,
-            "category_id": 2,
+            "category_id": PERSON,
             "iscrowd": 1,
             "segmentation": rle_uncompressed(crowd),
         },
-        {"id": 15, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": rle_str(tiny)},
+        {"id": 15, "image_id": 1, "category_id": CAKE, "iscrowd": 0, "segmentation": rle_str(tiny)},
         {
             "id": 21,
             "image_id": 2,
-            "category_id": 2,
+            "category_id": PERSON,
             "iscrowd": 1,
             "segmentation": rle_uncompressed(crowd),
         },
@@ -234,7 +225,8 @@ def test_attributes(handmade):
     ds = CocoSubsetDataset(path, folder / "images")
     assert len(ds) == 2 and ds.ids == [1, 2]
     assert ds.class_names == ["cake", "person"]
-    assert [c["coco_id"] for c in ds.categories] == [61, 1]
+    assert [c["id"] for c in ds.categories] == [CAKE, PERSON]
+    assert ds.category_labels == {CAKE: 1, PERSON: 2}
     assert ds.get_height_and_width(1) == (40, 60)
     assert len(ds.coco.getAnnIds()) == 6  # ground truth keeps the crowds
 
@@ -270,8 +262,8 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
         ds[1]
 
 
-@pytest.mark.parametrize("category_id", [0, 3, "1", None])
-def test_category_id_outside_1_to_k_names_the_annotation(tmp_path, category_id):
+@pytest.mark.parametrize("category_id", [0, 2, 3, "1", None, True])
+def test_category_id_of_no_category_names_the_annotation(tmp_path, category_id):
     ann = {
         "id": 4242,
         "image_id": 1,
@@ -280,14 +272,36 @@ def test_category_id_outside_1_to_k_names_the_annotation(tmp_path, category_id):
         "segmentation": [[0, 0, 5, 0, 5, 5]],
     }
     path = write_split(tmp_path, [(1, "a.png", 10, 10)], [ann])
-    with pytest.raises(DatasetError, match="annotation 4242"):
+    with pytest.raises(DatasetError, match=r"annotation 4242 has category_id .*cake 61, person 1"):
         CocoSubsetDataset(path, tmp_path)
 
 
-def test_non_renumbered_categories_are_refused(tmp_path):
-    cats = [{"id": 1, "name": "person"}, {"id": 61, "name": "cake"}]
-    path = write_split(tmp_path, [(1, "a.png", 10, 10)], [], categories=cats)
-    with pytest.raises(DatasetError, match="1..k"):
+def test_an_older_seglibs_numbering_is_refused_with_how_to_rebuild(tmp_path):
+    old = [
+        {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
+        {"id": 2, "name": "person", "supercategory": "person", "coco_id": 1},
+    ]
+    ann = {
+        "id": 5,
+        "image_id": 1,
+        "category_id": 1,
+        "iscrowd": 0,
+        "segmentation": [[0, 0, 5, 0, 5, 5]],
+    }
+    path = write_split(tmp_path, [(1, "a.png", 10, 10)], [ann], categories=old)
+    message = r"train\.json was written by an older seglib with categories numbered 1\.\.k.*python -m seglib subset"
+    with pytest.raises(DatasetError, match=message):
+        CocoSubsetDataset(path, tmp_path)
+    with pytest.raises(DatasetError, match=message):
+        split_categories(tmp_path)
+    # a coco_id equal to the id is the same numbering: such a split reads as it is
+    write_split(tmp_path, [(1, "a.png", 10, 10)], [], categories=[dict(old[1], id=1)])
+    assert CocoSubsetDataset(path, tmp_path).category_labels == {1: 1}
+
+
+def test_repeated_category_ids_are_refused(tmp_path):
+    path = write_split(tmp_path, [], [], categories=[CATEGORIES[0], dict(CATEGORIES[1], id=CAKE)])
+    with pytest.raises(DatasetError, match="category id 61 appears twice"):
         CocoSubsetDataset(path, tmp_path)
 
 
@@ -393,10 +407,12 @@ def test_json_size_must_be_the_stored_size(tmp_path):
 
 
 def test_split_categories_in_label_order(tmp_path):
+    # the list's order is the label order, whatever the ids: never sorted by id
     path = write_split(tmp_path, [], [], categories=CATEGORIES[::-1])
-    assert [c["name"] for c in split_categories(path.parent)] == ["cake", "person"]
-    write_split(tmp_path, [], [], categories=[dict(CATEGORIES[0], id=3)])
-    with pytest.raises(DatasetError, match="1..k"):
+    assert [c["name"] for c in split_categories(path.parent)] == ["person", "cake"]
+    assert CocoSubsetDataset(path, tmp_path).category_labels == {PERSON: 1, CAKE: 2}
+    write_split(tmp_path, [], [], categories=[dict(CATEGORIES[0], id="61")])
+    with pytest.raises(DatasetError, match="integer 'id'"):
         split_categories(tmp_path)
     with pytest.raises(FileNotFoundError):
         split_categories(tmp_path, "val")
@@ -491,7 +507,7 @@ def test_coco_tiny_masks_equal_pycocotools_ann_to_mask(coco_tiny, tiny_cake_pers
             np.testing.assert_array_equal(
                 mask, original.annToMask(ann), err_msg=f"annotation {ann['id']}"
             )
-            assert label == (1 if ann["category_id"] == cake else 2)
+            assert label == (1 if ann["category_id"] == cake else 2)  # the order cake, person
             compared += 1
     assert compared == 33  # 1 cake + 32 non-crowd persons
 
@@ -500,7 +516,7 @@ def test_coco_tiny_masks_equal_pycocotools_ann_to_mask(coco_tiny, tiny_cake_pers
 def test_coco_tiny_crowd_is_ground_truth_but_never_a_target(coco_tiny, tiny_cake_person):
     ds = CocoSubsetDataset(tiny_cake_person, coco_tiny / "train2017", min_box_size=0)
     crowd = [a for a in ds.coco.dataset["annotations"] if a["iscrowd"]]
-    assert [(a["image_id"], a["category_id"]) for a in crowd] == [(184613, 2)]
+    assert [(a["image_id"], a["category_id"]) for a in crowd] == [(184613, PERSON)]
     crowd_mask = ds.coco.annToMask(crowd[0])
     _, target = ds[ds.ids.index(184613)]
     non_crowd = [a for a in ds.coco.imgToAnns[184613] if not a["iscrowd"]]

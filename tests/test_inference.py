@@ -110,9 +110,9 @@ def test_predict_images_writes_results_and_overlays(tmp_path, synthetic_subset):
     numeric = all(f.stem.isdigit() for f in files)
     assert {r["image_id"] for r in results} == ({int(f.stem) for f in files} if numeric else {1, 2})
     assert all(p.suffix == ".png" and p.stat().st_size > 0 for p in map(Path, written["overlays"]))
-    # label 1 is the split's first category; the file names it by its COCO id
-    first = next(c for c in categories if c["id"] == 1)
-    assert first["coco_id"] != 1 and {r["category_id"] for r in results} == {first["coco_id"]}
+    # label 1 is the split's first category, cake; the file names it by its COCO id
+    assert categories[0]["name"] == "cake"
+    assert {r["category_id"] for r in results} == {61}
 
 
 def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path, synthetic_subset):
@@ -136,9 +136,15 @@ def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path
                 }
             )
     path = write_results(tmp_path / "results.json", results, dataset.categories)
-    coco_ids = {c["id"]: c["coco_id"] for c in dataset.categories}
+    coco_ids = {1: 61, 2: 3, 3: 18, 4: 1}  # cake, car, dog, person
     written = json.loads(path.read_text())
+    assert {r["category_id"] for r in results} == {1, 2, 3, 4}
     assert [r["category_id"] for r in written] == [coco_ids[r["category_id"]] for r in results]
+    # the file's category ids are the split json's own
+    gt = {
+        a["id"]: a for a in json.loads((synthetic_subset / "val.json").read_text())["annotations"]
+    }
+    assert {r["category_id"] for r in written} == {a["category_id"] for a in gt.values()}
     assert evaluate_results(dataset.coco, path) == evaluate_results(dataset.coco, results)
 
 

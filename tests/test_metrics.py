@@ -1,4 +1,7 @@
-"""Metrics on hand-built ground truth small enough to check by hand."""
+"""Metrics on hand-built ground truth small enough to check by hand.
+
+The ground truth carries COCO's category ids (cake 61, car 3, dog 18), as every split file
+does; in-memory results (``det``, ``perfect``) carry labels: cake 1, car 2, dog 3."""
 
 from __future__ import annotations
 
@@ -16,11 +19,24 @@ from pycocotools.cocoeval import COCOeval
 from seglib import metrics
 
 H, W = 64, 64
+CAKE, CAR, DOG = 61, 3, 18
 CATEGORIES = [
-    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
-    {"id": 2, "name": "car", "supercategory": "vehicle", "coco_id": 3},
-    {"id": 3, "name": "dog", "supercategory": "animal", "coco_id": 18},
+    {"id": CAKE, "name": "cake", "supercategory": "food"},
+    {"id": CAR, "name": "car", "supercategory": "vehicle"},
+    {"id": DOG, "name": "dog", "supercategory": "animal"},
 ]
+
+
+def labels_of(gt: dict) -> dict[int, int]:
+    """Category id -> label: its position in the ground truth's list (written out here, so the
+    tests check ``seglib.categories`` rather than reuse it)."""
+    return {c["id"]: i for i, c in enumerate(gt["categories"], start=1)}
+
+
+def in_coco_ids(gt: dict, results: list[dict]) -> list[dict]:
+    """In-memory results (labels) as a results file holds them: ``gt``'s category ids."""
+    cat_of = {label: cat for cat, label in labels_of(gt).items()}
+    return [dict(r, category_id=cat_of[int(r["category_id"])]) for r in results]
 
 
 def square(x: int, y: int, s: int, h: int = H, w: int = W) -> np.ndarray:
@@ -80,7 +96,7 @@ def gt() -> dict:
     cake2 = {
         "id": 3,
         "image_id": 2,
-        "category_id": 1,
+        "category_id": CAKE,
         "segmentation": [[10, 10, 40, 10, 40, 40, 10, 40]],
         "area": 900.0,
         "bbox": [10, 10, 30, 30],
@@ -95,21 +111,23 @@ def gt() -> dict:
             {"id": 3, "width": W, "height": H, "file_name": "3.jpg"},
         ],
         "annotations": [
-            ann(1, 1, 1, square(0, 0, 20)),
-            ann(2, 1, 2, square(30, 30, 20)),
+            ann(1, 1, CAKE, square(0, 0, 20)),
+            ann(2, 1, CAR, square(30, 30, 20)),
             cake2,
-            ann(4, 2, 3, square(44, 0, 20, h=48), iscrowd=1),
+            ann(4, 2, DOG, square(44, 0, 20, h=48), iscrowd=1),
         ],
         "categories": copy.deepcopy(CATEGORIES),
     }
 
 
 def perfect(gt: dict) -> list[dict]:
+    """The ground truth's non-crowd instances as in-memory results (labels), score 1."""
     coco = metrics.load_ground_truth(gt)
+    label = labels_of(gt)
     return [
         {
             "image_id": a["image_id"],
-            "category_id": a["category_id"],
+            "category_id": label[a["category_id"]],
             "bbox": a["bbox"],
             "score": 1.0,
             "segmentation": coco.annToRLE(a),
@@ -157,6 +175,8 @@ def test_disjoint_predictions_give_zero(gt):
 
 
 def _direct_stats(gt: dict, results: list[dict], iou_type: str) -> np.ndarray:
+    """COCOeval's stats straight from pycocotools, for in-memory ``results`` (labels)."""
+    results = in_coco_ids(gt, results)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = copy.deepcopy(gt)
@@ -229,10 +249,10 @@ def test_image_id_as_numpy_or_tensor(gt):
     assert metrics.evaluate_results(gt, results) == plain
 
 
-def test_unknown_category_raises_naming_it(gt):
+def test_unknown_label_raises_naming_the_labels(gt):
     results = perfect(gt)
-    results[0]["category_id"] = 61  # the COCO id instead of the split's id
-    with pytest.raises(ValueError, match=r"category_id \[61\].*valid ids.*1: 'cake'"):
+    results[0]["category_id"] = 61  # a list holds labels; the COCO id is a file's
+    with pytest.raises(ValueError, match=r"labels \[61\].*1 cake, 2 car, 3 dog"):
         metrics.evaluate_results(gt, results)
 
 
@@ -259,7 +279,7 @@ def test_paths_are_accepted(gt, tmp_path):
             "size": r["segmentation"]["size"],
             "counts": counts.decode() if isinstance(counts, bytes) else counts,
         }
-    (tmp_path / "res.json").write_text(json.dumps(metrics.to_coco_ids(results, CATEGORIES)))
+    (tmp_path / "res.json").write_text(json.dumps(in_coco_ids(gt, results)))
     assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"][
         "AP"
     ] == pytest.approx(1.0)
@@ -267,7 +287,7 @@ def test_paths_are_accepted(gt, tmp_path):
         metrics.evaluate_results(tmp_path / "missing.json", [])
 
 
-# --- category ids: the split's labels inside, COCO's ids in files ------------------------
+# --- category ids: COCO's in files and ground truth, labels in lists ----------------------
 def _json_results(gt: dict) -> list[dict]:
     """``perfect`` with plain-JSON segmentations (str counts), as a file would hold them."""
     out = []
@@ -276,19 +296,6 @@ def _json_results(gt: dict) -> list[dict]:
         counts = counts.decode() if isinstance(counts, bytes) else counts
         out.append(dict(r, segmentation={"size": r["segmentation"]["size"], "counts": counts}))
     return out
-
-
-def _in_coco_numbering(gt: dict) -> dict:
-    """The same ground truth as COCO's own files number it: category ids are COCO's."""
-    to_coco = {c["id"]: c["coco_id"] for c in gt["categories"]}
-    original = copy.deepcopy(gt)
-    original["categories"] = [
-        {k: v for k, v in dict(c, id=c["coco_id"]).items() if k != "coco_id"}
-        for c in gt["categories"]
-    ]
-    for a in original["annotations"]:
-        a["category_id"] = to_coco[a["category_id"]]
-    return original
 
 
 def test_files_carry_coco_ids_and_score_as_the_list_does(gt, tmp_path):
@@ -304,53 +311,55 @@ def test_files_carry_coco_ids_and_score_as_the_list_does(gt, tmp_path):
     from_file = metrics.evaluate_results(gt, tmp_path / "res.json")
     assert from_file == metrics.evaluate_results(gt, results)
     assert 0 < from_file["segm"]["AP"] < 1
+    # the evaluation file names the categories by COCO's id too, in label order
     assert from_file["categories"] == [
-        {"id": 1, "name": "cake", "coco_id": 61},
-        {"id": 2, "name": "car", "coco_id": 3},
-        {"id": 3, "name": "dog", "coco_id": 18},
+        {"id": 61, "name": "cake"},
+        {"id": 3, "name": "car"},
+        {"id": 18, "name": "dog"},
     ]
+    assert list(from_file["segm"]["per_class"]) == ["cake", "car", "dog"]
+    assert list(from_file["pixel_iou"]) == ["cake", "car", "dog"]
 
 
-def test_ground_truth_in_either_numbering_gives_the_same_scores(gt, tmp_path):
+def test_a_results_file_is_scored_as_it_is_whatever_the_category_order(gt, tmp_path):
+    """COCO's own files list categories by id; the split lists them in label order. A file
+    (COCO's ids) scores the same against both: nothing is renumbered."""
     results = _json_results(gt)
     results[0]["category_id"] = 2  # a cake called a car
     results.append(det(2, 3, square(10, 10, 12, h=48), score=0.6))
     (tmp_path / "res.json").write_text(json.dumps(metrics.to_coco_ids(results, CATEGORIES)))
-    subset = metrics.evaluate_results(gt, tmp_path / "res.json", with_curves=True)
-    original = metrics.evaluate_results(
-        _in_coco_numbering(gt), tmp_path / "res.json", with_curves=True
-    )
-    assert [c["id"] for c in original.pop("categories")] == [3, 18, 61]
-    assert [c["id"] for c in subset.pop("categories")] == [1, 2, 3]
-    assert subset == original and 0 < subset["segm"]["AP"] < 1
+    by_id = dict(gt, categories=sorted(gt["categories"], key=lambda c: c["id"]))
+    split = metrics.evaluate_results(gt, tmp_path / "res.json", with_curves=True)
+    coco_order = metrics.evaluate_results(by_id, tmp_path / "res.json", with_curves=True)
+    assert [c["id"] for c in coco_order.pop("categories")] == [3, 18, 61]
+    assert [c["id"] for c in split.pop("categories")] == [61, 3, 18]
+    assert split == coco_order and 0 < split["segm"]["AP"] < 1
 
 
-def test_a_results_file_in_neither_numbering_is_refused(gt, tmp_path):
-    # The split's labels written as they are: 2 is the COCO id of no category here, and 1
-    # (person in COCO) is not one of them either; cake, car and dog are 61, 3 and 18.
+def test_a_results_file_numbered_by_labels_is_refused(gt, tmp_path):
+    # Labels written as they are: 1 and 2 are the COCO ids of none of the categories here.
     (tmp_path / "res.json").write_text(json.dumps(_json_results(gt)))
     with pytest.raises(
         ValueError, match=r"res\.json uses category ids \[1, 2\].*cake 61, car 3, dog 18"
     ):
         metrics.evaluate_results(gt, tmp_path / "res.json")
-    with pytest.raises(ValueError, match=r"labels \[7\].*ids \[1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"res\.json uses category ids \[1, 2\]"):
+        metrics.read_results(tmp_path / "res.json", gt)
+    with pytest.raises(ValueError, match=r"labels \[7\].*1 cake, 2 car, 3 dog"):
         metrics.to_coco_ids([det(1, 7, square(0, 0, 5))], CATEGORIES)
 
 
-def test_coco_ids_from_coco_id_then_name_then_id():
-    assert metrics.coco_category_ids(CATEGORIES) == {1: 61, 2: 3, 3: 18}
-    # a renumbered split that lost its coco_id is matched by the project's category names
-    assert metrics.coco_category_ids([{"id": 1, "name": "cake"}, {"id": 2, "name": "car"}]) == {
-        1: 61,
-        2: 3,
-    }
-    # COCO's own files: the id is COCO's
-    assert metrics.coco_category_ids([{"id": 18, "name": "dog"}, {"id": 24, "name": "zebra"}]) == {
-        18: 18,
-        24: 24,
-    }
-    with pytest.raises(ValueError, match="repeated COCO ids"):
-        metrics.coco_category_ids([{"id": 1, "name": "cake"}, {"id": 61, "name": "cake!"}])
+def test_ground_truth_in_an_older_seglibs_numbering_is_refused(gt, tmp_path):
+    old = copy.deepcopy(gt)
+    old["categories"] = [dict(c, id=i, coco_id=c["id"]) for i, c in enumerate(CATEGORIES, 1)]
+    for a in old["annotations"]:
+        a["category_id"] = labels_of(gt)[a["category_id"]]
+    (tmp_path / "val.json").write_text(json.dumps(old))
+    (tmp_path / "res.json").write_text(json.dumps(in_coco_ids(gt, _json_results(gt))))
+    with pytest.raises(ValueError, match=r"val\.json was written by an older seglib.*1\.\.k"):
+        metrics.evaluate_results(tmp_path / "val.json", tmp_path / "res.json")
+    with pytest.raises(ValueError, match="older seglib"):
+        metrics.evaluate_results(old, perfect(gt))
 
 
 def test_best_match_iou_hand_computed(gt):
@@ -388,7 +397,7 @@ def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
 
 def test_pixel_iou_ignores_crowd_pixels_inside_an_instance(crowded):
     crowded["annotations"].append(
-        ann(6, 2, 2, square(30, 0, 20))
+        ann(6, 2, CAR, square(30, 0, 20))
     )  # half under the car crowd (x 40..59)
     # Image 2: 200 of the 400 matched px are in the crowd, so I = U = 200; image 1: car B
     # (400 px) is missed, so U += 400.
@@ -418,11 +427,11 @@ def crowded() -> dict:
     return {
         "images": [{"id": 1, "width": W, "height": H}, {"id": 2, "width": W, "height": H}],
         "annotations": [
-            ann(1, 1, 1, square(0, 0, 20)),
-            ann(2, 1, 2, square(10, 0, 20)),
-            ann(3, 1, 3, square(40, 40, 20)),
-            ann(4, 2, 1, square(0, 0, 20)),
-            ann(5, 2, 2, square(40, 0, 20), iscrowd=1),
+            ann(1, 1, CAKE, square(0, 0, 20)),
+            ann(2, 1, CAR, square(10, 0, 20)),
+            ann(3, 1, DOG, square(40, 40, 20)),
+            ann(4, 2, CAKE, square(0, 0, 20)),
+            ann(5, 2, CAR, square(40, 0, 20), iscrowd=1),
         ],
         "categories": copy.deepcopy(CATEGORIES),
     }
@@ -522,7 +531,7 @@ def test_results_to_instances_decodes_one_image_for_drawing(gt):
     assert inst["masks"].dtype == np.uint8 and inst["masks"].shape[0] == len(expected)
     assert inst["labels"].dtype == np.int64 and inst["boxes"].dtype == np.float32
     assert list(inst["scores"]) == sorted(inst["scores"], reverse=True)
-    by_label = {a["category_id"]: a for a in expected}
+    by_label = {labels_of(gt)[a["category_id"]]: a for a in expected}
     for box, mask, label in zip(inst["boxes"], inst["masks"], inst["labels"], strict=True):
         a = by_label[int(label)]
         np.testing.assert_array_equal(mask, coco.annToMask(a))

@@ -24,11 +24,12 @@ from seglib.model import (
 )
 from seglib.weights import MissingWeightsError, weights_file
 
+#: A split's categories: COCO's ids, in label order (cake 1, car 2, dog 3, person 4).
 CATEGORIES = [
-    {"id": 1, "name": "cake", "supercategory": "food", "coco_id": 61},
-    {"id": 2, "name": "car", "supercategory": "vehicle", "coco_id": 3},
-    {"id": 3, "name": "dog", "supercategory": "animal", "coco_id": 18},
-    {"id": 4, "name": "person", "supercategory": "person", "coco_id": 1},
+    {"id": 61, "name": "cake", "supercategory": "food"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 1, "name": "person", "supercategory": "person"},
 ]
 
 
@@ -199,8 +200,10 @@ def test_zero_shot_maps_coco_ids_to_subset_labels():
     assert out["boxes"].shape == (4, 4) and out["masks"].shape == (4, 1, 8, 8)
     with pytest.raises(RuntimeError, match="evaluation only"):
         model.train()([torch.rand(3, 8, 8)])
-    with pytest.raises(ValueError, match="coco_id"):
-        ZeroShotMaskRCNN(_FixedDetector(), [{"id": 1, "name": "thing"}])
+    with pytest.raises(ValueError, match="category id 99 is not a COCO category id"):
+        ZeroShotMaskRCNN(_FixedDetector(), [{"id": 99, "name": "thing"}])
+    with pytest.raises(ValueError, match="older seglib"):  # an old split's 1..k with coco_id
+        ZeroShotMaskRCNN(_FixedDetector(), [{"id": 1, "name": "cake", "coco_id": 61}])
 
 
 class _CrowdedDetector(nn.Module):

@@ -8,11 +8,14 @@ from pycocotools import mask as mask_utils
 
 from seglib import occlusion
 
+# Ground truth carries COCO's ids; detections (in-memory results) the labels: car 1, dog 2,
+# person 3, the categories' positions.
 CATEGORIES = [
-    {"id": 1, "name": "car", "supercategory": "vehicle"},
-    {"id": 2, "name": "dog", "supercategory": "animal"},
-    {"id": 3, "name": "person", "supercategory": "person"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 1, "name": "person", "supercategory": "person"},
 ]
+CAR_ID, DOG_ID, PERSON_ID = 3, 18, 1
 SIZE = 100
 
 
@@ -54,7 +57,7 @@ PERSON = (60, 60, 80, 90)  # image 2, alone
 @pytest.fixture
 def scene() -> dict:
     return _gt(
-        [_ann(1, 1, 1, CAR), _ann(2, 1, 2, DOG), _ann(3, 2, 3, PERSON)],
+        [_ann(1, 1, CAR_ID, CAR), _ann(2, 1, DOG_ID, DOG), _ann(3, 2, PERSON_ID, PERSON)],
         n_images=2,
     )
 
@@ -68,16 +71,16 @@ def test_containment_is_heavy_where_box_iou_is_tiny(scene):
 
 
 def test_crowd_regions_occlude_but_are_not_measured():
-    crowd = _ann(9, 1, 3, (10, 0, 30, 20), iscrowd=1)
-    gt = _gt([_ann(1, 1, 3, (0, 0, 20, 20)), crowd], n_images=1)
+    crowd = _ann(9, 1, PERSON_ID, (10, 0, 30, 20), iscrowd=1)
+    gt = _gt([_ann(1, 1, PERSON_ID, (0, 0, 20, 20)), crowd], n_images=1)
     # Columns 10-19 of the person's 20 lie in the crowd's box.
     assert occlusion.occlusion_levels(gt) == pytest.approx({1: 0.5})
 
 
 def test_box_stands_in_for_a_missing_mask_and_pixel_centres_decide():
-    no_mask = {**_ann(1, 1, 1, (0, 0, 10, 10)), "segmentation": []}
+    no_mask = {**_ann(1, 1, CAR_ID, (0, 0, 10, 10)), "segmentation": []}
     # The other box ends at x = 10.4: pixel column 10 (centre 10.5) is outside it.
-    other = {**_ann(2, 1, 2, (5, 0, 15, 10)), "bbox": [4.6, 0.0, 5.8, 10.0]}
+    other = {**_ann(2, 1, DOG_ID, (5, 0, 15, 10)), "bbox": [4.6, 0.0, 5.8, 10.0]}
     levels = occlusion.occlusion_levels(_gt([no_mask, other], n_images=1))
     assert levels[1] == pytest.approx(5.4 * 10 / 100)  # box over box, continuous
     assert levels[2] == pytest.approx(5 / 10)  # columns 5-9 of 5-14 lie in [0, 10)
@@ -165,7 +168,7 @@ def test_ap_per_bucket_follows_cocos_area_range_rule(scene):
 
 
 def test_ap_per_bucket_of_an_empty_bucket_is_undefined():
-    gt = _gt([_ann(1, 1, 3, PERSON)], n_images=1)
+    gt = _gt([_ann(1, 1, PERSON_ID, PERSON)], n_images=1)
     table = occlusion.occlusion_ap(gt, [_det(1, 3, PERSON, 0.9)])
     assert table["none"]["segm"]["AP"] == pytest.approx(1.0)
     assert table["heavy"]["segm"]["AP"] == -1.0 and table["heavy"]["recall"] == -1.0

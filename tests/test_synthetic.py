@@ -310,3 +310,28 @@ def test_heavy_share_is_deterministic_and_checked(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     with pytest.raises(ValueError, match="heavy_share"):
         make_synthetic_coco(tmp_path / "c", heavy_share=1.5)
+
+
+def test_the_project_categories_carry_cocos_ids_into_the_subset(synthetic_coco, synthetic_subset):
+    """The synthetic root numbers its categories as COCO does (config.COCO_IDS), and a subset
+    built from it keeps those ids, so its splits, results and checkpoints read like COCO's."""
+    from seglib.config import COCO_IDS
+    from seglib.shapes import CATEGORIES
+
+    assert {c["name"]: c["id"] for c in CATEGORIES if c["name"] in COCO_IDS} == COCO_IDS
+    source = {a["id"]: a for s in SPLITS for a in _load(synthetic_coco, s)["annotations"]}
+    for split in ("train", "val", "test"):
+        doc = json.loads((synthetic_subset / f"{split}.json").read_text())
+        assert [(c["id"], c["name"]) for c in doc["categories"]] == [
+            (61, "cake"),
+            (3, "car"),
+            (18, "dog"),
+            (1, "person"),
+        ]
+        assert doc["annotations"]
+        for a in doc["annotations"]:
+            assert (
+                a["category_id"]
+                == source[a["id"]]["category_id"]
+                == COCO_IDS[TARGET_IDS[a["category_id"]]]
+            )
