@@ -237,8 +237,8 @@ def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
     assert first.recomputed and len(calls) == 1 and first.results
     labels = {r["category_id"] for r in first.results}
     assert labels <= {1, 2, 3, 4} and len(labels) > 1  # in memory: the split's labels
-    coco_id = {c["id"]: c["coco_id"] for c in dataset.categories}
-    assert coco_id != {i: i for i in coco_id}  # the synthetic subset renumbers (cake is 61)
+    coco_id = {1: 61, 2: 3, 3: 18, 4: 1}  # the split's categories: cake, car, dog, person
+    assert [c["id"] for c in dataset.categories] == list(coco_id.values())
     on_disk = json.loads(first.file.read_text())
     assert [r["category_id"] for r in on_disk] == [coco_id[r["category_id"]] for r in first.results]
     assert first.source["category_ids"] == "coco"
