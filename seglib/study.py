@@ -4,17 +4,20 @@
 seed's suppression (box NMS at the trained ``box_nms_thresh``) with every rule of
 ``seglib.postprocess``, each with and without horizontal-flip TTA:
 
-1. The model runs **once** per image and view, with its own NMS off
-   (``PostProcessed.candidates``); every rule and parameter is then applied to those same
-   candidates, so the grid costs post-processing time, not model time.
+1. The model runs **once** per image and view with its own NMS off
+   (``PostProcessed.candidates``); every rule and parameter is applied to those candidates.
+   Box NMS without flip (``Settings.passthrough``: the baseline and the "nms" grid) is the
+   model's own rule, so it is the model's own predictions (``inference.predict``), one pass
+   per threshold: the baseline *is* the model whatever ``postprocess_pool`` (NMS over the
+   pool's best candidates loses what the model keeps beyond them when the pool is tight).
 2. Each variant's parameter is **tuned on val** (``GRIDS``, mask AP), never on test.
 3. On **test**, each variant gets box and mask AP overall and per occlusion bucket, with
    recall and best-match IoU (``seglib.occlusion.occlusion_ap``).
 4. **Time**: each variant runs end to end (``PostProcessed``) on a few test images, one at a
    time, round-robin with the baseline after a warm-up round; ``extra_ms`` is its median per
    image minus the baseline's (``bench/bench_postprocess.py`` does the same at COCO size).
-5. The zero-shot COCO models (v1, v2) get a row each when their weights are cached, and a
-   stated reason otherwise.
+5. The zero-shot COCO models (v1, v2) get a row each (their own predictions) when their
+   weights are cached, and a stated reason otherwise.
 
 ``save_study`` writes ``occlusion_study.json`` and ``occlusion_study.txt`` (``format_study``)
 atomically; they and ``changed_images`` live in ``seglib.study_report`` and are importable from
@@ -27,10 +30,8 @@ NMS to replace, and is refused.
 from __future__ import annotations
 
 import contextlib
-import copy
-import io
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import product
 from pathlib import Path
 from statistics import median
@@ -41,26 +42,15 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib import occlusion
 from seglib.config import POSTPROCESS_METHODS, TrainConfig
 from seglib.postprocess import PostProcessed, Settings
 from seglib.study_report import JSON_NAME, TABLE_NAME, changed_images, format_study, save_study
 
-__all__ = [
-    "BASELINE",
-    "GRIDS",
-    "JSON_NAME",
-    "TABLE_NAME",
-    "changed_images",
-    "format_study",
-    "run_study",
-    "save_study",
-    "sweep",
-    "time_per_image",
-    "to_results",
-    "variant_name",
-]
+__all__ = ["BASELINE", "GRIDS", "JSON_NAME", "TABLE_NAME", "changed_images", "format_study"]
+__all__ += ["run_study", "save_study", "sweep", "time_per_image", "to_results", "variant_name"]
 
 #: The parameter each rule is tuned over on val; the middle values are the published defaults.
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -84,16 +74,11 @@ def _grid(method: str, grids: Mapping[str, Mapping[str, Sequence[float]]]) -> li
 
 
 # --- results ---------------------------------------------------------------------------------
-def _image_id(target: Any) -> int:
-    value = target["image_id"]
-    return int(value.item() if torch.is_tensor(value) else value)
-
-
 def to_results(image_id: int, det: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     """One image's detections as COCO results (every score; masks thresholded at 0.5).
 
     Args:
-        det: ``boxes`` [N,4] XYXY px, ``labels`` [N] (the split's category ids), ``scores``
+        det: ``boxes`` [N,4] XYXY px, ``labels`` [N] (the model's labels 1..k), ``scores``
             [N], ``masks`` float [N,1,H,W].
     """
     from seglib.inference import masks_to_host
@@ -123,6 +108,18 @@ def _loader(dataset: Any, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
 
 
+@contextlib.contextmanager
+def _box_nms_at(model: torch.nn.Module, thresh: float) -> Iterator[None]:
+    """For one call, the model's own box NMS (``RoIHeads.nms_thresh``) at ``thresh``: what a
+    model built with that ``box_nms_thresh`` returns."""
+    heads = next(m for m in model.modules() if isinstance(m, RoIHeads))
+    saved, heads.nms_thresh = heads.nms_thresh, thresh
+    try:
+        yield
+    finally:
+        heads.nms_thresh = saved
+
+
 def sweep(
     model: torch.nn.Module,
     dataset: Any,
@@ -131,27 +128,39 @@ def sweep(
     *,
     batch_size: int = 2,
 ) -> dict[str, list[dict[str, Any]]]:
-    """COCO results of every named ``settings`` on ``dataset``, from one model pass per view.
+    """COCO results of every named ``settings`` on ``dataset`` by a bare Mask R-CNN ``model``.
+
+    ``passthrough`` settings (box NMS, no flip) are ``inference.predict`` of the model with
+    its NMS at their ``box_nms_thresh``, one pass per threshold; the others come from one
+    pass per view over the candidate pool (``PostProcessed.candidates``, then ``select``).
 
     Returns:
-        ``{name: results}`` in the format of ``seglib.inference.predict``.
+        ``{name: results}`` in the format of ``seglib.inference.predict``, in ``settings``' order.
     """
-    from seglib.inference import images_to_device
+    from seglib.inference import images_to_device, predict
 
     device = torch.device(device)
-    flip = any(s.tta_hflip for s in settings.values())
-    first = next(iter(settings.values()))
-    pooled = PostProcessed(model, first)
-    model.eval()
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
-    with torch.inference_mode():
-        for images, targets in _loader(dataset, batch_size):
-            candidates = pooled.candidates(images_to_device(images, device), tta_hflip=flip)
-            for target, cand in zip(targets, candidates, strict=True):
-                image_id, cache = _image_id(target), {}
-                for name, s in settings.items():
-                    out[name].extend(to_results(image_id, PostProcessed.select(cand, s, cache)))
-    return out
+    out: dict[str, list[dict[str, Any]]] = {}
+    for thresh in dict.fromkeys(s.box_nms_thresh for s in settings.values() if s.passthrough):
+        with _box_nms_at(model, thresh):
+            found = predict(model, dataset, device, batch_size=batch_size)
+        for name, s in settings.items():
+            if s.passthrough and s.box_nms_thresh == thresh:
+                out[name] = list(found)
+    pooled = {name: s for name, s in settings.items() if not s.passthrough}
+    if pooled:
+        pool = PostProcessed(model, next(iter(pooled.values())))
+        flip = any(s.tta_hflip for s in pooled.values())
+        out.update({name: [] for name in pooled})
+        model.eval()
+        with torch.inference_mode():
+            for images, targets in _loader(dataset, batch_size):
+                candidates = pool.candidates(images_to_device(images, device), tta_hflip=flip)
+                for target, cand in zip(targets, candidates, strict=True):
+                    image_id, cache = int(target["image_id"]), {}  # an int or a 0-d tensor
+                    for name, s in pooled.items():
+                        out[name].extend(to_results(image_id, PostProcessed.select(cand, s, cache)))
+    return {name: out[name] for name in settings}
 
 
 def _segm_ap(gt: Any, results: list[dict]) -> float:
@@ -160,19 +169,17 @@ def _segm_ap(gt: Any, results: list[dict]) -> float:
     Only the mask COCOeval that tuning needs (``metrics.evaluate_results`` also runs the box
     one and the IoU measures, on every grid point).
     """
-    from seglib.metrics import load_ground_truth, load_results
+    from seglib.metrics import load_detections, mean_valid
+    from seglib.results import prepare, quiet
 
-    coco = load_ground_truth(copy.deepcopy(load_ground_truth(gt).dataset))
-    dets = [{k: v for k, v in r.items() if k != "bbox"} for r in load_results(results, coco)]
+    coco, dets = prepare(gt, results)
     if not dets:
         return 0.0 if coco.getAnnIds(iscrowd=False) else -1.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(coco, coco.loadRes(dets), "segm")
+    with quiet():
+        evaluator = COCOeval(coco, load_detections(coco, dets, "segm"), "segm")
         evaluator.evaluate()
         evaluator.accumulate()
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    valid = precision[precision > -1]
-    return float(valid.mean()) if valid.size else -1.0
+    return mean_valid(evaluator.eval["precision"][:, :, :, 0, -1])
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -224,6 +231,7 @@ def _zero_shot_rows(
     archs: Sequence[str], categories: list[dict], test_ds: Any, device: torch.device, **kw: Any
 ) -> list[dict[str, Any]]:
     from seglib import model as models
+    from seglib.inference import predict
 
     rows = []
     for arch in archs:
@@ -239,8 +247,7 @@ def _zero_shot_rows(
             )
             continue
         net = models.build_zero_shot_model(categories, arch=arch).to(device)
-        settings = Settings.from_config(TrainConfig(arch=arch))
-        results = sweep(net, test_ds, {name: settings}, device)[name]
+        results = predict(net, test_ds, device)  # its own output, as notebook 04 scores it
         rows.append({"name": name, "test": occlusion.occlusion_ap(test_ds.coco, results, **kw)})
     return rows
 
@@ -299,7 +306,7 @@ def _tune_on_val(
     device: torch.device,
     batch_size: int,
 ) -> tuple[dict[str, Settings], dict[str, dict[str, Any]]]:
-    """Every grid point of every variant on val, from one model pass; each variant's best.
+    """Every grid point of every variant on val (``sweep``); each variant's best.
 
     Returns:
         ``(chosen, rows)``, both keyed by variant name, baseline first: the Settings with the

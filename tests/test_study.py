@@ -16,27 +16,31 @@ pytestmark = pytest.mark.slow  # builds a Mask R-CNN and runs it on 10 images (~
 GRIDS = {"nms": {"box_nms_thresh": (0.3, 0.5)}, "soft-nms-linear": {"soft_nms_thresh": (0.3, 0.6)}}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(synthetic_subset, tmp_path_factory):
+def _save_tiny_model(subset, folder, **changes):
     """best.pt of a randomly initialised 64 px model over the synthetic subset's categories."""
     from seglib.checkpoint import save_checkpoint
     from seglib.dataset import open_split
     from seglib.model import build_model
 
-    categories = open_split(synthetic_subset, "val").categories
+    categories = open_split(subset, "val").categories
     cfg = TrainConfig.smoke(
         min_size=64,
         max_size=64,
         rpn_pre_nms_top_n_test=50,
         rpn_post_nms_top_n_test=30,
         detections_per_img=20,
-        postprocess_pool=40,
         box_score_thresh=0.0,
+        **changes,
     )
     torch.manual_seed(0)
     model = build_model(cfg.num_classes, "none", cfg.arch, cfg)
-    path = tmp_path_factory.mktemp("run") / "best.pt"
+    path = folder / "best.pt"
     return save_checkpoint(path, model=model, cfg=cfg, categories=categories, epoch=1, iteration=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_subset, tmp_path_factory):
+    return _save_tiny_model(synthetic_subset, tmp_path_factory.mktemp("run"), postprocess_pool=40)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,85 @@ def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
     assert result["best"] in names[1:]
     assert set(result["predictions"]) == set(names)
     assert result["counts"]["test"]["heavy"] + result["counts"]["test"]["partial"] > 0
+
+
+def _own_predictions(model, dataset):
+    """COCO results of ``model(images)`` itself, batched as the study batches them."""
+    from seglib.inference import images_to_device
+
+    results = []
+    with torch.inference_mode():
+        for images, targets in study._loader(dataset, 2):
+            outputs = model(images_to_device(images, "cpu"))
+            for target, det in zip(targets, outputs, strict=True):
+                results.extend(study.to_results(int(target["image_id"]), det))
+    return results
+
+
+def test_the_baseline_is_the_models_own_output_even_when_the_pool_is_tight(
+    synthetic_subset, tmp_path
+):
+    from seglib.dataset import open_split
+    from seglib.metrics import evaluate_results
+    from seglib.model import model_from_checkpoint
+
+    tight = _save_tiny_model(synthetic_subset, tmp_path, postprocess_pool=20)
+    grids = {"nms": {"box_nms_thresh": (0.5, 0.7)}}
+    result = study.run_study(
+        tight,
+        synthetic_subset,
+        "cpu",
+        methods=("nms",),
+        tta=(False,),
+        grids=grids,
+        timing_images=0,
+        zero_shot_archs=(),
+    )
+    val_ds, test_ds = open_split(synthetic_subset, "val"), open_split(synthetic_subset, "test")
+    model, cfg, _ = model_from_checkpoint(tight, "cpu", categories=test_ds.categories)
+    assert cfg.postprocess_pool == cfg.detections_per_img == 20
+    own_test, own_val = _own_predictions(model, test_ds), _own_predictions(model, val_ds)
+    per_image = [sum(r["image_id"] == i for r in own_test) for i in test_ds.ids]
+    assert max(per_image) == cfg.detections_per_img  # the model fills its quota: the pool is tight
+    base, nms = result["variants"]
+    assert result["predictions"]["baseline"] == own_test  # same detections, same order
+    assert base["test"] == occlusion.occlusion_ap(
+        test_ds.coco, own_test, score_thresh=cfg.score_thresh
+    )
+    assert base["test"]["all"]["bbox"]["AP"] > 0  # a number NMS over the pool got wrong (0)
+    assert base["val_mask_AP"] == evaluate_results(val_ds.coco, own_val)["segm"]["AP"]
+    at = {g["params"]["box_nms_thresh"]: g["val_mask_AP"] for g in nms["val_grid"]}
+    assert at[0.5] == base["val_mask_AP"]  # box NMS at the model's own threshold is the baseline
+
+
+def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subset, tmp_path):
+    from seglib.dataset import open_split
+    from seglib.model import model_from_checkpoint
+    from seglib.postprocess import Settings
+
+    val_ds = open_split(synthetic_subset, "val")
+    paths = {
+        t: _save_tiny_model(
+            synthetic_subset, tmp_path / str(t), box_nms_thresh=t, postprocess_pool=20
+        )
+        for t in (0.5, 0.7)
+    }
+    models = {
+        t: model_from_checkpoint(p, "cpu", categories=val_ds.categories)[0]
+        for t, p in paths.items()
+    }
+    cfg = model_from_checkpoint(paths[0.5], "cpu")[1]
+    settings = {
+        "nms 0.7": Settings.from_config(cfg, box_nms_thresh=0.7),
+        "soft": Settings.from_config(cfg, postprocess="soft-nms-linear"),
+        "nms 0.5": Settings.from_config(cfg),
+    }
+    swept = study.sweep(models[0.5], val_ds, settings, "cpu")
+    assert list(swept) == list(settings)
+    assert swept["nms 0.5"] == _own_predictions(models[0.5], val_ds)
+    assert swept["nms 0.7"] == _own_predictions(models[0.7], val_ds)
+    assert swept["nms 0.7"] != swept["nms 0.5"] and swept["soft"]
+    assert models[0.5].roi_heads.nms_thresh == 0.5  # the sweep put the model back
 
 
 def test_a_mask2former_checkpoint_is_refused(synthetic_subset, monkeypatch):
