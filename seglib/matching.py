@@ -21,6 +21,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from seglib.categories import category_labels
 from seglib.metrics import GroundTruth, load_detections, load_ground_truth, load_results
 from seglib.results import quiet
 
@@ -95,7 +96,7 @@ def match_image(
         {boxes float32 [M,4], masks uint8 [M,H,W], labels int64 [M], matched: bool [M]},
         "counts": {"tp", "fp", "missed"}}``, predictions highest score first (ties in their
         order in ``results``), ground truth non-crowd only, in annotation order. Labels are
-        1..k, the position of the category in ``gt``'s list (what ``class_names`` indexes).
+        1..k (``seglib.categories.category_labels``, what ``class_names`` indexes).
 
     Raises:
         KeyError: ``image_id`` is not in ``gt``.
@@ -113,9 +114,7 @@ def match_image(
     outcome, taken = _cocoeval_outcomes(coco, preds, image_id, iou_thresh)
     plain = [i for i, a in enumerate(anns) if not a.get("iscrowd", 0)]
     matched = taken[plain]
-    # The model's labels, which class_names and the drawings index: a category's position in
-    # the ground truth's list (its id, once COCO's, need not be 1..k).
-    label = {int(c["id"]): k for k, c in enumerate(coco.dataset["categories"], start=1)}
+    label = category_labels(coco.dataset["categories"])  # COCO id -> 1..k, as drawings index
     return {
         "prediction": {
             "boxes": _xyxy([p["bbox"] for p in preds]),
