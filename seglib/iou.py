@@ -143,7 +143,8 @@ def confusion_matrix(
 
     Returns:
         ``(matrix, labels)``: int64 [k+1, k+1], rows ground truth, columns prediction, index 0
-        background, then classes in label order (the ground truth's list); ``labels`` = ["background", names...].
+        background, then classes in label order (the ground truth's list); ``labels`` =
+        ["background", names...].
     """
     coco, results = prepare(gt, results)
     names = class_names(coco)
