@@ -6,61 +6,70 @@ predicted and pasted for the survivors only. Two objects of one class whose boxe
 more than 0.5, the tightly packed case, lose one of them there, before anything downstream
 can bring it back.
 
-``PostProcessed`` wraps a model with another rule (``seglib.suppression``: NMS, Soft-NMS,
-Matrix NMS, mask NMS). It switches that suppression off for the call (``nms_thresh`` 1.0,
-``detections_per_img`` raised to ``postprocess_pool``). A rule on boxes alone (NMS,
-Soft-NMS) without TTA then runs in its place, inside ``postprocess_detections``, so masks are
-predicted and pasted for the survivors only. A rule on masks, or any rule with TTA, needs the
-candidates' masks: the model returns its best ``postprocess_pool`` candidates with pasted
-masks, the rule decides, and the best ``detections_per_img`` are kept.
+``PostProcessed`` wraps a model with another rule (``seglib.suppression``). For the call it
+switches that suppression off (``nms_thresh`` 1.0, ``detections_per_img`` raised to
+``postprocess_pool``) and puts ``preselect`` in its place: a box rule (NMS, Soft-NMS) runs
+whole there; for a mask rule (Matrix NMS, mask NMS) it keeps the ``detections_per_img``
+candidates worth a mask. The mask head then runs on those only, and their masks stay in box
+coordinates (M x M): a mask rule compares them with ``seglib.overlaps.box_mask_iou``, which
+pastes only the tiles it needs, and only the final detections are pasted at image size (``paste``, the same
+result as torchvision's ``paste_masks_in_image``).
 
-With ``tta_hflip`` the model also sees each image mirrored; the mirrored detections are
-flipped back, pooled with the others, and the rule suppresses the duplicates. Each survivor's
-mask is then averaged with its best same-class counterpart from the other view (box IoU >=
-``TTA_MATCH_IOU``). mmdetection instead averages the two views per proposal inside the heads;
-this detection-level merge needs nothing from the model but its outputs.
+With ``tta_hflip`` the model also sees each image mirrored. Each view is suppressed on its
+own, then the two are fused as Weighted Boxes Fusion fuses two models (Solovyev et al.,
+2021): a detection and its counterpart from the other view (same class, box IoU >=
+``TTA_MATCH_IOU``, one to one, best scores first) become one detection with the
+score-weighted mean box and mask probabilities and the mean score, a missing counterpart
+counting as 0. A decayed copy left by Soft-NMS or Matrix NMS in one view is matched with
+the other view's copy, never with the detection itself, so no object is reported twice for
+having been seen twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import box_iou
 
 from seglib.config import TrainConfig
-from seglib.suppression import (
-    BOX_METHODS,
-    MASK_IOU_PIXELS,
-    MASK_METHODS,
-    Detections,
-    Settings,
-    mask_iou,
-    mask_nms,
-    matrix_nms,
-    soft_nms,
-    suppress,
-    take,
-)
+from seglib.overlaps import box_mask_iou, paste_geometry
+from seglib.suppression import MASK_METHODS, Detections, Settings, preselect, suppress, take
 
-# Re-exported: the rules lived here before the split into seglib.suppression.
-__all__ = ["BOX_METHODS", "MASK_IOU_PIXELS", "MASK_METHODS", "Detections", "Settings"]
-__all__ += ["mask_iou", "mask_nms", "matrix_nms", "soft_nms", "suppress"]
-__all__ += ["TTA_MATCH_IOU", "PostProcessed", "average_with_counterparts", "merge_views"]
-__all__ += ["unflip", "wrap"]
-
-#: A detection and its counterpart from the other flip view are merged from this box IoU on.
-TTA_MATCH_IOU = 0.6
+#: A detection and one from the other flip view are fused from this box IoU on (WBF's 0.55).
+TTA_MATCH_IOU = 0.55
 
 
-# --- flip TTA ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidates:
+    """One image's unsuppressed candidates, every view, as ``PostProcessed.candidates`` gives.
+
+    Attributes:
+        det: ``boxes`` float [N, 4] XYXY px in the image, ``scores`` [N], ``labels`` int64
+            [N], ``masks`` float [N, 1, M, M] probabilities in box coordinates (the mask
+            head's output, not pasted), ``view`` int64 [N] (0 as given, 1 mirrored back).
+        image_size: (H, W) of the image.
+        flipped: whether the mirrored view was collected.
+    """
+
+    det: Detections
+    image_size: tuple[int, int]
+    flipped: bool
+
+
+# --- views and pasting ------------------------------------------------------------------------
 def unflip(det: Detections, width: int) -> Detections:
     """Detections made on a horizontally mirrored image, mapped back to the original.
 
-    Boxes XYXY: x1' = W - x2, x2' = W - x1; masks [N,1,H,W] mirrored along W.
+    Boxes XYXY: x1' = W - x2, x2' = W - x1; masks [N, 1, *, *] mirrored along their last axis
+    (masks in box coordinates mirror with their box; pasted ones with the image).
     """
     out = dict(det)
     x1, y1, x2, y2 = det["boxes"].unbind(-1)
@@ -76,34 +85,184 @@ def merge_views(views: Sequence[Detections]) -> Detections:
     return merged
 
 
-def average_with_counterparts(kept: Detections, pool: Detections) -> Detections:
-    """Average each kept mask with its best same-class detection from another view.
+def paste(
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    weights: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Paste masks in box coordinates into the image, each times its weight, added to ``out``.
 
-    A counterpart is the pool detection of the same class from another view with the highest
-    box IoU, if that is >= ``TTA_MATCH_IOU``; the kept mask becomes the mean of both
-    probabilities. Boxes and scores stay.
+    With no weights and no ``out`` this is torchvision's ``paste_masks_in_image``, value for
+    value; each mask is resized to its box and written into that region only.
+
+    Args:
+        masks: float [N, 1, M, M] probabilities. boxes: float [N, 4] XYXY px.
+        image_size: (H, W). weights: float [N] (1 if None); a mask of weight 0 is skipped.
+        out: float [N, 1, H, W] to add to (zeros if None).
+
+    Returns:
+        float [N, 1, H, W] (``out`` itself when given).
     """
-    if kept["scores"].numel() == 0 or pool["scores"].numel() == 0:
-        return kept
-    ious = box_iou(kept["boxes"], pool["boxes"])
-    valid = (kept["labels"][:, None] == pool["labels"][None, :]) & (
-        kept["view"][:, None] != pool["view"][None, :]
-    )
-    best, index = torch.where(valid, ious, torch.zeros_like(ious)).max(dim=1)
-    matched = best >= TTA_MATCH_IOU
-    out = dict(kept)
-    averaged = 0.5 * (kept["masks"] + pool["masks"][index])
-    out["masks"] = torch.where(matched[:, None, None, None], averaged, kept["masks"])
+    n = boxes.shape[0]
+    h, w = image_size
+    if out is None:
+        out = torch.zeros(n, 1, h, w, dtype=masks.dtype, device=masks.device)
+    if n == 0:
+        return out
+    padded, pasted, lo, hi = paste_geometry(masks, boxes, image_size)
+    factors = [1.0] * n if weights is None else weights.tolist()
+    rows = zip(pasted.tolist(), lo.tolist(), hi.tolist(), factors, strict=True)
+    for k, ((x0, y0, x2, y2), (cx0, cy0), (cx1, cy1), factor) in enumerate(rows):
+        if factor == 0 or cx1 <= cx0 or cy1 <= cy0:
+            continue
+        size = (max(y2 - y0 + 1, 1), max(x2 - x0 + 1, 1))
+        crop = F.interpolate(padded[k : k + 1], size=size, mode="bilinear", align_corners=False)
+        region = crop[0, 0, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].to(out.dtype)
+        out[k, 0, cy0:cy1, cx0:cx1] += region if factor == 1 else factor * region
     return out
 
 
+# --- flip TTA: one detection per object and view pair ------------------------------------------
+def match_views(a: Detections, b: Detections) -> torch.Tensor:
+    """For each detection of ``a``, its counterpart in ``b``: int64 [len(a)] index, -1 if none.
+
+    A counterpart has the same label and box IoU >= ``TTA_MATCH_IOU``; the matching is one to
+    one and greedy by score (each detection, best first, takes the best-scored free
+    counterpart), found as rounds of mutually best pairs, which give the same pairs.
+    """
+    na, nb = len(a["scores"]), len(b["scores"])
+    match = torch.full((na,), -1, dtype=torch.int64, device=a["scores"].device)
+    if na == 0 or nb == 0:
+        return match
+    valid = (a["labels"][:, None] == b["labels"][None, :]) & (
+        box_iou(a["boxes"], b["boxes"]) >= TTA_MATCH_IOU
+    )
+    rows = torch.arange(na, device=match.device)
+    for _ in range(min(na, nb)):
+        best_b = torch.where(valid, b["scores"][None, :].float(), -1.0).argmax(1)
+        best_a = torch.where(valid, a["scores"][:, None].float(), -1.0).argmax(0)
+        mutual = valid.any(1) & (best_a[best_b] == rows)
+        if not bool(mutual.any()):
+            break
+        match = torch.where(mutual, best_b, match)
+        taken = torch.zeros(nb, dtype=torch.int64, device=match.device)
+        taken = taken.index_add_(0, best_b, mutual.long()) > 0
+        valid &= ~mutual[:, None] & ~taken[None, :]
+    return match
+
+
+def fuse_views(a: Detections, b: Detections) -> Detections:
+    """Two views' suppressed detections fused (WBF for two models): one detection per pair.
+
+    A matched pair (``match_views``) gives score (s_a + s_b) / 2 and the score-weighted mean
+    box; a detection without counterpart keeps its box, at half its score (WBF rescales by
+    the share of models that found it). Masks stay in box coordinates, to be pasted by
+    ``paste``: ``masks``/``mask_boxes`` with weight ``weights[:, 0]`` plus
+    ``masks2``/``mask_boxes2`` with weight ``weights[:, 1]`` (0 without counterpart).
+
+    Args:
+        a, b: ``boxes`` [N, 4], ``scores``, ``labels``, ``masks`` [N, 1, M, M] of each view.
+
+    Returns:
+        ``boxes``, ``scores``, ``labels``, ``masks``, ``mask_boxes``, ``masks2``,
+        ``mask_boxes2``, ``weights`` [K, 2]: every detection of ``a``, then ``b``'s unmatched.
+    """
+    match = match_views(a, b)
+    found = match >= 0
+    other = b if len(b["scores"]) else a  # gathered only where weight 0 when b is empty
+    partner = {k: other[k][match.clamp(min=0)] for k in ("boxes", "scores", "masks")}
+    sa = a["scores"].float()
+    sb = torch.where(found, partner["scores"].float(), 0.0)
+    total = sa + sb
+    wa = torch.where(total > 0, sa / total.clamp(min=1e-12), torch.where(found, 0.5, 1.0))
+    wb = torch.where(found, 1 - wa, 0.0)
+    paired = {
+        "boxes": wa[:, None] * a["boxes"] + wb[:, None] * partner["boxes"],
+        "scores": total / 2,
+        "labels": a["labels"],
+        "masks": a["masks"],
+        "mask_boxes": a["boxes"],
+        "masks2": partner["masks"],
+        "mask_boxes2": partner["boxes"],
+        "weights": torch.stack([wa, wb], dim=1),
+    }
+    alone = torch.ones(len(b["scores"]), dtype=torch.bool, device=match.device)
+    alone[match[found]] = False
+    rest = take({k: b[k] for k in ("boxes", "scores", "labels", "masks")}, alone.nonzero()[:, 0])
+    lone = {
+        **rest,
+        "scores": rest["scores"].float() / 2,
+        "mask_boxes": rest["boxes"],
+        "masks2": rest["masks"],
+        "mask_boxes2": rest["boxes"],
+        "weights": torch.tensor([1.0, 0.0], device=match.device).expand(len(rest["boxes"]), 2),
+    }
+    return {k: torch.cat([paired[k], lone[k]]) for k in paired}
+
+
+# --- after the model: mask rule, fusion, pasting ------------------------------------------------
+def _mask_rule(
+    det: Detections, view: int, image_size: tuple[int, int], settings: Settings, cache: dict | None
+) -> Detections:
+    """A mask rule on one view's preselected candidates (masks in box coordinates)."""
+    if settings.postprocess not in MASK_METHODS:
+        return det
+    hit = (cache or {}).get(("mask_iou", view))
+    if hit is not None and torch.equal(hit[0], det["boxes"]) and torch.equal(hit[1], det["labels"]):
+        ious = hit[2]
+    else:
+        ious = box_mask_iou(det["masks"], det["boxes"], image_size, det["labels"])
+        if cache is not None:
+            cache[("mask_iou", view)] = (det["boxes"], det["labels"], ious)
+    return suppress(det, settings, mask_ious=ious)
+
+
+def finish(
+    views: Sequence[Detections],
+    image_size: tuple[int, int],
+    settings: Settings,
+    cache: dict | None = None,
+) -> Detections:
+    """One image's output from its views' preselected candidates (``preselect``).
+
+    A mask rule runs on each view (``box_mask_iou``); with two views they are fused
+    (``fuse_views``); the best ``detections_per_img`` are pasted at image size.
+
+    Args:
+        views: per view, ``boxes`` float [N, 4] XYXY px, ``scores``, ``labels`` int64,
+            ``masks`` float [N, 1, M, M] in box coordinates (extra keys are dropped).
+        image_size: (H, W). cache: a dict kept per image across calls (the study's sweep),
+            which holds each view's mask IoU once computed.
+
+    Returns:
+        ``boxes`` [K, 4], ``labels`` int64 [K], ``scores`` [K], ``masks`` float [K, 1, H, W],
+        best first, K <= ``detections_per_img``.
+    """
+    kept = [_mask_rule(v, i, image_size, settings, cache) for i, v in enumerate(views)]
+    if len(kept) == 1:
+        det = kept[0]
+        masks = paste(det["masks"], det["boxes"], image_size)
+    else:
+        det = fuse_views(*kept)
+        order = det["scores"].argsort(descending=True, stable=True)
+        det = take(det, order[: settings.detections_per_img])
+        masks = paste(det["masks"], det["mask_boxes"], image_size, weights=det["weights"][:, 0])
+        masks = paste(
+            det["masks2"], det["mask_boxes2"], image_size, weights=det["weights"][:, 1], out=masks
+        )
+    return {"boxes": det["boxes"], "labels": det["labels"], "scores": det["scores"], "masks": masks}
+
+
 # --- the wrapper ------------------------------------------------------------------------------
-def _roi_heads(model: nn.Module) -> RoIHeads:
+def _find(model: nn.Module, kind: type) -> nn.Module:
     for module in model.modules():
-        if isinstance(module, RoIHeads):
+        if isinstance(module, kind):
             return module
     raise TypeError(
-        f"{type(model).__name__} holds no torchvision RoIHeads; post-processing needs a "
+        f"{type(model).__name__} holds no torchvision {kind.__name__}; post-processing needs a "
         "torchvision Mask R-CNN (or a module wrapping one, like the zero-shot model)"
     )
 
@@ -120,37 +279,31 @@ class PostProcessed(nn.Module):
         super().__init__()
         self.model = model  # not ``module``: seglib.model.unwrap must not strip this wrapper
         self.settings = settings
-        self._heads = _roi_heads(model)
+        self._heads = _find(model, RoIHeads)
+        self._transform = _find(model, GeneralizedRCNNTransform)
         # A new Module is in train mode; wrapping an eval-mode model must give an eval-mode one,
         # or forward would hand every call to the model untouched.
         self.train(model.training)
 
     @contextlib.contextmanager
-    def _pool_mode(self) -> Iterator[None]:
-        """The model's own NMS off and ``postprocess_pool`` candidates kept, for one call."""
-        heads = self._heads
-        saved = heads.nms_thresh, heads.detections_per_img
-        heads.nms_thresh, heads.detections_per_img = 1.0, self.settings.postprocess_pool
-        try:
-            yield
-        finally:
-            heads.nms_thresh, heads.detections_per_img = saved
+    def _hooked(self, box_step: Callable[[Detections], Detections] | None) -> Iterator[None]:
+        """For one call: the model's NMS off, ``box_step`` in its place, masks left unpasted.
 
-    @contextlib.contextmanager
-    def _rule_in_heads(self) -> Iterator[None]:
-        """For one call, apply a box rule inside ``RoIHeads.postprocess_detections``.
-
-        The heads then predict and paste masks for the survivors only, instead of the whole
-        pool: on an H200 at 800 px that is the difference between about +20 ms (Soft-NMS's
-        own time) and +60 ms per image (``bench/bench_postprocess.py``).
+        The heads keep ``postprocess_pool`` candidates without NMS and hand each image's to
+        ``box_step`` (all of them if None); the mask head runs on what it returns. The
+        transform then scales boxes to the image but leaves masks in box coordinates.
         """
-        heads, settings = self._heads, self.settings
+        heads, transform = self._heads, self._transform
+        saved = heads.nms_thresh, heads.detections_per_img
         original = heads.postprocess_detections
 
         def postprocess_detections(*args: torch.Tensor) -> tuple[list, list, list]:
+            found = original(*args)
+            if box_step is None:
+                return found
             kept = [
-                suppress({"boxes": b, "scores": s, "labels": lab}, settings)
-                for b, s, lab in zip(*original(*args), strict=True)
+                box_step({"boxes": b, "scores": s, "labels": lab})
+                for b, s, lab in zip(*found, strict=True)
             ]
             return (
                 [k["boxes"] for k in kept],
@@ -158,57 +311,75 @@ class PostProcessed(nn.Module):
                 [k["labels"] for k in kept],
             )
 
-        heads.postprocess_detections = postprocess_detections  # shadows the method, this call only
+        def postprocess(result: list[dict], shapes: list, sizes: list) -> list[dict]:
+            for r, shape, size in zip(result, shapes, sizes, strict=True):
+                r["boxes"] = resize_boxes(r["boxes"], shape, size)
+            return result
+
+        heads.nms_thresh, heads.detections_per_img = 1.0, self.settings.postprocess_pool
+        heads.postprocess_detections = postprocess_detections  # shadow the methods, this call only
+        transform.postprocess = postprocess
         try:
             yield
         finally:
-            del heads.postprocess_detections
+            heads.nms_thresh, heads.detections_per_img = saved
+            del heads.postprocess_detections, transform.postprocess
 
-    def candidates(
-        self, images: list[torch.Tensor], *, tta_hflip: bool | None = None
-    ) -> list[Detections]:
-        """Per image, the model's unsuppressed candidates of every view, merged (``merge_views``).
-
-        ``tta_hflip`` overrides the settings (the occlusion study collects both views once
-        and sweeps rules over them with ``select``).
-        """
-        flip = self.settings.tta_hflip if tta_hflip is None else tta_hflip
-        with self._pool_mode():
+    def _views(
+        self, images: list[torch.Tensor], flip: bool, box_step: Callable | None
+    ) -> list[list[Detections]]:
+        """Per image, the model's detections of each view (mirrored ones mapped back)."""
+        with self._hooked(box_step):
             outputs = [self.model(images)]
             if flip:
                 mirrored = self.model([img.flip(-1) for img in images])
                 outputs.append(
                     [unflip(o, img.shape[-1]) for o, img in zip(mirrored, images, strict=True)]
                 )
-        return [merge_views(list(views)) for views in zip(*outputs, strict=True)]
+        return [list(views) for views in zip(*outputs, strict=True)]
+
+    def candidates(
+        self, images: list[torch.Tensor], *, tta_hflip: bool | None = None
+    ) -> list[Candidates]:
+        """Per image, the model's unsuppressed candidates of every view, masks unpasted.
+
+        ``tta_hflip`` overrides the settings (the occlusion study collects both views once
+        and sweeps rules over them with ``select``).
+        """
+        flip = self.settings.tta_hflip if tta_hflip is None else tta_hflip
+        views = self._views(images, flip, None)
+        return [
+            Candidates(merge_views(v), (img.shape[-2], img.shape[-1]), flip)
+            for v, img in zip(views, images, strict=True)
+        ]
 
     @staticmethod
-    def select(candidates: Detections, settings: Settings, cache: dict | None = None) -> Detections:
-        """Suppress one image's ``candidates`` by ``settings``; only views it asks for count.
+    def select(candidates: Candidates, settings: Settings, cache: dict | None = None) -> Detections:
+        """What ``settings`` makes of one image's ``candidates``: the same as a call would.
 
-        ``cache``: a dict kept per image across calls (the study's parameter sweep), which
-        holds the candidates' mask IoU once computed.
+        ``cache``: a dict kept per image across calls (the study's parameter sweep).
+
+        Raises:
+            ValueError: ``settings`` asks for flip TTA and the candidates have one view.
         """
-        views = None if settings.tta_hflip else torch.nonzero(candidates["view"] == 0).flatten()
-        det = candidates if views is None else take(candidates, views)
-        ious = None
-        if settings.postprocess in MASK_METHODS:
-            cache = {} if cache is None else cache
-            if "mask_iou" not in cache:
-                cache["mask_iou"] = mask_iou(candidates["masks"], candidates["labels"])
-            ious = cache["mask_iou"] if views is None else cache["mask_iou"][views][:, views]
-        kept = suppress(det, settings, mask_ious=ious)
-        if settings.tta_hflip:
-            kept = average_with_counterparts(kept, candidates)
-        return {k: v for k, v in kept.items() if k != "view"}
+        if settings.tta_hflip and not candidates.flipped:
+            raise ValueError("tta_hflip needs candidates collected with tta_hflip=True")
+        det = candidates.det
+        views = [
+            preselect(take(det, torch.nonzero(det["view"] == v)[:, 0]), settings)
+            for v in range(2 if settings.tta_hflip else 1)
+        ]
+        return finish(views, candidates.image_size, settings, cache)
 
     def forward(self, images: list[torch.Tensor], targets: object = None) -> list[Detections]:
         if self.training or targets is not None:
             return self.model(images, targets)
-        if self.settings.postprocess in BOX_METHODS and not self.settings.tta_hflip:
-            with self._pool_mode(), self._rule_in_heads():
-                return self.model(images)
-        return [self.select(c, self.settings) for c in self.candidates(images)]
+        step = functools.partial(preselect, settings=self.settings)
+        views = self._views(images, self.settings.tta_hflip, step)
+        return [
+            finish(v, (img.shape[-2], img.shape[-1]), self.settings)
+            for v, img in zip(views, images, strict=True)
+        ]
 
 
 def wrap(model: nn.Module, cfg: TrainConfig) -> nn.Module:
