@@ -5,7 +5,8 @@ plain cell reads it into a validated config (``form.to_config(base)``) and does 
 Nothing trains inside a widget callback, and run headless the form's defaults are used.
 Slider ranges come from ``TrainConfig`` field metadata, so they live next to their field, and
 each slider is labelled with its field name (what ``--set NAME=VALUE`` takes), its meaning in
-the tooltip.
+the tooltip. Live views display their figures as PNG pictures (``viz.png_bytes``), so they
+show as images whatever matplotlib's backend (``MPLBACKEND=Agg`` included).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 from typing import Any
 
 import ipywidgets as W
-from IPython.display import display
+from IPython.display import Image, display
 
 from seglib import metrics, runs, viz
 from seglib.config import WEIGHT_CHOICES, TrainConfig
@@ -29,6 +30,15 @@ _CHECKBOX = {
     "layout": W.Layout(width="460px", margin="0 0 0 150px"),
     "indent": False,
 }
+
+
+def _picture(fig: Any) -> Image:
+    """``fig`` as a PNG picture: shown as an image whatever matplotlib's backend.
+
+    ``display(fig)`` relies on the inline backend's display hook; under ``MPLBACKEND=Agg`` it
+    shows the text ``<Figure size 600x300 with 2 Axes>`` instead.
+    """
+    return Image(data=viz.png_bytes(fig), format="png")
 
 
 def _slider(name: str, value: float, description: str) -> W.Widget:
@@ -214,7 +224,7 @@ def threshold_explorer(
             fig = viz.draw_instance_grid(
                 viz.prediction_samples(dataset, kept, image_ids), dataset.class_names, ncols=ncols
             )
-            display(fig)
+            display(_picture(fig))
             viz.close(fig)
 
     for slider in form.children:
@@ -303,6 +313,6 @@ class LiveLossPlot:
             return
         viz.draw_training(self.history, self.axes, self.eval_rows())
         if self._handle is None:
-            self._handle = display(self.fig, display_id=True)
+            self._handle = display(_picture(self.fig), display_id=True)
         else:
-            self._handle.update(self.fig)
+            self._handle.update(_picture(self.fig))

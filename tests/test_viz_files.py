@@ -96,3 +96,34 @@ def test_every_notebook_declares_its_figures_in_its_own_folder(tmp_path):
     assert viz.notebook_figures(paths, "04_evaluate")[0].parent == paths.run_dir("r1") / "figures"
     with pytest.raises(KeyError, match="NOTEBOOK_FIGURES"):
         viz.notebook_figures(paths, "99_unknown")
+
+
+def test_a_comparison_chart_of_zeros_or_undefined_scores_holds_no_data(tmp_path):
+    """07's charts: a model at AP 0 everywhere (or a bucket without instances) shows nothing."""
+    groups = ["cake", "dog", "all"]
+    zeros = viz.plot_grouped_scores(groups, {"mask-rcnn-v1": [0.0, 0.0, 0.0]}, title="zeros")
+    undefined = viz.plot_grouped_scores(groups, {"m": [-1.0, None, -1.0]}, title="n/a")
+    full = viz.plot_grouped_scores(groups, {"a": [0.0, 0.0, 0.0], "b": [0.0, 0.02, 0.01]})
+    for ax, name in ((zeros, "zeros"), (undefined, "undefined")):
+        (problem,) = viz.check_figure_file(viz.save_figure(ax, tmp_path / f"{name}.png", dpi=40))
+        assert "holds no data" in problem
+    assert viz.check_figure_file(viz.save_figure(full, tmp_path / "full.png", dpi=40)) == []
+
+
+def test_a_recorded_notebook_is_checked_for_the_figures_it_could_draw(tmp_path):
+    from seglib.paths import get_paths
+
+    paths = get_paths("smoke", tmp_path)
+    notebook, (folder, declared) = "07_detr_comparison", viz.NOTEBOOK_FIGURES["07_detr_comparison"]
+    everything = [getattr(paths, folder) / name for name in declared]
+    assert viz.notebook_figures(paths, notebook) == everything  # no record: all of them
+    assert viz.record_figures(paths, notebook, (), reason="nothing to compare") == ()
+    record = json.loads(viz.figures_record(paths, notebook).read_text())
+    assert record["left_out"] == list(declared) and record["reason"] == "nothing to compare"
+    assert viz.notebook_figures(paths, notebook) == []
+    viz.record_figures(paths, notebook, declared[:1])  # each run rewrites the record
+    assert viz.notebook_figures(paths, notebook) == everything[:1]
+    with pytest.raises(ValueError, match="does not declare"):
+        viz.record_figures(paths, notebook, ["07_new_chart.png"])
+    with pytest.raises(KeyError, match="NOTEBOOK_FIGURES"):
+        viz.record_figures(paths, "99_unknown", ())

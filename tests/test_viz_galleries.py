@@ -64,3 +64,21 @@ def test_model_comparison_shows_ground_truth_and_each_model_on_the_same_images(
     assert titles[0].endswith("ground truth") and titles[1].startswith("fine-tuned (")
     assert titles[2] == "zero-shot (0 with score >= 0.5)"
     assert len(rectangles(fig.axes[1])) == len(rectangles(fig.axes[0])) > 0
+
+
+def test_occlusion_gallery_names_each_instance_by_its_class(synthetic_subset):
+    """The split keeps COCO's ids (cake 61, dog 18): captions go through the label map."""
+    from seglib import occlusion
+    from seglib.dataset import open_split
+
+    ds = open_split(synthetic_subset, "test")
+    levels = occlusion.occlusion_levels(ds.coco)
+    ids = [
+        i
+        for i in ds.ids
+        if any(a["category_id"] > len(ds.categories) for a in ds.coco.imgToAnns[i])
+    ]
+    assert ids, "the fixture should hold a category whose COCO id is above k"
+    fig = viz.draw_occlusion_gallery(ds, ids[:2], levels)
+    names = {t.get_text().split()[0] for ax in fig.axes for t in ax.texts}
+    assert names and names <= set(ds.class_names)

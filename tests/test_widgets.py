@@ -164,3 +164,49 @@ def test_threshold_explorer_redraws_from_cached_predictions(
     assert drawn == [len(results)] and len(results) > 0
     form.children[0].value = 0.95  # above every score: the view redraws with nothing kept
     assert drawn == [len(results), 0]
+
+
+def _shown_mime_types(monkeypatch) -> list[list[str]]:
+    """Record what ``seglib.widgets`` displays, as the mime types Jupyter would receive.
+
+    A fresh ``DisplayFormatter`` has no figure hook: it formats as a kernel under
+    ``MPLBACKEND=Agg`` does, where ``display(fig)`` gave only ``<Figure size ... Axes>``.
+    """
+    from IPython.core.formatters import DisplayFormatter
+
+    from seglib import widgets
+
+    formatter, shown = DisplayFormatter(), []
+
+    def display(obj, display_id=None):
+        shown.append(sorted(formatter.format(obj)[0]))
+        return _Handle(lambda new: shown.append(sorted(formatter.format(new)[0])))
+
+    monkeypatch.setattr(widgets, "display", display)
+    return shown
+
+
+class _Handle:
+    def __init__(self, update):
+        self.update = update
+
+
+def test_live_views_display_png_images_under_the_agg_backend(
+    synthetic_subset, monkeypatch, gt_results
+):
+    import matplotlib
+
+    from seglib import widgets
+    from seglib.dataset import open_split
+
+    matplotlib.use("Agg")
+    shown = _shown_mime_types(monkeypatch)
+    ds = open_split(synthetic_subset, "test")
+    form = threshold_form(0.5)
+    widgets.threshold_explorer(form, ds, gt_results(ds.coco), indices=range(2), ncols=2)
+    form.children[0].value = 0.95
+    live = widgets.LiveLossPlot(every=1)
+    live("iter", {"epoch": 0, "iteration": 0, "lr": 0.01, "loss": 1.0, "loss_mask": 0.5})
+    live("epoch_end", {"epoch": 0})
+    # two explorer redraws, then the live plot shown once and updated once
+    assert shown == [["image/png", "text/plain"]] * 4

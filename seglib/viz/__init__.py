@@ -2,7 +2,8 @@
 
 Every function draws into ``ax`` (or ``axes``) when given, else into a new pyplot figure, and
 returns the axes or figure; none calls ``plt.show()``. New figures come from pyplot so a
-notebook displays them; scripts that draw many should pass ``close=True`` to ``save_figure``.
+notebook displays them, whatever ``$MPLBACKEND`` says (``viz.jupyter``); scripts that draw many
+should pass ``close=True`` to ``save_figure``.
 Colours are fixed per class label (``class_color``), so a class looks the same everywhere.
 Inputs may be numpy arrays or torch tensors (read through ``.detach().cpu().numpy()``).
 
@@ -22,7 +23,9 @@ Every public name lives in a submodule and is re-exported here, so ``viz.NAME`` 
 * ``viz.training``: loss, learning-rate and validation-AP curves, live and after the run;
 * ``viz.charts``: bars per class or bucket, PR curves, confusion matrices, data charts;
 * ``viz.files``: ``NOTEBOOK_FIGURES``, ``figure_content``, ``save_figure``,
-  ``check_figure_file``.
+  ``check_figure_file``;
+* ``viz.jupyter``: figures shown as pictures in Jupyter whatever the backend
+  (``show_in_kernel``, ``png_bytes``).
 
 Submodules call each other directly, so patching ``seglib.viz.NAME`` replaces the name for
 callers that go through the package (``viz.NAME(...)``), not inside other ``viz`` functions.
@@ -48,7 +51,9 @@ from seglib.viz.files import (
     close,
     content_file,
     figure_content,
+    figures_record,
     notebook_figures,
+    record_figures,
     save_figure,
 )
 from seglib.viz.galleries import (
@@ -59,6 +64,7 @@ from seglib.viz.galleries import (
     draw_occlusion_gallery,
     error_gallery,
 )
+from seglib.viz.jupyter import png_bytes, show_in_kernel
 from seglib.viz.overlay import (
     draw_instance_grid,
     draw_instances,
@@ -101,6 +107,7 @@ __all__ = [
     "draw_training",
     "error_gallery",
     "figure_content",
+    "figures_record",
     "loss_keys",
     "make_grid",
     "notebook_figures",
@@ -122,7 +129,10 @@ __all__ = [
     "plot_size_distribution",
     "plot_training_summary",
     "plot_val_ap",
+    "png_bytes",
     "prediction_samples",
+    "record_figures",
     "save_figure",
+    "show_in_kernel",
     "training_figure",
 ]

@@ -3,6 +3,8 @@
 Every other ``viz`` submodule imports from here (and never from the package itself), so the
 import graph stays acyclic. ``class_color``, ``BACKGROUND_COLOR``, ``BUCKET_COLORS`` and
 ``make_grid`` are public (re-exported by ``seglib.viz``); the underscored helpers are not.
+Every new figure comes from ``_subplots``, which lets a Jupyter kernel show it whatever the
+backend (``viz.jupyter``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from seglib.viz.jupyter import show_in_kernel
 
 BACKGROUND_COLOR = (0.6, 0.6, 0.6)
 #: One colour per occlusion bucket, the same in every figure (none calm, heavy alarming).
@@ -70,9 +74,16 @@ def _to_masks(masks: Any, h: int, w: int) -> np.ndarray:
     return m > 0.5 if np.issubdtype(m.dtype, np.floating) else m > 0
 
 
+def _subplots(*args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots``, after making sure a Jupyter kernel shows the figure whatever the
+    backend (``viz.jupyter.show_in_kernel``). Every new ``viz`` figure comes from here."""
+    show_in_kernel()
+    return plt.subplots(*args, **kwargs)
+
+
 def _new_ax(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> Axes:
     if ax is None:
-        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+        _, ax = _subplots(figsize=figsize, layout="constrained")
     return ax
 
 
@@ -92,7 +103,7 @@ def make_grid(n: int, ncols: int = 4, size: float = 3.0) -> tuple[Figure, list[A
         raise ValueError(f"need n >= 1 and ncols >= 1, got n={n}, ncols={ncols}")
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained"
     )
     flat = list(axes.ravel())

@@ -4,7 +4,9 @@ Figures are checked by what they hold, not by existing: ``figure_content`` lists
 bars with height, lines with points and images; ``save_figure`` writes that record beside the
 image (``<name>.content.json``), and ``check_figure_file`` fails a missing or blank image or
 an axes with no data. ``NOTEBOOK_FIGURES`` declares the figures each notebook saves and
-``notebook_figures`` resolves them to paths; ``close`` releases a pyplot figure.
+``notebook_figures`` resolves them to paths; a notebook whose figures depend on what can run
+here (07: no comparison without a second model) records the ones it draws with
+``record_figures``. ``close`` releases a pyplot figure.
 """
 
 from __future__ import annotations
@@ -201,18 +203,56 @@ def check_figure_file(path: str | Path, *, min_std: float = 0.01) -> list[str]:
     return problems
 
 
-def notebook_figures(paths: Any, notebook: str) -> list[Path]:
-    """The files ``NOTEBOOK_FIGURES`` declares for ``notebook`` (its stem), under ``paths``.
-
-    Raises:
-        KeyError: the notebook declares no figures (names where to declare them).
-    """
+def _declared(notebook: str) -> FigureSet:
     if notebook not in NOTEBOOK_FIGURES:
         raise KeyError(
             f"{notebook} declares no figures: add it to seglib.viz.NOTEBOOK_FIGURES "
             "(an empty tuple if it saves none)"
         )
-    folder, names = NOTEBOOK_FIGURES[notebook]
+    return NOTEBOOK_FIGURES[notebook]
+
+
+def figures_record(paths: Any, notebook: str) -> Path:
+    """Where ``record_figures`` writes: ``<notebook's figure folder>/<notebook>.figures.json``."""
+    return getattr(paths, _declared(notebook).folder) / f"{notebook}.figures.json"
+
+
+def record_figures(paths: Any, notebook: str, names: Any, *, reason: str = "") -> tuple[str, ...]:
+    """Record which of ``notebook``'s declared figures this run draws, before drawing them.
+
+    For a notebook whose figures depend on what can run here, decided from what ran, never
+    from the scores: the checks then expect exactly these, so a drawn chart of zeros still
+    fails. Each run rewrites the record. ``reason`` says why the others are left out.
+
+    Returns:
+        The recorded names, for the notebook's ``if "NN_name.png" in figures:`` guards.
+
+    Raises:
+        KeyError: the notebook declares no figures.
+        ValueError: a name it does not declare in ``NOTEBOOK_FIGURES``.
+    """
+    declared, names = _declared(notebook).names, tuple(names)
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ValueError(f"{notebook} does not declare {unknown}; it declares {list(declared)}")
+    left_out = [n for n in declared if n not in names]
+    record = {"notebook": notebook, "figures": list(names), "left_out": left_out}
+    write_json_atomic(figures_record(paths, notebook), {**record, "reason": reason})
+    return names
+
+
+def notebook_figures(paths: Any, notebook: str) -> list[Path]:
+    """The files ``NOTEBOOK_FIGURES`` declares for ``notebook`` (its stem), under ``paths``;
+    only those its last run recorded drawing when it keeps a ``record_figures`` record.
+
+    Raises:
+        KeyError: the notebook declares no figures (names where to declare them).
+    """
+    folder, names = _declared(notebook)
+    record = figures_record(paths, notebook)
+    if record.is_file():
+        drawn = json.loads(record.read_text())["figures"]
+        names = tuple(n for n in names if n in drawn)
     return [getattr(paths, folder) / name for name in names]
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from seglib.categories import category_labels
 from seglib.metrics import results_to_instances
 from seglib.occlusion import HEAVY_FROM, bucket_of
-from seglib.viz.common import BUCKET_COLORS, _name, _to_image, _to_masks, make_grid
+from seglib.viz.common import BUCKET_COLORS, _name, _subplots, _to_image, _to_masks, make_grid
 from seglib.viz.overlay import _instances, draw_instances
 
 #: Colours of the error galleries: matched, wrong, missed, ignored (inside a crowd region).
@@ -46,7 +46,7 @@ def draw_errors(
     person").
     """
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(8, 4), layout="constrained")
+        _, axes = _subplots(1, 2, figsize=(8, 4), layout="constrained")
     gt, pred, counts = match["ground_truth"], match["prediction"], match["counts"]
     draw_instances(
         image,
@@ -101,7 +101,7 @@ def error_gallery(
 
     if not image_ids:
         raise ValueError("error_gallery needs at least one image id")
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(image_ids),
         2,
         figsize=(2 * size, size * len(image_ids)),
@@ -137,7 +137,7 @@ def draw_model_comparison(
     if not image_ids:
         raise ValueError("draw_model_comparison needs at least one image id")
     ncols = 1 + len(predictions)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(image_ids),
         ncols,
         figsize=(size * ncols, size * len(image_ids)),
@@ -189,6 +189,7 @@ def draw_occlusion_gallery(
         raise ValueError("no images to draw: the split has no instance in that bucket")
     fig, axes = make_grid(len(image_ids), ncols=ncols, size=size)
     coco = dataset.coco
+    label = category_labels(dataset.categories)  # the split's COCO ids -> labels 1..k
     for ax, image_id in zip(axes, image_ids, strict=True):
         image = dataset[dataset.ids.index(image_id)][0]
         anns = [
@@ -203,11 +204,12 @@ def draw_occlusion_gallery(
             image,
             boxes=boxes,
             masks=masks,
-            labels=[a["category_id"] for a in anns],
+            labels=[label[a["category_id"]] for a in anns],
             ax=ax,
             colors=[BUCKET_COLORS[b] for b in buckets],
             captions=[
-                f"{dataset.class_names[a['category_id'] - 1]} {levels[a['id']]:.2f}" for a in anns
+                f"{dataset.class_names[label[a['category_id']] - 1]} {levels[a['id']]:.2f}"
+                for a in anns
             ],
             title=f"image {image_id}: {buckets.count('heavy')} heavy",
         )
@@ -229,7 +231,7 @@ def draw_before_after(
     With no image ids (the two sets agree everywhere) the figure says so in one panel.
     """
     if not image_ids:
-        fig, ax = plt.subplots(figsize=(6.0, 1.5), layout="constrained")
+        fig, ax = _subplots(figsize=(6.0, 1.5), layout="constrained")
         ax.set_axis_off()
         ax.text(0.5, 0.5, f"{names[0]} and {names[1]} agree on every image", ha="center")
         return fig

@@ -11,14 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from seglib.metrics import results_to_instances
-from seglib.viz.common import _name, _new_ax, _numpy, _to_image, _to_masks, class_color, make_grid
+from seglib.viz.common import (
+    _name,
+    _new_ax,
+    _numpy,
+    _subplots,
+    _to_image,
+    _to_masks,
+    class_color,
+    make_grid,
+)
 
 
 def _instance_arrays(
@@ -218,7 +226,7 @@ def draw_prediction_vs_gt(
     (boxes XYXY, labels, masks, and scores for the prediction).
     """
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
+        _, axes = _subplots(1, 2, figsize=(10, 5), layout="constrained")
     n_gt = len(_numpy(target["labels"])) if target.get("labels") is not None else 0
     draw_instances(
         image,

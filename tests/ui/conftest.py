@@ -4,6 +4,9 @@
   that holds copies of the notebooks (so nothing, autosave included, writes into the
   checkout), with ``SEGLIB_PROFILE=smoke``, ``SEGLIB_DATA`` in that folder and a tiny run
   through ``SEGLIB_SET`` (override it with ``SEGLIB_UI_SET``).
+- Its kernels run with ``MPLBACKEND=Agg``, as on a headless server or in CI, where ipykernel
+  then leaves matplotlib's inline backend off: the notebooks must show their figures as
+  images all the same (``seglib.viz.jupyter``).
 - Chromium is Debian's (``/usr/bin/chromium``, or ``$SEGLIB_CHROMIUM``), driven by the
   ``playwright`` package. Without one the suite skips, but only where apt-get cannot install
   it; with ``SEGLIB_UI_REQUIRED=1`` (as ``.ci/run`` sets) it fails instead.
@@ -203,6 +206,8 @@ def _server_env(scratch: Path) -> dict[str, str]:
         JUPYTERLAB_SETTINGS_DIR=str(scratch / "lab-settings"),
         JUPYTERLAB_WORKSPACES_DIR=str(scratch / "lab-workspaces"),
         IPYTHONDIR=str(scratch / "ipython"),
+        # The headless case, whatever the caller's setting: figures must still show as images.
+        MPLBACKEND="Agg",
     )
     return env
 

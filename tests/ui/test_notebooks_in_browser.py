@@ -23,6 +23,8 @@ SCORE = re.compile(r"score", re.I)
 AUGMENT = re.compile(r"aug|strength", re.I)
 RUN_NAME = re.compile(r"run name|run_name", re.I)
 REDRAW_TIMEOUT_S = 30
+# What a kernel shows for a figure when nothing renders it (MPLBACKEND=Agg, issue 15).
+FIGURE_AS_TEXT = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>")
 
 
 def _notebook(prefix: str):
@@ -44,6 +46,23 @@ def _assert_clean(lab, notebook, when: str) -> None:
     assert not problems, f"{notebook.name} {when}:\n\n" + "\n\n".join(problems)
 
 
+def _assert_figures_shown(lab, lab_server, notebook) -> None:
+    """At least as many images as the figures the notebook saved, and no figure as text."""
+    from seglib.paths import get_paths
+    from seglib.viz import notebook_figures
+
+    run = lab_server.run_folder()
+    paths = get_paths("smoke", lab_server.data, run=run.name if run != lab_server.data else None)
+    saved = [f for f in notebook_figures(paths, notebook.stem) if f.is_file()]
+    shown = lab.notebook.locator(".jp-Cell-outputArea img").count()
+    as_text = sorted(set(FIGURE_AS_TEXT.findall(lab.outputs_text())))
+    assert not as_text, f"{notebook.name} shows figures as text, not images: {as_text}"
+    assert shown >= len(saved), (
+        f"{notebook.name} saved {len(saved)} figures but shows {shown} images "
+        f"(kernels run with MPLBACKEND=Agg): {[f.name for f in saved]}"
+    )
+
+
 def _screenshot(lab, screenshots, notebook, focus=None) -> None:
     if focus is not None:
         focus.scroll_into_view_if_needed()
@@ -60,6 +79,7 @@ def test_run_all_shows_no_error(lab, lab_server, screenshots, notebook):
     lab.open(f"notebooks/{notebook.name}")
     lab.run_all()
     _assert_clean(lab, notebook, "after Run All")
+    _assert_figures_shown(lab, lab_server, notebook)
     widgets = lab.notebook.locator(".jupyter-widgets.widget-vbox")
     _screenshot(lab, screenshots, notebook, widgets.first if widgets.count() else None)
 
