@@ -9,6 +9,8 @@ base package trains Mask R-CNN with transformers blocked.
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -194,18 +196,23 @@ def test_post_processing_scores_class_times_mask_and_keeps_overlaps():
 # --- training through the engine ------------------------------------------------------------
 @needs_transformers
 def test_losses_fall_on_a_fixed_batch():
+    # The summed loss is noisy step to step (Hungarian matching, sampled mask points) and its
+    # path depends on the CPU's floating-point kernels: after 12 steps it had fallen 14-22%
+    # depending on ATEN_CPU_CAPABILITY and thread count. After 30 steps the median of the last
+    # 10 is 0.66-0.73 of the start on every path measured (docs/benchmarks.md, "Thresholds");
+    # with lr 0 it stays at 1.0 +- 0.05, so 0.85 separates learning from not learning on any CPU.
     model = tiny_model()
     images, targets = two_images()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     totals = []
-    for _ in range(12):
+    for _ in range(30):
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         totals.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(totals)))
-    assert sum(totals[-3:]) / 3 < 0.8 * sum(totals[:3]) / 3
+    assert all(math.isfinite(t) for t in totals)
+    assert statistics.median(totals[-10:]) < 0.85 * statistics.mean(totals[:3]), totals
 
 
 @needs_transformers
