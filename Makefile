@@ -49,10 +49,13 @@ notebooks: install install-detr
 	status=$$?; rm -rf $$tmp; exit $$status
 
 # Offline demo: synthetic data, 128 px, CPU; a model that learns the shapes. Each call is a new
-# run (data/runs/demo/<timestamp>/); ends by printing the val mask AP50. Options go through
-# ARGS, e.g. make demo ARGS="--run lr-high --set lr=0.02".
+# run (data/runs/<profile>/<timestamp>/); ends by printing the val mask AP50. It needs the base
+# install only. Options go through ARGS, e.g. make demo ARGS="--run lr-high --set lr=0.02";
+# PROFILE=smoke runs the CI cut (.ci/run does, first, on a fresh base install). Set on the
+# command line only: a PROFILE in the environment is ignored.
+PROFILE := demo
 demo: install
-	$(PY) -m seglib run --profile demo $(ARGS)
+	$(PY) -m seglib run --profile $(PROFILE) $(ARGS)
 
 # The seed experiment on real COCO: needs internet (COCO images, torchvision weights) or
 # both already in place; fails fast otherwise and points to `make demo`.

@@ -7,9 +7,10 @@
   either: nbval cannot compare figures, and the numbers change with every recipe tweak.
 - Instead, after a passing run, ``seglib.runner.check_outputs`` reads what the notebooks wrote:
   every figure each declares in ``seglib.viz.NOTEBOOK_FIGURES`` (present, not blank, no axes
-  without data), the metrics and prediction files with the checkpoint they record, and the
-  smoke run's val mask AP50, which must reach ``MIN_VAL_MASK_AP50``. It also checks that no
-  seed-profile files appeared. Any problem fails the session.
+  without data; for 07, those it recorded it could draw), the metrics and prediction files
+  with the checkpoint they record, and the smoke run's val mask AP50, which must reach
+  ``MIN_VAL_MASK_AP50``. It also checks that no seed-profile files appeared. Any problem
+  fails the session.
 """
 
 import os

@@ -2,6 +2,8 @@
 
 ``plan_comparison`` picks the contenders a config can run here and now: Mask R-CNN v1 and
 v2 and Mask2Former, trained, plus the zero-shot COCO models when their weights are cached.
+A comparison needs two of them: with one (the base install offline, where Mask2Former needs
+the ``detr`` extra and only Mask R-CNN v1 can run) it plans nothing, and says why.
 ``compare_models`` trains every trained contender with ``engine.train`` from the same config
 (the same data, augmentation, optimizer, schedule and number of iterations; only the
 architecture differs), then evaluates each one on the same split with
@@ -34,6 +36,7 @@ from seglib.compare_report import (
     ap_series,
     comparison_tables,
     load_results,
+    models_without_scores,
     most_occluded,
     occlusion_series,
 )
@@ -50,6 +53,7 @@ __all__ = [
     "comparison_tables",
     "count_parameters",
     "load_results",
+    "models_without_scores",
     "most_occluded",
     "occlusion_series",
     "plan_comparison",
@@ -84,10 +88,15 @@ class Contender:
 
 @dataclass
 class Plan:
-    """``plan_comparison``'s answer: the contenders, and why others were left out."""
+    """``plan_comparison``'s answer: the contenders, and why others were left out.
+
+    ``needs_detr_extra`` is True when Mask2Former was left out because ``transformers`` (the
+    optional ``detr`` extra) is not installed.
+    """
 
     contenders: list[Contender]
     skipped: list[str] = field(default_factory=list)
+    needs_detr_extra: bool = False
 
 
 def _maskrcnn_weights_cached(kind: str, arch: str) -> bool:
@@ -178,6 +187,7 @@ def plan_comparison(
     *,
     zero_shot: bool = True,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    min_contenders: int = 2,
 ) -> Plan:
     """The contenders ``cfg`` allows with the weights and packages present, nothing fetched.
 
@@ -193,10 +203,15 @@ def plan_comparison(
             name) when their weights are cached; never stand-ins.
         overrides: per-arch field changes, e.g. ``{"mask2former": {"lr": 1e-4}}``; they
             make the budgets unequal, so the note says so.
+        min_contenders: fewer contenders than this compare nothing, so none is kept (each
+            goes to ``skipped`` with the reason): training one model alone for a comparison
+            would spend the slow step on a table of one row.
 
     Returns:
         A ``Plan``: contenders in order, and a sentence per contender left out.
     """
+    from seglib.mask2former import require_transformers
+
     plan = Plan([])
     overrides = overrides or {}
     for arch in archs:
@@ -210,6 +225,18 @@ def plan_comparison(
         if zero_shot:
             zs = _zero_shot_contender(cfg, trained)
             (plan.skipped if isinstance(zs, str) else plan.contenders).append(zs)
+    if "mask2former" in archs:
+        try:
+            require_transformers()
+        except ImportError:
+            plan.needs_detr_extra = True
+    if len(plan.contenders) < min_contenders:
+        plan.skipped += [
+            f"{c.name}: nothing to compare it with here (a comparison needs {min_contenders} "
+            "contenders), so it is not trained"
+            for c in plan.contenders
+        ]
+        plan.contenders = []
     return plan
 
 

@@ -1,9 +1,11 @@
 """A comparison's report: text tables, the series ``viz`` plots, and the results read back.
 
 ``comparison_tables`` lays ``seglib.compare.compare_models``'s summary out as text;
-``ap_series`` and ``occlusion_series`` feed ``viz.plot_grouped_scores``; ``most_occluded``
-picks the images to draw; ``load_results`` reads each model's results file back in the
-split's labels. All are importable from ``seglib.compare`` too. Nothing here prints.
+``ap_series`` and ``occlusion_series`` feed ``viz.plot_grouped_scores``, and
+``models_without_scores`` names the models whose bars there would all be empty;
+``most_occluded`` picks the images to draw; ``load_results`` reads each model's results file
+back in the split's labels. All are importable from ``seglib.compare`` too. Nothing here
+prints.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def comparison_tables(summary: Mapping[str, Any]) -> dict[str, str]:
 
     Returns:
         ``{"overall": box/mask AP, AP50, params, times, memory; "per_class": mask AP per
-        class; "occlusion": mask AP (and box AP) per occlusion bucket, with instance counts}``.
+        class; "occlusion": mask AP (and box AP) per occlusion bucket, with instance counts}``;
+        with no model compared, each says so (the summary's ``skipped`` says why).
     """
     models = summary["models"]
+    if not models:
+        return dict.fromkeys(("overall", "per_class", "occlusion"), "no model compared")
     w = max([len(n) for n in models] + [5]) + 2
     head = (
         f"{'model':<{w}}{'box AP':>7}{'mask AP':>8}{'AP50':>6}{'params':>8}"
@@ -99,6 +104,19 @@ def occlusion_series(
         name: [m["occlusion"][row][iou_type]["AP"] for row in first] for name, m in models.items()
     }
     return groups, series
+
+
+def models_without_scores(summary: Mapping[str, Any], iou_type: str = "segm") -> list[str]:
+    """The models whose every score in ``ap_series`` and ``occlusion_series`` is 0 or undefined.
+
+    Their bars in the comparison's charts have no height: a model that learned nothing in its
+    budget shows nothing, however full the other models' bars are.
+    """
+    scores: dict[str, list[float]] = {name: [] for name in summary["models"]}
+    for series in (ap_series, occlusion_series):
+        for name, values in series(summary, iou_type)[1].items():
+            scores[name] += [v for v in values if v is not None]
+    return [name for name, values in scores.items() if not any(v > 0 for v in values)]
 
 
 def most_occluded(dataset: Any, n: int = 3) -> list[int]:

@@ -238,18 +238,37 @@ def check_outputs(
     """Problems with what ``notebooks`` (stems, e.g. "04_evaluate") left under ``paths``.
 
     * every figure each declares in ``viz.NOTEBOOK_FIGURES``: present, not blank, and every
-      axes holding data (``viz.check_figure_file``);
+      axes holding data (``viz.check_figure_file``); a notebook that recorded which of its
+      figures this run could draw (``viz.record_figures``: 07, which draws none when there
+      is nothing to compare) is held to those;
     * 01: the split JSONs. 03: config.json, run_info.json, metrics.jsonl with a validation
       row, best.pt. 04: eval/val_metrics.json and eval/test_metrics.json recording the current
       best.pt, and val mask AP50 >= ``min_val_ap50`` when given. 05: the cached test
-      predictions recording the current best.pt, and the saved operating point.
+      predictions recording the current best.pt, and the saved operating point. 07:
+      comparison.json, and each compared model scoring above 0 somewhere in its charts.
 
     Returns:
         One message per problem (empty when all is well).
     """
-    from seglib import runs, viz
-
     notebooks = list(notebooks)
+    problems = _figure_problems(paths, notebooks)
+    if "01_data_subset" in notebooks:
+        problems += [
+            f"{paths.split_json(s)} was not written"
+            for s in ("train", "val", "test")
+            if not paths.split_json(s).is_file()
+        ]
+    if "07_detr_comparison" in notebooks:
+        problems += _comparison_problems(paths)
+    if any(nb[:2] in ("03", "04", "05") for nb in notebooks):
+        problems += _run_problems(paths, notebooks, min_val_ap50)
+    return problems
+
+
+def _figure_problems(paths: Paths, notebooks: list[str]) -> list[str]:
+    """Each notebook's declared (or recorded) figures, checked by content."""
+    from seglib import viz
+
     problems: list[str] = []
     for nb in notebooks:
         try:
@@ -262,18 +281,33 @@ def check_outputs(
             continue
         for file in files:
             problems += viz.check_figure_file(file)
-    if "01_data_subset" in notebooks:
-        problems += [
-            f"{paths.split_json(s)} was not written"
-            for s in ("train", "val", "test")
-            if not paths.split_json(s).is_file()
-        ]
-    if not any(nb[:2] in ("03", "04", "05") for nb in notebooks):
-        return problems
+    return problems
+
+
+def _comparison_problems(paths: Paths) -> list[str]:
+    """07: its comparison.json, and no compared model at 0 (or undefined) on every bar of its
+    charts: such a series shows nothing, however full the other models' bars are."""
+    from seglib.compare_report import models_without_scores
+
+    file = paths.comparison / "comparison.json"
+    if not file.is_file():
+        return [f"{file} was not written by notebook 07"]
+    return [
+        f"{file}: {name} scores 0 on every class and occlusion bucket, so its bars in 07's "
+        "charts hold no data (too few compare_epochs for it to learn anything?)"
+        for name in models_without_scores(json.loads(file.read_text()))
+    ]
+
+
+def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None) -> list[str]:
+    """03-05: the run's files, its metrics and predictions recording the current best.pt."""
+    from seglib import runs
+
+    problems: list[str] = []
     try:
         run = paths.run
     except FileNotFoundError as e:
-        return [*problems, str(e)]
+        return [str(e)]
     fingerprint = (
         runs.checkpoint_fingerprint(paths.best_checkpoint)
         if paths.best_checkpoint.is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,66 @@ def test_missing_pieces_are_left_out_with_the_fix(weights_present):
 def test_overrides_are_applied_and_noted(weights_present):
     weights_present(maskrcnn=False, m2f_cached=False)
     plan = compare.plan_comparison(
-        TrainConfig.smoke(), archs=("mask2former",), overrides={"mask2former": {"lr": 0.005}}
+        TrainConfig.smoke(),
+        archs=("mask2former",),
+        overrides={"mask2former": {"lr": 0.005}},
+        min_contenders=1,
     )
     (m2f,) = plan.contenders
     assert m2f.cfg.lr == 0.005 and "overrides" in m2f.note
+
+
+# --- the base install: no transformers ------------------------------------------------------
+@pytest.fixture
+def without_transformers(monkeypatch):
+    """The base install, whatever this environment holds: ``import transformers`` raises
+    ImportError (a None entry in sys.modules makes the import statement fail)."""
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError):
+        import transformers  # noqa: F401
+
+
+def test_without_the_detr_extra_offline_nothing_is_compared_or_trained(
+    without_transformers, weights_present, synthetic_subset, tmp_path
+):
+    weights_present(maskrcnn=False, m2f_cached=False)
+    plan = compare.plan_comparison(TrainConfig.smoke())
+    assert plan.contenders == [] and plan.needs_detr_extra
+    (m2f,) = [s for s in plan.skipped if s.startswith("mask2former:")]
+    assert "transformers" in m2f and "requirements-detr.txt" in m2f
+    assert plan.skipped[-1].startswith("mask-rcnn-v1: nothing to compare it with")
+
+    summary = compare.compare_models(plan, synthetic_subset, tmp_path, num_epochs=1)
+    assert summary["models"] == {} and summary["skipped"] == plan.skipped
+    assert not (tmp_path / "mask-rcnn-v1").exists()  # nothing trained
+    assert json.loads((tmp_path / "comparison.json").read_text())["models"] == {}
+    tables = compare.comparison_tables(summary)
+    assert set(tables.values()) == {"no model compared"}
+    assert compare.ap_series(summary) == (["all"], {})
+    assert compare.occlusion_series(summary) == ([], {})
+
+
+def test_without_the_detr_extra_mask_rcnn_v1_and_v2_still_compare_when_cached(
+    without_transformers, weights_present
+):
+    weights_present(maskrcnn=True, m2f_cached=True)
+    plan = compare.plan_comparison(TrainConfig())
+    assert [c.name for c in plan.contenders] == [
+        "mask-rcnn-v1",
+        "zero-shot-mask-rcnn-v1",
+        "mask-rcnn-v2",
+        "zero-shot-mask-rcnn-v2",
+    ]
+    assert plan.needs_detr_extra and [s[:12] for s in plan.skipped] == ["mask2former:"]
+    # asking for Mask R-CNN alone never mentions the extra
+    assert not compare.plan_comparison(TrainConfig(), archs=("v1", "v2")).needs_detr_extra
+
+
+@needs_transformers
+def test_with_the_detr_extra_the_plan_needs_nothing_more(weights_present):
+    weights_present(maskrcnn=False, m2f_cached=False)
+    plan = compare.plan_comparison(TrainConfig.smoke())
+    assert not plan.needs_detr_extra and len(plan.contenders) == 2
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -231,6 +288,7 @@ class _Oracle(torch.nn.Module):
 def test_results_files_carry_coco_ids_and_read_back_as_labels(
     synthetic_subset, tmp_path, monkeypatch
 ):
+    from seglib.categories import category_labels
     from seglib.dataset import open_split
     from seglib.metrics import evaluate_results
     from seglib.occlusion import occlusion_ap
@@ -242,8 +300,8 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
         [compare.Contender("oracle", cfg, train=False)], synthetic_subset, tmp_path, split="val"
     )
     row = summary["models"]["oracle"]
-    coco_id = {c["id"]: c["coco_id"] for c in dataset.categories}
-    assert coco_id != {i: i for i in coco_id}  # the synthetic subset renumbers (cake is 61)
+    coco_id = {label: cat_id for cat_id, label in category_labels(dataset.categories).items()}
+    assert coco_id != {i: i for i in coco_id}  # the split keeps COCO's ids (cake is 61)
     back = compare.load_results(summary)["oracle"]
     labels = {r["category_id"] for r in back}
     assert labels <= {1, 2, 3, 4} and len(labels) > 1  # read back: the split's labels
@@ -261,9 +319,23 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
 def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_present, tmp_path):
     weights_present(maskrcnn=False, m2f_cached=False)
     for asked in ({"postprocess": "soft-nms-gaussian"}, {"tta_hflip": True}):
-        plan = compare.plan_comparison(TrainConfig.smoke(**asked))
+        plan = compare.plan_comparison(TrainConfig.smoke(**asked), min_contenders=1)
         assert [c.name for c in plan.contenders] == ["mask-rcnn-v1"]
         (why,) = [s for s in plan.skipped if s.startswith("mask2former:")]
         assert "no NMS to replace" in why
     with pytest.raises(ValueError, match="no NMS to replace"):  # no such contender exists
         TrainConfig.smoke(arch="mask2former", tta_hflip=True)
+
+
+def test_a_model_at_zero_everywhere_is_named_as_showing_nothing(tmp_path):
+    summary = fake_summary(tmp_path)
+    assert compare.models_without_scores(summary) == []
+    dead = summary["models"]["zero-shot-mask2former"]
+    for section in dead["metrics"].values():
+        section["AP"] = 0.0
+        for per in section["per_class"].values():
+            per["AP"] = min(per["AP"], 0.0)  # 0, or undefined (-1)
+    for row in dead["occlusion"].values():
+        row["segm"]["AP"] = min(row["segm"]["AP"], 0.0)
+    assert compare.models_without_scores(summary) == ["zero-shot-mask2former"]
+    assert compare.models_without_scores({"models": {}}) == []

@@ -4,7 +4,7 @@ import os
 import nbformat
 import pytest
 
-from seglib import runner
+from seglib import compare_report, runner
 from seglib.paths import get_paths
 from seglib.runner import NotebookRunError, PreflightError, notebook_paths, preflight, run_notebooks
 
@@ -181,6 +181,32 @@ def test_check_outputs_names_every_problem(tmp_path):
     assert "below the 0.15" in text
     assert sum("current best.pt" in p for p in problems) == 3
     assert "declares no figures" in runner.check_outputs(paths, ["09_new"])[0]
+
+
+def test_check_outputs_expects_the_figures_07_recorded_it_could_draw(tmp_path):
+    from seglib import viz
+
+    paths = get_paths("smoke", tmp_path)
+    problems = runner.check_outputs(paths, ["07_detr_comparison"])
+    assert len(problems) == 4 and all("missing" in p or "not written" in p for p in problems)
+    # the base install offline: nothing compared, no figure drawn, and the record says so
+    summary = {"split": "test", "models": {}, "skipped": ["mask2former: needs transformers"]}
+    (paths.comparison / "comparison.json").parent.mkdir(parents=True)
+    (paths.comparison / "comparison.json").write_text(json.dumps(summary))
+    viz.record_figures(paths, "07_detr_comparison", (), reason="nothing to compare")
+    assert runner.check_outputs(paths, ["07_detr_comparison"]) == []
+    # a model at AP 0 everywhere: its chart holds no data, and so does its row in the summary
+    per_class = {"cake": {"AP": 0.0}, "dog": {"AP": -1.0}}
+    zeros = {"segm": {"AP": 0.0, "per_class": per_class}}
+    occlusion = {"all": {"instances": 3, "segm": {"AP": 0.0}}}
+    summary["models"] = {"mask-rcnn-v1": {"metrics": zeros, "occlusion": occlusion}}
+    (paths.comparison / "comparison.json").write_text(json.dumps(summary))
+    viz.record_figures(paths, "07_detr_comparison", ["07_ap.png"])
+    ax = viz.plot_grouped_scores(*compare_report.ap_series(summary), title="AP")
+    viz.save_figure(ax, paths.comparison_figures / "07_ap.png", dpi=30, close=True)
+    chart, row = runner.check_outputs(paths, ["07_detr_comparison"])
+    assert "07_ap.png" in chart and "holds no data" in chart
+    assert "mask-rcnn-v1 scores 0 on every class and occlusion bucket" in row
 
 
 def test_check_outputs_needs_a_run_for_notebooks_03_to_05(tmp_path, monkeypatch):
