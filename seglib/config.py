@@ -93,7 +93,7 @@ class TrainConfig:
     # loads, offline (fetch-weights mask2former). Weights CC BY-NC 4.0.
     m2f_pretrained: str = M2F_MODEL_ID
     # Notebook 07: epochs every model trains in the family comparison, the same for each
-    # (None: num_epochs). The smoke profile cuts it to 2 so the notebook fits CI.
+    # (None: num_epochs). The smoke profile cuts it to 6 so the notebook fits CI.
     compare_epochs: int | None = None
     # ResNet stages left trainable (0-5); torchvision's default for fine-tuning is 3.
     trainable_backbone_layers: int = 3
