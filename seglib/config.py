@@ -126,7 +126,7 @@ class TrainConfig:
     soft_nms_sigma: float = 0.5
     # Soft-NMS linear: scores of boxes with IoU above this decay by (1 - IoU); 0.3 in the paper.
     soft_nms_thresh: float = 0.3
-    # Soft-NMS: candidates rescored to this or below are dropped (0.001 in Bodla et al.'s code).
+    # Soft-NMS: candidates rescored below this are dropped (0.001 in Bodla et al.'s code).
     soft_nms_score_floor: float = 0.001
     # Matrix NMS decay per higher same-class mask: "gaussian" exp(-sigma * IoU²) or "linear" (1 - IoU).
     matrix_nms_kernel: str = "gaussian"
