@@ -21,7 +21,7 @@ from seglib.occlusion import HEAVY_FROM, bucket_of
 from seglib.viz.common import BUCKET_COLORS, _name, _subplots, _to_image, _to_masks, make_grid
 from seglib.viz.overlay import _instances, draw_instances
 
-#: Colours of the error galleries: matched, wrong, missed, ignored (inside a crowd region).
+#: Colours of the error galleries: matched, wrong, missed, ignored (inside a crowd of its class).
 #: Outside tab10, so an outcome is never mistaken for a class colour.
 OUTCOME_COLORS = {
     "tp": (0.0, 0.9, 0.2),
@@ -42,7 +42,7 @@ def draw_errors(
 
     ``match`` is ``seglib.matching.match_image``'s dict. Right panel (``OUTCOME_COLORS``): true
     positives green, false positives magenta, missed ground-truth instances yellow, predictions
-    inside crowd regions grey; captions say which ("TP dog 0.91", "FP car 0.55", "missed
+    inside a crowd region of their own class grey (COCOeval ignores them); captions say which ("TP dog 0.91", "FP car 0.55", "missed
     person").
     """
     if axes is None:
