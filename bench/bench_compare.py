@@ -11,11 +11,11 @@ same config with only ``arch`` changed, randomly initialised (``weights="none"``
 trains; a COCO fine-tuning run freezes Mask R-CNN's first backbone stages and is a little
 faster). Per architecture:
 
-- training: ``seglib.engine.train_one_epoch`` as ``train`` configures it (AMP on CUDA, bf16
+- training: ``seglib.engine.trainer.train_one_epoch`` as ``train`` configures it (AMP on CUDA, bf16
   where supported; gradient clipping; the LR schedule), ``--warmup`` untimed iterations, then
   ``--iters`` timed ones between torch.cuda.synchronize calls: seconds per iteration and per
   image;
-- inference: the model in eval mode under torch.inference_mode, fp32 as ``inference.predict``
+- inference: the model in eval mode under torch.inference_mode, fp32 as ``prediction.predict``
   runs it, one image at a time, masks thresholded at 0.5 and copied to the host: seconds per
   image over ``--images`` images, after one warm-up image;
 - memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed training and the
@@ -48,8 +48,8 @@ from pathlib import Path
 
 import torch
 
-from seglib.config import ARCHS, M2F_PRESETS, TrainConfig
-from seglib.runtime import resolve_device
+from seglib.core.config import ARCHS, M2F_PRESETS, TrainConfig
+from seglib.core.runtime import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import cycle, make_batches, sync  # noqa: E402  (one synthetic-batch recipe)
@@ -99,12 +99,12 @@ def _reset_cuda(device: torch.device) -> None:
 
 def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     """Train and predict with one architecture; runs in a fresh process."""
-    from seglib.compare import count_parameters
-    from seglib.engine import train_one_epoch
-    from seglib.inference import images_to_device
-    from seglib.model import build_model
-    from seglib.optim import make_lr_scheduler, make_optimizer
-    from seglib.runtime import amp_settings
+    from seglib.core.runtime import amp_settings
+    from seglib.engine.schedule import make_lr_scheduler, make_optimizer
+    from seglib.engine.trainer import train_one_epoch
+    from seglib.evaluation.prediction import images_to_device
+    from seglib.models.registry import build_model
+    from seglib.studies.family_comparison import count_parameters
 
     device = torch.device(opts["device"])
     if opts.get("threads"):

@@ -6,7 +6,7 @@ It builds (or reuses, under ``--work``) a synthetic COCO at COCO resolution and 
 subset of it, then times full passes over the same training images, on one core (one process,
 torch and OpenCV limited to one thread), for:
 
-(a) ``seglib.dataset.CocoSubsetDataset`` + ``train_transforms()``: JPEGs decoded by
+(a) ``seglib.data.dataset.CocoSubsetDataset`` + ``train_transforms()``: JPEGs decoded by
     ``torchvision.io.decode_jpeg``; each mask rasterised once at construction and kept as
     row-major run lengths, rebuilt per ``__getitem__`` with one ``np.repeat``, with its tight box
     kept from construction; the augmentation crops and flips the masks as one stacked array and
@@ -46,10 +46,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from seglib.coco import build_subset
-from seglib.dataset import CocoSubsetDataset
-from seglib.synthetic import make_synthetic_coco
-from seglib.transforms import boxes_from_masks, train_transforms
+from seglib.data.dataset import CocoSubsetDataset
+from seglib.data.subset import build_subset
+from seglib.data.synthetic import make_synthetic_coco
+from seglib.data.transforms import boxes_from_masks, train_transforms
 
 COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-tiny"
 

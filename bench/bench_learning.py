@@ -1,7 +1,7 @@
 """Learning curve of an offline profile: does Mask R-CNN learn the synthetic shapes, and how fast?
 
 Builds the profile's synthetic data in a scratch folder, trains from scratch with
-``engine.train`` and records every validation (mask and box AP, AP50) with the wall time
+``trainer.train`` and records every validation (mask and box AP, AP50) with the wall time
 spent training up to it (validation time excluded and reported apart). This is how the
 ``demo`` and ``smoke`` recipes in ``seglib/config.py`` were chosen (docs/benchmarks.md).
 
@@ -26,10 +26,13 @@ from typing import Any
 import torch
 import torchvision
 
-from seglib import coco, engine
-from seglib.config import PROFILES, TrainConfig
-from seglib.overrides import parse_overrides
-from seglib.paths import get_paths
+from seglib.core import runtime
+from seglib.core.config import TrainConfig
+from seglib.core.overrides import parse_overrides
+from seglib.core.paths import get_paths
+from seglib.core.profiles import PROFILES
+from seglib.data import subset
+from seglib.engine.trainer import trainer
 
 
 def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]:
@@ -37,8 +40,8 @@ def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]
     paths = get_paths(profile, root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SYNTHETIC DATA warning: this script says so itself
-        source = coco.prepare_source(cfg, paths)
-        coco.build_subset(
+        source = subset.prepare_source(cfg, paths)
+        subset.build_subset(
             source,
             paths.subset,
             cfg.categories,
@@ -72,14 +75,14 @@ def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]
             clock["last"] = now
 
     start = time.perf_counter()
-    engine.train(cfg, paths.subset, root / "run", callback=callback)
+    trainer.train(cfg, paths.subset, root / "run", callback=callback)
     return {
         "profile": profile,
         "config": cfg.to_dict(),
         "curve": curve,
         "wall_s": round(time.perf_counter() - start, 1),
         "eval_s": round(clock["eval"], 1),
-        "device": str(engine.resolve_device(cfg.device)),
+        "device": str(runtime.resolve_device(cfg.device)),
         "cpu_threads": torch.get_num_threads(),
         "versions": {
             "python": platform.python_version(),

@@ -12,7 +12,7 @@ rules, which see ``postprocess_pool`` candidates per view.
 It prints the machine (the GPU, or the CPU model from ``lscpu``) and the torch version, then
 for each variant, per image (median):
 
-- ``end_to_end_ms``: the whole call (``seglib.postprocess.PostProcessed``; for the baseline,
+- ``end_to_end_ms``: the whole call (``seglib.models.postprocess.PostProcessed``; for the baseline,
   the model itself), which includes the mask head on what the rule keeps, the pasting of the
   final masks and, with TTA, a second forward pass;
 - ``extra_ms``: end_to_end_ms minus the baseline's; ``x_model``: end_to_end_ms over it;
@@ -43,8 +43,9 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seglib.config import POSTPROCESS_METHODS, TrainConfig  # noqa: E402
-from seglib.postprocess import PostProcessed, Settings  # noqa: E402
+from seglib.core.config import POSTPROCESS_METHODS, TrainConfig  # noqa: E402
+from seglib.models.postprocess import PostProcessed
+from seglib.models.suppression import Settings  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

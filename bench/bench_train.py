@@ -6,7 +6,7 @@
 Both loops train the same Mask R-CNN (same config, same initial weights) on the same batches
 in the same process, one after the other:
 
-(a) seglib: ``seglib.engine.train_one_epoch`` as ``train`` configures it: AMP on CUDA (bf16
+(a) seglib: ``seglib.engine.trainer.train_one_epoch`` as ``train`` configures it: AMP on CUDA (bf16
     where supported, else fp16 + GradScaler), gradient clipping, per-iteration LR schedule,
     pinned host tensors copied with non_blocking=True, losses read back once per log interval;
 (b) plain: ``model.train(); loss = sum(model(images, targets).values()); zero_grad;
@@ -41,15 +41,15 @@ import torch
 import torchvision
 
 import seglib
-from seglib.coco import build_subset
-from seglib.config import TrainConfig
-from seglib.dataset import open_split
-from seglib.engine import train_one_epoch
-from seglib.model import build_model, build_model_structure
-from seglib.optim import make_lr_scheduler, make_optimizer
-from seglib.runtime import amp_settings, resolve_device
-from seglib.synthetic import make_synthetic_coco
-from seglib.weights import weights_file
+from seglib.core.config import TrainConfig
+from seglib.core.runtime import amp_settings, resolve_device
+from seglib.data.dataset import open_split
+from seglib.data.subset import build_subset
+from seglib.data.synthetic import make_synthetic_coco
+from seglib.engine.schedule import make_lr_scheduler, make_optimizer
+from seglib.engine.trainer import train_one_epoch
+from seglib.models.registry import build_model, build_model_structure
+from seglib.models.weights import weights_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

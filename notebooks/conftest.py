@@ -5,7 +5,7 @@
   set), in the scratch folder ``$SEGLIB_DATA``.
 - stderr (tqdm bars, warnings) is never compared (nbval#88). No cell's output is compared
   either: nbval cannot compare figures, and the numbers change with every recipe tweak.
-- Instead, after a passing run, ``seglib.runner.check_outputs`` reads what the notebooks wrote:
+- Instead, after a passing run, ``seglib.app.headless.check_outputs`` reads what the notebooks wrote:
   every figure each declares in ``seglib.viz.NOTEBOOK_FIGURES`` (present, not blank, no axes
   without data; for 07, those it recorded it could draw), the metrics and prediction files
   with the checkpoint they record, and the smoke run's val mask AP50, which must reach
@@ -40,8 +40,8 @@ def pytest_collectstart(collector):
 def pytest_sessionfinish(session, exitstatus):
     if exitstatus != 0 or session.testscollected == 0:
         return
-    from seglib.paths import get_paths
-    from seglib.runner import check_outputs
+    from seglib.app.headless import check_outputs
+    from seglib.core.paths import get_paths
 
     smoke, seed = get_paths("smoke"), get_paths("seed")
     ran = sorted({item.path.stem for item in session.items})

@@ -1,6 +1,6 @@
 """``python -m seglib ...`` runs the command-line interface."""
 
-from seglib.cli import main
+from seglib.app.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -12,7 +12,7 @@ COCO_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "coco-
 @pytest.fixture(scope="session")
 def synthetic_coco(tmp_path_factory) -> Path:
     """A synthetic COCO 2017 root: 24 images per split, 128 px, seed 0."""
-    from seglib.synthetic import make_synthetic_coco
+    from seglib.data.synthetic import make_synthetic_coco
 
     root = tmp_path_factory.mktemp("synthetic-coco")
     make_synthetic_coco(root, images_per_split=24, size=128, seed=0)
@@ -22,7 +22,7 @@ def synthetic_coco(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_subset(synthetic_coco, tmp_path_factory) -> Path:
     """A four-category subset of ``synthetic_coco``: 12 train, 6 val, 4 test images."""
-    from seglib.coco import build_subset
+    from seglib.data.subset import build_subset
 
     out = tmp_path_factory.mktemp("subset")
     build_subset(synthetic_coco, out, num_train=12, num_val=6, num_test=4, seed=0, progress=False)
@@ -42,7 +42,7 @@ def coco_tiny() -> Path:
 @pytest.fixture(scope="session")
 def gt_results():
     """A function ``(coco, anns=None, *, score=0.9, category_id=None) -> list``: in-memory
-    COCO results (as ``inference.predict`` returns them: ``category_id`` is the label 1..k, the
+    COCO results (as ``prediction.predict`` returns them: ``category_id`` is the label 1..k, the
     position of the annotation's category in ``coco``'s list) equal to the ground truth of
     ``anns`` (default: every non-crowd annotation of ``coco``), one score for all, masks as
     RLE; ``category_id`` relabels them all."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seglib.categories import CategoryError, category_labels
+from seglib.core.categories import CategoryError, category_labels
 
 SPLIT = [
     {"id": 61, "name": "cake", "supercategory": "food"},

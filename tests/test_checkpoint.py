@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from seglib.checkpoint import (
+from seglib.core.config import TrainConfig
+from seglib.models.builder import model_from_checkpoint
+from seglib.models.checkpoint import (
     CheckpointError,
     check_class_map,
     load_checkpoint,
@@ -20,8 +22,8 @@ from seglib.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from seglib.config import TrainConfig
-from seglib.model import FrozenBatchNorm2d, build_model, model_from_checkpoint
+from seglib.models.maskrcnn import FrozenBatchNorm2d
+from seglib.models.registry import build_model
 
 #: A split's categories: COCO's ids, in label order (cake is label 1).
 CATEGORIES = [
@@ -143,7 +145,7 @@ def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
 def test_an_older_seglibs_class_map_is_read_with_cocos_ids(tmp_path, cfg):
     """A checkpoint trained on a subset numbered 1..k (with coco_id) keeps working: its labels
     are those ids, so each category takes its coco_id and the label order stays."""
-    from seglib.inference import write_results
+    from seglib.evaluation.prediction import write_results
 
     path = save_checkpoint(
         tmp_path / "best.pt",

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from seglib.cli import build_parser, config_from_args, main
+from seglib.app.cli import build_parser, main
+from seglib.app.commands import config_from_args
+from seglib.engine.trainer import trainer
 
 
 def seglib(*args, cwd=None, check=True):
@@ -174,7 +176,7 @@ def test_evaluate_scores_a_results_file_alike_against_the_subset_and_cocos_annot
     import numpy as np
     from pycocotools.coco import COCO
 
-    from seglib.coco import build_subset
+    from seglib.data.subset import build_subset
 
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
@@ -274,8 +276,8 @@ def _own_results(subset, split, gt_results, *, noisy):
     fixture), written by seglib's own writer; ``noisy`` drops, mislabels and rescores some."""
     import numpy as np
 
-    from seglib.dataset import open_split
-    from seglib.inference import write_results
+    from seglib.data.dataset import open_split
+    from seglib.evaluation.prediction import write_results
 
     dataset = open_split(subset, split)
     results = gt_results(dataset.coco)
@@ -303,7 +305,7 @@ def _own_results(subset, split, gt_results, *, noisy):
 def _check_plain_pycocotools_agrees(subset, split, gt_results, tmp_path):
     """The headline of issue 15, point 8: seglib's own results file, scored with pycocotools
     alone against seglib's own split file, gets what `seglib evaluate` reports."""
-    from seglib.metrics import evaluate_results
+    from seglib.evaluation.coco_ap import evaluate_results
 
     gt_file = subset / f"{split}.json"
     _, _, perfect = _own_results(subset, split, gt_results, noisy=False)
@@ -343,7 +345,7 @@ def test_plain_pycocotools_scores_seglibs_own_files_as_seglib_evaluate_does(
 def test_plain_pycocotools_scores_seglibs_own_files_on_real_coco(
     coco_tiny, gt_results, tmp_path, capsys
 ):
-    from seglib.coco import build_subset
+    from seglib.data.subset import build_subset
 
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
@@ -359,9 +361,8 @@ def test_plain_pycocotools_scores_seglibs_own_files_on_real_coco(
 def test_train_takes_the_subsets_categories_unless_given(
     synthetic_coco, tmp_path, monkeypatch, capsys
 ):
-    from seglib import engine
-    from seglib.coco import build_subset
-    from seglib.config import TrainConfig
+    from seglib.core.config import TrainConfig
+    from seglib.data.subset import build_subset
 
     subset = tmp_path / "subset"
     build_subset(
@@ -374,7 +375,7 @@ def test_train_takes_the_subsets_categories_unless_given(
         progress=False,
     )
     seen = []
-    monkeypatch.setattr(engine, "train", lambda cfg, data, out, **kw: seen.append(cfg) or {})
+    monkeypatch.setattr(trainer, "train", lambda cfg, data, out, **kw: seen.append(cfg) or {})
     base = ["train", "--profile", "smoke", "--data", str(subset)]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert seen[-1].categories == ("dog", "cake")  # the subset's, not the profile's four

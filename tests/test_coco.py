@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglib.coco import SubsetError, build_subset, load_instances
-from seglib.config import DEFAULT_CATEGORIES
+from seglib.core.config import DEFAULT_CATEGORIES
+from seglib.data.annotations import SubsetError, load_instances
+from seglib.data.subset import build_subset
 
 COCO_IDS = {"person": 1, "car": 3, "dog": 18, "cake": 61}
 
@@ -496,7 +497,7 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     # as pycocotools' annToMask does on the original annotation; the crowd is no target.
     from pycocotools.coco import COCO
 
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     with contextlib.redirect_stdout(io.StringIO()):
         original = COCO(str(coco_tiny / "instances_train2017_tiny.json"))
@@ -540,9 +541,9 @@ def test_coco_tiny_cake_alone(tiny_root, tmp_path):
 
 
 def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
-    from seglib.coco import prepare_source
-    from seglib.config import TrainConfig
-    from seglib.paths import get_paths
+    from seglib.core.config import TrainConfig
+    from seglib.core.paths import get_paths
+    from seglib.data.subset import prepare_source
 
     cfg = TrainConfig.smoke(synthetic_images=6, synthetic_size=64)
     paths = get_paths("smoke", tmp_path)
@@ -564,9 +565,9 @@ def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
 
 
 def test_prepare_source_leaves_real_coco_alone(tmp_path):
-    from seglib.coco import prepare_source
-    from seglib.config import TrainConfig
-    from seglib.paths import get_paths
+    from seglib.core.config import TrainConfig
+    from seglib.core.paths import get_paths
+    from seglib.data.subset import prepare_source
 
     paths = get_paths("seed", tmp_path)
     assert prepare_source(TrainConfig.seed_recipe(), paths) == paths.coco_root
@@ -574,7 +575,7 @@ def test_prepare_source_leaves_real_coco_alone(tmp_path):
 
 
 def test_format_counts_lists_every_split_and_category(synthetic_subset):
-    from seglib.coco import format_counts
+    from seglib.data.subset import format_counts
 
     manifest = json.loads((synthetic_subset / "manifest.json").read_text())
     table = format_counts(manifest["counts"])

@@ -1,4 +1,4 @@
-"""seglib.compare: who is compared, the same budget for each, and the tables and series."""
+"""seglib.studies.family_comparison: who is compared, the same budget for each, and the tables and series."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from seglib import compare
-from seglib.config import TrainConfig
+from seglib.core.config import TrainConfig
+from seglib.studies import comparison_report, family_comparison
 
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None,
@@ -22,10 +22,12 @@ needs_transformers = pytest.mark.skipif(
 @pytest.fixture
 def weights_present(monkeypatch):
     """Pretend which weights are cached: ``weights_present(maskrcnn=..., m2f=...)``."""
-    import seglib.mask2former as m2f
+    from seglib.models import mask2former as m2f
 
     def set_(maskrcnn: bool, m2f_cached: bool, transformers: bool = True) -> None:
-        monkeypatch.setattr(compare, "_maskrcnn_weights_cached", lambda kind, arch: maskrcnn)
+        monkeypatch.setattr(
+            family_comparison, "_maskrcnn_weights_cached", lambda kind, arch: maskrcnn
+        )
         monkeypatch.setattr(m2f, "pretrained_available", lambda source=None: m2f_cached)
         if not transformers:
 
@@ -41,7 +43,7 @@ def weights_present(monkeypatch):
 def test_offline_plan_trains_v1_and_tiny_mask2former_on_one_recipe(weights_present):
     weights_present(maskrcnn=False, m2f_cached=False)
     cfg = TrainConfig.smoke()
-    plan = compare.plan_comparison(cfg)
+    plan = family_comparison.plan_comparison(cfg)
     assert [c.name for c in plan.contenders] == ["mask-rcnn-v1", "mask2former"]
     v1, m2f = (c.cfg for c in plan.contenders)
     assert (v1.arch, m2f.arch, m2f.weights, m2f.m2f_config) == ("v1", "mask2former", "none", "tiny")
@@ -56,7 +58,7 @@ def test_offline_plan_trains_v1_and_tiny_mask2former_on_one_recipe(weights_prese
 
 def test_seed_plan_adds_v2_and_zero_shot_baselines_when_cached(weights_present):
     weights_present(maskrcnn=True, m2f_cached=True)
-    plan = compare.plan_comparison(TrainConfig())
+    plan = family_comparison.plan_comparison(TrainConfig())
     names = [c.name for c in plan.contenders]
     assert names == [
         "mask-rcnn-v1",
@@ -73,21 +75,21 @@ def test_seed_plan_adds_v2_and_zero_shot_baselines_when_cached(weights_present):
 
 def test_missing_pieces_are_left_out_with_the_fix(weights_present):
     weights_present(maskrcnn=True, m2f_cached=False)
-    plan = compare.plan_comparison(TrainConfig(), archs=("mask2former",))
+    plan = family_comparison.plan_comparison(TrainConfig(), archs=("mask2former",))
     assert plan.contenders == []
     assert "fetch-weights mask2former" in plan.skipped[0]
     weights_present(maskrcnn=False, m2f_cached=True, transformers=False)
-    plan = compare.plan_comparison(TrainConfig(), archs=("v1", "mask2former"))
+    plan = family_comparison.plan_comparison(TrainConfig(), archs=("v1", "mask2former"))
     assert plan.contenders == []
     text = " ".join(plan.skipped)
     assert "fetch-weights coco --arch v1" in text and "requirements-detr.txt" in text
     with pytest.raises(ValueError, match="arch must be one of"):
-        compare.plan_comparison(TrainConfig(), archs=("v3",))
+        family_comparison.plan_comparison(TrainConfig(), archs=("v3",))
 
 
 def test_overrides_are_applied_and_noted(weights_present):
     weights_present(maskrcnn=False, m2f_cached=False)
-    plan = compare.plan_comparison(
+    plan = family_comparison.plan_comparison(
         TrainConfig.smoke(),
         archs=("mask2former",),
         overrides={"mask2former": {"lr": 0.005}},
@@ -111,27 +113,27 @@ def test_without_the_detr_extra_offline_nothing_is_compared_or_trained(
     without_transformers, weights_present, synthetic_subset, tmp_path
 ):
     weights_present(maskrcnn=False, m2f_cached=False)
-    plan = compare.plan_comparison(TrainConfig.smoke())
+    plan = family_comparison.plan_comparison(TrainConfig.smoke())
     assert plan.contenders == [] and plan.needs_detr_extra
     (m2f,) = [s for s in plan.skipped if s.startswith("mask2former:")]
     assert "transformers" in m2f and "requirements-detr.txt" in m2f
     assert plan.skipped[-1].startswith("mask-rcnn-v1: nothing to compare it with")
 
-    summary = compare.compare_models(plan, synthetic_subset, tmp_path, num_epochs=1)
+    summary = family_comparison.compare_models(plan, synthetic_subset, tmp_path, num_epochs=1)
     assert summary["models"] == {} and summary["skipped"] == plan.skipped
     assert not (tmp_path / "mask-rcnn-v1").exists()  # nothing trained
     assert json.loads((tmp_path / "comparison.json").read_text())["models"] == {}
-    tables = compare.comparison_tables(summary)
+    tables = comparison_report.comparison_tables(summary)
     assert set(tables.values()) == {"no model compared"}
-    assert compare.ap_series(summary) == (["all"], {})
-    assert compare.occlusion_series(summary) == ([], {})
+    assert comparison_report.ap_series(summary) == (["all"], {})
+    assert comparison_report.occlusion_series(summary) == ([], {})
 
 
 def test_without_the_detr_extra_mask_rcnn_v1_and_v2_still_compare_when_cached(
     without_transformers, weights_present
 ):
     weights_present(maskrcnn=True, m2f_cached=True)
-    plan = compare.plan_comparison(TrainConfig())
+    plan = family_comparison.plan_comparison(TrainConfig())
     assert [c.name for c in plan.contenders] == [
         "mask-rcnn-v1",
         "zero-shot-mask-rcnn-v1",
@@ -140,13 +142,13 @@ def test_without_the_detr_extra_mask_rcnn_v1_and_v2_still_compare_when_cached(
     ]
     assert plan.needs_detr_extra and [s[:12] for s in plan.skipped] == ["mask2former:"]
     # asking for Mask R-CNN alone never mentions the extra
-    assert not compare.plan_comparison(TrainConfig(), archs=("v1", "v2")).needs_detr_extra
+    assert not family_comparison.plan_comparison(TrainConfig(), archs=("v1", "v2")).needs_detr_extra
 
 
 @needs_transformers
 def test_with_the_detr_extra_the_plan_needs_nothing_more(weights_present):
     weights_present(maskrcnn=False, m2f_cached=False)
-    plan = compare.plan_comparison(TrainConfig.smoke())
+    plan = family_comparison.plan_comparison(TrainConfig.smoke())
     assert not plan.needs_detr_extra and len(plan.contenders) == 2
 
 
@@ -190,7 +192,7 @@ def fake_summary(tmp_path) -> dict:
 
 
 def test_tables_show_percent_and_dashes_for_undefined(tmp_path):
-    tables = compare.comparison_tables(fake_summary(tmp_path))
+    tables = comparison_report.comparison_tables(fake_summary(tmp_path))
     overall = tables["overall"].splitlines()
     assert overall[0].split()[:3] == ["model", "box", "AP"]
     assert overall[1].split() == [
@@ -212,20 +214,22 @@ def test_tables_show_percent_and_dashes_for_undefined(tmp_path):
 
 def test_series_feed_grouped_bars(tmp_path):
     summary = fake_summary(tmp_path)
-    groups, series = compare.ap_series(summary)
+    groups, series = comparison_report.ap_series(summary)
     assert groups == ["cake", "dog", "all"]
     assert series["mask-rcnn-v1"] == [0.25, -1.0, 0.25]
-    groups, series = compare.occlusion_series(summary)
+    groups, series = comparison_report.occlusion_series(summary)
     assert groups == ["all (n=5)", "none (n=3)", "partial (n=2)", "heavy (n=0)"]
     assert series["zero-shot-mask2former"] == [0.4, 0.4, 0.4, -1.0]
-    assert compare.load_results(summary)["mask-rcnn-v1"] == [{"image_id": 1, "score": 0.9}]
+    assert comparison_report.load_results(summary)["mask-rcnn-v1"] == [
+        {"image_id": 1, "score": 0.9}
+    ]
 
 
 def test_most_occluded_falls_back_to_any_image(synthetic_subset):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     test = open_split(synthetic_subset, "test")
-    ids = compare.most_occluded(test, n=len(test) + 5)
+    ids = comparison_report.most_occluded(test, n=len(test) + 5)
     assert sorted(ids) == sorted(test.ids)  # every image once, heavy ones first
 
 
@@ -235,11 +239,11 @@ def test_most_occluded_falls_back_to_any_image(synthetic_subset):
 def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_path):
     cfg = TrainConfig.smoke(arch="mask2former", num_epochs=8, eval_interval=4)
     contenders = [
-        compare.Contender("m2f-a", cfg),
-        compare.Contender("m2f-b", cfg.replace(seed=1), note="another seed"),
+        family_comparison.Contender("m2f-a", cfg),
+        family_comparison.Contender("m2f-b", cfg.replace(seed=1), note="another seed"),
     ]
     events = []
-    summary = compare.compare_models(
+    summary = family_comparison.compare_models(
         contenders,
         synthetic_subset,
         tmp_path,
@@ -258,7 +262,7 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
     assert ("evaluated", "m2f-b") in events and ("iter", "m2f-a") in events
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["models"]["m2f-a"]["note"] == "" and saved["models"]["m2f-b"]["note"]
-    assert "m2f-b" in compare.comparison_tables(summary)["overall"]
+    assert "m2f-b" in comparison_report.comparison_tables(summary)["overall"]
 
 
 # --- results files and post-processing -----------------------------------------------------
@@ -288,21 +292,26 @@ class _Oracle(torch.nn.Module):
 def test_results_files_carry_coco_ids_and_read_back_as_labels(
     synthetic_subset, tmp_path, monkeypatch
 ):
-    from seglib.categories import category_labels
-    from seglib.dataset import open_split
-    from seglib.metrics import evaluate_results
-    from seglib.occlusion import occlusion_ap
+    from seglib.core.categories import category_labels
+    from seglib.data.dataset import open_split
+    from seglib.evaluation.coco_ap import evaluate_results
+    from seglib.evaluation.occlusion import occlusion_ap
 
     dataset = open_split(synthetic_subset, "val", min_box_size=0)
-    monkeypatch.setattr(compare, "_build_zero_shot", lambda contender, cats: _Oracle(dataset))
+    monkeypatch.setattr(
+        family_comparison, "_build_zero_shot", lambda contender, cats: _Oracle(dataset)
+    )
     cfg = TrainConfig.smoke(device="cpu")
-    summary = compare.compare_models(
-        [compare.Contender("oracle", cfg, train=False)], synthetic_subset, tmp_path, split="val"
+    summary = family_comparison.compare_models(
+        [family_comparison.Contender("oracle", cfg, train=False)],
+        synthetic_subset,
+        tmp_path,
+        split="val",
     )
     row = summary["models"]["oracle"]
     coco_id = {label: cat_id for cat_id, label in category_labels(dataset.categories).items()}
     assert coco_id != {i: i for i in coco_id}  # the split keeps COCO's ids (cake is 61)
-    back = compare.load_results(summary)["oracle"]
+    back = comparison_report.load_results(summary)["oracle"]
     labels = {r["category_id"] for r in back}
     assert labels <= {1, 2, 3, 4} and len(labels) > 1  # read back: the split's labels
     on_disk = json.loads(Path(row["results"]).read_text())
@@ -313,13 +322,13 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
     assert evaluate_results(synthetic_subset / "val.json", row["results"]) == row["metrics"]
     assert occlusion_ap(dataset.coco, row["results"]) == row["occlusion"]
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert compare.load_results(saved) == compare.load_results(summary)
+    assert comparison_report.load_results(saved) == comparison_report.load_results(summary)
 
 
 def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_present, tmp_path):
     weights_present(maskrcnn=False, m2f_cached=False)
     for asked in ({"postprocess": "soft-nms-gaussian"}, {"tta_hflip": True}):
-        plan = compare.plan_comparison(TrainConfig.smoke(**asked), min_contenders=1)
+        plan = family_comparison.plan_comparison(TrainConfig.smoke(**asked), min_contenders=1)
         assert [c.name for c in plan.contenders] == ["mask-rcnn-v1"]
         (why,) = [s for s in plan.skipped if s.startswith("mask2former:")]
         assert "no NMS to replace" in why
@@ -329,7 +338,7 @@ def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_prese
 
 def test_a_model_at_zero_everywhere_is_named_as_showing_nothing(tmp_path):
     summary = fake_summary(tmp_path)
-    assert compare.models_without_scores(summary) == []
+    assert comparison_report.models_without_scores(summary) == []
     dead = summary["models"]["zero-shot-mask2former"]
     for section in dead["metrics"].values():
         section["AP"] = 0.0
@@ -337,5 +346,5 @@ def test_a_model_at_zero_everywhere_is_named_as_showing_nothing(tmp_path):
             per["AP"] = min(per["AP"], 0.0)  # 0, or undefined (-1)
     for row in dead["occlusion"].values():
         row["segm"]["AP"] = min(row["segm"]["AP"], 0.0)
-    assert compare.models_without_scores(summary) == ["zero-shot-mask2former"]
-    assert compare.models_without_scores({"models": {}}) == []
+    assert comparison_report.models_without_scores(summary) == ["zero-shot-mask2former"]
+    assert comparison_report.models_without_scores({"models": {}}) == []

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from seglib.config import DEFAULT_CATEGORIES, TrainConfig
+from seglib.core.config import DEFAULT_CATEGORIES, TrainConfig
 
 
 def test_seed_defaults_are_the_seed_recipe():
@@ -178,7 +178,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_every_rule_is_for_a_field_and_the_choices_are_read_when_checking(monkeypatch):
-    from seglib import config
+    from seglib.core import config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(config._field_rules()) <= names
@@ -189,7 +189,7 @@ def test_every_rule_is_for_a_field_and_the_choices_are_read_when_checking(monkey
 
 
 def test_profiles_are_the_defaults_with_the_profile_modules_values():
-    from seglib import profiles
+    from seglib.core import profiles
 
     demo, smoke = TrainConfig.demo().to_dict(), TrainConfig.smoke().to_dict()
     assert {k: demo[k] for k in profiles.DEMO} == profiles.DEMO

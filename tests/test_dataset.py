@@ -13,15 +13,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from seglib.dataset import (
+from seglib.data.dataset import (
     CocoSubsetDataset,
     DatasetError,
     collate_fn,
-    load_rgb,
     open_split,
     split_categories,
 )
-from seglib.transforms import boxes_from_masks, train_transforms
+from seglib.data.images import load_rgb
+from seglib.data.transforms import boxes_from_masks, train_transforms
 
 # pycocotools 2.0.11 under numpy 2 warns inside its own decode, and torchvision 0.29 on every
 # call of its image decoders (TorchCodec is to replace them); nothing seglib can change.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from seglib.coco import build_subset
-from seglib.download import ANNOTATIONS_SHA1, DownloadError, download_file, file_sha1
+from seglib.data.download import ANNOTATIONS_SHA1, DownloadError, download_file, file_sha1
+from seglib.data.subset import build_subset
 
 
 def _read(path: Path) -> dict:

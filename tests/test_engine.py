@@ -17,24 +17,18 @@ import torch
 import torchvision
 from torch import nn
 
-from seglib import config as config_module
-from seglib import model as model_module
-from seglib.checkpoint import load_checkpoint
-from seglib.config import TrainConfig
-from seglib.dataset import open_split
-from seglib.engine import (
-    LossMeter,
-    NonFiniteLossError,
-    RunState,
-    amp_settings,
-    resolve_device,
-    seed_everything,
-    train,
-    train_one_epoch,
-)
-from seglib.model import build_model, model_from_checkpoint
-from seglib.optim import lr_factor, make_lr_scheduler, make_optimizer
-from seglib.sampler import GroupedBatchSampler, sample_seed
+from seglib.core import config
+from seglib.core.config import TrainConfig
+from seglib.core.runtime import amp_settings, resolve_device, seed_everything
+from seglib.data.dataset import open_split
+from seglib.data.loaders import GroupedBatchSampler, sample_seed
+from seglib.engine.runlog import LossMeter, NonFiniteLossError
+from seglib.engine.schedule import lr_factor, make_lr_scheduler, make_optimizer
+from seglib.engine.trainer import RunState, train, train_one_epoch
+from seglib.models import builder, registry
+from seglib.models.builder import model_from_checkpoint
+from seglib.models.checkpoint import load_checkpoint
+from seglib.models.registry import build_model
 
 # What torchvision's Mask R-CNN returns in training; the engine itself knows no loss names.
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -440,8 +434,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, synthetic_subs
 
 DDP_SCRIPT = """
 import json, sys
-from seglib.config import TrainConfig
-from seglib.engine import train
+from seglib.core.config import TrainConfig
+from seglib.engine.trainer import train
 
 cfg = TrainConfig.smoke(batch_size=1, num_epochs=1, log_interval=1)
 summary = train(cfg, sys.argv[1], sys.argv[2])
@@ -499,7 +493,7 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
 
 # --- a second model family through the registry ------------------------------------------------
 class _ToyFamily(nn.Module):
-    """A model family that is not Mask R-CNN: the interface of seglib.model and nothing else."""
+    """A model family that is not Mask R-CNN: the interface of seglib.models.builder and nothing else."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -531,8 +525,8 @@ def _build_toy(cfg, *, arch, num_classes, weights, load):
 def test_a_registered_family_trains_validates_and_reloads_with_no_engine_change(
     tmp_path, synthetic_subset, monkeypatch
 ):
-    monkeypatch.setattr(config_module, "ARCHS", (*config_module.ARCHS, "toy"))
-    monkeypatch.setitem(model_module._BUILDERS, "toy", _build_toy)
+    monkeypatch.setattr(config, "ARCHS", (*config.ARCHS, "toy"))
+    monkeypatch.setitem(registry._BUILDERS, "toy", _build_toy)
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=4)
     cfg = TrainConfig.smoke(arch="toy", norm="bn", batch_size=2, num_epochs=1, num_workers=0)
     summary = train(cfg, data, tmp_path / "run")
@@ -541,5 +535,5 @@ def test_a_registered_family_trains_validates_and_reloads_with_no_engine_change(
     assert set(rows[0]) >= {"loss", "loss_fit", "loss_reg"}
     model, cfg_back, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
     assert isinstance(model, _ToyFamily) and cfg_back.arch == "toy"
-    assert isinstance(model, model_module.SegmentationModel)
+    assert isinstance(model, builder.SegmentationModel)
     assert model.logit.item() == load_checkpoint(tmp_path / "run" / "last.pt")["model"]["logit"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seglib.images import ImageError, decode_image, load_rgb
+from seglib.data.images import ImageError, decode_image, load_rgb
 
 # torchvision 0.29 warns on every call of its image decoders (TorchCodec is to replace them).
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

@@ -9,8 +9,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from seglib.dataset import open_split
-from seglib.inference import evaluate, predict, predict_images
+from seglib.data.dataset import open_split
+from seglib.evaluation.prediction import evaluate, predict, predict_images
 
 CPU = torch.device("cpu")
 
@@ -116,8 +116,8 @@ def test_predict_images_writes_results_and_overlays(tmp_path, synthetic_subset):
 
 
 def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path, synthetic_subset):
-    from seglib.inference import write_results
-    from seglib.metrics import evaluate_results
+    from seglib.evaluation.coco_ap import evaluate_results
+    from seglib.evaluation.prediction import write_results
 
     dataset = open_split(synthetic_subset, "val", min_box_size=0)
     results = []
@@ -149,7 +149,7 @@ def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path
 
 
 def test_masks_to_host_copies_only_each_mask_extent_and_matches_a_plain_threshold():
-    from seglib.inference import masks_to_host
+    from seglib.evaluation.prediction import masks_to_host
 
     probs = torch.zeros(4, 1, 20, 30)
     probs[0, 0, 2:5, 3:9] = 0.9
@@ -202,8 +202,8 @@ DDP_EVAL_SCRIPT = """
 import json, sys
 import torch
 import torch.distributed as dist
-from seglib.dataset import open_split
-from seglib.inference import evaluate
+from seglib.data.dataset import open_split
+from seglib.evaluation.prediction import evaluate
 sys.path.insert(0, sys.argv[3])
 from stand_in import ImperfectDetector
 
@@ -293,7 +293,7 @@ def test_evaluate_under_ddp_shards_the_images_and_equals_one_process(tmp_path, s
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_masks_to_host_on_the_gpu_matches_a_plain_threshold():
-    from seglib.inference import masks_to_host
+    from seglib.evaluation.prediction import masks_to_host
 
     g = torch.Generator().manual_seed(0)
     probs = torch.zeros(50, 1, 120, 160)
@@ -305,7 +305,7 @@ def test_masks_to_host_on_the_gpu_matches_a_plain_threshold():
 
 
 def test_post_processing_is_refused_for_mask2former_only():
-    from seglib.inference import check_postprocess
+    from seglib.evaluation.prediction import check_postprocess
 
     for arch in ("v1", "v2"):
         check_postprocess(arch, "matrix-nms", True)  # Mask R-CNN takes every variant

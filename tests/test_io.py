@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from seglib.io import write_bytes_atomic, write_json_atomic
+from seglib.core.atomic import write_bytes_atomic, write_json_atomic
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path):

@@ -1,4 +1,4 @@
-"""seglib.mask2former: the torchvision contract, targets, post-processing, weights and the loop.
+"""seglib.models.mask2former: the torchvision contract, targets, post-processing, weights and the loop.
 
 Everything runs offline on the "tiny" random preset (~1 M parameters, 128 px synthetic
 images). Tests that need transformers skip without it (``pip install -r
@@ -18,7 +18,7 @@ import textwrap
 import pytest
 import torch
 
-from seglib.config import TrainConfig
+from seglib.core.config import TrainConfig
 
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None,
@@ -33,7 +33,7 @@ def tiny_cfg(**overrides) -> TrainConfig:
 
 
 def tiny_model(cfg: TrainConfig | None = None):
-    from seglib.model import build_model
+    from seglib.models.registry import build_model
 
     cfg = cfg or tiny_cfg()
     torch.manual_seed(0)
@@ -77,8 +77,8 @@ def test_config_rejects_what_mask2former_cannot_load():
 # --- the contract ------------------------------------------------------------------------------
 @needs_transformers
 def test_registry_builds_it_and_training_returns_finite_losses():
-    from seglib.mask2former import LOSS_NAMES, Mask2FormerSegmenter
-    from seglib.model import available_archs
+    from seglib.models.mask2former import LOSS_NAMES, Mask2FormerSegmenter
+    from seglib.models.registry import available_archs
 
     assert "mask2former" in available_archs()
     model = tiny_model()
@@ -157,7 +157,7 @@ def test_inference_returns_torchvision_detections_at_input_size():
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
         assert (out["scores"] >= model.score_thresh).all()
         # boxes are the masks' tight boxes (x2, y2 exclusive)
-        from seglib.transforms import boxes_from_masks
+        from seglib.data.transforms import boxes_from_masks
 
         expected = boxes_from_masks((out["masks"][:, 0] > 0.5).numpy())
         assert torch.equal(out["boxes"], torch.from_numpy(expected))
@@ -166,7 +166,7 @@ def test_inference_returns_torchvision_detections_at_input_size():
 
 @needs_transformers
 def test_post_processing_scores_class_times_mask_and_keeps_overlaps():
-    from seglib.mask2former import Mask2FormerSegmenter
+    from seglib.models.mask2former import Mask2FormerSegmenter
 
     model = tiny_model(tiny_cfg(box_score_thresh=0.0))
     assert isinstance(model, Mask2FormerSegmenter)
@@ -218,11 +218,12 @@ def test_losses_fall_on_a_fixed_batch():
 @needs_transformers
 @pytest.mark.slow
 def test_engine_trains_evaluates_checkpoints_and_resumes(synthetic_subset, tmp_path):
-    from seglib.dataset import open_split
-    from seglib.engine import read_metrics, train
-    from seglib.inference import evaluate, predict
-    from seglib.model import model_from_checkpoint
-    from seglib.occlusion import occlusion_ap
+    from seglib.data.dataset import open_split
+    from seglib.engine.runlog import read_metrics
+    from seglib.engine.trainer import train
+    from seglib.evaluation.occlusion import occlusion_ap
+    from seglib.evaluation.prediction import evaluate, predict
+    from seglib.models.builder import model_from_checkpoint
 
     cfg = tiny_cfg()
     whole = train(cfg, synthetic_subset, tmp_path / "whole")
@@ -256,9 +257,9 @@ def test_engine_trains_evaluates_checkpoints_and_resumes(synthetic_subset, tmp_p
 # --- weights ------------------------------------------------------------------------------------
 @needs_transformers
 def test_missing_weights_name_the_model_the_cache_and_the_command(tmp_path):
-    from seglib.mask2former import MODEL_ID, hf_cache_dir, load_pretrained
-    from seglib.model import build_model
-    from seglib.weights import MissingWeightsError
+    from seglib.models.mask2former_weights import MODEL_ID, hf_cache_dir, load_pretrained
+    from seglib.models.registry import build_model
+    from seglib.models.weights import MissingWeightsError
 
     with pytest.raises(MissingWeightsError) as info:
         load_pretrained("seglib-tests/not-a-cached-model")
@@ -279,7 +280,7 @@ def coco_like_folder(tmp_path_factory):
     pytest.importorskip("transformers", reason="pip install -r requirements-detr.txt")
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from seglib.mask2former import hf_config
+    from seglib.models.mask2former_weights import hf_config
 
     torch.manual_seed(1)
     model = Mask2FormerForUniversalSegmentation(hf_config("tiny", coco_like_id2label()))
@@ -290,7 +291,7 @@ def coco_like_folder(tmp_path_factory):
 
 @needs_transformers
 def test_coco_head_is_mapped_to_the_subset_by_name(coco_like_folder):
-    from seglib.mask2former import subset_head_rows
+    from seglib.models.mask2former_weights import subset_head_rows
 
     folder, coco_model = coco_like_folder
     cfg = TrainConfig(
@@ -327,8 +328,8 @@ def test_coco_head_is_mapped_to_the_subset_by_name(coco_like_folder):
 def test_zero_shot_keeps_the_coco_softmax_and_reports_subset_labels(
     coco_like_folder, synthetic_subset
 ):
-    from seglib.dataset import open_split
-    from seglib.mask2former import build_zero_shot_mask2former
+    from seglib.data.dataset import open_split
+    from seglib.models.mask2former import build_zero_shot_mask2former
 
     folder, coco_model = coco_like_folder
     val = open_split(synthetic_subset, "val")
@@ -360,7 +361,7 @@ def test_zero_shot_keeps_the_coco_softmax_and_reports_subset_labels(
 
 @needs_transformers
 def test_pretrained_that_does_not_fit_the_preset_names_both(coco_like_folder):
-    from seglib.checkpoint import CheckpointError
+    from seglib.models.checkpoint import CheckpointError
 
     folder, _ = coco_like_folder
     cfg = TrainConfig(arch="mask2former", weights="coco", m2f_pretrained=str(folder))
@@ -376,9 +377,9 @@ def test_base_package_trains_mask_rcnn_with_transformers_blocked(tmp_path):
         import sys
         sys.modules["transformers"] = None  # any import of it raises ImportError
         import torch
-        import seglib, seglib.cli, seglib.engine, seglib.inference, seglib.compare
-        from seglib.config import TrainConfig
-        from seglib.model import build_model
+        import seglib, seglib.app.cli, seglib.engine.trainer, seglib.evaluation.prediction, seglib.studies.family_comparison
+        from seglib.core.config import TrainConfig
+        from seglib.models.builder import build_model
         cfg = TrainConfig.smoke(min_size=64, max_size=64)
         model = build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
         masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
@@ -407,9 +408,9 @@ def test_base_package_trains_mask_rcnn_with_transformers_blocked(tmp_path):
 def test_a_mask2former_run_goes_through_notebook_04s_cached_predictions(tmp_path, synthetic_subset):
     import shutil
 
-    from seglib import runs
-    from seglib.engine import train
-    from seglib.paths import get_paths
+    from seglib.app import runs
+    from seglib.core.paths import get_paths
+    from seglib.engine.trainer import train
 
     paths = get_paths("smoke", tmp_path, run="m2f")
     shutil.copytree(synthetic_subset, paths.subset)

@@ -10,9 +10,9 @@ import pycocotools.mask as mask_utils
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from seglib.matching import match_image
-from seglib.metrics import from_coco_ids, load_detections, load_ground_truth
-from seglib.results import quiet
+from seglib.evaluation.coco_ap import load_detections
+from seglib.evaluation.coco_results import from_coco_ids, load_ground_truth, quiet
+from seglib.evaluation.matching import match_image
 
 #: COCO's category ids, not 1..k, so nothing may assume contiguous labels.
 PERSON, CAR, DOG, CAKE = 1, 3, 18, 61
@@ -224,7 +224,7 @@ def test_matches_equal_cocoevals_on_random_multi_class_images(size, iou_thresh):
 
 
 def test_a_crowd_of_a_synthetic_split_ignores_a_detection_of_its_class(synthetic_subset):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     coco = open_split(synthetic_subset, "train").coco  # the fixture's crowd regions are here
     crowd = next(a for a in coco.loadAnns(coco.getAnnIds()) if a["iscrowd"])

@@ -16,7 +16,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seglib import metrics
+from seglib.evaluation import coco_ap, coco_results, iou_measures
 
 H, W = 64, 64
 CAKE, CAR, DOG = 61, 3, 18
@@ -29,7 +29,7 @@ CATEGORIES = [
 
 def labels_of(gt: dict) -> dict[int, int]:
     """Category id -> label: its position in the ground truth's list (written out here, so the
-    tests check ``seglib.categories`` rather than reuse it)."""
+    tests check ``seglib.core.categories`` rather than reuse it)."""
     return {c["id"]: i for i, c in enumerate(gt["categories"], start=1)}
 
 
@@ -122,7 +122,7 @@ def gt() -> dict:
 
 def perfect(gt: dict) -> list[dict]:
     """The ground truth's non-crowd instances as in-memory results (labels), score 1."""
-    coco = metrics.load_ground_truth(gt)
+    coco = coco_results.load_ground_truth(gt)
     label = labels_of(gt)
     return [
         {
@@ -138,7 +138,7 @@ def perfect(gt: dict) -> list[dict]:
 
 
 def test_perfect_predictions_give_ap_and_iou_one(gt):
-    m = metrics.evaluate_results(gt, perfect(gt))
+    m = coco_ap.evaluate_results(gt, perfect(gt))
     for iou_type in ("bbox", "segm"):
         assert m[iou_type]["AP"] == pytest.approx(1.0)
         assert m[iou_type]["AP50"] == pytest.approx(1.0)
@@ -154,8 +154,8 @@ def test_perfect_predictions_give_ap_and_iou_one(gt):
 def test_inputs_are_not_modified(gt):
     before, results = copy.deepcopy(gt), perfect(gt)
     results_before = copy.deepcopy(results)
-    coco = metrics.load_ground_truth(gt)
-    metrics.evaluate_results(coco, results)
+    coco = coco_results.load_ground_truth(gt)
+    coco_ap.evaluate_results(coco, results)
     assert gt == before and results == results_before
     assert (
         coco.dataset["annotations"][2]["segmentation"] == before["annotations"][2]["segmentation"]
@@ -168,7 +168,7 @@ def test_disjoint_predictions_give_zero(gt):
         det(1, 2, square(0, 40, 10)),
         det(2, 1, square(50, 0, 5, h=48)),
     ]
-    m = metrics.evaluate_results(gt, results)
+    m = coco_ap.evaluate_results(gt, results)
     assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
     assert m["best_match_iou"] == 0.0
     assert m["pixel_iou"]["cake"] == 0.0 and m["pixel_iou"]["car"] == 0.0
@@ -204,15 +204,15 @@ def test_agrees_with_pycocotools(gt):
         det(2, 3, square(46, 2, 10, h=48), 0.95),
         det(3, 2, square(5, 5, 30), 0.6),
     ]
-    m = metrics.evaluate_results(gt, results)
+    m = coco_ap.evaluate_results(gt, results)
     for iou_type in ("bbox", "segm"):
-        ours = [m[iou_type][k] for k in metrics.SUMMARY_KEYS]
+        ours = [m[iou_type][k] for k in coco_ap.SUMMARY_KEYS]
         np.testing.assert_allclose(ours, _direct_stats(gt, results, iou_type)[:9])
     assert 0 < m["segm"]["AP"] < 1
 
 
 def test_empty_predictions_give_zero_ap(gt):
-    m = metrics.evaluate_results(gt, [])
+    m = coco_ap.evaluate_results(gt, [])
     assert m["bbox"]["AP"] == 0.0 and m["segm"]["AP"] == 0.0
     assert m["best_match_iou"] == 0.0 and m["num_predictions"] == 0
     assert m["pixel_iou"]["cake"] == 0.0
@@ -220,52 +220,52 @@ def test_empty_predictions_give_zero_ap(gt):
 
 def test_empty_ground_truth_is_undefined_not_an_error(gt):
     gt["annotations"] = []
-    m = metrics.evaluate_results(gt, [det(1, 1, square(0, 0, 20))])
+    m = coco_ap.evaluate_results(gt, [det(1, 1, square(0, 0, 20))])
     assert m["segm"]["AP"] == -1.0 and m["bbox"]["AP"] == -1.0
     assert m["best_match_iou"] == -1.0
-    assert np.isnan(metrics.best_match_iou(gt, []))
+    assert np.isnan(iou_measures.best_match_iou(gt, []))
     assert m["pixel_iou"] == {"cake": 0.0, "car": -1.0, "dog": -1.0}
     gt["images"] = []
-    assert metrics.evaluate_results(gt, [])["num_images"] == 0
+    assert coco_ap.evaluate_results(gt, [])["num_images"] == 0
 
 
 def test_crowd_only_ground_truth_ignores_detections_inside(gt):
     gt["annotations"] = [a for a in gt["annotations"] if a["iscrowd"]]
     inside = det(2, 3, square(46, 2, 10, h=48))
-    m = metrics.evaluate_results(gt, [inside])
+    m = coco_ap.evaluate_results(gt, [inside])
     assert m["segm"]["AP"] == -1.0 and m["best_match_iou"] == -1.0
     assert m["pixel_iou"]["dog"] == -1.0  # all predicted pixels lie in the ignored crowd
-    matrix, _ = metrics.confusion_matrix(gt, [inside])
+    matrix, _ = iou_measures.confusion_matrix(gt, [inside])
     assert matrix.sum() == 0
 
 
 def test_image_id_as_numpy_or_tensor(gt):
     torch = pytest.importorskip("torch")
-    plain = metrics.evaluate_results(gt, perfect(gt))
+    plain = coco_ap.evaluate_results(gt, perfect(gt))
     results = perfect(gt)
     results[0]["image_id"] = np.int64(results[0]["image_id"])
     results[1]["image_id"] = torch.tensor(results[1]["image_id"])
     results[2]["category_id"] = torch.tensor(results[2]["category_id"])
-    assert metrics.evaluate_results(gt, results) == plain
+    assert coco_ap.evaluate_results(gt, results) == plain
 
 
 def test_unknown_label_raises_naming_the_labels(gt):
     results = perfect(gt)
     results[0]["category_id"] = 61  # a list holds labels; the COCO id is a file's
     with pytest.raises(ValueError, match=r"labels \[61\].*1 cake, 2 car, 3 dog"):
-        metrics.evaluate_results(gt, results)
+        coco_ap.evaluate_results(gt, results)
 
 
 def test_unknown_image_raises_naming_it(gt):
     with pytest.raises(ValueError, match=r"image ids \[99\]"):
-        metrics.evaluate_results(gt, [det(99, 1, square(0, 0, 10))])
+        coco_ap.evaluate_results(gt, [det(99, 1, square(0, 0, 10))])
 
 
 def test_bad_mask_size_and_missing_keys_raise(gt):
     with pytest.raises(ValueError, match=r"mask size \[64, 64\].*\[48, 64\]"):
-        metrics.best_match_iou(gt, [det(2, 1, square(0, 0, 10))])
+        iou_measures.best_match_iou(gt, [det(2, 1, square(0, 0, 10))])
     with pytest.raises(ValueError, match=r"result 0 lacks \['segmentation'\]"):
-        metrics.best_match_iou(
+        iou_measures.best_match_iou(
             gt, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}]
         )
 
@@ -280,11 +280,11 @@ def test_paths_are_accepted(gt, tmp_path):
             "counts": counts.decode() if isinstance(counts, bytes) else counts,
         }
     (tmp_path / "res.json").write_text(json.dumps(in_coco_ids(gt, results)))
-    assert metrics.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"][
+    assert coco_ap.evaluate_results(tmp_path / "gt.json", str(tmp_path / "res.json"))["segm"][
         "AP"
     ] == pytest.approx(1.0)
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        metrics.evaluate_results(tmp_path / "missing.json", [])
+        coco_ap.evaluate_results(tmp_path / "missing.json", [])
 
 
 # --- category ids: COCO's in files and ground truth, labels in lists ----------------------
@@ -303,13 +303,13 @@ def test_files_carry_coco_ids_and_score_as_the_list_does(gt, tmp_path):
     results[0]["score"] = 0.4
     results.append(det(3, 1, square(0, 0, 10), score=0.9))  # a cake where there is none
     results.append(det(1, 3, square(40, 0, 10), score=0.7))  # a dog where there is none
-    exported = metrics.to_coco_ids(results, CATEGORIES)
+    exported = coco_results.to_coco_ids(results, CATEGORIES)
     assert [r["category_id"] for r in exported] == [61, 3, 61, 61, 18]
     assert [r["category_id"] for r in results] == [1, 2, 1, 1, 3]  # copies: the list is untouched
     (tmp_path / "res.json").write_text(json.dumps(exported))
-    assert metrics.read_results(tmp_path / "res.json", gt) == results
-    from_file = metrics.evaluate_results(gt, tmp_path / "res.json")
-    assert from_file == metrics.evaluate_results(gt, results)
+    assert coco_results.read_results(tmp_path / "res.json", gt) == results
+    from_file = coco_ap.evaluate_results(gt, tmp_path / "res.json")
+    assert from_file == coco_ap.evaluate_results(gt, results)
     assert 0 < from_file["segm"]["AP"] < 1
     # the evaluation file names the categories by COCO's id too, in label order
     assert from_file["categories"] == [
@@ -327,10 +327,10 @@ def test_a_results_file_is_scored_as_it_is_whatever_the_category_order(gt, tmp_p
     results = _json_results(gt)
     results[0]["category_id"] = 2  # a cake called a car
     results.append(det(2, 3, square(10, 10, 12, h=48), score=0.6))
-    (tmp_path / "res.json").write_text(json.dumps(metrics.to_coco_ids(results, CATEGORIES)))
+    (tmp_path / "res.json").write_text(json.dumps(coco_results.to_coco_ids(results, CATEGORIES)))
     by_id = dict(gt, categories=sorted(gt["categories"], key=lambda c: c["id"]))
-    split = metrics.evaluate_results(gt, tmp_path / "res.json", with_curves=True)
-    coco_order = metrics.evaluate_results(by_id, tmp_path / "res.json", with_curves=True)
+    split = coco_ap.evaluate_results(gt, tmp_path / "res.json", with_curves=True)
+    coco_order = coco_ap.evaluate_results(by_id, tmp_path / "res.json", with_curves=True)
     assert [c["id"] for c in coco_order.pop("categories")] == [3, 18, 61]
     assert [c["id"] for c in split.pop("categories")] == [61, 3, 18]
     assert split == coco_order and 0 < split["segm"]["AP"] < 1
@@ -342,11 +342,11 @@ def test_a_results_file_numbered_by_labels_is_refused(gt, tmp_path):
     with pytest.raises(
         ValueError, match=r"res\.json uses category ids \[1, 2\].*cake 61, car 3, dog 18"
     ):
-        metrics.evaluate_results(gt, tmp_path / "res.json")
+        coco_ap.evaluate_results(gt, tmp_path / "res.json")
     with pytest.raises(ValueError, match=r"res\.json uses category ids \[1, 2\]"):
-        metrics.read_results(tmp_path / "res.json", gt)
+        coco_results.read_results(tmp_path / "res.json", gt)
     with pytest.raises(ValueError, match=r"labels \[7\].*1 cake, 2 car, 3 dog"):
-        metrics.to_coco_ids([det(1, 7, square(0, 0, 5))], CATEGORIES)
+        coco_results.to_coco_ids([det(1, 7, square(0, 0, 5))], CATEGORIES)
 
 
 def test_ground_truth_in_an_older_seglibs_numbering_is_refused(gt, tmp_path):
@@ -357,9 +357,9 @@ def test_ground_truth_in_an_older_seglibs_numbering_is_refused(gt, tmp_path):
     (tmp_path / "val.json").write_text(json.dumps(old))
     (tmp_path / "res.json").write_text(json.dumps(in_coco_ids(gt, _json_results(gt))))
     with pytest.raises(ValueError, match=r"val\.json was written by an older seglib.*1\.\.k"):
-        metrics.evaluate_results(tmp_path / "val.json", tmp_path / "res.json")
+        coco_ap.evaluate_results(tmp_path / "val.json", tmp_path / "res.json")
     with pytest.raises(ValueError, match="older seglib"):
-        metrics.evaluate_results(old, perfect(gt))
+        coco_ap.evaluate_results(old, perfect(gt))
 
 
 def test_best_match_iou_hand_computed(gt):
@@ -369,28 +369,28 @@ def test_best_match_iou_hand_computed(gt):
         det(1, 2, square(30, 30, 20), score=0.2),  # below threshold: ignored
         det(2, 2, square(10, 10, 30, h=48)),  # wrong class on cake 3: does not count
     ]
-    assert metrics.best_match_iou(gt, results) == pytest.approx((1 / 3 + 1 + 0) / 3)
-    assert metrics.best_ious(gt, results) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 0.0})
+    assert iou_measures.best_match_iou(gt, results) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert iou_measures.best_ious(gt, results) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 0.0})
     # Recall-oriented, as its name says: extra predictions, even wrong ones, cost nothing.
     noisy = results + [det(1, 1, square(40, 0, 20)), det(3, 2, square(0, 0, 30))]
-    assert metrics.best_match_iou(gt, noisy) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert iou_measures.best_match_iou(gt, noisy) == pytest.approx((1 / 3 + 1 + 0) / 3)
 
 
 def test_pixel_iou_hand_computed_with_crowd_excluded(gt):
-    cake3 = mask_utils.decode(metrics.load_ground_truth(gt).annToRLE(gt["annotations"][2])).astype(
-        bool
-    )
+    cake3 = mask_utils.decode(
+        coco_results.load_ground_truth(gt).annToRLE(gt["annotations"][2])
+    ).astype(bool)
     results = [
         det(1, 1, square(10, 0, 20)),
         det(2, 1, cake3.astype(np.uint8)),
         det(2, 3, square(34, 0, 20, h=48)),
     ]  # dog: half inside the dog crowd (44..63)
-    iou = metrics.pixel_iou(gt, results)
+    iou = iou_measures.pixel_iou(gt, results)
     a3 = int(cake3.sum())
     assert iou["cake"] == pytest.approx((200 + a3) / (600 + a3))
     assert iou["dog"] == 0.0  # 200 px outside the crowd count, the 200 inside do not
     assert iou["car"] == 0.0
-    m = metrics.evaluate_results(gt, results)
+    m = coco_ap.evaluate_results(gt, results)
     assert m["pixel_iou"] == pytest.approx(iou)
     assert m["mean_pixel_iou"] == pytest.approx(np.mean(list(iou.values())))  # class-averaged
 
@@ -401,7 +401,7 @@ def test_pixel_iou_ignores_crowd_pixels_inside_an_instance(crowded):
     )  # half under the car crowd (x 40..59)
     # Image 2: 200 of the 400 matched px are in the crowd, so I = U = 200; image 1: car B
     # (400 px) is missed, so U += 400.
-    assert metrics.pixel_iou(crowded, [det(2, 2, square(30, 0, 20))])["car"] == pytest.approx(
+    assert iou_measures.pixel_iou(crowded, [det(2, 2, square(30, 0, 20))])["car"] == pytest.approx(
         200 / 600
     )
 
@@ -415,7 +415,7 @@ def test_confusion_matrix_hand_example(gt):
         det(2, 3, square(46, 2, 10, h=48), 0.9),  # inside the crowd: ignored
         det(2, 1, square(10, 10, 30, h=48), 0.1),  # below threshold: cake 3 stays missed
     ]
-    matrix, labels = metrics.confusion_matrix(gt, results)
+    matrix, labels = iou_measures.confusion_matrix(gt, results)
     assert labels == ["background", "cake", "car", "dog"]
     assert matrix.dtype == np.int64
     np.testing.assert_array_equal(matrix, [[0, 2, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
@@ -442,7 +442,7 @@ def test_size_buckets_use_coco_ranges(crowded):
         crowded["annotations"], (1023.0, 1024.0, 9216.0, 50.0, 99999.0), strict=True
     ):
         a["area"] = area
-    assert metrics.size_buckets(crowded) == {
+    assert coco_ap.size_buckets(crowded) == {
         "cake": {"small": 2, "medium": 0, "large": 0},
         "car": {"small": 0, "medium": 1, "large": 0},  # the large crowd is not counted
         "dog": {"small": 0, "medium": 0, "large": 1},
@@ -455,24 +455,24 @@ def test_worst_images_ranks_by_best_match_iou(gt):
         det(1, 2, square(30, 30, 20)),
         det(2, 1, square(0, 0, 5, h=48)),
     ]
-    assert metrics.worst_images(gt, results, n=5) == [(2, 0.0), (1, 1.0)]
+    assert iou_measures.worst_images(gt, results, n=5) == [(2, 0.0), (1, 1.0)]
 
 
 def test_pr_curves_and_with_curves(gt):
-    curves = metrics.pr_curves(gt, perfect(gt))
+    curves = coco_ap.pr_curves(gt, perfect(gt))
     assert set(curves) == {"cake", "car", "all"}  # dog has no ground truth
     assert len(curves["all"]["recall"]) == 101 and curves["all"]["recall"][-1] == 1.0
     assert min(curves["cake"]["precision"]) == 1.0
-    m = metrics.evaluate_results(gt, [det(3, 1, square(0, 0, 20))], with_curves=True)
+    m = coco_ap.evaluate_results(gt, [det(3, 1, square(0, 0, 20))], with_curves=True)
     assert max(m["segm"]["pr_curves"]["all"]["precision"]) == 0.0
-    assert "pr_curves" not in metrics.evaluate_results(gt, [])["bbox"]
+    assert "pr_curves" not in coco_ap.evaluate_results(gt, [])["bbox"]
     with pytest.raises(ValueError, match="iou_type"):
-        metrics.pr_curves(gt, [], iou_type="mask")
+        coco_ap.pr_curves(gt, [], iou_type="mask")
 
 
 def test_format_table_contains_the_numbers(gt):
     results = perfect(gt)[:2]  # cake 3 missed
-    table = metrics.format_table(metrics.evaluate_results(gt, results))
+    table = coco_ap.format_table(coco_ap.evaluate_results(gt, results))
     assert "segm" in table and "bbox" in table
     assert "best-match IoU" in table and "66.7" in table  # two of three instances found exactly
     assert "mean IoU" not in table and "pixel IoU, class mean" in table
@@ -487,16 +487,19 @@ def test_filter_predictions_threshold_and_nms():
     other_class = det(1, 2, square(0, 0, 20), 0.7)
     low = det(1, 1, square(40, 40, 10), 0.1)
     results = [dup, a, other_class, low]
-    assert metrics.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
-    assert metrics.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [a, other_class]
-    assert metrics.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [
+    assert coco_results.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
+    assert coco_results.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [
+        a,
+        other_class,
+    ]
+    assert coco_results.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [
         a,
         other_class,
         low,
     ]
-    assert metrics.filter_predictions(results, nms_thresh=0.99) == results
+    assert coco_results.filter_predictions(results, nms_thresh=0.99) == results
     with pytest.raises(ValueError, match="nms_thresh"):
-        metrics.filter_predictions(results, nms_thresh=1.5)
+        coco_results.filter_predictions(results, nms_thresh=1.5)
 
 
 @pytest.mark.coco_tiny
@@ -504,7 +507,7 @@ def test_real_coco_annotations(coco_tiny):
     """Real polygons, an uncompressed crowd RLE and 80 categories: perfect is 1, and we match pycocotools."""
     gt = json.loads((coco_tiny / "instances_train2017_tiny.json").read_text())
     results = perfect(gt)
-    m = metrics.evaluate_results(gt, results)
+    m = coco_ap.evaluate_results(gt, results)
     assert m["segm"]["AP"] == pytest.approx(1.0) and m["bbox"]["AP"] == pytest.approx(1.0)
     assert m["best_match_iou"] == pytest.approx(1.0)
     rng = np.random.default_rng(0)
@@ -513,10 +516,10 @@ def test_real_coco_annotations(coco_tiny):
         for r in results
         if rng.uniform() > 0.2
     ]
-    m = metrics.evaluate_results(gt, kept)
+    m = coco_ap.evaluate_results(gt, kept)
     for iou_type in ("bbox", "segm"):
         np.testing.assert_allclose(
-            [m[iou_type][k] for k in metrics.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9]
+            [m[iou_type][k] for k in coco_ap.SUMMARY_KEYS], _direct_stats(gt, kept, iou_type)[:9]
         )
     assert 0.0 < m["bbox"]["AP"] < 1.0
 
@@ -524,9 +527,9 @@ def test_real_coco_annotations(coco_tiny):
 def test_results_to_instances_decodes_one_image_for_drawing(gt):
     results = perfect(gt)
     results[0] = dict(results[0], score=0.3)
-    coco = metrics.load_ground_truth(gt)
+    coco = coco_results.load_ground_truth(gt)
     image_id = results[0]["image_id"]
-    inst = metrics.results_to_instances(results, image_id)
+    inst = coco_results.results_to_instances(results, image_id)
     expected = [a for a in gt["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
     assert inst["masks"].dtype == np.uint8 and inst["masks"].shape[0] == len(expected)
     assert inst["labels"].dtype == np.int64 and inst["boxes"].dtype == np.float32
@@ -537,7 +540,7 @@ def test_results_to_instances_decodes_one_image_for_drawing(gt):
         np.testing.assert_array_equal(mask, coco.annToMask(a))
         x, y, w, h = a["bbox"]
         np.testing.assert_allclose(box, [x, y, x + w, y + h])
-    above = metrics.results_to_instances(results, image_id, score_thresh=0.5)
+    above = coco_results.results_to_instances(results, image_id, score_thresh=0.5)
     assert len(above["labels"]) == len(expected) - 1
-    none = metrics.results_to_instances(results, image_id=-5)
+    none = coco_results.results_to_instances(results, image_id=-5)
     assert none["boxes"].shape == (0, 4) and none["masks"].shape[0] == 0

@@ -11,18 +11,13 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from seglib.checkpoint import CheckpointError
-from seglib.config import TrainConfig
-from seglib.model import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
-from seglib.model import (
-    SegmentationModel,
-    ZeroShotMaskRCNN,
-    available_archs,
-    build_model,
-    build_zero_shot_model,
-    register_arch,
-)
-from seglib.weights import MissingWeightsError, weights_file
+from seglib.core.config import TrainConfig
+from seglib.models.builder import SegmentationModel
+from seglib.models.checkpoint import CheckpointError
+from seglib.models.maskrcnn import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
+from seglib.models.registry import available_archs, build_model, register_arch
+from seglib.models.weights import MissingWeightsError, weights_file
+from seglib.models.zeroshot import ZeroShotMaskRCNN, build_zero_shot_model
 
 #: A split's categories: COCO's ids, in label order (cake 1, car 2, dog 3, person 4).
 CATEGORIES = [
@@ -245,7 +240,7 @@ def test_zero_shot_reads_coco_weights_from_cache(tmp_path, cfg):
 
 
 def test_zero_shot_baseline_uses_cached_coco_weights_or_warns_about_its_stand_in(tmp_path, cfg):
-    from seglib.model import zero_shot_baseline
+    from seglib.models.zeroshot import zero_shot_baseline
 
     with pytest.warns(UserWarning, match="ZERO-SHOT STAND-IN"):
         stand_in = zero_shot_baseline(CATEGORIES, cfg)
@@ -272,7 +267,7 @@ def test_maskrcnn_and_its_zero_shot_wrapper_follow_the_interface(cfg):
 
 
 def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
-    from seglib import registry
+    from seglib.models import registry
 
     calls = []
 
@@ -289,8 +284,8 @@ def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
 
 def test_importing_seglib_does_not_import_the_optional_families():
     code = (
-        "import sys, seglib.model, seglib.engine, seglib.inference, seglib.cli\n"
-        "optional = ('transformers', 'seglib.mask2former', 'seglib.mask2former_weights')\n"
+        "import sys, seglib.models.builder, seglib.engine.trainer, seglib.evaluation.prediction, seglib.app.cli\n"
+        "optional = ('transformers', 'seglib.models.mask2former', 'seglib.models.mask2former_weights')\n"
         "print(sorted(m for m in optional if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -324,7 +319,7 @@ def test_frozen_batchnorm_keeps_the_autocast_dtype():
 
 
 def test_pretrained_v1_freezes_batchnorm_with_the_dtype_keeping_layer(cfg):
-    from seglib.model import build_model_structure
+    from seglib.models.registry import build_model_structure
 
     model = build_model_structure(cfg.replace(weights="coco", trainable_backbone_layers=3))
     frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]

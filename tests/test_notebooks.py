@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from seglib.runner import notebook_paths
+from seglib.app.headless import notebook_paths
 
 NOTEBOOKS = notebook_paths()
 
@@ -46,7 +46,7 @@ def test_no_def_no_class_no_lambda(nb):
 def test_no_sys_path_hacks_and_no_spelled_out_data_paths(nb):
     for cell in _code(nb):
         assert "sys.path" not in cell.source
-        # every location comes from seglib.paths.get_paths
+        # every location comes from seglib.core.paths.get_paths
         assert not re.search(r"[\"']\.{0,2}/?data/", cell.source), cell.source
 
 
@@ -99,13 +99,13 @@ def test_later_notebooks_name_the_notebook_that_makes_their_inputs():
 def test_no_output_checks_that_cannot_fail(nb):
     # nbval compares no figure, and the committed notebooks hold no outputs, so a checked cell
     # could only assert "prints nothing". What the notebooks produce is checked instead by
-    # seglib.runner.check_outputs after the nbval run (notebooks/conftest.py).
+    # seglib.app.headless.check_outputs after the nbval run (notebooks/conftest.py).
     for cell in _code(nb):
         assert "NBVAL_CHECK_OUTPUT" not in cell.source and "NBVAL_IGNORE" not in cell.source
 
 
 def test_each_notebook_saves_exactly_the_figures_it_declares(nb):
-    from seglib.viz import NOTEBOOK_FIGURES
+    from seglib.viz.files import NOTEBOOK_FIGURES
 
     stem = next(p.stem for p in NOTEBOOKS if nbformat.read(p, as_version=4) == nb)
     source = "\n".join(c.source for c in _code(nb))

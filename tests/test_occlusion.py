@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from seglib import occlusion
+from seglib.evaluation import occlusion
 
 # Ground truth carries COCO's ids; detections (in-memory results) the labels: car 1, dog 2,
 # person 3, the categories' positions.

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from seglib import overlaps
-from seglib.overlaps import box_mask_iou, mask_iou
-from seglib.suppression import mask_nms
+from seglib.models import overlaps
+from seglib.models.overlaps import box_mask_iou, mask_iou
+from seglib.models.suppression import mask_nms
 
 SIZES = [(128, 128), (480, 640)]
 IOU_SIZES = [(128, 128), (480, 640), (800, 1333)]

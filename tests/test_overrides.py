@@ -1,7 +1,7 @@
 import pytest
 
-from seglib.config import TrainConfig
-from seglib.overrides import env_overrides, parse_overrides, slider_fields
+from seglib.core.config import TrainConfig
+from seglib.core.overrides import env_overrides, parse_overrides, slider_fields
 
 
 def test_slider_ranges_contain_their_defaults():

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from seglib.paths import get_paths, project_root
+from seglib.core.paths import get_paths, project_root
 
 
 def test_paths_follow_profile_and_env(tmp_path, monkeypatch):
@@ -46,9 +46,7 @@ def test_non_editable_install_keeps_data_out_of_site_packages(tmp_path):
     work = tmp_path / "checkout" / "notebooks"
     work.mkdir(parents=True)
     (work.parent / "data").mkdir()
-    code = (
-        "import seglib.paths as p, seglib; print(p.get_paths('smoke').root); print(seglib.__file__)"
-    )
+    code = "import seglib.core.paths as p, seglib; print(p.get_paths('smoke').root); print(seglib.__file__)"
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, check=True
@@ -95,7 +93,7 @@ def test_the_run_comes_from_the_argument_or_the_environment(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "eval", "x" * 65, "sp ace"])
 def test_run_names_that_could_escape_or_confuse_are_refused(bad, tmp_path):
-    from seglib.paths import check_run_name
+    from seglib.core.paths import check_run_name
 
     with pytest.raises(ValueError, match="run name"):
         check_run_name(bad)

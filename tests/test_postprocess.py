@@ -20,8 +20,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import box_iou, roi_align
 
-from seglib.config import POSTPROCESS_METHODS, TrainConfig
-from seglib.postprocess import (
+from seglib.core.config import POSTPROCESS_METHODS, TrainConfig
+from seglib.models.postprocess import (
     TTA_MATCH_IOU,
     Candidates,
     PostProcessed,
@@ -32,7 +32,7 @@ from seglib.postprocess import (
     unflip,
     wrap,
 )
-from seglib.suppression import Settings
+from seglib.models.suppression import Settings
 
 SIZES = [(128, 128), (480, 640)]
 NUM_CLASSES = 4
@@ -405,7 +405,7 @@ def test_an_image_without_candidates(method, tta, size):
 # --- a real Mask R-CNN ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model():
-    from seglib.model import build_model
+    from seglib.models.registry import build_model
 
     cfg = TrainConfig.smoke(min_size=64, max_size=64, detections_per_img=20, postprocess_pool=60)
     torch.manual_seed(0)

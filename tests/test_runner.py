@@ -4,9 +4,17 @@ import os
 import nbformat
 import pytest
 
-from seglib import compare_report, runner
-from seglib.paths import get_paths
-from seglib.runner import NotebookRunError, PreflightError, notebook_paths, preflight, run_notebooks
+from seglib.app import headless, provenance
+from seglib.app.headless import (
+    NotebookRunError,
+    PreflightError,
+    notebook_paths,
+    preflight,
+    run_notebooks,
+)
+from seglib.core.paths import get_paths
+from seglib.studies import comparison_report
+from seglib.viz import charts, common, files
 
 
 def _write_notebook(path, *sources):
@@ -26,7 +34,7 @@ def test_smoke_needs_nothing(tmp_path):
 
 
 def test_seed_offline_fails_fast_naming_what_is_missing_and_pointing_to_demo(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(headless, "reachable", lambda url, timeout=3.0: False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(PreflightError) as err:
         preflight("seed", get_paths("seed", tmp_path))
@@ -37,9 +45,9 @@ def test_seed_offline_fails_fast_naming_what_is_missing_and_pointing_to_demo(tmp
 
 
 def test_seed_with_files_in_place_needs_no_network(tmp_path, monkeypatch):
-    from seglib.weights import weights_file
+    from seglib.models.weights import weights_file
 
-    monkeypatch.setattr(runner, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(headless, "reachable", lambda url, timeout=3.0: False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     paths = get_paths("seed", tmp_path)
     for split in ("train", "val"):
@@ -115,14 +123,14 @@ def test_a_dead_kernel_is_reported_as_a_failed_notebook(tmp_path):
 def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
     monkeypatch.setenv("SEGLIB_RUN", "outer")
     monkeypatch.delenv("SEGLIB_SET", raising=False)
-    with runner.kernel_environment({"SEGLIB_RUN": None, "SEGLIB_SET": '{"lr": 0.1}'}):
+    with headless.kernel_environment({"SEGLIB_RUN": None, "SEGLIB_SET": '{"lr": 0.1}'}):
         assert "SEGLIB_RUN" not in os.environ and os.environ["SEGLIB_SET"] == '{"lr": 0.1}'
     assert os.environ["SEGLIB_RUN"] == "outer" and "SEGLIB_SET" not in os.environ
 
 
 def _fake_outputs(paths, ap50=0.3):
     """What notebooks 01-05 leave in a run, with real figures and provenance records."""
-    from seglib import runs, viz
+    from seglib.app import runs
 
     for split in ("train", "val", "test"):
         paths.split_json(split).parent.mkdir(parents=True, exist_ok=True)
@@ -133,13 +141,13 @@ def _fake_outputs(paths, ap50=0.3):
     for name in ("config.json", "run_info.json"):
         (run / name).write_text("{}")
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "segm_AP": 0.1}) + "\n")
-    source = {"checkpoint": runs.checkpoint_fingerprint(run / "best.pt")}
+    source = {"checkpoint": provenance.checkpoint_fingerprint(run / "best.pt")}
     metrics = {"segm": {"AP": 0.1, "AP50": ap50}}
-    runs.write_with_source(run / "eval" / "val_metrics.json", metrics, source)
-    runs.write_with_source(run / "eval" / "test_metrics.json", metrics, source)
-    runs.write_with_source(run / "predictions" / "test_results.json", [], source)
+    provenance.write_with_source(run / "eval" / "val_metrics.json", metrics, source)
+    provenance.write_with_source(run / "eval" / "test_metrics.json", metrics, source)
+    provenance.write_with_source(run / "predictions" / "test_results.json", [], source)
     runs.OperatingPoint(0.5).save(run / "operating_point.json")
-    fig, ax = viz.make_grid(1)
+    fig, ax = common.make_grid(1)
     ax[0].plot([0, 1], [1, 2])
     for notebook in (
         "01_data_subset",
@@ -148,9 +156,9 @@ def _fake_outputs(paths, ap50=0.3):
         "04_evaluate",
         "05_inference_viz",
     ):
-        for file in viz.notebook_figures(paths, notebook):
-            viz.save_figure(fig, file, dpi=30)
-    viz.close(fig)
+        for file in files.notebook_figures(paths, notebook):
+            files.save_figure(fig, file, dpi=30)
+    files.close(fig)
 
 
 STEMS = ["01_data_subset", "02_data_augmentations", "03_train", "04_evaluate", "05_inference_viz"]
@@ -159,66 +167,64 @@ STEMS = ["01_data_subset", "02_data_augmentations", "03_train", "04_evaluate", "
 def test_check_outputs_passes_a_complete_run(tmp_path):
     paths = get_paths("smoke", tmp_path, run="nbval")
     _fake_outputs(paths)
-    assert runner.check_outputs(paths, STEMS, min_val_ap50=0.15) == []
+    assert headless.check_outputs(paths, STEMS, min_val_ap50=0.15) == []
 
 
 def test_check_outputs_names_every_problem(tmp_path):
-    from seglib import viz
 
     paths = get_paths("smoke", tmp_path, run="nbval")
     _fake_outputs(paths, ap50=0.05)
-    fig, axes = viz.make_grid(2, ncols=2)
+    fig, axes = common.make_grid(2, ncols=2)
     axes[0].plot([0, 1], [1, 2])
     axes[1].bar([0, 1], [0.0, 0.0])  # the empty AP chart of issue 7
     axes[1].set_title("AP per class")
-    viz.save_figure(fig, paths.figures / "04_ap_per_class.png", dpi=30)
+    files.save_figure(fig, paths.figures / "04_ap_per_class.png", dpi=30)
     (paths.figures / "05_errors.png").unlink()
     (paths.run / "best.pt").write_bytes(b"retrained")  # eval and predictions are now stale
-    problems = runner.check_outputs(paths, STEMS, min_val_ap50=0.15)
+    problems = headless.check_outputs(paths, STEMS, min_val_ap50=0.15)
     text = "\n".join(problems)
     assert "'AP per class'" in text and "holds no data" in text
     assert "05_errors.png is missing" in text
     assert "below the 0.15" in text
     assert sum("current best.pt" in p for p in problems) == 3
-    assert "declares no figures" in runner.check_outputs(paths, ["09_new"])[0]
+    assert "declares no figures" in headless.check_outputs(paths, ["09_new"])[0]
 
 
 def test_check_outputs_expects_the_figures_07_recorded_it_could_draw(tmp_path):
-    from seglib import viz
 
     paths = get_paths("smoke", tmp_path)
-    problems = runner.check_outputs(paths, ["07_detr_comparison"])
+    problems = headless.check_outputs(paths, ["07_detr_comparison"])
     assert len(problems) == 4 and all("missing" in p or "not written" in p for p in problems)
     # the base install offline: nothing compared, no figure drawn, and the record says so
     summary = {"split": "test", "models": {}, "skipped": ["mask2former: needs transformers"]}
     (paths.comparison / "comparison.json").parent.mkdir(parents=True)
     (paths.comparison / "comparison.json").write_text(json.dumps(summary))
-    viz.record_figures(paths, "07_detr_comparison", (), reason="nothing to compare")
-    assert runner.check_outputs(paths, ["07_detr_comparison"]) == []
+    files.record_figures(paths, "07_detr_comparison", (), reason="nothing to compare")
+    assert headless.check_outputs(paths, ["07_detr_comparison"]) == []
     # a model at AP 0 everywhere: its chart holds no data, and so does its row in the summary
     per_class = {"cake": {"AP": 0.0}, "dog": {"AP": -1.0}}
     zeros = {"segm": {"AP": 0.0, "per_class": per_class}}
     occlusion = {"all": {"instances": 3, "segm": {"AP": 0.0}}}
     summary["models"] = {"mask-rcnn-v1": {"metrics": zeros, "occlusion": occlusion}}
     (paths.comparison / "comparison.json").write_text(json.dumps(summary))
-    viz.record_figures(paths, "07_detr_comparison", ["07_ap.png"])
-    ax = viz.plot_grouped_scores(*compare_report.ap_series(summary), title="AP")
-    viz.save_figure(ax, paths.comparison_figures / "07_ap.png", dpi=30, close=True)
-    chart, row = runner.check_outputs(paths, ["07_detr_comparison"])
+    files.record_figures(paths, "07_detr_comparison", ["07_ap.png"])
+    ax = charts.plot_grouped_scores(*comparison_report.ap_series(summary), title="AP")
+    files.save_figure(ax, paths.comparison_figures / "07_ap.png", dpi=30, close=True)
+    chart, row = headless.check_outputs(paths, ["07_detr_comparison"])
     assert "07_ap.png" in chart and "holds no data" in chart
     assert "mask-rcnn-v1 scores 0 on every class and occlusion bucket" in row
 
 
 def test_check_outputs_needs_a_run_for_notebooks_03_to_05(tmp_path, monkeypatch):
     monkeypatch.delenv("SEGLIB_RUN", raising=False)
-    problems = runner.check_outputs(get_paths("smoke", tmp_path), ["03_train"])
+    problems = headless.check_outputs(get_paths("smoke", tmp_path), ["03_train"])
     assert any("no training run" in p for p in problems)
 
 
 def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
     tmp_path, monkeypatch, capsys
 ):
-    from seglib import cli, runs
+    from seglib.app import cli, runs
 
     monkeypatch.setenv("SEGLIB_DATA", str(tmp_path))
     calls = []
@@ -228,9 +234,9 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
         _fake_outputs(get_paths(profile, tmp_path, run=kwargs["run_name"]), ap50=0.4321)
         yield out / "01_data_subset.ipynb"
 
-    monkeypatch.setattr(runner, "run_notebooks", fake_run)
+    monkeypatch.setattr(headless, "run_notebooks", fake_run)
     monkeypatch.setattr(
-        runner, "notebook_paths", lambda *a: [tmp_path / f"{s}.ipynb" for s in STEMS]
+        headless, "notebook_paths", lambda *a: [tmp_path / f"{s}.ipynb" for s in STEMS]
     )
     argv = [
         "run",
@@ -253,7 +259,7 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
     assert cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err and len(calls) == 1
     monkeypatch.setattr(runs, "clear_run", lambda run_dir: None)
-    monkeypatch.setattr(runner, "run_notebooks", lambda *a, **k: iter(calls.append(k) or []))
+    monkeypatch.setattr(headless, "run_notebooks", lambda *a, **k: iter(calls.append(k) or []))
     assert cli.main([*argv, "--overwrite"]) == 0 and calls[-1]["overwrite"] is True
     # a bad value fails at once, naming the field
     assert cli.main(["run", "--profile", "smoke", "--set", "lr=-1"]) == 2
@@ -274,7 +280,7 @@ def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
             raise Empty
         return {"msg_type": "execute_reply"}
 
-    wait = runner.stepwise_get_msg(get_msg, step=0.5)
+    wait = headless.stepwise_get_msg(get_msg, step=0.5)
     assert asyncio.run(wait())["msg_type"] == "execute_reply"
     assert calls == [0.5, 0.5, 0.5]  # never one unbounded poll
     calls.clear()
@@ -286,9 +292,9 @@ def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
 def test_the_notebook_runs_read_kernel_messages_stepwise(tmp_path, monkeypatch):
     """Every wait of a real run without a timeout goes through the stepwise poll."""
     waits = []
-    real = runner.stepwise_get_msg
+    real = headless.stepwise_get_msg
 
-    def recording(get_msg, step=runner.POLL_SECONDS):
+    def recording(get_msg, step=headless.POLL_SECONDS):
         wait = real(get_msg, step)
 
         async def recorded(timeout=None):
@@ -297,7 +303,7 @@ def test_the_notebook_runs_read_kernel_messages_stepwise(tmp_path, monkeypatch):
 
         return recorded
 
-    monkeypatch.setattr(runner, "stepwise_get_msg", recording)
+    monkeypatch.setattr(headless, "stepwise_get_msg", recording)
     src = tmp_path / "nbs"
     src.mkdir()
     _write_notebook(src / "01_only.ipynb", "print('hi')", "1 + 1")

@@ -8,10 +8,12 @@ import shutil
 import pytest
 import torch
 
-from seglib import runs
-from seglib.config import TrainConfig
-from seglib.paths import get_paths
-from seglib.runs import OperatingPoint, RunExistsError, RunRequest, start_run
+from seglib.app import provenance, runs
+from seglib.app.runs import OperatingPoint, RunExistsError, RunRequest, start_run
+from seglib.core.config import TrainConfig
+from seglib.core.paths import get_paths
+from seglib.evaluation import prediction
+from seglib.models import builder
 
 
 def _fill(run_dir):
@@ -75,22 +77,25 @@ def test_resume_needs_last_pt_and_changes_nothing(tmp_path):
 def test_derived_files_go_stale_when_the_checkpoint_changes(tmp_path):
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"weights v1")
-    fp = runs.checkpoint_fingerprint(ckpt)
+    fp = provenance.checkpoint_fingerprint(ckpt)
     assert fp["size"] == 10 and len(fp["sha1"]) == 40
     out = tmp_path / "predictions" / "val_results.json"
     source = {"split": "val", "checkpoint": fp}
-    runs.write_with_source(out, [{"score": 1.0}], source)
-    assert runs.source_file(out).name == "val_results.source.json"
-    assert runs.read_if_fresh(out, source) == [{"score": 1.0}]
+    provenance.write_with_source(out, [{"score": 1.0}], source)
+    assert provenance.source_file(out).name == "val_results.source.json"
+    assert provenance.read_if_fresh(out, source) == [{"score": 1.0}]
     moved = {**source, "checkpoint": {**fp, "path": "elsewhere", "mtime_ns": 0}}
-    assert runs.read_if_fresh(out, moved) == [{"score": 1.0}]  # same content, same results
+    assert provenance.read_if_fresh(out, moved) == [{"score": 1.0}]  # same content, same results
     ckpt.write_bytes(b"weights v2")
     assert (
-        runs.read_if_fresh(out, {**source, "checkpoint": runs.checkpoint_fingerprint(ckpt)}) is None
+        provenance.read_if_fresh(
+            out, {**source, "checkpoint": provenance.checkpoint_fingerprint(ckpt)}
+        )
+        is None
     )
-    assert runs.read_if_fresh(out, {**source, "split": "test"}) is None
-    runs.source_file(out).unlink()
-    assert runs.read_if_fresh(out, source) is None
+    assert provenance.read_if_fresh(out, {**source, "split": "test"}) is None
+    provenance.source_file(out).unlink()
+    assert provenance.read_if_fresh(out, source) is None
 
 
 def test_operating_point_round_trips_and_filters_the_cache(tmp_path):
@@ -140,8 +145,7 @@ def test_run_summary_reads_the_metrics_of_any_run(tmp_path):
 def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_checkpoint(
     tmp_path, synthetic_subset, monkeypatch
 ):
-    from seglib import inference
-    from seglib.engine import train
+    from seglib.engine.trainer import train
 
     paths = get_paths("smoke", tmp_path, run="r")
     shutil.copytree(synthetic_subset, paths.subset)
@@ -149,14 +153,14 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
     start_run(paths, RunRequest("r", cfg))
     train(cfg, paths.subset, paths.run)
     calls = []
-    real = inference.predict
+    real = prediction.predict
 
     def counting(net, *args, **kwargs):
         heads = net.roi_heads if hasattr(net, "roi_heads") else net.model.roi_heads
         calls.append((heads.score_thresh, heads.detections_per_img))
         return real(net, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict", counting)
+    monkeypatch.setattr(prediction, "predict", counting)
     first = runs.split_predictions(paths, "val", "cpu")
     assert first.recomputed and calls == [(0.0, 100)]  # the config's 0.5 does not apply
     assert "predicted now" in repr(first) and first.file.is_file()
@@ -220,9 +224,8 @@ def _fake_run(tmp_path, synthetic_subset, cfg):
 def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
     tmp_path, synthetic_subset, monkeypatch
 ):
-    from seglib import model
-    from seglib.dataset import open_split
-    from seglib.metrics import evaluate_results
+    from seglib.data.dataset import open_split
+    from seglib.evaluation.coco_ap import evaluate_results
 
     paths = _fake_run(tmp_path, synthetic_subset, TrainConfig.smoke())
     dataset = open_split(paths.subset, "val", min_box_size=0)
@@ -232,7 +235,7 @@ def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
         calls.append(path)
         return _Oracle(dataset), TrainConfig.smoke(), categories
 
-    monkeypatch.setattr(model, "model_from_checkpoint", from_checkpoint)
+    monkeypatch.setattr(builder, "model_from_checkpoint", from_checkpoint)
     first = runs.split_predictions(paths, "val", "cpu")
     assert first.recomputed and len(calls) == 1 and first.results
     labels = {r["category_id"] for r in first.results}
@@ -254,17 +257,16 @@ def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
 def test_a_cache_in_the_splits_labels_is_recomputed_not_misread(
     tmp_path, synthetic_subset, monkeypatch
 ):
-    from seglib import model
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     paths = _fake_run(tmp_path, synthetic_subset, TrainConfig.smoke())
     dataset = open_split(paths.subset, "val", min_box_size=0)
     monkeypatch.setattr(
-        model, "model_from_checkpoint", lambda p, d, categories=None: (_Oracle(dataset), None, [])
+        builder, "model_from_checkpoint", lambda p, d, categories=None: (_Oracle(dataset), None, [])
     )
     fresh = runs.split_predictions(paths, "val", "cpu")
     # what the cache held before files carried COCO ids: labels, and no category_ids record
     old_source = {k: v for k, v in fresh.source.items() if k != "category_ids"}
-    runs.write_with_source(fresh.file, fresh.results, old_source)
+    provenance.write_with_source(fresh.file, fresh.results, old_source)
     redone = runs.split_predictions(paths, "val", "cpu")
     assert redone.recomputed and redone.results == fresh.results

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from seglib import occlusion, study, viz
-from seglib.config import TrainConfig
+from seglib.core.config import TrainConfig
+from seglib.evaluation import occlusion
+from seglib.models import builder
+from seglib.studies import occlusion_report, occlusion_study
+from seglib.viz import charts, galleries
 
 pytestmark = pytest.mark.slow  # builds a Mask R-CNN and runs it on 10 images (~10 s)
 
@@ -18,9 +21,9 @@ GRIDS = {"nms": {"box_nms_thresh": (0.3, 0.5)}, "soft-nms-linear": {"soft_nms_th
 
 def _save_tiny_model(subset, folder, **changes):
     """best.pt of a randomly initialised 64 px model over the synthetic subset's categories."""
-    from seglib.checkpoint import save_checkpoint
-    from seglib.dataset import open_split
-    from seglib.model import build_model
+    from seglib.data.dataset import open_split
+    from seglib.models.checkpoint import save_checkpoint
+    from seglib.models.registry import build_model
 
     categories = open_split(subset, "val").categories
     cfg = TrainConfig.smoke(
@@ -45,7 +48,7 @@ def checkpoint(synthetic_subset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(checkpoint, synthetic_subset):
-    return study.run_study(
+    return occlusion_study.run_study(
         checkpoint,
         synthetic_subset,
         "cpu",
@@ -81,27 +84,27 @@ def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
 
 def _own_predictions(model, dataset):
     """COCO results of ``model(images)`` itself, batched as the study batches them."""
-    from seglib.inference import images_to_device
+    from seglib.evaluation.prediction import images_to_device
 
     results = []
     with torch.inference_mode():
-        for images, targets in study._loader(dataset, 2):
+        for images, targets in occlusion_study._loader(dataset, 2):
             outputs = model(images_to_device(images, "cpu"))
             for target, det in zip(targets, outputs, strict=True):
-                results.extend(study.to_results(int(target["image_id"]), det))
+                results.extend(occlusion_study.to_results(int(target["image_id"]), det))
     return results
 
 
 def test_the_baseline_is_the_models_own_output_even_when_the_pool_is_tight(
     synthetic_subset, tmp_path
 ):
-    from seglib.dataset import open_split
-    from seglib.metrics import evaluate_results
-    from seglib.model import model_from_checkpoint
+    from seglib.data.dataset import open_split
+    from seglib.evaluation.coco_ap import evaluate_results
+    from seglib.models.builder import model_from_checkpoint
 
     tight = _save_tiny_model(synthetic_subset, tmp_path, postprocess_pool=20)
     grids = {"nms": {"box_nms_thresh": (0.5, 0.7)}}
-    result = study.run_study(
+    result = occlusion_study.run_study(
         tight,
         synthetic_subset,
         "cpu",
@@ -129,9 +132,9 @@ def test_the_baseline_is_the_models_own_output_even_when_the_pool_is_tight(
 
 
 def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subset, tmp_path):
-    from seglib.dataset import open_split
-    from seglib.model import model_from_checkpoint
-    from seglib.postprocess import Settings
+    from seglib.data.dataset import open_split
+    from seglib.models.builder import model_from_checkpoint
+    from seglib.models.suppression import Settings
 
     val_ds = open_split(synthetic_subset, "val")
     paths = {
@@ -150,7 +153,7 @@ def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subs
         "soft": Settings.from_config(cfg, postprocess="soft-nms-linear"),
         "nms 0.5": Settings.from_config(cfg),
     }
-    swept = study.sweep(models[0.5], val_ds, settings, "cpu")
+    swept = occlusion_study.sweep(models[0.5], val_ds, settings, "cpu")
     assert list(swept) == list(settings)
     assert swept["nms 0.5"] == _own_predictions(models[0.5], val_ds)
     assert swept["nms 0.7"] == _own_predictions(models[0.7], val_ds)
@@ -159,20 +162,19 @@ def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subs
 
 
 def test_a_mask2former_checkpoint_is_refused(synthetic_subset, monkeypatch):
-    from seglib import model
 
     cfg = TrainConfig.smoke(arch="mask2former")
     monkeypatch.setattr(
-        model,
+        builder,
         "model_from_checkpoint",
         lambda path, device, categories=None: (torch.nn.Identity(), cfg, categories),
     )
     with pytest.raises(ValueError, match="m2f.pt is a Mask2Former checkpoint.*no NMS to replace"):
-        study.run_study("m2f.pt", synthetic_subset, "cpu", methods=("nms",), tta=(False,))
+        occlusion_study.run_study("m2f.pt", synthetic_subset, "cpu", methods=("nms",), tta=(False,))
 
 
 def test_zero_shot_rows_say_why_they_are_missing(result):
-    from seglib.model import weights_file
+    from seglib.models.weights import weights_file
 
     (row,) = result["zero_shot"]
     if not weights_file("coco", "v1").is_file():
@@ -182,59 +184,59 @@ def test_zero_shot_rows_say_why_they_are_missing(result):
 
 
 def test_save_writes_json_without_predictions_and_the_table(result, tmp_path):
-    written = study.save_study(result, tmp_path)
+    written = occlusion_report.save_study(result, tmp_path)
     data = json.loads(written["json"].read_text())
     assert "predictions" not in data and len(data["variants"]) == 5
     table = written["table"].read_text()
     for name in ("baseline", "soft-nms-linear + flip", "zero-shot v1", "heavy"):
         assert name in table
-    assert table == study.format_study(result) + "\n"
+    assert table == occlusion_report.format_study(result) + "\n"
 
 
 def test_changed_images_ranks_by_change(result, synthetic_subset):
     gt = synthetic_subset / "test.json"
     before = result["predictions"]["baseline"]
-    unchanged = study.changed_images(gt, before, before, n=10)
+    unchanged = occlusion_report.changed_images(gt, before, before, n=10)
     assert [c for _, c in unchanged] == [0.0] * len(unchanged) and len(unchanged) >= 1
     assert [i for i, _ in unchanged] == sorted(i for i, _ in unchanged)
-    changed = study.changed_images(gt, before, [], score_thresh=0.0, n=2)
+    changed = occlusion_report.changed_images(gt, before, [], score_thresh=0.0, n=2)
     assert len(changed) <= 2 and all(c <= 0 for _, c in changed)
     assert [abs(c) for _, c in changed] == sorted((abs(c) for _, c in changed), reverse=True)
 
 
 def test_cli_study_writes_both_files(checkpoint, synthetic_subset, tmp_path, capsys):
-    from seglib.cli import main
+    from seglib.app.cli import main
 
     argv = ["study", "--data", str(synthetic_subset), "--checkpoint", str(checkpoint)]
     argv += ["--out", str(tmp_path), "--methods", "mask-nms", "--no-tta", "--timing-images", "0"]
     argv += ["--device", "cpu"]
     assert main(argv) == 0
     assert "mask-nms" in capsys.readouterr().out
-    data = json.loads((tmp_path / study.JSON_NAME).read_text())
+    data = json.loads((tmp_path / occlusion_report.JSON_NAME).read_text())
     assert [v["name"] for v in data["variants"]] == ["baseline", "mask-nms"]
-    assert (tmp_path / study.TABLE_NAME).is_file()
+    assert (tmp_path / occlusion_report.TABLE_NAME).is_file()
 
 
 def test_figures_have_content(result, synthetic_subset):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
-    ax = viz.plot_occlusion_study(result)
+    ax = charts.plot_occlusion_study(result)
     assert len(ax.patches) == len(result["variants"]) * len(occlusion.ROWS)
     assert any(p.get_height() > 0 for p in ax.patches) or all(
         v["test"]["all"]["segm"]["AP"] <= 0 for v in result["variants"]
     )
     test_ds = open_split(synthetic_subset, "test")
     levels = occlusion.occlusion_levels(test_ds.coco)
-    ax = viz.plot_occlusion_levels(levels)
+    ax = charts.plot_occlusion_levels(levels)
     assert sum(p.get_height() for p in ax.patches) == len(levels)
     ids = occlusion.most_occluded_images(test_ds.coco, bucket="partial", n=2) or test_ds.ids[:1]
-    fig = viz.draw_occlusion_gallery(test_ds, ids, levels)
+    fig = galleries.draw_occlusion_gallery(test_ds, ids, levels)
     assert all(a.images for a in fig.axes[: len(ids)])
     table = result["variants"][0]["test"]
-    ax = viz.plot_bucket_metrics(table)
+    ax = charts.plot_bucket_metrics(table)
     assert len(ax.patches) == 4 * len(occlusion.ROWS)
     before = result["predictions"]["baseline"]
-    fig = viz.draw_before_after(test_ds, test_ds.ids[:1], before, [], score_thresh=0.0)
+    fig = galleries.draw_before_after(test_ds, test_ds.ids[:1], before, [], score_thresh=0.0)
     drawn = fig.axes[:3]
     assert all(a.images for a in drawn)
     assert "after: 0" in drawn[2].get_title()

@@ -16,15 +16,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from seglib.config import POSTPROCESS_METHODS, TrainConfig
-from seglib.suppression import (
-    Settings,
-    mask_nms,
-    matrix_nms,
-    preselect,
-    soft_nms,
-    suppress,
-)
+from seglib.core.config import POSTPROCESS_METHODS, TrainConfig
+from seglib.models.suppression import Settings, mask_nms, matrix_nms, preselect, soft_nms, suppress
 
 SIZES = [(128, 128), (480, 640)]
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from seglib.synthetic import PALETTE, make_synthetic_coco
+from seglib.data.synthetic import make_synthetic_coco
+from seglib.data.synthetic_shapes import PALETTE
 
 TARGET_IDS = {1: "person", 3: "car", 18: "dog", 61: "cake"}
 SPLITS = ("train", "val")
@@ -263,7 +264,7 @@ def test_rejects_bad_arguments(tmp_path, kwargs, match):
 
 def test_heavy_share_adds_contained_pairs_and_keeps_the_default_files(synthetic_coco, tmp_path):
     """``heavy_share`` draws scenes with a small object inside a large one's box; 0 changes nothing."""
-    from seglib.occlusion import occlusion_levels
+    from seglib.evaluation.occlusion import occlusion_levels
 
     make_synthetic_coco(tmp_path / "zero", images_per_split=24, size=128, seed=0, heavy_share=0.0)
     ann = Path("annotations/instances_val2017.json")
@@ -315,8 +316,8 @@ def test_heavy_share_is_deterministic_and_checked(tmp_path):
 def test_the_project_categories_carry_cocos_ids_into_the_subset(synthetic_coco, synthetic_subset):
     """The synthetic root numbers its categories as COCO does (config.COCO_IDS), and a subset
     built from it keeps those ids, so its splits, results and checkpoints read like COCO's."""
-    from seglib.config import COCO_IDS
-    from seglib.shapes import CATEGORIES
+    from seglib.core.config import COCO_IDS
+    from seglib.data.synthetic_shapes import CATEGORIES
 
     assert {c["name"]: c["id"] for c in CATEGORIES if c["name"] in COCO_IDS} == COCO_IDS
     source = {a["id"]: a for s in SPLITS for a in _load(synthetic_coco, s)["annotations"]}

@@ -13,9 +13,9 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-import seglib.transforms
-from seglib.images import decode_image
-from seglib.transforms import (
+import seglib.data.transforms
+from seglib.data.images import decode_image
+from seglib.data.transforms import (
     StackedHorizontalFlip,
     TrainTransform,
     boxes_from_masks,
@@ -255,7 +255,7 @@ def test_albumentations_performs_the_crop_and_the_flip(monkeypatch):
     monkeypatch.setattr(A.BBoxSafeRandomCrop, "get_params_dependent_on_data", fixed_window)
     monkeypatch.setattr(A.HorizontalFlip, "apply", counted_apply)
     monkeypatch.setattr(StackedHorizontalFlip, "apply_to_mask3d", counted_stack)
-    monkeypatch.setattr(seglib.transforms, "JITTER_PROB", 0.0)
+    monkeypatch.setattr(seglib.data.transforms, "JITTER_PROB", 0.0)
     image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     masks = np.zeros((2, 20, 30), np.uint8)
     masks[0, 4:10, 6:12] = 1
@@ -298,7 +298,7 @@ def _blobs(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:
 def test_masks_follow_the_image_through_every_flip_and_crop(monkeypatch, strength):
     """Without jitter, the output image must be one window of the input, mirrored or not, and
     every mask must be the same window of its input mask."""
-    monkeypatch.setattr(seglib.transforms, "JITTER_PROB", 0.0)
+    monkeypatch.setattr(seglib.data.transforms, "JITTER_PROB", 0.0)
     rng = np.random.default_rng(2)
     t = train_transforms(strength=strength)
     seen = set()

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 import seglib  # noqa: E402
 from seglib import viz  # noqa: E402
+from seglib.viz import common
 
 PACKAGE = Path(viz.__file__).parent
 SUBMODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
@@ -38,9 +39,9 @@ def imported_modules(path: Path) -> list[str]:
 
 
 def test_class_colors_are_fixed_and_distinct():
-    assert viz.class_color(1) == viz.class_color(1)
-    assert len({viz.class_color(i) for i in range(1, 5)}) == 4
-    assert viz.class_color(0) == viz.BACKGROUND_COLOR
+    assert common.class_color(1) == common.class_color(1)
+    assert len({common.class_color(i) for i in range(1, 5)}) == 4
+    assert common.class_color(0) == common.BACKGROUND_COLOR
 
 
 def defined_names(path: Path) -> list[str]:
@@ -75,7 +76,7 @@ def test_every_public_name_of_a_submodule_is_the_packages():
     assert sorted(viz.__all__) == sorted(
         n for stem in SUBMODULES for n in defined_names(PACKAGE / f"{stem}.py")
     )
-    from seglib.viz import NOTEBOOK_FIGURES, draw_instances, save_figure  # noqa: F401
+    from seglib.viz.overlay import draw_instances  # noqa: F401
 
 
 def test_submodules_never_import_the_package_and_form_no_cycle():

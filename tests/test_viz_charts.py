@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from seglib import viz  # noqa: E402
+from seglib.viz import charts, files
 
 
 @pytest.fixture(autouse=True)
@@ -30,28 +30,28 @@ def test_bar_charts():
         "train": {"cake": {"images": 3, "instances": 5}, "car": {"images": 2, "instances": 4}},
         "val": {"cake": {"images": 1, "instances": 1}, "car": {"images": 2, "instances": 2}},
     }
-    ax = viz.plot_category_counts(counts)
+    ax = charts.plot_category_counts(counts)
     assert [p.get_height() for p in rectangles(ax)] == [5, 4, 1, 2]
     sizes = {
         "cake": {"small": 1, "medium": 2, "large": 0},
         "car": {"small": 0, "medium": 0, "large": 3},
     }
-    assert len(rectangles(viz.plot_size_distribution(sizes))) == 6
+    assert len(rectangles(charts.plot_size_distribution(sizes))) == 6
     section = {"AP": 0.5, "per_class": {"cake": {"AP": 0.4}, "car": {"AP": -1.0}}}
     m = {"bbox": section, "segm": {**section, "AP": 0.25}}
-    ax = viz.plot_ap_bars(m)
+    ax = charts.plot_ap_bars(m)
     assert [p.get_height() for p in rectangles(ax)] == [40.0, 0.0, 50.0, 40.0, 0.0, 25.0]
     assert "n/a" in [t.get_text() for t in ax.texts]  # undefined AP, not a zero
-    assert len(rectangles(viz.plot_ap_comparison(m, m, ("a", "b")))) == 6
+    assert len(rectangles(charts.plot_ap_comparison(m, m, ("a", "b")))) == 6
 
 
 def test_ap_bars_refuse_one_section_the_bug_that_emptied_04s_chart():
     section = {"AP": 0.5, "AP50": 0.8, "per_class": {"cake": {"AP": 0.4, "AP50": 0.7}}}
     with pytest.raises(ValueError, match="pass the whole dict"):
-        viz.plot_ap_bars(section)  # notebook 04 used to pass scores["bbox"] here
-    ax = viz.plot_ap_bars({"bbox": section, "segm": section}, key="AP50")
+        charts.plot_ap_bars(section)  # notebook 04 used to pass scores["bbox"] here
+    ax = charts.plot_ap_bars({"bbox": section, "segm": section}, key="AP50")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["cake", "all"]
-    assert [a["bars_with_height"] for a in viz.figure_content(ax.figure)["axes"]] == [4]
+    assert [a["bars_with_height"] for a in files.figure_content(ax.figure)["axes"]] == [4]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["box", "mask"]
 
 
@@ -60,10 +60,10 @@ def test_pr_curves_and_confusion():
         "cake": {"recall": [0, 0.5, 1], "precision": [1, 1, 0], "AP": 0.66},
         "all": {"recall": [0, 0.5, 1], "precision": [1, 0.5, 0], "AP": 0.5},
     }
-    ax = viz.plot_pr_curves(curves)
+    ax = charts.plot_pr_curves(curves)
     assert [line.get_label() for line in ax.lines] == ["cake (AP 66.0)", "all (AP 50.0)"]
     matrix = np.array([[0, 2, 0], [1, 3, 0], [0, 0, 0]], dtype=np.int64)
-    ax = viz.plot_confusion(matrix, ["background", "cake", "car"])
+    ax = charts.plot_confusion(matrix, ["background", "cake", "car"])
     assert len(ax.texts) == 9 and ax.texts[4].get_text() == "3"
-    ax = viz.plot_confusion(matrix, ["background", "cake", "car"], normalize=True)
+    ax = charts.plot_confusion(matrix, ["background", "cake", "car"], normalize=True)
     assert ax.texts[4].get_text() == "0.75" and ax.texts[8].get_text() == "0.00"

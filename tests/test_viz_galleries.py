@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from seglib import viz  # noqa: E402
+from seglib.viz import files, galleries
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +25,7 @@ def rectangles(ax: Axes) -> list[Rectangle]:
 
 
 def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset, gt_results):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     ds = open_split(synthetic_subset, "test")
     results = gt_results(ds.coco)
@@ -35,8 +35,8 @@ def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset, gt
     assert len(mine) >= 2
     wrong = {**mine[1], "category_id": mine[1]["category_id"] % len(ds.categories) + 1}
     shown = [r for r in results if r not in mine[:2]] + [wrong]
-    fig = viz.error_gallery(ds, shown, [first, ds.ids[1]])
-    assert len(fig.axes) == 4 and viz.figure_content(fig)["empty_axes"] == []
+    fig = galleries.error_gallery(ds, shown, [first, ds.ids[1]])
+    assert len(fig.axes) == 4 and files.figure_content(fig)["empty_axes"] == []
     right = fig.axes[1]
     assert right.get_title().startswith(f"TP {len(mine) - 2} · FP 1 · missed 2")
     captions = [t.get_text() for t in right.texts]
@@ -46,19 +46,19 @@ def test_error_gallery_colours_hits_false_alarms_and_misses(synthetic_subset, gt
         t.get_text().split()[0]: r.get_edgecolor()[:3]
         for t, r in zip(right.texts, rectangles(right), strict=True)
     }
-    assert edge["FP"] == pytest.approx(viz.OUTCOME_COLORS["fp"])
-    assert edge["missed"] == pytest.approx(viz.OUTCOME_COLORS["missed"])
+    assert edge["FP"] == pytest.approx(galleries.OUTCOME_COLORS["fp"])
+    assert edge["missed"] == pytest.approx(galleries.OUTCOME_COLORS["missed"])
     assert fig.axes[3].get_title().startswith("TP ")
 
 
 def test_model_comparison_shows_ground_truth_and_each_model_on_the_same_images(
     synthetic_subset, gt_results
 ):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     ds = open_split(synthetic_subset, "val")
     results = gt_results(ds.coco)
-    fig = viz.draw_model_comparison(ds, ds.ids[:2], {"fine-tuned": results, "zero-shot": []})
+    fig = galleries.draw_model_comparison(ds, ds.ids[:2], {"fine-tuned": results, "zero-shot": []})
     assert len(fig.axes) == 6
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].endswith("ground truth") and titles[1].startswith("fine-tuned (")
@@ -68,8 +68,8 @@ def test_model_comparison_shows_ground_truth_and_each_model_on_the_same_images(
 
 def test_occlusion_gallery_names_each_instance_by_its_class(synthetic_subset):
     """The split keeps COCO's ids (cake 61, dog 18): captions go through the label map."""
-    from seglib import occlusion
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
+    from seglib.evaluation import occlusion
 
     ds = open_split(synthetic_subset, "test")
     levels = occlusion.occlusion_levels(ds.coco)
@@ -79,6 +79,6 @@ def test_occlusion_gallery_names_each_instance_by_its_class(synthetic_subset):
         if any(a["category_id"] > len(ds.categories) for a in ds.coco.imgToAnns[i])
     ]
     assert ids, "the fixture should hold a category whose COCO id is above k"
-    fig = viz.draw_occlusion_gallery(ds, ids[:2], levels)
+    fig = galleries.draw_occlusion_gallery(ds, ids[:2], levels)
     names = {t.get_text().split()[0] for ax in fig.axes for t in ax.texts}
     assert names and names <= set(ds.class_names)

@@ -15,8 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from seglib import viz  # noqa: E402
-from seglib.viz import jupyter  # noqa: E402
+from seglib.viz import charts, common, jupyter
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +45,8 @@ def shell(monkeypatch):
 
 def test_in_a_kernel_under_agg_every_new_figure_switches_pyplot_to_the_inline_backend(shell):
     assert matplotlib.get_backend().lower() == "agg"
-    viz.make_grid(2)
-    viz.plot_size_distribution({"dog": {"small": 1, "medium": 2, "large": 3}})
+    common.make_grid(2)
+    charts.plot_size_distribution({"dog": {"small": 1, "medium": 2, "large": 3}})
     assert shell.enabled == ["inline", "inline"]  # the fake shell never switches, so twice
 
 
@@ -71,9 +70,9 @@ def test_only_a_kernels_shell_counts(monkeypatch):
 
 
 def test_png_bytes_is_the_figure_as_a_png_whatever_the_backend():
-    fig, axes = viz.make_grid(2, ncols=2, size=2.0)
+    fig, axes = common.make_grid(2, ncols=2, size=2.0)
     axes[0].plot([0, 1], [1, 2])
-    data = viz.png_bytes(axes[0])  # an axes stands for its figure
+    data = jupyter.png_bytes(axes[0])  # an axes stands for its figure
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     pixels = plt.imread(io.BytesIO(data))
     assert pixels.ndim == 3 and pixels.shape[1] > pixels.shape[0] > 50  # two panels side by side
@@ -90,7 +89,7 @@ def test_a_kernel_under_mplbackend_agg_shows_viz_figures_and_live_views_as_image
     monkeypatch.setenv("MPLBACKEND", "Agg")
     cells = [
         "import matplotlib\nprint(matplotlib.get_backend())",
-        "from seglib import viz\nfig, axes = viz.make_grid(2)\naxes[0].plot([0, 1], [1, 2]);",
+        "from seglib import viz\nfig, axes = common.make_grid(2)\naxes[0].plot([0, 1], [1, 2]);",
         "from seglib import widgets\n"
         "live = widgets.LiveLossPlot(every=1)\n"
         "live('iter', {'epoch': 0, 'iteration': 0, 'lr': 0.01, 'loss': 1.0, 'loss_mask': 0.5})",

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from seglib import viz  # noqa: E402
+from seglib.viz import common, overlay
 
 NAMES = ["cake", "car", "dog", "person"]
 
@@ -44,11 +44,11 @@ def rectangles(ax: Axes) -> list[Rectangle]:
 def test_draw_instances_draws_instances_above_threshold():
     image = np.full((32, 48, 3), 10, dtype=np.uint8)
     inst = instances()
-    ax = viz.draw_instances(image, **inst, class_names=NAMES, score_thresh=0.5, title="t")
+    ax = overlay.draw_instances(image, **inst, class_names=NAMES, score_thresh=0.5, title="t")
     assert isinstance(ax, Axes)
     assert len(rectangles(ax)) == 2
     assert [t.get_text() for t in ax.texts] == ["cake 0.90", "car 0.60"]
-    assert rectangles(ax)[1].get_edgecolor()[:3] == pytest.approx(viz.class_color(2))
+    assert rectangles(ax)[1].get_edgecolor()[:3] == pytest.approx(common.class_color(2))
     shown = ax.images[0].get_array()
     assert (shown[inst["masks"][0] == 1] != 10).all()  # overlaid
     assert (shown[inst["masks"][2] == 1] == 10).all()  # score 0.2: not drawn
@@ -63,7 +63,9 @@ def test_draw_instances_accepts_tensors_and_probabilities():
     image = torch.zeros(3, 32, 48)
     probs = torch.from_numpy(inst["masks"]).float()[:, None] * 0.7  # [N,1,H,W] above 0.5
     probs[1] = 0.3  # below 0.5: an empty mask
-    ax = viz.draw_instances(image, masks=probs, labels=torch.tensor([1, 2, 4]), class_names=NAMES)
+    ax = overlay.draw_instances(
+        image, masks=probs, labels=torch.tensor([1, 2, 4]), class_names=NAMES
+    )
     shown = ax.images[0].get_array()
     assert shown.dtype == np.uint8 and shown.shape == (32, 48, 3)
     assert shown[5, 5].any() and not shown[20, 30].any()
@@ -73,49 +75,53 @@ def test_draw_instances_accepts_tensors_and_probabilities():
 def test_draw_instances_rejects_mismatched_shapes():
     inst = instances()
     with pytest.raises(ValueError, match="masks must be"):
-        viz.draw_instances(np.zeros((16, 16, 3), dtype=np.uint8), masks=inst["masks"])
+        overlay.draw_instances(np.zeros((16, 16, 3), dtype=np.uint8), masks=inst["masks"])
     with pytest.raises(ValueError, match="one entry per instance"):
-        viz.draw_instances(np.zeros((32, 48, 3), dtype=np.uint8), boxes=inst["boxes"], labels=[1])
+        overlay.draw_instances(
+            np.zeros((32, 48, 3), dtype=np.uint8), boxes=inst["boxes"], labels=[1]
+        )
 
 
 def test_draw_instances_takes_colours_and_captions_per_instance():
     inst = instances()
     red = (1.0, 0.0, 0.0)
-    ax = viz.draw_instances(
+    ax = overlay.draw_instances(
         np.zeros((32, 48, 3), dtype=np.uint8), **inst, colors=[red] * 3, captions=["a", "b", "c"]
     )
     assert [t.get_text() for t in ax.texts] == ["a", "b", "c"]
     assert rectangles(ax)[0].get_edgecolor()[:3] == pytest.approx(red)
     with pytest.raises(ValueError, match="captions"):
-        viz.draw_instances(np.zeros((32, 48, 3), dtype=np.uint8), **inst, captions=["a"])
+        overlay.draw_instances(np.zeros((32, 48, 3), dtype=np.uint8), **inst, captions=["a"])
 
 
 def test_prediction_vs_gt_and_grid():
     image = np.zeros((32, 48, 3), dtype=np.uint8)
     target = {k: v for k, v in instances().items() if k != "scores"}
-    fig = viz.draw_prediction_vs_gt(image, target, instances(), NAMES, score_thresh=0.5)
+    fig = overlay.draw_prediction_vs_gt(image, target, instances(), NAMES, score_thresh=0.5)
     assert isinstance(fig, Figure)
     left, right = fig.axes
     assert (len(rectangles(left)), len(rectangles(right))) == (3, 2)
-    grid = viz.draw_instance_grid([(image, target)] * 3, NAMES, ncols=2, titles=["a", "b", "c"])
+    grid = overlay.draw_instance_grid([(image, target)] * 3, NAMES, ncols=2, titles=["a", "b", "c"])
     assert sum(ax.get_visible() and ax.axison is False and bool(ax.images) for ax in grid.axes) == 3
     assert len(grid.axes) == 4
-    fig, axes = viz.make_grid(5, ncols=3)
+    fig, axes = common.make_grid(5, ncols=3)
     assert len(axes) == 5 and len(fig.axes) == 6
 
 
 def test_prediction_samples_pairs_images_with_their_decoded_results(synthetic_subset, gt_results):
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     ds = open_split(synthetic_subset, "val")
     coco = ds.coco
     results = gt_results(coco, score=0.7)
-    samples = viz.prediction_samples(ds, results)
+    samples = overlay.prediction_samples(ds, results)
     assert len(samples) == len(ds)
     for (image, pred), image_id in zip(samples, ds.ids, strict=True):
         assert image.shape[1:] == (coco.imgs[image_id]["height"], coco.imgs[image_id]["width"])
         assert len(pred["labels"]) == len(coco.getAnnIds(imgIds=[image_id], iscrowd=False))
     last = ds.ids[-1]
-    assert len(viz.prediction_samples(ds, results, [last], score_thresh=0.8)[0][1]["labels"]) == 0
+    assert (
+        len(overlay.prediction_samples(ds, results, [last], score_thresh=0.8)[0][1]["labels"]) == 0
+    )
     with pytest.raises(KeyError, match="123456789"):
-        viz.prediction_samples(ds, results, [123456789])
+        overlay.prediction_samples(ds, results, [123456789])

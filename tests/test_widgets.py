@@ -1,8 +1,10 @@
 import pytest
 
-from seglib.config import TrainConfig
-from seglib.paths import get_paths
-from seglib.widgets import augmentation_form, threshold_form, thresholds, train_form
+from seglib.app import forms
+from seglib.app.forms import augmentation_form, threshold_form, thresholds, train_form
+from seglib.core.config import TrainConfig
+from seglib.core.paths import get_paths
+from seglib.viz import overlay
 
 
 def test_untouched_form_gives_back_the_base_config():
@@ -88,7 +90,7 @@ def test_augmentation_form_feeds_the_config():
 
 
 def test_threshold_form_reads_back_as_an_operating_point():
-    from seglib.widgets import operating_point
+    from seglib.app.forms import operating_point
 
     form = threshold_form(0.3, 0.6)
     assert thresholds(form) == pytest.approx({"score_thresh": 0.3, "nms_thresh": 0.6})
@@ -99,7 +101,7 @@ def test_threshold_form_reads_back_as_an_operating_point():
 
 
 def test_run_picker_defaults_to_the_selected_or_latest_run(tmp_path):
-    from seglib.widgets import RunPicker
+    from seglib.app.forms import RunPicker
 
     paths = get_paths("smoke", tmp_path)
     with pytest.raises(FileNotFoundError, match="03_train"):
@@ -120,7 +122,7 @@ def test_run_picker_defaults_to_the_selected_or_latest_run(tmp_path):
 
 
 def test_live_loss_plot_collects_iterations_and_redraws(capsys):
-    from seglib.widgets import LiveLossPlot
+    from seglib.app.forms import LiveLossPlot
 
     live = LiveLossPlot(every=2)
     for i in range(4):
@@ -145,36 +147,33 @@ def test_live_loss_plot_collects_iterations_and_redraws(capsys):
 def test_threshold_explorer_redraws_from_cached_predictions(
     synthetic_subset, monkeypatch, gt_results
 ):
-    from seglib import widgets
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     ds = open_split(synthetic_subset, "test")
     coco = ds.coco
     results = gt_results(coco, coco.loadAnns(coco.getAnnIds(imgIds=ds.ids[:2], iscrowd=False)))
     drawn = []
-    real_grid = widgets.viz.draw_instance_grid
+    real_grid = overlay.draw_instance_grid
 
     def recording_grid(samples, *args, **kwargs):
         drawn.append(sum(len(inst["labels"]) for _, inst in samples))
         return real_grid(samples, *args, **kwargs)
 
-    monkeypatch.setattr(widgets.viz, "draw_instance_grid", recording_grid)
+    monkeypatch.setattr(overlay, "draw_instance_grid", recording_grid)
     form = threshold_form(0.5, 0.5)
-    widgets.threshold_explorer(form, ds, results, indices=range(2), ncols=2)
+    forms.threshold_explorer(form, ds, results, indices=range(2), ncols=2)
     assert drawn == [len(results)] and len(results) > 0
     form.children[0].value = 0.95  # above every score: the view redraws with nothing kept
     assert drawn == [len(results), 0]
 
 
 def _shown_mime_types(monkeypatch) -> list[list[str]]:
-    """Record what ``seglib.widgets`` displays, as the mime types Jupyter would receive.
+    """Record what ``seglib.app.forms`` displays, as the mime types Jupyter would receive.
 
     A fresh ``DisplayFormatter`` has no figure hook: it formats as a kernel under
     ``MPLBACKEND=Agg`` does, where ``display(fig)`` gave only ``<Figure size ... Axes>``.
     """
     from IPython.core.formatters import DisplayFormatter
-
-    from seglib import widgets
 
     formatter, shown = DisplayFormatter(), []
 
@@ -182,7 +181,7 @@ def _shown_mime_types(monkeypatch) -> list[list[str]]:
         shown.append(sorted(formatter.format(obj)[0]))
         return _Handle(lambda new: shown.append(sorted(formatter.format(new)[0])))
 
-    monkeypatch.setattr(widgets, "display", display)
+    monkeypatch.setattr(forms, "display", display)
     return shown
 
 
@@ -196,16 +195,15 @@ def test_live_views_display_png_images_under_the_agg_backend(
 ):
     import matplotlib
 
-    from seglib import widgets
-    from seglib.dataset import open_split
+    from seglib.data.dataset import open_split
 
     matplotlib.use("Agg")
     shown = _shown_mime_types(monkeypatch)
     ds = open_split(synthetic_subset, "test")
     form = threshold_form(0.5)
-    widgets.threshold_explorer(form, ds, gt_results(ds.coco), indices=range(2), ncols=2)
+    forms.threshold_explorer(form, ds, gt_results(ds.coco), indices=range(2), ncols=2)
     form.children[0].value = 0.95
-    live = widgets.LiveLossPlot(every=1)
+    live = forms.LiveLossPlot(every=1)
     live("iter", {"epoch": 0, "iteration": 0, "lr": 0.01, "loss": 1.0, "loss_mask": 0.5})
     live("epoch_end", {"epoch": 0})
     # two explorer redraws, then the live plot shown once and updated once

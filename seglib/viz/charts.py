@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
-from seglib.occlusion import BUCKETS, HEAVY_FROM, ROWS, bucket_of
+from seglib.evaluation.occlusion import BUCKETS, HEAVY_FROM, ROWS, bucket_of
 from seglib.viz.common import BUCKET_COLORS, _new_ax, _numpy, _pct
 
 
@@ -149,7 +149,7 @@ def plot_grouped_scores(
 ) -> Axes:
     """Bars of 0-1 scores in percent, one colour per series (a model), side by side per group.
 
-    ``seglib.compare.ap_series`` and ``occlusion_series`` give ``groups`` and ``series``;
+    ``seglib.studies.comparison_report.ap_series`` and ``occlusion_series`` give ``groups`` and ``series``;
     a score of -1 or None (undefined) draws no bar, labelled "n/a".
     """
     ax = _new_ax(ax, (7.0, 4.0))
@@ -162,7 +162,7 @@ def plot_grouped_scores(
 
 # --- curves and matrices ---------------------------------------------------------------------
 def plot_pr_curves(curves: Mapping[str, Mapping], ax: Axes | None = None) -> Axes:
-    """Precision against recall per class (``metrics.pr_curves``); "all" dashed black."""
+    """Precision against recall per class (``coco_ap.pr_curves``); "all" dashed black."""
     ax = _new_ax(ax, (5.0, 4.5))
     for name, c in curves.items():
         label = f"{name} (AP {100 * c['AP']:.1f})" if "AP" in c else name
@@ -209,7 +209,7 @@ def plot_confusion(
     return ax
 
 
-# --- occlusion (seglib.occlusion, seglib.study; notebooks 02, 04, 06) ----------------------
+# --- occlusion (seglib.evaluation.occlusion, seglib.studies.occlusion_study; notebooks 02, 04, 06) ----------------------
 def _bucket_bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[float]]) -> None:
     """Grouped bars in percent; undefined values (< 0) draw no bar and read "n/a"."""
     width = 0.8 / max(len(series), 1)

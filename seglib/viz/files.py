@@ -24,7 +24,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from seglib.io import write_bytes_atomic, write_json_atomic
+from seglib.core.atomic import write_bytes_atomic, write_json_atomic
 
 
 class FigureSet(NamedTuple):

@@ -15,9 +15,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from seglib.categories import category_labels
-from seglib.metrics import results_to_instances
-from seglib.occlusion import HEAVY_FROM, bucket_of
+from seglib.core.categories import category_labels
+from seglib.evaluation.coco_results import results_to_instances
+from seglib.evaluation.occlusion import HEAVY_FROM, bucket_of
 from seglib.viz.common import BUCKET_COLORS, _name, _subplots, _to_image, _to_masks, make_grid
 from seglib.viz.overlay import _instances, draw_instances
 
@@ -40,7 +40,7 @@ def draw_errors(
 ) -> Sequence[Axes]:
     """Ground truth (left) and the predictions coloured by outcome (right) for one image.
 
-    ``match`` is ``seglib.matching.match_image``'s dict. Right panel (``OUTCOME_COLORS``): true
+    ``match`` is ``seglib.evaluation.matching.match_image``'s dict. Right panel (``OUTCOME_COLORS``): true
     positives green, false positives magenta, missed ground-truth instances yellow, predictions
     inside a crowd region of their own class grey (COCOeval ignores them); captions say which ("TP dog 0.91", "FP car 0.55", "missed
     person").
@@ -97,7 +97,7 @@ def error_gallery(
 
     ``results`` are the cached COCO results after the operating point was applied.
     """
-    from seglib.matching import match_image
+    from seglib.evaluation.matching import match_image
 
     if not image_ids:
         raise ValueError("error_gallery needs at least one image id")
@@ -178,7 +178,7 @@ def draw_occlusion_gallery(
     """Ground truth of ``image_ids``, each instance coloured by bucket and captioned with its level.
 
     Args:
-        dataset: a ``seglib.dataset`` split (``coco``, ``ids``, ``class_names``; ``dataset[i]``
+        dataset: a ``seglib.data.dataset`` split (``coco``, ``ids``, ``class_names``; ``dataset[i]``
             gives the image).
         levels: annotation id -> level (``occlusion.occlusion_levels(dataset.coco)``).
 

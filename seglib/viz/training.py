@@ -169,12 +169,12 @@ def plot_training_summary(history: Sequence[Mapping]) -> Figure:
 
 
 def plot_lr_schedule(cfg: Any, num_train_images: int, ax: Axes | None = None) -> Axes:
-    """The learning rate the run will use at every step, before it starts (``optim.lr_factor``).
+    """The learning rate the run will use at every step, before it starts (``schedule.lr_factor``).
 
     ``num_train_images`` sets the steps per epoch (ceil(n / batch_size)); a ``max_iters`` cap
     is drawn as a dashed line where training will stop.
     """
-    from seglib.optim import lr_factor
+    from seglib.engine.schedule import lr_factor
 
     if num_train_images < 1:
         raise ValueError(f"num_train_images must be >= 1, got {num_train_images}")
@@ -234,7 +234,7 @@ def plot_run_comparison(
 ) -> Figure:
     """Several runs on one figure: total training loss (log scale) and validation mask AP50.
 
-    ``summaries`` are ``seglib.runs.run_summary`` dicts (name, history, evals). Each run keeps
+    ``summaries`` are ``seglib.app.runs.run_summary`` dicts (name, history, evals). Each run keeps
     one colour on both axes.
     """
     if axes is None:

@@ -48,8 +48,8 @@ def _assert_clean(lab, notebook, when: str) -> None:
 
 def _assert_figures_shown(lab, lab_server, notebook) -> None:
     """At least as many images as the figures the notebook saved, and no figure as text."""
-    from seglib.paths import get_paths
-    from seglib.viz import notebook_figures
+    from seglib.core.paths import get_paths
+    from seglib.viz.files import notebook_figures
 
     run = lab_server.run_folder()
     paths = get_paths("smoke", lab_server.data, run=run.name if run != lab_server.data else None)

@@ -1,0 +1,283 @@
+"""``python -m seglib <command>``: the pipeline's steps, headless.
+
+Each command parses its arguments, calls one library function and prints what it returned.
+The parser is built here; the commands' handlers are in ``seglib.app.commands``. These two
+modules (with the notebooks) are the only ones that print.
+
+    synth          write a synthetic COCO 2017 root (offline stand-in)
+    subset         build the cake/car/dog/person subset from a COCO root (copy or download)
+    train          train Mask R-CNN (torchrun-aware)
+    evaluate       COCO box/mask AP, best-match and pixel IoU for a checkpoint, the
+                   zero-shot baseline, or a predictions file
+    predict        run a checkpoint on images: COCO results JSON + overlay PNGs
+    fetch-weights  download torchvision weights into the TORCH_HOME cache, or Mask2Former's
+                   into the Hugging Face cache (needs internet)
+    run            execute the notebooks headless (--run NAME, --set FIELD=VALUE)
+    study          the occlusion study: post-processing variants, AP per occlusion bucket
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seglib.app import commands
+from seglib.app.commands import config_from_args, train_categories
+from seglib.core.config import (
+    ARCHS,
+    DEFAULT_CATEGORIES,
+    M2F_MODEL_ID,
+    M2F_PRESETS,
+    POSTPROCESS_METHODS,
+)
+from seglib.core.profiles import PROFILES
+
+__all__ = ["build_parser", "config_from_args", "main", "train_categories"]
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic COCO 2017 root")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder to write the COCO-shaped root into"
+    )
+    p.add_argument("--images", type=int, default=40, help="images per split (default 40)")
+    p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--heavy-share",
+        type=float,
+        default=0.0,
+        help="share of scenes drawn with heavy occlusion, 0-1 (default 0)",
+    )
+    p.set_defaults(func=commands.cmd_synth)
+
+
+def _add_subset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("subset", help="build the category subset from a COCO 2017 root")
+    p.add_argument(
+        "--coco-root",
+        type=Path,
+        required=True,
+        help="folder with annotations/, train2017/, val2017/",
+    )
+    p.add_argument("--out", type=Path, required=True, help="subset folder to write")
+    p.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES), metavar="NAME")
+    p.add_argument(
+        "--train", type=int, default=300, help="train images, from train2017 (default 300)"
+    )
+    p.add_argument("--val", type=int, default=300, help="val images, from val2017 (default 300)")
+    p.add_argument(
+        "--test",
+        type=int,
+        default=30,
+        help="test images, from val2017, disjoint from val (default 30)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--download", action="store_true", help="fetch missing images (and the annotations archive)"
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="replaces http://images.cocodataset.org, keeping its layout",
+    )
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    p.set_defaults(func=commands.cmd_subset)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train Mask R-CNN on a subset (works under torchrun)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="subset folder (default: data/subset/<profile>)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: data/runs/<profile>)"
+    )
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument(
+        "--config", type=Path, default=None, help="TrainConfig JSON; overrides the profile"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if RUN/last.pt exists"
+    )
+    p.add_argument("--epochs", type=int, dest="num_epochs")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weights", help="coco | imagenet | none | path/to/file.pth")
+    p.add_argument("--arch", choices=ARCHS, help="v1 | v2 (Mask R-CNN) | mask2former (detr extra)")
+    p.add_argument("--m2f-config", choices=M2F_PRESETS, help="Mask2Former architecture preset")
+    p.add_argument("--m2f-pretrained", help="Mask2Former model id or save_pretrained folder")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--min-size", type=int)
+    p.add_argument("--max-size", type=int)
+    p.add_argument("--max-iters", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    p.add_argument(
+        "--categories",
+        nargs="+",
+        metavar="NAME",
+        help="category names in label order (default: the subset's, from DATA/train.json)",
+    )
+    p.set_defaults(func=commands.cmd_train)
+
+
+def _add_postprocess_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_METHODS,
+        default=None,
+        help="suppression rule (default: the checkpoint's config, else nms); see seglib.models.postprocess",
+    )
+    p.add_argument(
+        "--tta-hflip",
+        action="store_true",
+        default=None,
+        help="add horizontal-flip test-time augmentation",
+    )
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="COCO AP, best-match IoU and pixel IoU")
+    p.add_argument("--data", type=Path, help="subset folder (with --checkpoint or --zero-shot)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate")
+    p.add_argument(
+        "--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model"
+    )
+    p.add_argument("--arch", choices=ARCHS, default="v1", help="architecture for --zero-shot")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument(
+        "--gt",
+        type=Path,
+        help="ground truth (with --predictions): a subset split JSON, or COCO's own annotations",
+    )
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        help="COCO results JSON with COCO's category ids, as `predict` writes (with --gt)",
+    )
+    p.add_argument(
+        "--score-thresh", type=float, default=0.5, help="for the IoU measures (default 0.5)"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="write the metrics JSON here")
+    _add_postprocess_flags(p)
+    p.set_defaults(func=commands.cmd_evaluate)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict on images: COCO results JSON and overlay PNGs")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image files or folders")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    _add_postprocess_flags(p)
+    p.set_defaults(func=commands.cmd_predict)
+
+
+def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fetch-weights",
+        help="download torchvision weights into the TORCH_HOME cache, or Mask2Former's into the "
+        "Hugging Face cache",
+    )
+    p.add_argument("kind", choices=("coco", "imagenet", "mask2former"))
+    p.add_argument("--arch", choices=("v1", "v2"), default="v1")
+    p.add_argument(
+        "--model-id", default=M2F_MODEL_ID, help=f"with mask2former (default {M2F_MODEL_ID})"
+    )
+    p.set_defaults(func=commands.cmd_fetch_weights)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="execute the notebooks in order, headless",
+        description="Execute the numbered notebooks headless with nbclient. The run gets its "
+        "own folder, runs/<profile>/<run>/; --set values become the notebooks' config (and "
+        "their forms' defaults) and are recorded in the run's run_info.json.",
+    )
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--run", default=None, metavar="NAME", help="run name (default: a timestamp)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="TrainConfig override, repeatable: --set lr=0.002 --set num_epochs=3",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run of the same name"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for executed notebooks (default: RUN/notebooks)",
+    )
+    p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    p.set_defaults(func=commands.cmd_run)
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="occlusion study: post-processing variants, AP per occlusion bucket"
+    )
+    p.add_argument("--profile", choices=PROFILES, default="seed")
+    p.add_argument("--data", type=Path, help="subset folder (default: data/subset/<profile>)")
+    p.add_argument("--checkpoint", type=Path, help="default: the profile's run's best.pt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for occlusion_study.json/.txt (default: CHECKPOINT/../eval)",
+    )
+    p.add_argument(
+        "--methods", nargs="+", choices=POSTPROCESS_METHODS, default=list(POSTPROCESS_METHODS)
+    )
+    p.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA variants")
+    p.add_argument(
+        "--timing-images", type=int, default=8, help="test images timed per variant (default 8)"
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=commands.cmd_study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_synth,
+        _add_subset,
+        _add_train,
+        _add_evaluate,
+        _add_predict,
+        _add_fetch_weights,
+        _add_run,
+        _add_study,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as e:
+        # Bad input and seglib's own errors already name the file, annotation or choice at
+        # fault, so a one-line message serves better than a traceback. Anything else is a bug.
+        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) and not type(
+            e
+        ).__module__.startswith("seglib"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,349 @@
+"""Headless execution of the notebook series (``python -m seglib run``), its pre-flight check,
+and the check of what the notebooks produced.
+
+The notebooks are the product's face; this module runs them in order with nbclient, the same
+way a learner would step through them, and keeps the executed copies in the run folder. The
+kernels get their parameters through the environment: ``$SEGLIB_PROFILE``, ``$SEGLIB_SET``
+(TrainConfig overrides, which the notebooks' forms start from), ``$SEGLIB_RUN`` (the run
+name) and ``$SEGLIB_OVERWRITE``. ``check_outputs`` then reads the files they wrote: every
+declared figure by content, the metrics files, their provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from queue import Empty
+from typing import Any
+from urllib.parse import urlparse
+
+from seglib.app import provenance
+from seglib.app.runs import OVERWRITE_ENV
+from seglib.core.atomic import write_bytes_atomic
+from seglib.core.overrides import OVERRIDES_ENV
+from seglib.core.paths import RUN_ENV, Paths
+from seglib.viz import files
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+#: Seconds of each wait for a kernel message in ``run_notebooks`` (see ``stepwise_get_msg``).
+POLL_SECONDS = 1.0
+COCO_HOST = "http://images.cocodataset.org"
+WEIGHTS_HOST = "https://download.pytorch.org"
+
+
+class PreflightError(RuntimeError):
+    """The seed profile cannot run here (no COCO, no weights, no network)."""
+
+
+class NotebookRunError(RuntimeError):
+    """A notebook cell raised; the message names the notebook and keeps the kernel's error."""
+
+
+def notebook_paths(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The ordered series ``01_*.ipynb`` ... ``05_*.ipynb``.
+
+    Raises:
+        FileNotFoundError: the folder holds no numbered notebooks.
+    """
+    found = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (01_*.ipynb ...) in {notebooks_dir}")
+    return found
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
+    """Check that ``profile`` can run here; return what will be downloaded.
+
+    The smoke profile needs nothing. The seed profile needs the COCO instances JSONs under
+    ``paths.coco_root/annotations`` and torchvision's COCO weights in the TORCH_HOME cache, or a
+    network that reaches both hosts to fetch them.
+
+    Returns:
+        Human-readable notes on what the run will download (empty when all is in place).
+
+    Raises:
+        PreflightError: something needed is missing and cannot be fetched; names each item
+            and points to ``make demo``.
+    """
+    if profile != "seed":
+        return []
+    from seglib.models.weights import weights_file
+
+    notes, problems = [], []
+    annotations = [
+        paths.coco_root / "annotations" / f"instances_{s}2017.json" for s in ("train", "val")
+    ]
+    if not all(p.is_file() for p in annotations):
+        if reachable(COCO_HOST):
+            notes.append(
+                f"COCO annotations will be downloaded into {paths.coco_root / 'annotations'} (241 MB, once)"
+            )
+        else:
+            problems.append(
+                f"COCO 2017 annotations are missing ({annotations[0]}, {annotations[1].name}) and "
+                f"{COCO_HOST} cannot be reached to download them"
+            )
+    elif not reachable(COCO_HOST) and not (paths.coco_root / "train2017").is_dir():
+        problems.append(
+            f"COCO images are not under {paths.coco_root} and {COCO_HOST} cannot be reached"
+        )
+    weights = weights_file("coco", arch)
+    if not weights.is_file():
+        if reachable(WEIGHTS_HOST):
+            notes.append(
+                f"COCO-trained Mask R-CNN weights will be downloaded to {weights} (170 MB, once)"
+            )
+        else:
+            problems.append(
+                f"the COCO-trained weights {weights} are missing and {WEIGHTS_HOST} cannot be reached"
+            )
+    if problems:
+        raise PreflightError(
+            "the seed profile cannot run on this machine:\n  - "
+            + "\n  - ".join(problems)
+            + "\nPut the files in place by hand (see README, 'Getting COCO and the weights'), "
+            "or run `make demo` for the offline smoke profile."
+        )
+    return notes
+
+
+@contextlib.contextmanager
+def kernel_environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the kernels started inside, then
+    restore them: a kernel inherits this process's environment."""
+    previous = {k: os.environ.get(k) for k in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def stepwise_get_msg(
+    get_msg: Callable[..., Awaitable[dict]], step: float = POLL_SECONDS
+) -> Callable[..., Awaitable[dict]]:
+    """A channel's async ``get_msg`` that waits without a timeout in polls of ``step`` seconds.
+
+    nbclient waits for a cell's ``execute_reply`` with one poll of the shell socket without a
+    timeout. In a headless ``make demo`` that poll once never returned: the kernel had finished
+    the cell (its idle status had arrived on iopub, which the kernel sends after the reply) and
+    sat idle, the reply never came out of the socket, and the run waited for ever (nbclient#312
+    describes the same hang around widget cells). A poll that times out checks the socket
+    again, so a reply that is there is read within ``step`` seconds. Waits with a timeout pass
+    through unchanged.
+    """
+
+    async def wait(timeout: float | None = None) -> dict:
+        if timeout is not None:
+            return await get_msg(timeout=timeout)
+        while True:
+            try:
+                return await get_msg(timeout=step)
+            except Empty:
+                continue
+
+    return wait
+
+
+def _poll_stepwise(client: Any) -> None:
+    """Make ``client``'s kernel channels wait for messages in steps (``stepwise_get_msg``)."""
+    for channel in (client.kc.shell_channel, client.kc.iopub_channel):
+        channel.get_msg = stepwise_get_msg(channel.get_msg)
+
+
+def run_notebooks(
+    profile: str,
+    out_dir: str | Path,
+    *,
+    run_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    timeout: int | None = None,
+    kernel_name: str = "python3",
+) -> Iterator[Path]:
+    """Execute the series in order with nbclient, yielding each executed copy as it is written.
+
+    Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
+    ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
+    notebooks build their config, and so their forms' defaults, from them) and
+    ``SEGLIB_OVERWRITE=1`` when ``overwrite``. Executed copies, outputs included, go to
+    ``out_dir``; the sources are not modified.
+
+    Raises:
+        NotebookRunError: a cell failed; the partly executed copy is still written, and the
+            message names it and the notebook to fix.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
+
+    out_dir = Path(out_dir)
+    env = {
+        "SEGLIB_PROFILE": profile,
+        RUN_ENV: run_name,
+        OVERRIDES_ENV: json.dumps(dict(overrides)) if overrides else None,
+        OVERWRITE_ENV: "1" if overwrite else None,
+    }
+    with kernel_environment(env):
+        for source in notebook_paths(notebooks_dir):
+            nb = nbformat.read(source, as_version=4)
+            client = NotebookClient(
+                nb,
+                timeout=timeout,
+                kernel_name=kernel_name,
+                resources={"metadata": {"path": str(source.parent)}},
+            )
+            client.on_notebook_start = lambda client=client, **_: _poll_stepwise(client)
+            target = out_dir / source.name
+            try:
+                client.execute()
+            except (
+                CellControlSignal,
+                DeadKernelError,
+            ) as e:  # a cell raised or timed out, or the kernel died
+                write_bytes_atomic(target, nbformat.writes(nb).encode())
+                raise NotebookRunError(
+                    f"{source.name} failed (executed copy: {target}):\n{e}"
+                ) from e
+            write_bytes_atomic(target, nbformat.writes(nb).encode())
+            yield target
+
+
+# --- what the notebooks produced --------------------------------------------------------------
+def check_outputs(
+    paths: Paths, notebooks: Iterable[str], *, min_val_ap50: float | None = None
+) -> list[str]:
+    """Problems with what ``notebooks`` (stems, e.g. "04_evaluate") left under ``paths``.
+
+    * every figure each declares in ``files.NOTEBOOK_FIGURES``: present, not blank, and every
+      axes holding data (``files.check_figure_file``); a notebook that recorded which of its
+      figures this run could draw (``files.record_figures``: 07, which draws none when there
+      is nothing to compare) is held to those;
+    * 01: the split JSONs. 03: config.json, run_info.json, metrics.jsonl with a validation
+      row, best.pt. 04: eval/val_metrics.json and eval/test_metrics.json recording the current
+      best.pt, and val mask AP50 >= ``min_val_ap50`` when given. 05: the cached test
+      predictions recording the current best.pt, and the saved operating point. 07:
+      comparison.json, and each compared model scoring above 0 somewhere in its charts.
+
+    Returns:
+        One message per problem (empty when all is well).
+    """
+    notebooks = list(notebooks)
+    problems = _figure_problems(paths, notebooks)
+    if "01_data_subset" in notebooks:
+        problems += [
+            f"{paths.split_json(s)} was not written"
+            for s in ("train", "val", "test")
+            if not paths.split_json(s).is_file()
+        ]
+    if "07_detr_comparison" in notebooks:
+        problems += _comparison_problems(paths)
+    if any(nb[:2] in ("03", "04", "05") for nb in notebooks):
+        problems += _run_problems(paths, notebooks, min_val_ap50)
+    return problems
+
+
+def _figure_problems(paths: Paths, notebooks: list[str]) -> list[str]:
+    """Each notebook's declared (or recorded) figures, checked by content."""
+
+    problems: list[str] = []
+    for nb in notebooks:
+        try:
+            figure_files = files.notebook_figures(paths, nb)
+        except KeyError as e:
+            problems.append(str(e.args[0]))
+            continue
+        except FileNotFoundError as e:  # the run folder is gone
+            problems.append(f"{nb}: {e}")
+            continue
+        for file in figure_files:
+            problems += files.check_figure_file(file)
+    return problems
+
+
+def _comparison_problems(paths: Paths) -> list[str]:
+    """07: its comparison.json, and no compared model at 0 (or undefined) on every bar of its
+    charts: such a series shows nothing, however full the other models' bars are."""
+    from seglib.studies.comparison_report import models_without_scores
+
+    file = paths.comparison / "comparison.json"
+    if not file.is_file():
+        return [f"{file} was not written by notebook 07"]
+    return [
+        f"{file}: {name} scores 0 on every class and occlusion bucket, so its bars in 07's "
+        "charts hold no data (too few compare_epochs for it to learn anything?)"
+        for name in models_without_scores(json.loads(file.read_text()))
+    ]
+
+
+def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None) -> list[str]:
+    """03-05: the run's files, its metrics and predictions recording the current best.pt."""
+    from seglib.app import runs
+
+    problems: list[str] = []
+    try:
+        run = paths.run
+    except FileNotFoundError as e:
+        return [str(e)]
+    fingerprint = (
+        provenance.checkpoint_fingerprint(paths.best_checkpoint)
+        if paths.best_checkpoint.is_file()
+        else None
+    )
+    if "03_train" in notebooks:
+        for name in ("config.json", "run_info.json", "metrics.jsonl", "best.pt"):
+            if not (run / name).is_file():
+                problems.append(f"{run / name} was not written by notebook 03")
+        if not runs.run_summary(paths, run.name)["evals"]:
+            problems.append(f"{run / 'metrics.jsonl'} holds no validation row")
+
+    def recorded(file: Path, what: str) -> dict | None:
+        if not file.is_file():
+            problems.append(f"{file} was not written ({what})")
+            return None
+        record = provenance.source_file(file)
+        source = json.loads(record.read_text()) if record.is_file() else {}
+        sha1 = (source.get("checkpoint") or {}).get("sha1")
+        if fingerprint is None or sha1 != fingerprint["sha1"]:
+            problems.append(f"{file} does not record the run's current best.pt ({record})")
+        return json.loads(file.read_text())
+
+    if "04_evaluate" in notebooks:
+        val = recorded(paths.eval_dir / "val_metrics.json", "notebook 04")
+        recorded(paths.eval_dir / "test_metrics.json", "notebook 04")
+        if val is not None and min_val_ap50 is not None:
+            ap50 = val["segm"]["AP50"]
+            if not ap50 >= min_val_ap50:
+                problems.append(
+                    f"val mask AP50 is {ap50:.3f}, below the {min_val_ap50:.2f} this profile must "
+                    f"reach ({paths.eval_dir / 'val_metrics.json'})"
+                )
+    if "05_inference_viz" in notebooks:
+        recorded(paths.predictions / "test_results.json", "notebook 05")
+        if not paths.operating_point.is_file():
+            problems.append(f"{paths.operating_point} was not saved by notebook 05")
+    return problems

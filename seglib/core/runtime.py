@@ -1,0 +1,74 @@
+"""Where and how a process runs: the device, the autocast precision, and the seeds.
+
+``seglib.engine.trainer`` re-exports these, so notebooks call ``runtime.resolve_device`` and
+``runtime.seed_everything`` in their first cell.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """ "auto" -> CUDA if present else the CPU (with a RuntimeWarning); "cpu", "cuda", "cuda:N".
+
+    Under torchrun, "auto"/"cuda" mean this process's GPU, cuda:LOCAL_RANK.
+
+    Raises:
+        RuntimeError: CUDA was asked for but is not available.
+        ValueError: an unknown device string.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested not in ("auto", "cuda") and not requested.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {requested!r}")
+    if torch.cuda.is_available():
+        if requested in ("auto", "cuda"):
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device(requested)
+    if requested == "auto":
+        warnings.warn(
+            "CUDA is not available: training runs on the CPU, which takes seconds per image "
+            "(the smoke profile is for checking the plumbing, not for results).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return torch.device("cpu")
+    raise RuntimeError(
+        f"device {requested!r} was requested but CUDA is not available (torch {torch.__version__}, "
+        f"built for CUDA {torch.version.cuda}); use --device cpu or auto, or check the driver with nvidia-smi."
+    )
+
+
+def amp_settings(
+    device: torch.device, enabled: bool = True
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype and GradScaler for ``device``.
+
+    Returns:
+        (None, None) on the CPU or when disabled; (bfloat16, None) on GPUs that support
+        bf16; (float16, GradScaler) otherwise, since fp16 gradients need loss scaling.
+    """
+    if not enabled or device.type != "cuda":
+        return None, None
+    # Native bf16 only (Ampere and newer): emulated bf16 on older GPUs is slower than fp16.
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global generator and torch (CPU and all GPUs)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed that is a fixed function of ``keys`` (e.g. seed, epoch, rank)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])

@@ -1,0 +1,75 @@
+"""The optimizer, the learning-rate schedule, and one optimizer step of a run.
+
+SGD over the trainable parameters, and one multiplier per optimizer step: a linear warmup
+times a schedule that spans the whole run (multistep at fractions of it, cosine, or
+constant), so changing the number of epochs keeps the schedule's shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seglib.core.config import TrainConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD over the trainable parameters (frozen backbone stages excluded)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(iteration: int, cfg: TrainConfig, iters_per_epoch: int) -> float:
+    """Multiplier of cfg.lr at a 0-based optimizer step: linear warmup times the schedule.
+
+    Warmup ramps from cfg.warmup_factor to 1 over cfg.warmup_iters steps. The schedule runs
+    over the whole run, ``num_epochs * iters_per_epoch`` steps: "multistep" multiplies by
+    lr_gamma at each fraction of it in lr_milestones, "cosine" decays to 0 at its end,
+    "constant" stays at 1. max_iters stops a run early without changing the schedule, so a
+    run stopped there and resumed matches an uninterrupted one.
+    """
+    warm = 1.0
+    if iteration < cfg.warmup_iters:
+        alpha = iteration / cfg.warmup_iters
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    total = max(1, cfg.num_epochs * iters_per_epoch)
+    if cfg.lr_schedule == "multistep":
+        passed = sum(iteration >= m * total for m in cfg.lr_milestones)
+        return warm * cfg.lr_gamma**passed
+    if cfg.lr_schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
+    return warm
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over ``lr_factor``, stepped once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, cfg, iters_per_epoch)
+    )
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip_norm: float | None = None,
+) -> None:
+    """Back-propagate ``loss`` and step: loss scaling with ``scaler`` (fp16), and clipping of
+    the global gradient norm to ``grad_clip_norm`` (of the unscaled gradients)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()

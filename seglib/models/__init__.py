@@ -1,0 +1,21 @@
+"""The models and what turns their raw output into detections.
+
+Mask R-CNN and Mask2Former behind one contract, the zero-shot baselines, the architecture
+table, weights and checkpoints, the suppression rules and flip TTA hooked into a model.
+
+Imports: ``seglib.core`` only. ``data`` and ``models`` never import each other.
+"""
+
+__all__ = [
+    "builder",
+    "checkpoint",
+    "mask2former",
+    "mask2former_weights",
+    "maskrcnn",
+    "overlaps",
+    "postprocess",
+    "registry",
+    "suppression",
+    "weights",
+    "zeroshot",
+]

@@ -1,0 +1,138 @@
+"""The zero-shot baseline: the unmodified COCO-trained model, reporting the subset's classes.
+
+``ZeroShotMaskRCNN`` wraps a 91-class COCO Mask R-CNN and maps its detections to the
+subset's labels 1..k by category id (COCO's, as in the split: ``seglib.core.categories``),
+dropping the other COCO classes; ``zero_shot_baseline``
+gives a run's baseline (the COCO Mask2Former for a "mask2former" run, from
+``seglib.models.mask2former``), or a loudly announced random stand-in when the COCO weights are not
+cached. Inference only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from seglib.core.categories import category_labels
+from seglib.core.config import TrainConfig
+from seglib.models.maskrcnn import COCO_NUM_CLASSES
+from seglib.models.registry import build_model
+from seglib.models.weights import weights_file
+
+#: Detections the zero-shot COCO model keeps per image before its 91 classes are narrowed to
+#: the subset's k: a cap of 100 there would leave the subset far fewer than 100.
+ZERO_SHOT_CANDIDATES = 300
+
+
+class ZeroShotMaskRCNN(nn.Module):
+    """A 91-class COCO model whose detections are mapped to subset labels 1..k by COCO id.
+
+    Detections of COCO classes outside the subset are dropped, then the ``detections_per_img``
+    best are kept. The wrapped model should keep more candidates than that
+    (``build_zero_shot_model`` gives it ``ZERO_SHOT_CANDIDATES``), or the subset's classes get
+    only what is left of a cap shared with the other COCO classes. Inference only.
+    """
+
+    def __init__(
+        self, model: nn.Module, categories: list[dict], detections_per_img: int = 100
+    ) -> None:
+        super().__init__()
+        lut = torch.zeros(COCO_NUM_CLASSES, dtype=torch.int64)
+        for coco_id, label in category_labels(categories, source="zero-shot categories").items():
+            if not 1 <= coco_id < COCO_NUM_CLASSES:
+                raise ValueError(
+                    f"category id {coco_id} is not a COCO category id (1..90); the zero-shot "
+                    "model needs the split's categories, which carry COCO's ids"
+                )
+            lut[coco_id] = label
+        self.model = model
+        self.categories = [dict(c) for c in categories]
+        self.detections_per_img = int(detections_per_img)
+        self.register_buffer("coco_to_label", lut, persistent=False)
+
+    def forward(
+        self, images: list[torch.Tensor], targets: Any = None
+    ) -> list[dict[str, torch.Tensor]]:
+        if self.training or targets is not None:
+            raise RuntimeError(
+                "the zero-shot model is for evaluation only: call .eval() and pass images alone"
+            )
+        outputs = []
+        for out in self.model(images):
+            mapped = self.coco_to_label[out["labels"]]
+            kept = (mapped > 0).nonzero().squeeze(1)
+            # Best first (stable: ties keep the model's order), then the cap.
+            order = out["scores"][kept].argsort(descending=True, stable=True)
+            kept = kept[order[: self.detections_per_img]]
+            outputs.append({k: (mapped if k == "labels" else v)[kept] for k, v in out.items()})
+        return outputs
+
+
+def build_zero_shot_model(
+    categories: list[dict],
+    arch: str = "v1",
+    cfg: TrainConfig | None = None,
+    *,
+    weights: str = "coco",
+    model: nn.Module | None = None,
+) -> ZeroShotMaskRCNN:
+    """The unmodified COCO-trained Mask R-CNN, reporting only the subset's categories.
+
+    It keeps ``max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)`` detections per image over
+    its 91 classes, then the ``cfg.detections_per_img`` best of the subset's.
+
+    Args:
+        categories: the split's category dicts in label order, ``id`` being COCO's.
+        arch: "v1" or "v2".
+        weights: "coco", or "none" for a random stand-in that checks the plumbing.
+        model: a 91-class model to wrap instead of loading the COCO weights (tests).
+
+    Returns:
+        A module in eval mode; outputs use labels 1..k.
+
+    Raises:
+        MissingWeightsError: the COCO file is not cached. ValueError: a category id that is
+            not COCO's.
+    """
+    cfg = cfg if cfg is not None else TrainConfig()
+    if model is None:
+        # torchvision's own structure (BatchNorm), whatever the run's cfg.norm
+        keep = max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)
+        wide = cfg.replace(
+            norm="bn",
+            detections_per_img=keep,
+            postprocess_pool=max(keep, cfg.postprocess_pool),  # the pool holds every candidate
+        )
+        model = build_model(COCO_NUM_CLASSES, weights, arch, wide)
+    return ZeroShotMaskRCNN(model, categories, cfg.detections_per_img).eval()
+
+
+def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> nn.Module:
+    """The zero-shot baseline for a run: COCO-trained Mask R-CNN weights when they are cached.
+
+    The run's own arch when it is a Mask R-CNN one ("v1", "v2"); a "mask2former" run gets
+    ``seglib.models.mask2former.zero_shot_baseline`` (the COCO Mask2Former). When the COCO file
+    is missing and the run itself did not start from COCO weights (the offline smoke
+    profile), a randomly initialised 91-class model stands in, with a loud warning: the
+    comparison then checks the plumbing (label mapping by COCO id), nothing more.
+
+    Raises:
+        MissingWeightsError: ``cfg.weights == "coco"`` and the file is not cached.
+    """
+    if cfg.arch == "mask2former":  # its own COCO model, its head restricted by name
+        from seglib.models.mask2former import zero_shot_baseline as mask2former_zero_shot
+
+        return mask2former_zero_shot(categories, cfg)
+    arch = cfg.arch if cfg.arch in ("v1", "v2") else "v1"
+    if weights_file("coco", arch).is_file() or cfg.weights == "coco":
+        return build_zero_shot_model(categories, arch, cfg)
+    warnings.warn(
+        f"ZERO-SHOT STAND-IN: {weights_file('coco', arch)} is not cached, so a randomly "
+        "initialised 91-class model stands in for the COCO-trained baseline. Its AP means nothing.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return build_zero_shot_model(categories, arch, cfg, weights="none")
