@@ -99,10 +99,9 @@ def _reset_cuda(device: torch.device) -> None:
 
 def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     """Train and predict with one architecture; runs in a fresh process."""
-    from seglib.core.runtime import amp_settings
+    from seglib.core.runtime import amp_settings, images_to_device
     from seglib.engine.schedule import make_lr_scheduler, make_optimizer
     from seglib.engine.trainer import train_one_epoch
-    from seglib.evaluation.prediction import images_to_device
     from seglib.models.registry import build_model
     from seglib.studies.family_comparison import count_parameters
 

@@ -32,7 +32,7 @@ from seglib.core.overrides import parse_overrides
 from seglib.core.paths import get_paths
 from seglib.core.profiles import PROFILES
 from seglib.data import subset
-from seglib.engine.trainer import trainer
+from seglib.engine import trainer
 
 
 def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]:

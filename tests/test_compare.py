@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
+from seglib.models import mask2former_weights
 from seglib.studies import comparison_report, family_comparison
 
 needs_transformers = pytest.mark.skipif(
@@ -22,19 +23,20 @@ needs_transformers = pytest.mark.skipif(
 @pytest.fixture
 def weights_present(monkeypatch):
     """Pretend which weights are cached: ``weights_present(maskrcnn=..., m2f=...)``."""
-    from seglib.models import mask2former as m2f
 
     def set_(maskrcnn: bool, m2f_cached: bool, transformers: bool = True) -> None:
         monkeypatch.setattr(
             family_comparison, "_maskrcnn_weights_cached", lambda kind, arch: maskrcnn
         )
-        monkeypatch.setattr(m2f, "pretrained_available", lambda source=None: m2f_cached)
+        monkeypatch.setattr(mask2former_weights, "pretrained_available", lambda source=None: m2f_cached)
         if not transformers:
 
             def missing():
-                raise m2f.MissingDependencyError(f"needs transformers: {m2f.INSTALL_HINT}")
+                raise mask2former_weights.MissingDependencyError(
+                    f"needs transformers: {mask2former_weights.INSTALL_HINT}"
+                )
 
-            monkeypatch.setattr(m2f, "require_transformers", missing)
+            monkeypatch.setattr(mask2former_weights, "require_transformers", missing)
 
     return set_
 

@@ -9,8 +9,9 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from seglib.app.predict_files import predict_images
 from seglib.data.dataset import open_split
-from seglib.evaluation.prediction import evaluate, predict, predict_images
+from seglib.evaluation.prediction import evaluate, predict
 
 CPU = torch.device("cpu")
 

@@ -18,6 +18,8 @@ import textwrap
 import pytest
 import torch
 
+from seglib.app import prediction_cache
+from seglib.app.operating_point import OperatingPoint
 from seglib.core.config import TrainConfig
 
 needs_transformers = pytest.mark.skipif(
@@ -417,7 +419,7 @@ def test_a_mask2former_run_goes_through_notebook_04s_cached_predictions(tmp_path
     cfg = tiny_cfg(num_epochs=1, box_score_thresh=0.5, detections_per_img=10)
     runs.start_run(paths, runs.RunRequest("m2f", cfg))
     train(cfg, paths.subset, paths.run)
-    preds = runs.split_predictions(paths, "val", "cpu")
+    preds = prediction_cache.split_predictions(paths, "val", "cpu")
     per_image = {}
     for r in preds.results:
         per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
@@ -425,9 +427,9 @@ def test_a_mask2former_run_goes_through_notebook_04s_cached_predictions(tmp_path
     assert max(per_image.values()) > cfg.detections_per_img
     assert min(r["score"] for r in preds.results) < 0.5
     with pytest.warns(UserWarning, match="ZERO-SHOT STAND-IN"):
-        zero = runs.split_predictions(paths, "val", "cpu", zero_shot=True)
+        zero = prediction_cache.split_predictions(paths, "val", "cpu", zero_shot=True)
     assert zero.source["zero_shot_weights"] == "stand-in"
     labels = {r["category_id"] for r in preds.results}
     assert {r["category_id"] for r in zero.results} <= labels | {1, 2, 3, 4}
-    metrics = runs.evaluate_split(paths, preds, runs.OperatingPoint(0.5))
+    metrics = prediction_cache.evaluate_split(paths, preds, OperatingPoint(0.5))
     assert metrics["segm"]["AP"] >= 0

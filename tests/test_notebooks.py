@@ -142,14 +142,14 @@ def test_evaluation_and_inference_pick_a_run_and_use_the_cached_predictions():
     for path in NOTEBOOKS[3:5]:
         source = "\n".join(c.source for c in _code(nbformat.read(path, as_version=4)))
         assert "widgets.RunPicker(paths" in source and "picker.selected()" in source
-        assert 'runs.split_predictions(run_paths, "test"' in source
+        assert 'prediction_cache.split_predictions(run_paths, "test"' in source
         assert "inference.predict(" not in source  # the model runs only through the cache
         # thresholds come from the operating point or the run's config, not the profile's
         assert not re.search(r"(?<![.\w])cfg\.score_thresh", source)
     evaluate = "\n".join(c.source for c in _code(nbformat.read(NOTEBOOKS[3], as_version=4)))
-    assert 'runs.split_predictions(run_paths, "val"' in evaluate
-    assert "OperatingPoint.load(run_paths.operating_point" in evaluate
+    assert 'prediction_cache.split_predictions(run_paths, "val"' in evaluate
+    assert "OperatingPoint.load(run_paths.layout.operating_point" in evaluate
     assert "normalize=True" in evaluate and "plot_run_comparison(" in evaluate
     inference_nb = "\n".join(c.source for c in _code(nbformat.read(NOTEBOOKS[4], as_version=4)))
-    assert "op.save(run_paths.operating_point)" in inference_nb
+    assert "op.save(run_paths.layout.operating_point)" in inference_nb
     assert "viz.error_gallery(" in inference_nb

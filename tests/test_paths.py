@@ -75,10 +75,12 @@ def test_runs_are_named_folders_listed_oldest_first(tmp_path, monkeypatch):
     (paths.runs / "notes").mkdir()  # no run marker: not a run
     assert paths.list_runs() == ["zeta", "mid", "alpha"]
     assert paths.run == paths.runs / "alpha"  # nothing selected: the latest
-    assert paths.best_checkpoint == tmp_path / "runs" / "smoke" / "alpha" / "best.pt"
+    assert paths.layout.best_checkpoint == tmp_path / "runs" / "smoke" / "alpha" / "best.pt"
     picked = paths.with_run("zeta")
-    assert picked.run == paths.run_dir("zeta") and picked.figures == paths.runs / "zeta/figures"
-    assert picked.operating_point.name == "operating_point.json"
+    assert (
+        picked.run == paths.run_dir("zeta") and picked.layout.figures == paths.runs / "zeta/figures"
+    )
+    assert picked.layout.operating_point.name == "operating_point.json"
     assert paths.data_figures == tmp_path / "subset" / "smoke" / "figures"
 
 

@@ -12,6 +12,7 @@ from seglib.app.headless import (
     preflight,
     run_notebooks,
 )
+from seglib.app.operating_point import OperatingPoint
 from seglib.core.paths import get_paths
 from seglib.studies import comparison_report
 from seglib.viz import charts, common, files
@@ -130,7 +131,6 @@ def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
 
 def _fake_outputs(paths, ap50=0.3):
     """What notebooks 01-05 leave in a run, with real figures and provenance records."""
-    from seglib.app import runs
 
     for split in ("train", "val", "test"):
         paths.split_json(split).parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def _fake_outputs(paths, ap50=0.3):
     provenance.write_with_source(run / "eval" / "val_metrics.json", metrics, source)
     provenance.write_with_source(run / "eval" / "test_metrics.json", metrics, source)
     provenance.write_with_source(run / "predictions" / "test_results.json", [], source)
-    runs.OperatingPoint(0.5).save(run / "operating_point.json")
+    OperatingPoint(0.5).save(run / "operating_point.json")
     fig, ax = common.make_grid(1)
     ax[0].plot([0, 1], [1, 2])
     for notebook in (
@@ -178,8 +178,8 @@ def test_check_outputs_names_every_problem(tmp_path):
     axes[0].plot([0, 1], [1, 2])
     axes[1].bar([0, 1], [0.0, 0.0])  # the empty AP chart of issue 7
     axes[1].set_title("AP per class")
-    files.save_figure(fig, paths.figures / "04_ap_per_class.png", dpi=30)
-    (paths.figures / "05_errors.png").unlink()
+    files.save_figure(fig, paths.layout.figures / "04_ap_per_class.png", dpi=30)
+    (paths.layout.figures / "05_errors.png").unlink()
     (paths.run / "best.pt").write_bytes(b"retrained")  # eval and predictions are now stale
     problems = headless.check_outputs(paths, STEMS, min_val_ap50=0.15)
     text = "\n".join(problems)

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from seglib.app import provenance, runs
-from seglib.app.runs import OperatingPoint, RunExistsError, RunRequest, start_run
+from seglib.app import prediction_cache, provenance, runs
+from seglib.app.operating_point import OperatingPoint
+from seglib.app.runs import RunExistsError, RunRequest, start_run
 from seglib.core.config import TrainConfig
 from seglib.core.paths import get_paths
 from seglib.evaluation import prediction
@@ -135,10 +136,10 @@ def test_run_summary_reads_the_metrics_of_any_run(tmp_path):
     summary = runs.run_summary(paths, "r")
     assert summary["best"]["epoch"] == 1 and len(summary["evals"]) == 2
     assert summary["test"] is None and len(summary["history"]) == 3
-    assert runs.headline(paths.with_run("r")) == {"segm_AP": 0.2, "segm_AP50": 0.4}
+    assert runs.headline_ap(paths.with_run("r")) == {"segm_AP": 0.2, "segm_AP50": 0.4}
     with pytest.raises(FileNotFoundError, match="no validation"):
         (paths.run_dir("empty")).mkdir()
-        runs.headline(paths.with_run("empty"))
+        runs.headline_ap(paths.with_run("empty"))
 
 
 @pytest.mark.slow
@@ -161,25 +162,25 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
         return real(net, *args, **kwargs)
 
     monkeypatch.setattr(prediction, "predict", counting)
-    first = runs.split_predictions(paths, "val", "cpu")
+    first = prediction_cache.split_predictions(paths, "val", "cpu")
     assert first.recomputed and calls == [(0.0, 100)]  # the config's 0.5 does not apply
     assert "predicted now" in repr(first) and first.file.is_file()
-    again = runs.split_predictions(paths, "val", "cpu")
+    again = prediction_cache.split_predictions(paths, "val", "cpu")
     assert not again.recomputed and again.results == first.results and len(calls) == 1
-    scores = runs.evaluate_split(paths, again, OperatingPoint(0.5))
-    written = json.loads((paths.eval_dir / "val_metrics.json").read_text())
+    scores = prediction_cache.evaluate_split(paths, again, OperatingPoint(0.5))
+    written = json.loads((paths.layout.eval_dir / "val_metrics.json").read_text())
     assert written["source"]["checkpoint"]["sha1"] == first.source["checkpoint"]["sha1"]
     assert written["source"]["operating_point"]["score_thresh"] == 0.5
     assert scores["segm"]["AP"] == written["segm"]["AP"]
-    assert runs.headline(paths)["segm_AP"] == written["segm"]["AP"]
-    zero = runs.split_predictions(paths, "val", "cpu", zero_shot=True)
+    assert runs.headline_ap(paths)["segm_AP"] == written["segm"]["AP"]
+    zero = prediction_cache.split_predictions(paths, "val", "cpu", zero_shot=True)
     assert zero.file.name == "val_zero_shot.json" and zero.recomputed
-    runs.evaluate_split(paths, zero, OperatingPoint(0.5))
-    assert (paths.eval_dir / "val_zero_shot.json").is_file()
+    prediction_cache.evaluate_split(paths, zero, OperatingPoint(0.5))
+    assert (paths.layout.eval_dir / "val_zero_shot.json").is_file()
     # Retraining replaces best.pt: the cache no longer matches it.
     start_run(paths, RunRequest("r", cfg.replace(seed=1), overwrite=True))
     train(cfg.replace(seed=1), paths.subset, paths.run)
-    assert runs.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 4
+    assert prediction_cache.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 4
 
 
 # --- cached predictions are COCO results files ---------------------------------------------
@@ -217,7 +218,7 @@ def _fake_run(tmp_path, synthetic_subset, cfg):
     shutil.copytree(synthetic_subset, paths.subset)
     paths.run.mkdir(parents=True)
     cfg.save(paths.run / "config.json")
-    paths.best_checkpoint.write_bytes(b"stand-in weights")
+    paths.layout.best_checkpoint.write_bytes(b"stand-in weights")
     return paths
 
 
@@ -236,7 +237,7 @@ def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
         return _Oracle(dataset), TrainConfig.smoke(), categories
 
     monkeypatch.setattr(builder, "model_from_checkpoint", from_checkpoint)
-    first = runs.split_predictions(paths, "val", "cpu")
+    first = prediction_cache.split_predictions(paths, "val", "cpu")
     assert first.recomputed and len(calls) == 1 and first.results
     labels = {r["category_id"] for r in first.results}
     assert labels <= {1, 2, 3, 4} and len(labels) > 1  # in memory: the split's labels
@@ -246,7 +247,7 @@ def test_cached_predictions_carry_coco_ids_on_disk_and_labels_in_memory(
     assert [r["category_id"] for r in on_disk] == [coco_id[r["category_id"]] for r in first.results]
     assert first.source["category_ids"] == "coco"
     # the cache reads back as what the model returned, and scores the same as a file
-    again = runs.split_predictions(paths, "val", "cpu")
+    again = prediction_cache.split_predictions(paths, "val", "cpu")
     assert not again.recomputed and len(calls) == 1 and again.results == first.results
     in_memory = evaluate_results(dataset.coco, first.results)
     assert evaluate_results(dataset.coco, again.results) == in_memory
@@ -264,9 +265,9 @@ def test_a_cache_in_the_splits_labels_is_recomputed_not_misread(
     monkeypatch.setattr(
         builder, "model_from_checkpoint", lambda p, d, categories=None: (_Oracle(dataset), None, [])
     )
-    fresh = runs.split_predictions(paths, "val", "cpu")
+    fresh = prediction_cache.split_predictions(paths, "val", "cpu")
     # what the cache held before files carried COCO ids: labels, and no category_ids record
     old_source = {k: v for k, v in fresh.source.items() if k != "category_ids"}
     provenance.write_with_source(fresh.file, fresh.results, old_source)
-    redone = runs.split_predictions(paths, "val", "cpu")
+    redone = prediction_cache.split_predictions(paths, "val", "cpu")
     assert redone.recomputed and redone.results == fresh.results

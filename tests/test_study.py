@@ -84,7 +84,7 @@ def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
 
 def _own_predictions(model, dataset):
     """COCO results of ``model(images)`` itself, batched as the study batches them."""
-    from seglib.evaluation.prediction import images_to_device
+    from seglib.core.runtime import images_to_device
 
     results = []
     with torch.inference_mode():

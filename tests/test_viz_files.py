@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import json  # noqa: E402
+from operator import attrgetter  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -120,7 +121,7 @@ def test_a_recorded_notebook_is_checked_for_the_figures_it_could_draw(tmp_path):
         "07_detr_comparison",
         files.NOTEBOOK_FIGURES["07_detr_comparison"],
     )
-    everything = [getattr(paths, folder) / name for name in declared]
+    everything = [attrgetter(folder)(paths) / name for name in declared]
     assert files.notebook_figures(paths, notebook) == everything  # no record: all of them
     assert files.record_figures(paths, notebook, (), reason="nothing to compare") == ()
     record = json.loads(files.figures_record(paths, notebook).read_text())

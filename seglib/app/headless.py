@@ -310,8 +310,8 @@ def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None
     except FileNotFoundError as e:
         return [str(e)]
     fingerprint = (
-        provenance.checkpoint_fingerprint(paths.best_checkpoint)
-        if paths.best_checkpoint.is_file()
+        provenance.checkpoint_fingerprint(paths.layout.best_checkpoint)
+        if paths.layout.best_checkpoint.is_file()
         else None
     )
     if "03_train" in notebooks:
@@ -333,17 +333,17 @@ def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None
         return json.loads(file.read_text())
 
     if "04_evaluate" in notebooks:
-        val = recorded(paths.eval_dir / "val_metrics.json", "notebook 04")
-        recorded(paths.eval_dir / "test_metrics.json", "notebook 04")
+        val = recorded(paths.layout.eval_dir / "val_metrics.json", "notebook 04")
+        recorded(paths.layout.eval_dir / "test_metrics.json", "notebook 04")
         if val is not None and min_val_ap50 is not None:
             ap50 = val["segm"]["AP50"]
             if not ap50 >= min_val_ap50:
                 problems.append(
                     f"val mask AP50 is {ap50:.3f}, below the {min_val_ap50:.2f} this profile must "
-                    f"reach ({paths.eval_dir / 'val_metrics.json'})"
+                    f"reach ({paths.layout.eval_dir / 'val_metrics.json'})"
                 )
     if "05_inference_viz" in notebooks:
-        recorded(paths.predictions / "test_results.json", "notebook 05")
-        if not paths.operating_point.is_file():
-            problems.append(f"{paths.operating_point} was not saved by notebook 05")
+        recorded(paths.layout.predictions / "test_results.json", "notebook 05")
+        if not paths.layout.operating_point.is_file():
+            problems.append(f"{paths.layout.operating_point} was not saved by notebook 05")
     return problems

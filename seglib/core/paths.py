@@ -20,8 +20,75 @@ RUN_ENV = "SEGLIB_RUN"
 #: The file that marks a folder under runs/<profile>/ as a run (written when a run starts).
 RUN_INFO = "run_info.json"
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Folder names inside a run: a run named like one would be confusing in listings.
-_RESERVED = frozenset({"eval", "predictions", "figures", "notebooks"})
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The layout of one run folder, written once: every file a training run and the notebooks
+    after it keep there. ``python -m seglib train --out DIR`` and a named run alike::
+
+        run_info.json config.json metrics.jsonl last.pt best.pt operating_point.json
+        eval/ predictions/ figures/ notebooks/
+    """
+
+    root: Path
+
+    #: Sub-folders of a run: a run named like one would be confusing in listings.
+    FOLDERS = ("eval", "predictions", "figures", "notebooks")
+
+    @property
+    def info(self) -> Path:
+        """How the run was started (``python -m seglib run`` or notebook 03)."""
+        return self.root / RUN_INFO
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Training and validation rows, one JSON object per line."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def operating_point(self) -> Path:
+        """The score/NMS thresholds picked in notebook 05 for overlays and the confusion matrix."""
+        return self.root / "operating_point.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def val_epoch(self, epoch: int) -> Path:
+        """The full validation metrics of one epoch."""
+        return self.eval_dir / f"val_epoch{epoch}.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def figures(self) -> Path:
+        """Figures of the run (notebooks 03-05)."""
+        return self.root / "figures"
+
+    @property
+    def notebooks_out(self) -> Path:
+        """Executed copies of the notebooks written by ``python -m seglib run``."""
+        return self.root / "notebooks"
+
+    @property
+    def markers(self) -> tuple[Path, ...]:
+        """Files whose presence makes a folder an existing run."""
+        return (self.info, self.config, self.metrics, self.last_checkpoint, self.best_checkpoint)
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -61,10 +128,10 @@ def check_run_name(name: str) -> str:
         ValueError: not 1-64 letters, digits, ``.``, ``_`` or ``-`` starting with a letter or
             digit, or one of the folder names used inside a run.
     """
-    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or name in _RESERVED:
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or name in RunFolder.FOLDERS:
         raise ValueError(
             f"run name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit, and not one of {sorted(_RESERVED)} "
+            f"starting with a letter or digit, and not one of {sorted(RunFolder.FOLDERS)} "
             "(for example 'lr-0.002' or '20250101-120000')"
         )
     return name
@@ -79,8 +146,9 @@ class Paths:
         coco/                   real COCO 2017 root (annotations/, train2017/, val2017/)
         synthetic-coco/<p>/     generated offline stand-in with the same layout
         subset/<p>/             train.json val.json test.json manifest.json images/ figures/
-        runs/<p>/<run>/         run_info.json config.json metrics.jsonl last.pt best.pt
-                                operating_point.json eval/ predictions/ figures/ notebooks/
+        runs/<p>/<run>/         one run folder (``RunFolder``)
+
+    The selected run's files are ``paths.layout.<file>`` (``paths.layout.best_checkpoint``).
     """
 
     root: Path
@@ -135,9 +203,8 @@ class Paths:
         for folder in self.runs.iterdir():
             if not folder.is_dir() or not _RUN_NAME.fullmatch(folder.name):
                 continue
-            marker = next(
-                (folder / f for f in (RUN_INFO, "config.json") if (folder / f).is_file()), None
-            )
+            run = RunFolder(folder)
+            marker = next((f for f in (run.info, run.config) if f.is_file()), None)
             if marker is not None:
                 found.append((_started(folder, marker), folder.name))
         return [name for _, name in sorted(found)]
@@ -167,39 +234,9 @@ class Paths:
         return self.run_dir(name)
 
     @property
-    def run_info(self) -> Path:
-        return self.run / RUN_INFO
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run / "last.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run / "best.pt"
-
-    @property
-    def operating_point(self) -> Path:
-        """The score/NMS thresholds picked in notebook 05 for overlays and the confusion matrix."""
-        return self.run / "operating_point.json"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.run / "eval"
-
-    @property
-    def predictions(self) -> Path:
-        return self.run / "predictions"
-
-    @property
-    def figures(self) -> Path:
-        """Figures of the selected run (notebooks 03-05)."""
-        return self.run / "figures"
-
-    @property
-    def notebooks_out(self) -> Path:
-        """Executed copies of the notebooks written by ``python -m seglib run``."""
-        return self.run / "notebooks"
+    def layout(self) -> RunFolder:
+        """The selected run's files (``RunFolder``)."""
+        return RunFolder(self.run)
 
     def split_json(self, split: str) -> Path:
         """``subset/<profile>/<split>.json`` for split in train/val/test."""

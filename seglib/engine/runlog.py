@@ -24,6 +24,7 @@ import torch
 from seglib.core.atomic import write_bytes_atomic, write_json_atomic
 from seglib.core.config import TrainConfig
 from seglib.core.distributed import any_rank
+from seglib.core.paths import RunFolder
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,19 +102,6 @@ class LossMeter:
         return dict(zip(self.keys(), means, strict=True))
 
 
-RUN_FILES = {
-    "config": "config.json",
-    "metrics": "metrics.jsonl",
-    "last": "last.pt",
-    "best": "best.pt",
-}
-
-
-def run_paths(out_dir: Path) -> dict[str, Path]:
-    """``config``, ``metrics``, ``last`` and ``best`` paths inside ``out_dir``."""
-    return {key: out_dir / name for key, name in RUN_FILES.items()}
-
-
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of ``run_dir/metrics.jsonl`` in order: training rows (``loss``, ``lr``, ...)
     every log interval and eval rows (``segm_AP``, ``bbox_AP``, ``val``) after each validation.
@@ -121,7 +109,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     Raises:
         FileNotFoundError: the run has no metrics.jsonl (names the file and what writes it).
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(Path(run_dir)).metrics
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: `python -m seglib train` (or notebook 03) writes it"
@@ -129,35 +117,35 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def prepare_run_dir(cfg: TrainConfig, paths: dict[str, Path], resumed_at: int | None) -> None:
+def prepare_run_dir(cfg: TrainConfig, folder: RunFolder, resumed_at: int | None) -> None:
     """Save the config. A fresh run (``resumed_at`` None) empties metrics.jsonl and removes
     old checkpoints; a resumed one drops the rows logged after its checkpoint (and torn lines).
     """
-    paths["config"].parent.mkdir(parents=True, exist_ok=True)
-    cfg.save(paths["config"])
-    if resumed_at is None or not paths["metrics"].exists():
-        paths["metrics"].write_text("")
-        paths["last"].unlink(missing_ok=True)
-        paths["best"].unlink(missing_ok=True)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    cfg.save(folder.config)
+    if resumed_at is None or not folder.metrics.exists():
+        folder.metrics.write_text("")
+        folder.last_checkpoint.unlink(missing_ok=True)
+        folder.best_checkpoint.unlink(missing_ok=True)
         return
     kept = []
-    for line in paths["metrics"].read_text().splitlines():
+    for line in folder.metrics.read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a crash
         if row.get("iteration", 0) <= resumed_at:
             kept.append(line + "\n")
-    write_bytes_atomic(paths["metrics"], "".join(kept).encode())
+    write_bytes_atomic(folder.metrics, "".join(kept).encode())
 
 
-def append_row(paths: dict[str, Path], row: dict[str, Any]) -> None:
+def append_row(folder: RunFolder, row: dict[str, Any]) -> None:
     """Append one row to metrics.jsonl."""
-    with open(paths["metrics"], "a") as f:
+    with open(folder.metrics, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, float]:
+def val_summary(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of a validation that go into a metrics row and the run's history."""
     return {
         "segm_AP": metrics["segm"]["AP"],
@@ -168,9 +156,9 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def record_eval(
-    paths: dict[str, Path], metrics: dict[str, Any], epoch: int, iteration: int
-) -> None:
+def record_eval(folder: RunFolder, metrics: dict[str, Any], epoch: int, iteration: int) -> None:
     """A validation's row in metrics.jsonl and its eval/val_epoch{epoch}.json."""
-    append_row(paths, {"epoch": epoch, "iteration": iteration, **headline(metrics), "val": metrics})
-    write_json_atomic(paths["config"].parent / "eval" / f"val_epoch{epoch}.json", metrics)
+    append_row(
+        folder, {"epoch": epoch, "iteration": iteration, **val_summary(metrics), "val": metrics}
+    )
+    write_json_atomic(folder.val_epoch(epoch), metrics)

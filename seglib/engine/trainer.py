@@ -29,20 +29,26 @@ from torch.utils.data import DataLoader
 
 from seglib.core.config import TrainConfig
 from seglib.core.distributed import DistInfo, init_distributed
-from seglib.core.runtime import amp_settings, derived_seed, resolve_device, seed_everything
+from seglib.core.paths import RunFolder
+from seglib.core.runtime import (
+    amp_settings,
+    batch_to_device,
+    derived_seed,
+    resolve_device,
+    seed_everything,
+)
 from seglib.data.loaders import make_loaders
 from seglib.engine.runlog import (
     LossMeter,
     NonFiniteLossError,
     append_row,
-    headline,
     prepare_run_dir,
     read_metrics,
     record_eval,
-    run_paths,
+    val_summary,
 )
 from seglib.engine.schedule import make_lr_scheduler, make_optimizer, optimizer_step
-from seglib.evaluation.prediction import batch_to_device, evaluate
+from seglib.evaluation.prediction import evaluate
 from seglib.models.checkpoint import (
     load_for_resume,
     load_model_state,
@@ -260,29 +266,29 @@ def _train(
     callback: Callback | None,
     progress: bool,
 ) -> dict[str, Any]:
-    device, main, paths = resolve_device(cfg.device), info.rank == 0, run_paths(out_dir)
+    device, main, folder = resolve_device(cfg.device), info.rank == 0, RunFolder(Path(out_dir))
 
     def notify(event: str, payload: dict[str, Any]) -> None:
         if main and callback is not None:
             callback(event, payload)
 
     def on_iter(event: str, row: dict[str, Any]) -> None:
-        append_row(paths, row)
+        append_row(folder, row)
         notify(event, row)
 
-    ckpt = load_for_resume(paths["last"], cfg) if resume else None
-    parts = _assemble(cfg, data_dir, device, ckpt, paths["last"], ddp=info.enabled)
+    ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
+    parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
     parts.step_options["progress"] = progress and main
     iters_per_epoch = len(parts.train_loader)
     state = RunState.from_checkpoint(ckpt, iters_per_epoch) if ckpt else RunState()
     if main:
-        prepare_run_dir(cfg, paths, state.iteration if ckpt else None)
+        prepare_run_dir(cfg, folder, state.iteration if ckpt else None)
     rng, final = ckpt["rng"] if ckpt else None, None
     while state.epoch < cfg.num_epochs and not _capped(cfg, state):
         number = state.epoch + 1
         _start_epoch(parts, cfg, state, rng, info.rank)
         rng = None  # only the first epoch of a resumed run continues a saved RNG state
-        stats = _run_epoch(parts, device, state, on_iter if main else None, paths["last"])
+        stats = _run_epoch(parts, device, state, on_iter if main else None, folder.last_checkpoint)
         state.iteration = stats["iteration"]
         if state.steps_into_epoch(iters_per_epoch) == iters_per_epoch:
             state.epoch += 1
@@ -292,16 +298,17 @@ def _train(
         improved = False
         if _validation_due(cfg, state, number):
             final, improved = _evaluate_and_keep_best(parts, device, cfg, state, number)
-            row.update(headline(final))
+            row.update(val_summary(final))
             if main:
-                record_eval(paths, final, number, state.iteration)
+                record_eval(folder, final, number, state.iteration)
                 notify("eval", {"epoch": number, "iteration": state.iteration, "metrics": final})
         state.history.append(row)
+        saved = {"last": folder.last_checkpoint, "best": folder.best_checkpoint}
         for kind in ("last", "best") if improved else ("last",):
             if main:
-                _save(paths[kind], kind, parts, cfg, state, iters_per_epoch)
+                _save(saved[kind], kind, parts, cfg, state, iters_per_epoch)
                 where = {"epoch": number, "iteration": state.iteration}
-                notify("checkpoint", {"path": str(paths[kind]), "kind": kind, **where})
+                notify("checkpoint", {"path": str(saved[kind]), "kind": kind, **where})
         if info.enabled:
             dist.barrier()  # nobody races ahead while rank 0 writes
     return {
@@ -315,7 +322,12 @@ def _train(
         "best": state.best,
         "best_epoch": state.best_epoch,
         "final": final,
-        "paths": {k: str(v) for k, v in paths.items()},
+        "paths": {
+            "config": str(folder.config),
+            "metrics": str(folder.metrics),
+            "last": str(folder.last_checkpoint),
+            "best": str(folder.best_checkpoint),
+        },
     }
 
 

@@ -1,8 +1,8 @@
 """Prediction and evaluation: a model over a split or over image files, as COCO results.
 
 ``predict`` is what validation, notebooks 04/05 and ``python -m seglib evaluate`` run;
-``evaluate`` adds the COCO metrics; ``predict_images`` serves ``python -m seglib predict``
-(results JSON plus overlay PNGs). Any model following ``seglib.models.builder.SegmentationModel``
+``evaluate`` adds the COCO metrics; ``to_coco_results`` turns one image's output into COCO
+results (``seglib.app.predict_files`` uses it for ``python -m seglib predict``). Any model following ``seglib.models.builder.SegmentationModel``
 works: only ``model(images)`` is called.
 
 Masks are thresholded at 0.5 and cut to their extent on the device, so only uint8 crops cross
@@ -24,33 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from seglib.core.atomic import write_json_atomic
 from seglib.core.distributed import broadcast_from_main, gather_to_main, rank_and_world
+from seglib.core.runtime import images_to_device
 from seglib.data.dataset import collate_fn
-from seglib.data.images import load_rgb
 from seglib.models.checkpoint import unwrap
-from seglib.viz import overlay
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def images_to_device(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Copy images to ``device`` (non-blocking from pinned memory); uint8 ones become float
-    in 0..1 there, after the copy, so a quarter of the bytes cross the bus."""
-    out = []
-    for img in images:
-        img = img.to(device, non_blocking=True)
-        out.append(img.float().div_(255.0) if img.dtype == torch.uint8 else img)
-    return out
-
-
-def batch_to_device(
-    images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]], device: torch.device
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """``images_to_device`` plus every tensor of every target dict (non-blocking)."""
-    targets = [
-        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-        for t in targets
-    ]
-    return images_to_device(images, device), targets
 
 
 def masks_to_host(probs: torch.Tensor) -> np.ndarray:
@@ -92,9 +68,13 @@ def _image_id(target: Any) -> int:
     return int(value.item() if torch.is_tensor(value) else value)  # never a tensor
 
 
-def _results_for(
+def to_coco_results(
     image_id: int, output: dict[str, torch.Tensor], score_thresh: float
 ) -> list[dict[str, Any]]:
+    """One image's model output as COCO results: xywh boxes, RLE masks, labels 1..k.
+
+    Only detections scoring at least ``score_thresh`` are kept; ``image_id`` is a plain int.
+    """
     keep = output["scores"] >= score_thresh
     if not bool(keep.any()):
         return []
@@ -178,7 +158,7 @@ def predict(
                         "batch_size or smaller min_size/max_size"
                     ) from e
                 for target, output in zip(targets, outputs, strict=True):
-                    results.extend(_results_for(_image_id(target), output, score_thresh))
+                    results.extend(to_coco_results(_image_id(target), output, score_thresh))
     finally:
         net.train(was_training)
     return results
@@ -263,97 +243,3 @@ def check_postprocess(arch: str, postprocess: str = "nms", tta_hflip: bool = Fal
         "has no NMS to replace. Use a Mask R-CNN (arch 'v1' or 'v2'), or leave postprocess "
         "at 'nms' and tta_hflip off"
     )
-
-
-def _image_files(paths: Sequence[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p} is neither an image file nor a folder")
-    if not files:
-        raise FileNotFoundError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(p) for p in paths]}"
-        )
-    return files
-
-
-def predict_images(
-    model: torch.nn.Module,
-    images: Sequence[str | Path],
-    out_dir: str | Path,
-    device: torch.device | str,
-    *,
-    categories: list[dict],
-    score_thresh: float = 0.5,
-) -> dict[str, Any]:
-    """Predict on image files (or folders of them); write results JSON and overlay PNGs.
-
-    ``categories`` are the checkpoint's, in label order (``seglib.core.categories``).
-
-    Image ids are the numeric file stems (COCO names such as 000000123456.jpg) when all are
-    numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results with
-    COCO's category ids, scores >= score_thresh), OUT/images.json (id, file_name, width,
-    height) and OUT/<stem>.png. Photos are predicted upright (their EXIF orientation applied),
-    and images.json gives that frame's size.
-
-    Returns:
-        num_images, num_predictions, results, images (paths) and overlays (list of paths).
-    """
-
-    device = torch.device(device)
-    files = _image_files(images)
-    stems = [f.stem for f in files]
-    numeric = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
-    ids = [int(s) for s in stems] if numeric else list(range(1, len(files) + 1))
-    unique_stems = len(set(stems)) == len(stems)
-    out_dir = Path(out_dir)
-    names = [c["name"] for c in categories]  # label order
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    results, records, overlays = [], [], []
-    try:
-        for image_id, path in zip(ids, files, strict=True):
-            rgb = load_rgb(path)
-            tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-            with torch.inference_mode():
-                output = net(images_to_device([tensor], device))[0]
-            found = _results_for(image_id, output, score_thresh)
-            results.extend(found)
-            records.append(
-                {
-                    "id": image_id,
-                    "file_name": path.name,
-                    "width": rgb.shape[1],
-                    "height": rgb.shape[0],
-                }
-            )
-            keep = output["scores"] >= score_thresh
-            ax = overlay.draw_instances(
-                rgb,
-                boxes=output["boxes"][keep].cpu(),
-                masks=torch.from_numpy(masks_to_host(output["masks"][keep])),
-                labels=output["labels"][keep].cpu(),
-                scores=output["scores"][keep].cpu(),
-                class_names=names,
-                title=f"{path.name}: {len(found)} instances",
-            )
-            overlay_file = out_dir / (
-                f"{path.stem}.png" if unique_stems else f"{image_id}-{path.stem}.png"
-            )
-            overlays.append(files.save_figure(ax.figure, overlay_file, close=True))
-    finally:
-        net.train(was_training)
-    results_path = write_results(out_dir / "results.json", results, categories)
-    images_path = write_json_atomic(out_dir / "images.json", records)
-    return {
-        "num_images": len(files),
-        "num_predictions": len(results),
-        "results": results_path,
-        "images": images_path,
-        "overlays": overlays,
-    }

@@ -145,7 +145,8 @@ def sweep(
     Returns:
         ``{name: results}`` in the format of ``seglib.evaluation.prediction.predict``, in ``settings``' order.
     """
-    from seglib.evaluation.prediction import images_to_device, predict
+    from seglib.core.runtime import images_to_device
+    from seglib.evaluation.prediction import predict
 
     device = torch.device(device)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -213,7 +214,7 @@ def time_per_image(
     Returns:
         ``{name: ms}``; NaN for every model when the dataset is empty.
     """
-    from seglib.evaluation.prediction import images_to_device
+    from seglib.core.runtime import images_to_device
 
     device = torch.device(device)
     picks = [dataset[i][0] for i in range(min(images, len(dataset)))]

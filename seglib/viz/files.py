@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ from seglib.core.atomic import write_bytes_atomic, write_json_atomic
 class FigureSet(NamedTuple):
     """The figures one notebook saves, and the ``Paths`` attribute of their folder."""
 
-    folder: str  # "data_figures" (the subset's: 01, 02) or "figures" (the selected run's)
+    folder: str  # "data_figures" (the subset's: 01, 02), "layout.figures" (the selected run's)
     names: tuple[str, ...]
 
 
@@ -40,9 +41,9 @@ NOTEBOOK_FIGURES: dict[str, FigureSet] = {
     "02_data_augmentations": FigureSet(
         "data_figures", ("02_augmentations.png", "02_sizes.png", "02_overlap.png")
     ),
-    "03_train": FigureSet("figures", ("03_lr_schedule.png", "03_training.png")),
+    "03_train": FigureSet("layout.figures", ("03_lr_schedule.png", "03_training.png")),
     "04_evaluate": FigureSet(
-        "figures",
+        "layout.figures",
         (
             "04_ap_per_class.png",
             "04_val_vs_test.png",
@@ -55,10 +56,10 @@ NOTEBOOK_FIGURES: dict[str, FigureSet] = {
         ),
     ),
     "05_inference_viz": FigureSet(
-        "figures", ("05_test_predictions.png", "05_gt_vs_prediction.png", "05_errors.png")
+        "layout.figures", ("05_test_predictions.png", "05_gt_vs_prediction.png", "05_errors.png")
     ),
     "06_occlusion_study": FigureSet(
-        "figures",
+        "layout.figures",
         (
             "06_occlusion_levels.png",
             "06_occluded_ground_truth.png",
@@ -214,7 +215,7 @@ def _declared(notebook: str) -> FigureSet:
 
 def figures_record(paths: Any, notebook: str) -> Path:
     """Where ``record_figures`` writes: ``<notebook's figure folder>/<notebook>.figures.json``."""
-    return getattr(paths, _declared(notebook).folder) / f"{notebook}.figures.json"
+    return attrgetter(_declared(notebook).folder)(paths) / f"{notebook}.figures.json"
 
 
 def record_figures(paths: Any, notebook: str, names: Any, *, reason: str = "") -> tuple[str, ...]:
@@ -253,7 +254,7 @@ def notebook_figures(paths: Any, notebook: str) -> list[Path]:
     if record.is_file():
         drawn = json.loads(record.read_text())["figures"]
         names = tuple(n for n in names if n in drawn)
-    return [getattr(paths, folder) / name for name in names]
+    return [attrgetter(folder)(paths) / name for name in names]
 
 
 def close(fig: Figure | Axes) -> None:
