@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglib.core.config import DEFAULT_CATEGORIES
+from seglib.core.config import DEFAULT_CATEGORIES, TrainConfig
+from seglib.core.paths import get_paths
 from seglib.data.annotations import SubsetError, load_instances
-from seglib.data.subset import build_subset
+from seglib.data.dataset import open_split
+from seglib.data.subset import build_subset, format_subset_counts, prepare_source
 
 COCO_IDS = {"person": 1, "car": 3, "dog": 18, "cake": 61}
 
@@ -497,8 +499,6 @@ def test_coco_tiny_subset(coco_tiny, tiny_root, tmp_path):
     # as pycocotools' annToMask does on the original annotation; the crowd is no target.
     from pycocotools.coco import COCO
 
-    from seglib.data.dataset import open_split
-
     with contextlib.redirect_stdout(io.StringIO()):
         original = COCO(str(coco_tiny / "instances_train2017_tiny.json"))
     ds = open_split(out, "train", min_box_size=0)
@@ -541,10 +541,6 @@ def test_coco_tiny_cake_alone(tiny_root, tmp_path):
 
 
 def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
-    from seglib.core.config import TrainConfig
-    from seglib.core.paths import get_paths
-    from seglib.data.subset import prepare_source
-
     cfg = TrainConfig.smoke(synthetic_images=6, synthetic_size=64)
     paths = get_paths("smoke", tmp_path)
     with pytest.warns(UserWarning, match="SYNTHETIC DATA"):
@@ -565,20 +561,14 @@ def test_prepare_source_generates_synthetic_once_and_warns_every_time(tmp_path):
 
 
 def test_prepare_source_leaves_real_coco_alone(tmp_path):
-    from seglib.core.config import TrainConfig
-    from seglib.core.paths import get_paths
-    from seglib.data.subset import prepare_source
-
     paths = get_paths("seed", tmp_path)
     assert prepare_source(TrainConfig.seed_recipe(), paths) == paths.coco_root
     assert not paths.coco_root.exists()
 
 
-def test_format_counts_lists_every_split_and_category(synthetic_subset):
-    from seglib.data.subset import format_counts
-
+def test_format_subset_counts_lists_every_split_and_category(synthetic_subset):
     manifest = json.loads((synthetic_subset / "manifest.json").read_text())
-    table = format_counts(manifest["counts"])
+    table = format_subset_counts(manifest["counts"])
     for split in ("train", "val", "test"):
         for name in ("cake", "car", "dog", "person"):
             c = manifest["counts"][split][name]

@@ -107,7 +107,7 @@ def test_counts_per_bucket_and_class(scene, tmp_path):
         (tmp_path / f"{split}.json").write_text(json.dumps(scene))
     per_split = occlusion.split_counts(tmp_path, splits=("val", "test"))
     assert per_split["test"]["heavy"] == 1
-    assert "heavy" in occlusion.format_counts(per_split)
+    assert "heavy" in occlusion.format_bucket_counts(per_split)
     assert occlusion.most_occluded_images(scene) == [1]
     assert occlusion.most_occluded_images(scene, bucket="none") == [2]
     assert occlusion.most_occluded_images(scene, bucket=None) == [1, 2]

@@ -35,7 +35,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    from seglib.data.subset import build_subset, format_counts
+    from seglib.data.subset import build_subset, format_subset_counts
 
     manifest = build_subset(
         args.coco_root,
@@ -51,7 +51,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
         progress=True,
     )
     print(f"subset written to {args.out}")
-    print(format_counts(manifest["counts"]))
+    print(format_subset_counts(manifest["counts"]))
     return 0
 
 

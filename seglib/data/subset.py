@@ -42,20 +42,13 @@ from seglib.data.annotations import (
 from seglib.data.download import (
     ANNOTATIONS_SHA1,
     COCO_BASE_URL,
-    DownloadError,
     download_file,
     fetch_annotations,
     place_images,
 )
+from seglib.data.synthetic import make_synthetic_coco
 
-__all__ = [
-    "DownloadError",
-    "SubsetError",
-    "build_subset",
-    "format_counts",
-    "load_instances",
-    "prepare_source",
-]
+__all__ = ["build_subset", "format_subset_counts", "prepare_source"]
 
 #: Which COCO folder each subset split draws from.
 SPLIT_SOURCE = {"train": "train2017", "val": "val2017", "test": "val2017"}
@@ -416,15 +409,12 @@ def prepare_source(cfg: TrainConfig, paths: Paths) -> Path:
             return root
     except (OSError, json.JSONDecodeError):
         pass  # absent or unreadable: (re)generate
-
-    from seglib.data.synthetic import make_synthetic_coco
-
     make_synthetic_coco(root, **wanted)
     write_json_atomic(marker, wanted)
     return root
 
 
-def format_counts(counts: dict[str, dict[str, dict[str, int]]]) -> str:
+def format_subset_counts(counts: dict[str, dict[str, dict[str, int]]]) -> str:
     """A fixed-width table of ``manifest["counts"]``: images and instances per split and category."""
     lines = [f"{'split':<6} {'category':<10} {'images':>7} {'instances':>10} {'crowd':>6}"]
     for split, per_category in counts.items():

@@ -185,7 +185,7 @@ def split_counts(
     }
 
 
-def format_counts(counts: Mapping[str, Mapping]) -> str:
+def format_bucket_counts(counts: Mapping[str, Mapping]) -> str:
     """A fixed-width table of ``split_counts``: instances per bucket and split, with shares."""
     lines = [f"{'split':<6}" + "".join(f"{b:>16}" for b in BUCKETS)]
     for split, c in counts.items():
