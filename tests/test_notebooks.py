@@ -109,11 +109,11 @@ def test_each_notebook_saves_exactly_the_figures_it_declares(nb):
 
     stem = next(p.stem for p in NOTEBOOKS if nbformat.read(p, as_version=4) == nb)
     source = "\n".join(c.source for c in _code(nb))
-    saved = re.findall(r"\b\w*paths\.(\w+) / \"(\d\d_\w+\.png)\"", source)
+    saved = re.findall(r"\b\w*paths\.([\w.]+) / \"(\d\d_\w+\.png)\"", source)
     folder, names = NOTEBOOK_FIGURES[stem]
     assert sorted(name for _, name in saved) == sorted(names)
     assert {f for f, _ in saved} == {folder}, "figures go to the folder the manifest names"
-    assert source.count("viz.save_figure(") == len(names)
+    assert source.count("files.save_figure(") == len(names)
 
 
 def test_training_happens_in_a_plain_cell_not_a_widget_callback():
@@ -121,7 +121,7 @@ def test_training_happens_in_a_plain_cell_not_a_widget_callback():
     sources = [c.source for c in _code(nb)]
     form_cell = next(i for i, s in enumerate(sources) if "train_form(" in s)
     read_cell = next(i for i, s in enumerate(sources) if "form.request(" in s)
-    train_cell = next(i for i, s in enumerate(sources) if "engine.train(" in s)
+    train_cell = next(i for i, s in enumerate(sources) if "trainer.train(" in s)
     assert form_cell < read_cell < train_cell
     assert not any(
         word in "\n".join(sources) for word in ("interact(", "interact_manual", ".observe(")
@@ -130,20 +130,20 @@ def test_training_happens_in_a_plain_cell_not_a_widget_callback():
 
 def test_the_training_cell_reads_the_form_again_and_refuses_to_replace_a_run():
     sources = [c.source for c in _code(nbformat.read(NOTEBOOKS[2], as_version=4))]
-    train_cell = next(s for s in sources if "engine.train(" in s)
+    train_cell = next(s for s in sources if "trainer.train(" in s)
     # re-running only this cell must use the sliders as they are now
     assert train_cell.splitlines()[0] == "request = form.request(cfg)"
     assert "runs.start_run(paths, request" in train_cell
-    assert train_cell.index("runs.start_run(") < train_cell.index("engine.train(")
+    assert train_cell.index("runs.start_run(") < train_cell.index("trainer.train(")
     assert "plot_lr_schedule(" in "\n".join(sources[: sources.index(train_cell)])
 
 
 def test_evaluation_and_inference_pick_a_run_and_use_the_cached_predictions():
     for path in NOTEBOOKS[3:5]:
         source = "\n".join(c.source for c in _code(nbformat.read(path, as_version=4)))
-        assert "widgets.RunPicker(paths" in source and "picker.selected()" in source
+        assert "forms.RunPicker(paths" in source and "picker.selected()" in source
         assert 'prediction_cache.split_predictions(run_paths, "test"' in source
-        assert "inference.predict(" not in source  # the model runs only through the cache
+        assert "prediction.predict(" not in source  # the model runs only through the cache
         # thresholds come from the operating point or the run's config, not the profile's
         assert not re.search(r"(?<![.\w])cfg\.score_thresh", source)
     evaluate = "\n".join(c.source for c in _code(nbformat.read(NOTEBOOKS[3], as_version=4)))
@@ -152,4 +152,4 @@ def test_evaluation_and_inference_pick_a_run_and_use_the_cached_predictions():
     assert "normalize=True" in evaluate and "plot_run_comparison(" in evaluate
     inference_nb = "\n".join(c.source for c in _code(nbformat.read(NOTEBOOKS[4], as_version=4)))
     assert "op.save(run_paths.layout.operating_point)" in inference_nb
-    assert "viz.error_gallery(" in inference_nb
+    assert "galleries.error_gallery(" in inference_nb

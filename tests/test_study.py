@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
-from seglib.evaluation import occlusion
+from seglib.evaluation import occlusion, prediction
 from seglib.models import builder
 from seglib.studies import occlusion_report, occlusion_study
 from seglib.viz import charts, galleries
@@ -91,7 +91,7 @@ def _own_predictions(model, dataset):
         for images, targets in occlusion_study._loader(dataset, 2):
             outputs = model(images_to_device(images, "cpu"))
             for target, det in zip(targets, outputs, strict=True):
-                results.extend(occlusion_study.to_results(int(target["image_id"]), det))
+                results.extend(prediction.to_coco_results(int(target["image_id"]), det, 0.0))
     return results
 
 

@@ -89,9 +89,9 @@ def test_a_kernel_under_mplbackend_agg_shows_viz_figures_and_live_views_as_image
     monkeypatch.setenv("MPLBACKEND", "Agg")
     cells = [
         "import matplotlib\nprint(matplotlib.get_backend())",
-        "from seglib import viz\nfig, axes = common.make_grid(2)\naxes[0].plot([0, 1], [1, 2]);",
-        "from seglib import widgets\n"
-        "live = widgets.LiveLossPlot(every=1)\n"
+        "from seglib.viz import common\nfig, axes = common.make_grid(2)\naxes[0].plot([0, 1], [1, 2]);",
+        "from seglib.app import forms\n"
+        "live = forms.LiveLossPlot(every=1)\n"
         "live('iter', {'epoch': 0, 'iteration': 0, 'lr': 0.01, 'loss': 1.0, 'loss_mask': 0.5})",
     ]
     nb = nbformat.v4.new_notebook()

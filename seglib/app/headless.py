@@ -21,11 +21,13 @@ from queue import Empty
 from typing import Any
 from urllib.parse import urlparse
 
-from seglib.app import provenance
+from seglib.app import provenance, runs
 from seglib.app.runs import OVERWRITE_ENV
 from seglib.core.atomic import write_bytes_atomic
 from seglib.core.overrides import OVERRIDES_ENV
 from seglib.core.paths import RUN_ENV, Paths
+from seglib.models.weights import weights_file
+from seglib.studies.comparison_report import models_without_scores
 from seglib.viz import files
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -82,7 +84,6 @@ def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
     """
     if profile != "seed":
         return []
-    from seglib.models.weights import weights_file
 
     notes, problems = [], []
     annotations = [
@@ -288,7 +289,6 @@ def _figure_problems(paths: Paths, notebooks: list[str]) -> list[str]:
 def _comparison_problems(paths: Paths) -> list[str]:
     """07: its comparison.json, and no compared model at 0 (or undefined) on every bar of its
     charts: such a series shows nothing, however full the other models' bars are."""
-    from seglib.studies.comparison_report import models_without_scores
 
     file = paths.comparison / "comparison.json"
     if not file.is_file():
@@ -302,7 +302,6 @@ def _comparison_problems(paths: Paths) -> list[str]:
 
 def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None) -> list[str]:
     """03-05: the run's files, its metrics and predictions recording the current best.pt."""
-    from seglib.app import runs
 
     problems: list[str] = []
     try:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from seglib.core.atomic import write_json_atomic
+from seglib.evaluation.coco_results import from_coco_ids
+from seglib.evaluation.prediction import write_results
 
 
 def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -83,7 +85,6 @@ def write_results_with_source(
 ) -> Path:
     """``write_with_source`` for in-memory results (labels 1..k): the file gets COCO's category
     ids, through ``prediction.write_results``; ``read_results_if_fresh`` reads it back."""
-    from seglib.evaluation.prediction import write_results
 
     source_file(path).unlink(missing_ok=True)
     write_results(path, results, categories)
@@ -94,7 +95,6 @@ def write_results_with_source(
 def read_results_if_fresh(path: str | Path, source: Mapping, gt: Any) -> list[dict] | None:
     """A results file (COCO's category ids) in ``gt``'s labels if its provenance record
     matches ``source``, else None."""
-    from seglib.evaluation.coco_results import from_coco_ids
 
     cached = read_if_fresh(path, source)
     return None if cached is None else from_coco_ids(cached, gt, source=f"results file {path}")

@@ -95,3 +95,9 @@ def batch_to_device(
         for t in targets
     ]
     return images_to_device(images, device), targets
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA), so a timer measures the work and not the queue."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -43,7 +43,6 @@ from seglib.engine.runlog import (
     NonFiniteLossError,
     append_row,
     prepare_run_dir,
-    read_metrics,
     record_eval,
     val_summary,
 )
@@ -57,10 +56,6 @@ from seglib.models.checkpoint import (
     save_checkpoint,
 )
 from seglib.models.registry import build_model, build_model_structure
-
-# resolve_device, seed_everything (notebooks) and read_metrics are re-exported for callers.
-__all__ = ["LossMeter", "NonFiniteLossError", "RunState", "amp_settings", "read_metrics"]
-__all__ += ["resolve_device", "seed_everything", "train", "train_one_epoch"]
 
 Callback = Callable[[str, dict[str, Any]], None]
 

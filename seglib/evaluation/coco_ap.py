@@ -3,8 +3,7 @@
 Inputs everywhere are a split's ground truth ``gt`` and COCO ``results``, as described in
 ``seglib.evaluation.coco_results``: ground truth and results files carry COCO's category ids and are
 compared as they are; results lists carry labels 1..k, turned into the ground truth's ids
-first (``seglib.core.categories``). The mask-IoU measures live in ``seglib.evaluation.iou_measures``; both
-modules' functions are importable from here too.
+first (``seglib.core.categories``). The mask-IoU measures live in ``seglib.evaluation.iou_measures``.
 
 AP needs no score threshold (it sweeps all scores); ``score_thresh`` only applies to the
 IoU measures, the confusion matrix and the galleries, which look at "what the model shows".
@@ -33,48 +32,14 @@ from seglib.evaluation.coco_results import (
     GroundTruth,
     Results,
     class_names,
-    filter_predictions,
-    from_coco_ids,
     load_ground_truth,
-    load_results,
     prepare,
     quiet,
-    read_results,
-    results_to_instances,
-    to_coco_ids,
 )
 from seglib.evaluation.iou_measures import (
-    best_ious,
     best_match_iou,
-    confusion_matrix,
     pixel_iou,
-    worst_images,
 )
-
-__all__ = [
-    "IOU_TYPES",
-    "SIZE_RANGES",
-    "STAT_KEYS",
-    "SUMMARY_KEYS",
-    "GroundTruth",
-    "Results",
-    "best_ious",
-    "best_match_iou",
-    "confusion_matrix",
-    "evaluate_results",
-    "filter_predictions",
-    "format_table",
-    "from_coco_ids",
-    "load_ground_truth",
-    "load_results",
-    "pixel_iou",
-    "pr_curves",
-    "read_results",
-    "results_to_instances",
-    "size_buckets",
-    "to_coco_ids",
-    "worst_images",
-]
 
 #: Keys of each iou-type section, in the order of ``COCOeval.stats``.
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")

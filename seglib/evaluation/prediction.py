@@ -26,6 +26,8 @@ from seglib.core.atomic import write_json_atomic
 from seglib.core.distributed import broadcast_from_main, gather_to_main, rank_and_world
 from seglib.core.runtime import images_to_device
 from seglib.data.dataset import collate_fn
+from seglib.evaluation.coco_ap import evaluate_results
+from seglib.evaluation.coco_results import to_coco_ids
 from seglib.models.checkpoint import unwrap
 
 
@@ -183,7 +185,6 @@ def evaluate(
     (the order one process produces, so COCOeval's tie-breaking is the same) and evaluates,
     and every rank gets the metrics back.
     """
-    from seglib.evaluation.coco_ap import evaluate_results
 
     if isinstance(dataset, DataLoader):
         batch_size = dataset.batch_size or batch_size
@@ -218,7 +219,6 @@ def write_results(
         ValueError: a result's label is outside 1..k, or ``categories`` are numbered as an
             older seglib did.
     """
-    from seglib.evaluation.coco_results import to_coco_ids
 
     return write_json_atomic(path, to_coco_ids(results, categories), indent=None)
 

@@ -4,7 +4,7 @@
 ``ap_series`` and ``occlusion_series`` feed ``charts.plot_grouped_scores``, and
 ``models_without_scores`` names the models whose bars there would all be empty;
 ``most_occluded`` picks the images to draw; ``load_results`` reads each model's results file
-back in the split's labels. All are importable from ``seglib.studies.family_comparison`` too. Nothing here
+back in the split's labels. Nothing here
 prints.
 """
 
@@ -14,6 +14,9 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from seglib.evaluation.coco_results import read_results
+from seglib.evaluation.occlusion import most_occluded_images
 
 
 def _pct(value: float | None) -> str:
@@ -124,7 +127,6 @@ def most_occluded(dataset: Any, n: int = 3) -> list[int]:
 
     Falls back to partially occluded, then to any images, so it returns ``min(n, len)`` ids.
     """
-    from seglib.evaluation.occlusion import most_occluded_images
 
     ids: list[int] = []
     for bucket in ("heavy", "partial", "none"):
@@ -144,7 +146,6 @@ def load_results(summary: Mapping[str, Any]) -> dict[str, list[dict]]:
     Raises:
         ValueError: a file's category ids are not the COCO ids of the split's categories.
     """
-    from seglib.evaluation.coco_results import read_results
 
     categories = summary.get("categories")
     if categories is None:

@@ -11,7 +11,7 @@ architecture differs), then evaluates each one on the same split with
 ``occlusion.occlusion_ap`` (AP per occlusion bucket). It also records parameters, training
 and inference time per image and, on CUDA, peak memory. ``comparison_tables`` lays the
 result out as text; ``ap_series``, ``occlusion_series`` and ``load_results`` feed ``viz``
-(they live in ``seglib.studies.comparison_report`` and are importable from here).
+(they live in ``seglib.studies.comparison_report``).
 
 What an equal budget shows, and what it does not: on the offline profiles both families
 start from random weights and learn synthetic shapes for a few dozen iterations, and
@@ -34,31 +34,17 @@ from torch import nn
 
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
-from seglib.studies.comparison_report import (
-    ap_series,
-    comparison_tables,
-    load_results,
-    models_without_scores,
-    most_occluded,
-    occlusion_series,
-)
-
-__all__ = [
-    "ARCH_NAMES",
-    "TINY_NOTE",
-    "Contender",
-    "Plan",
-    "ap_series",
-    "compare_models",
-    "comparison_tables",
-    "count_parameters",
-    "load_results",
-    "models_without_scores",
-    "most_occluded",
-    "occlusion_series",
-    "plan_comparison",
-    "predict_timed",
-]
+from seglib.core.runtime import resolve_device, synchronize
+from seglib.data.dataset import open_split
+from seglib.engine.trainer import train
+from seglib.evaluation.coco_ap import evaluate_results
+from seglib.evaluation.occlusion import occlusion_ap
+from seglib.evaluation.prediction import check_postprocess, predict, write_results
+from seglib.models import mask2former_weights
+from seglib.models.builder import model_from_checkpoint
+from seglib.models.mask2former import build_zero_shot_mask2former
+from seglib.models.weights import weights_file
+from seglib.models.zeroshot import build_zero_shot_model
 
 #: Display names of the architectures.
 ARCH_NAMES = {"v1": "mask-rcnn-v1", "v2": "mask-rcnn-v2", "mask2former": "mask2former"}
@@ -100,7 +86,6 @@ class Plan:
 
 
 def _maskrcnn_weights_cached(kind: str, arch: str) -> bool:
-    from seglib.models.weights import weights_file
 
     return weights_file(kind, arch).is_file()
 
@@ -111,11 +96,9 @@ def _mask2former_config(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainCo
     ``cfg.weights`` "coco" becomes its own COCO checkpoint (Swin-T); anything else a random
     init of ``cfg.m2f_config``.
     """
-    from seglib.evaluation.prediction import check_postprocess
-    from seglib.models.mask2former_weights import pretrained_available, require_transformers
 
     try:
-        require_transformers()
+        mask2former_weights.require_transformers()
     except ImportError as e:
         return str(e)
     weights = "coco" if cfg.weights == "coco" else "none"
@@ -125,7 +108,7 @@ def _mask2former_config(cfg: TrainConfig, changes: Mapping[str, Any]) -> TrainCo
         check_postprocess(c.arch, c.postprocess, c.tta_hflip)
     except ValueError as e:
         return str(e)
-    if weights == "coco" and not pretrained_available(c.m2f_pretrained):
+    if weights == "coco" and not mask2former_weights.pretrained_available(c.m2f_pretrained):
         return (
             f"{c.m2f_pretrained} is not in the Hugging Face cache "
             "(`python -m seglib fetch-weights mask2former`)"
@@ -169,11 +152,12 @@ def _trained_contender(cfg: TrainConfig, arch: str, changes: Mapping[str, Any]) 
 
 def _zero_shot_contender(cfg: TrainConfig, trained: Contender) -> Contender | str:
     """The unmodified COCO model of ``trained``'s arch, or why it is left out (a sentence)."""
-    from seglib.models.mask2former_weights import pretrained_available
 
     arch = trained.cfg.arch
     name = f"zero-shot-{trained.name}"
-    if arch == "mask2former" and pretrained_available(trained.cfg.m2f_pretrained):
+    if arch == "mask2former" and mask2former_weights.pretrained_available(
+        trained.cfg.m2f_pretrained
+    ):
         zs = cfg.replace(arch=arch, weights="coco", m2f_config="swin-tiny")
         return Contender(name, zs, False, "COCO head restricted to the classes")
     if arch != "mask2former" and _maskrcnn_weights_cached("coco", arch):
@@ -210,7 +194,6 @@ def plan_comparison(
     Returns:
         A ``Plan``: contenders in order, and a sentence per contender left out.
     """
-    from seglib.models.mask2former_weights import require_transformers
 
     plan = Plan([])
     overrides = overrides or {}
@@ -227,7 +210,7 @@ def plan_comparison(
             (plan.skipped if isinstance(zs, str) else plan.contenders).append(zs)
     if "mask2former" in archs:
         try:
-            require_transformers()
+            mask2former_weights.require_transformers()
         except ImportError:
             plan.needs_detr_extra = True
     if len(plan.contenders) < min_contenders:
@@ -246,11 +229,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -264,10 +242,7 @@ def _peak_mb(device: torch.device) -> float | None:
 
 def _build_zero_shot(contender: Contender, categories: list[dict]) -> nn.Module:
     if contender.cfg.arch == "mask2former":
-        from seglib.models.mask2former import build_zero_shot_mask2former
-
         return build_zero_shot_mask2former(categories, contender.cfg)
-    from seglib.models.zeroshot import build_zero_shot_model
 
     return build_zero_shot_model(categories, contender.cfg.arch, contender.cfg)
 
@@ -283,14 +258,12 @@ def predict_timed(
     """
     from torch.utils.data import Subset
 
-    from seglib.evaluation.prediction import predict
-
     predict(model, Subset(dataset, [0]), device, batch_size=1)  # warm-up (allocator, kernels)
     _reset_peak(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     results = predict(model, dataset, device, batch_size=1)
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     return results, {"time_per_image": elapsed / len(dataset), "peak_memory_mb": _peak_mb(device)}
 
@@ -310,8 +283,6 @@ def _train_contender(
         ``(model, {"iterations", "train_time_per_image", "train_wall_s", "validations",
         "train_peak_memory_mb"})``.
     """
-    from seglib.engine.trainer import train
-    from seglib.models.builder import model_from_checkpoint
 
     def relay(event: str, payload: dict[str, Any]) -> None:
         if callback is not None:
@@ -338,9 +309,6 @@ def _evaluate_contender(
 ) -> dict[str, Any]:
     """Parameters, inference time and memory, metrics and AP per occlusion bucket of ``model``
     on ``dataset``; its results go to ``results_file`` with COCO's category ids."""
-    from seglib.evaluation.coco_ap import evaluate_results
-    from seglib.evaluation.occlusion import occlusion_ap
-    from seglib.evaluation.prediction import write_results
 
     params = count_parameters(model)
     results, timing = predict_timed(model, dataset, device)
@@ -384,8 +352,6 @@ def compare_models(
 
     Raises:
     """
-    from seglib.core.runtime import resolve_device
-    from seglib.data.dataset import open_split
 
     contenders = plan.contenders if isinstance(plan, Plan) else list(plan)
     skipped = list(plan.skipped) if isinstance(plan, Plan) else []

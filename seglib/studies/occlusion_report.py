@@ -3,7 +3,7 @@
 ``format_study`` lays out what ``seglib.studies.occlusion_study.run_study`` returns as a fixed-width table;
 ``save_study`` writes it with the study's JSON (predictions left out), atomically;
 ``changed_images`` picks the images where two prediction sets differ most, for notebook 06's
-before/after overlays. All three are importable from ``seglib.studies.occlusion_study`` too. Nothing here
+before/after overlays. Nothing here
 prints.
 """
 
@@ -19,6 +19,8 @@ import numpy as np
 
 from seglib.core.atomic import write_bytes_atomic, write_json_atomic
 from seglib.evaluation import occlusion
+from seglib.evaluation.coco_results import load_ground_truth
+from seglib.evaluation.iou_measures import best_ious
 
 JSON_NAME, TABLE_NAME = "occlusion_study.json", "occlusion_study.txt"
 
@@ -102,8 +104,6 @@ def changed_images(
     Returns:
         ``[(image_id, change), ...]``, change = after - before.
     """
-    from seglib.evaluation.coco_results import load_ground_truth
-    from seglib.evaluation.iou_measures import best_ious
 
     coco = load_ground_truth(copy.deepcopy(load_ground_truth(gt).dataset))
     a = best_ious(coco, before, score_thresh=score_thresh)

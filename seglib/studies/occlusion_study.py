@@ -20,8 +20,7 @@ seed's suppression (box NMS at the trained ``box_nms_thresh``) with every rule o
    weights are cached, and a stated reason otherwise.
 
 ``save_study`` writes ``occlusion_study.json`` and ``occlusion_study.txt`` (``format_study``)
-atomically; they and ``changed_images`` live in ``seglib.studies.occlusion_report`` and are importable from
-here. The library prints nothing; the CLI and notebook 06 show the table.
+atomically; they and ``changed_images`` live in ``seglib.studies.occlusion_report``. The library prints nothing; the CLI and notebook 06 show the table.
 
 The study is for torchvision's Mask R-CNN (arch "v1", "v2"): a Mask2Former checkpoint has no
 NMS to replace, and is refused.
@@ -37,28 +36,21 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig
+from seglib.core.runtime import images_to_device, synchronize
+from seglib.data.dataset import collate_fn, open_split
 from seglib.evaluation import occlusion
-from seglib.models import weights, zeroshot
-from seglib.models.postprocess import PostProcessed
+from seglib.evaluation.coco_ap import load_detections, mean_valid
+from seglib.evaluation.coco_results import prepare, quiet
+from seglib.evaluation.prediction import predict, to_coco_results
+from seglib.models import builder, weights, zeroshot
+from seglib.models.postprocess import PostProcessed, wrap
 from seglib.models.suppression import Settings
-from seglib.studies.occlusion_report import (
-    JSON_NAME,
-    TABLE_NAME,
-    changed_images,
-    format_study,
-    save_study,
-)
-
-__all__ = ["BASELINE", "GRIDS", "JSON_NAME", "TABLE_NAME", "changed_images", "format_study"]
-__all__ += ["run_study", "save_study", "sweep", "time_per_image", "to_results", "variant_name"]
 
 #: The parameter each rule is tuned over on val; the middle values are the published defaults.
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -82,36 +74,7 @@ def _grid(method: str, grids: Mapping[str, Mapping[str, Sequence[float]]]) -> li
 
 
 # --- results ---------------------------------------------------------------------------------
-def to_results(image_id: int, det: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """One image's detections as COCO results (every score; masks thresholded at 0.5).
-
-    Args:
-        det: ``boxes`` [N,4] XYXY px, ``labels`` [N] (the model's labels 1..k), ``scores``
-            [N], ``masks`` float [N,1,H,W].
-    """
-    from seglib.evaluation.prediction import masks_to_host
-
-    if det["scores"].numel() == 0:
-        return []
-    boxes = det["boxes"]
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    rles = mask_utils.encode(np.asfortranarray(masks_to_host(det["masks"]).transpose(1, 2, 0)))
-    return [
-        {
-            "image_id": image_id,
-            "category_id": int(label),
-            "bbox": [float(v) for v in box],
-            "score": float(score),
-            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-        }
-        for box, label, score, rle in zip(
-            xywh, det["labels"].tolist(), det["scores"].tolist(), rles, strict=True
-        )
-    ]
-
-
 def _loader(dataset: Any, batch_size: int) -> DataLoader:
-    from seglib.data.dataset import collate_fn
 
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
 
@@ -145,8 +108,6 @@ def sweep(
     Returns:
         ``{name: results}`` in the format of ``seglib.evaluation.prediction.predict``, in ``settings``' order.
     """
-    from seglib.core.runtime import images_to_device
-    from seglib.evaluation.prediction import predict
 
     device = torch.device(device)
     out: dict[str, list[dict[str, Any]]] = {}
@@ -168,7 +129,9 @@ def sweep(
                 for target, cand in zip(targets, candidates, strict=True):
                     image_id, cache = int(target["image_id"]), {}  # an int or a 0-d tensor
                     for name, s in pooled.items():
-                        out[name].extend(to_results(image_id, PostProcessed.select(cand, s, cache)))
+                        out[name].extend(
+                            to_coco_results(image_id, PostProcessed.select(cand, s, cache), 0.0)
+                        )
     return {name: out[name] for name in settings}
 
 
@@ -178,8 +141,6 @@ def _segm_ap(gt: Any, results: list[dict]) -> float:
     Only the mask COCOeval that tuning needs (``coco_ap.evaluate_results`` also runs the box
     one and the IoU measures, on every grid point).
     """
-    from seglib.evaluation.coco_ap import load_detections, mean_valid
-    from seglib.evaluation.coco_results import prepare, quiet
 
     coco, dets = prepare(gt, results)
     if not dets:
@@ -192,11 +153,6 @@ def _segm_ap(gt: Any, results: list[dict]) -> float:
 
 
 # --- timing ----------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_per_image(
     models: Mapping[str, torch.nn.Module],
     dataset: Any,
@@ -214,7 +170,6 @@ def time_per_image(
     Returns:
         ``{name: ms}``; NaN for every model when the dataset is empty.
     """
-    from seglib.core.runtime import images_to_device
 
     device = torch.device(device)
     picks = [dataset[i][0] for i in range(min(images, len(dataset)))]
@@ -227,10 +182,10 @@ def time_per_image(
         for image in picks:
             batch = images_to_device([image], device)
             for name, model in models.items():
-                _sync(device)
+                synchronize(device)
                 start = time.perf_counter()
                 model(batch)
-                _sync(device)
+                synchronize(device)
                 times[name].append(1000 * (time.perf_counter() - start))
     return {name: float(median(t)) for name, t in times.items()}
 
@@ -239,7 +194,6 @@ def time_per_image(
 def _zero_shot_rows(
     archs: Sequence[str], categories: list[dict], test_ds: Any, device: torch.device, **kw: Any
 ) -> list[dict[str, Any]]:
-    from seglib.evaluation.prediction import predict
 
     rows = []
     for arch in archs:
@@ -269,12 +223,11 @@ def _load(
     Raises:
         ValueError: a Mask2Former checkpoint (no NMS for the variants to replace).
     """
-    from seglib.data.dataset import open_split
-    from seglib.models.builder import model_from_checkpoint
-    from seglib.models.postprocess import wrap
 
     val_ds, test_ds = open_split(subset_dir, "val"), open_split(subset_dir, "test")
-    net, cfg, categories = model_from_checkpoint(checkpoint, device, categories=val_ds.categories)
+    net, cfg, categories = builder.model_from_checkpoint(
+        checkpoint, device, categories=val_ds.categories
+    )
     if cfg.arch == "mask2former":
         raise ValueError(
             f"{checkpoint} is a Mask2Former checkpoint: the occlusion study compares "

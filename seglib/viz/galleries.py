@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from seglib.core.categories import category_labels
 from seglib.evaluation.coco_results import results_to_instances
+from seglib.evaluation.matching import match_image
 from seglib.evaluation.occlusion import HEAVY_FROM, bucket_of
 from seglib.viz.common import BUCKET_COLORS, _name, _subplots, _to_image, _to_masks, make_grid
 from seglib.viz.overlay import _instances, draw_instances
@@ -97,7 +98,6 @@ def error_gallery(
 
     ``results`` are the cached COCO results after the operating point was applied.
     """
-    from seglib.evaluation.matching import match_image
 
     if not image_ids:
         raise ValueError("error_gallery needs at least one image id")

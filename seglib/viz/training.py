@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from seglib.engine.schedule import lr_factor
 from seglib.viz.common import _new_ax, class_color, make_grid
 
 #: Mask R-CNN's losses (torchvision's names), in the order the plots show them.
@@ -174,7 +175,6 @@ def plot_lr_schedule(cfg: Any, num_train_images: int, ax: Axes | None = None) ->
     ``num_train_images`` sets the steps per epoch (ceil(n / batch_size)); a ``max_iters`` cap
     is drawn as a dashed line where training will stop.
     """
-    from seglib.engine.schedule import lr_factor
 
     if num_train_images < 1:
         raise ValueError(f"num_train_images must be >= 1, got {num_train_images}")
