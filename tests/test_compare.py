@@ -222,7 +222,7 @@ def test_series_feed_grouped_bars(tmp_path):
     groups, series = comparison_report.occlusion_series(summary)
     assert groups == ["all (n=5)", "none (n=3)", "partial (n=2)", "heavy (n=0)"]
     assert series["zero-shot-mask2former"] == [0.4, 0.4, 0.4, -1.0]
-    assert comparison_report.load_results(summary)["mask-rcnn-v1"] == [
+    assert comparison_report.read_contender_results(summary)["mask-rcnn-v1"] == [
         {"image_id": 1, "score": 0.9}
     ]
 
@@ -313,7 +313,7 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
     row = summary["models"]["oracle"]
     coco_id = {label: cat_id for cat_id, label in category_labels(dataset.categories).items()}
     assert coco_id != {i: i for i in coco_id}  # the split keeps COCO's ids (cake is 61)
-    back = comparison_report.load_results(summary)["oracle"]
+    back = comparison_report.read_contender_results(summary)["oracle"]
     labels = {r["category_id"] for r in back}
     assert labels <= {1, 2, 3, 4} and len(labels) > 1  # read back: the split's labels
     on_disk = json.loads(Path(row["results"]).read_text())
@@ -324,7 +324,7 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
     assert evaluate_results(synthetic_subset / "val.json", row["results"]) == row["metrics"]
     assert occlusion_ap(dataset.coco, row["results"]) == row["occlusion"]
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert comparison_report.load_results(saved) == comparison_report.load_results(summary)
+    assert comparison_report.read_contender_results(saved) == comparison_report.read_contender_results(summary)
 
 
 def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_present, tmp_path):

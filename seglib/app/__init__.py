@@ -11,6 +11,9 @@ __all__ = [
     "commands",
     "forms",
     "headless",
+    "operating_point",
+    "predict_files",
+    "prediction_cache",
     "provenance",
     "runs",
 ]

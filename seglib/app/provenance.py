@@ -6,7 +6,7 @@ size, mtime and sha1) and the settings it was made with. ``read_if_fresh`` retur
 only while its record matches what is wanted now, by the checkpoint's content (sha1) and equal
 settings, so a retrained checkpoint makes every derived file stale. Results files go through
 ``write_results_with_source`` / ``read_results_if_fresh``: COCO's category ids on disk, the
-split's labels in memory. ``seglib.app.runs`` re-exports all of these.
+split's labels in memory (``seglib.app.prediction_cache``).
 """
 
 from __future__ import annotations

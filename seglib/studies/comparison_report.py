@@ -3,7 +3,7 @@
 ``comparison_tables`` lays ``seglib.studies.family_comparison.compare_models``'s summary out as text;
 ``ap_series`` and ``occlusion_series`` feed ``charts.plot_grouped_scores``, and
 ``models_without_scores`` names the models whose bars there would all be empty;
-``most_occluded`` picks the images to draw; ``load_results`` reads each model's results file
+``most_occluded`` picks the images to draw; ``read_contender_results`` reads each model's results file
 back in the split's labels. Nothing here
 prints.
 """
@@ -135,7 +135,7 @@ def most_occluded(dataset: Any, n: int = 3) -> list[int]:
     return ids[:n]
 
 
-def load_results(summary: Mapping[str, Any]) -> dict[str, list[dict]]:
+def read_contender_results(summary: Mapping[str, Any]) -> dict[str, list[dict]]:
     """Each model's COCO results on the split, read back from its results file.
 
     The files carry COCO's category ids; they come back in the split's labels 1..k (as

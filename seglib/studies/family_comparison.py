@@ -10,7 +10,7 @@ architecture differs), then evaluates each one on the same split with
 ``coco_ap.evaluate_results`` (box and mask AP, overall and per class) and
 ``occlusion.occlusion_ap`` (AP per occlusion bucket). It also records parameters, training
 and inference time per image and, on CUDA, peak memory. ``comparison_tables`` lays the
-result out as text; ``ap_series``, ``occlusion_series`` and ``load_results`` feed ``viz``
+result out as text; ``ap_series``, ``occlusion_series`` and ``read_contender_results`` feed ``viz``
 (they live in ``seglib.studies.comparison_report``).
 
 What an equal budget shows, and what it does not: on the offline profiles both families
@@ -334,7 +334,7 @@ def compare_models(
 
     Writes ``out_dir/<name>/`` (the run: config.json, metrics.jsonl, last.pt, ...),
     ``out_dir/<name>/<split>_results.json`` (COCO's category ids, as
-    ``prediction.write_results`` writes them; ``load_results`` reads them back) and
+    ``prediction.write_results`` writes them; ``comparison_report.read_contender_results`` reads them back) and
     ``out_dir/comparison.json``.
 
     Args:

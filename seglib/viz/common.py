@@ -2,7 +2,7 @@
 
 Every other ``viz`` submodule imports from here (and never from the package itself), so the
 import graph stays acyclic. ``class_color``, ``BACKGROUND_COLOR``, ``BUCKET_COLORS`` and
-``make_grid`` are public (re-exported by ``seglib.viz``); the underscored helpers are not.
+``make_grid`` are public; the underscored helpers are for the other ``viz`` submodules only.
 Every new figure comes from ``_subplots``, which lets a Jupyter kernel show it whatever the
 backend (``viz.jupyter``).
 """
