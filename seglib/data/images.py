@@ -2,10 +2,21 @@
 
 ``decode_image`` reads the stored frame, the one COCO annotates (an EXIF Orientation tag is
 not applied): training and evaluation data. ``load_rgb`` turns a photo upright by its EXIF
-tag: pictures without annotations, as ``python -m seglib predict`` gets them. JPEGs are
-decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a tensor); other
-formats, and JPEGs it cannot read, by PIL. Grayscale, CMYK, palette, alpha and 16-bit files
-all come out RGB.
+tag: pictures without annotations, as ``python -m seglib predict`` gets them.
+
+``torchvision.io.decode_image`` (libjpeg-turbo, libpng, libwebp, straight into a tensor)
+decodes JPEG (grayscale and CMYK included), PNG (every colour type; 16-bit samples keep
+their high byte, as PIL does) and, in the stored frame, WebP. PIL decodes the rest, which
+torchvision 0.29 reads wrongly or not at all:
+
+- BMP and TIFF: torchvision refuses them;
+- GIF: torchvision paints transparent pixels black, where PIL keeps their palette colour;
+- WebP for ``load_rgb``: torchvision ignores a WebP's EXIF orientation;
+- any file torchvision refuses (corrupt, or a JPEG colour space libjpeg-turbo lacks): PIL
+  then decodes it or names the problem.
+
+Grayscale, CMYK, palette, alpha (dropped, not composited) and 16-bit files all come out RGB,
+with the same pixels whichever library decodes them.
 """
 
 from __future__ import annotations
@@ -14,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.io
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 __all__ = ["ImageError", "decode_image", "load_rgb"]
 
@@ -24,12 +35,9 @@ class ImageError(ValueError):
     """An image file that cannot be decoded (truncated, not an image); the message names it."""
 
 
+# --- PIL: what torchvision cannot read --------------------------------------------------------
 def _open_image(path: Path) -> Image.Image:
     """Open and fully decode ``path`` so truncated files fail here, naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
-        )
     try:
         image = Image.open(path)
         image.load()
@@ -58,37 +66,75 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-#: The first bytes of every JPEG file (SOI marker, then the start of the next marker).
-_JPEG_MAGIC = b"\xff\xd8\xff"
+def _pil_rgb(path: Path, upright: bool) -> torch.Tensor:
+    """``path`` through PIL, as ``_torchvision_rgb`` returns it."""
+    image = _open_image(path)
+    if upright:
+        image = ImageOps.exif_transpose(image)
+    # A copy: PIL's array is read-only, and torch wants to own writable memory.
+    return torch.from_numpy(np.array(_to_rgb(image))).permute(2, 0, 1)
 
 
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Read an image as RGB in its stored frame (EXIF orientation not applied).
+# --- torchvision ------------------------------------------------------------------------------
+def _file_format(head: bytes) -> str | None:
+    """``"jpeg"``, ``"png"`` or ``"webp"`` from a file's first 12 bytes; None for the rest."""
+    if head.startswith(b"\xff\xd8\xff"):  # SOI marker, then the start of the next marker
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
 
-    JPEGs go through ``torchvision.io.decode_jpeg``; other formats, and any JPEG it cannot
-    read, through PIL (which also names the problem when the file is corrupt).
 
-    Returns:
-        uint8 [3, H, W], laid out channels-last in memory as ``decode_jpeg`` returns it (so
-        ``.permute(1, 2, 0).numpy()`` is a contiguous [H, W, 3] array, with no copy).
+#: Formats torchvision decodes, in the stored frame and upright (see the module docstring).
+_TORCHVISION_FORMATS = {False: {"jpeg", "png", "webp"}, True: {"jpeg", "png"}}
 
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ImageError: the file cannot be decoded (truncated, not an image); names the file.
-    """
+
+def _torchvision_rgb(data: torch.Tensor, upright: bool) -> torch.Tensor | None:
+    """uint8 [3, H, W] RGB of an encoded file, or None when torchvision cannot decode it."""
+    try:
+        image = torchvision.io.decode_image(
+            data, mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=upright
+        )
+    except RuntimeError:
+        return None  # corrupt, or a colour space libjpeg-turbo lacks: PIL decides which
+    if image.dtype == torch.uint16:  # a 16-bit PNG; uint16 tensors have no shift operator
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
+def _read(path: str | Path, upright: bool) -> torch.Tensor:
+    """uint8 [3, H, W] RGB of ``path``, channels-last in memory."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"image {path} does not exist (re-run `python -m seglib subset` to fetch it)"
         )
-    data = read_file(str(path))
-    if bytes(data[:3].tolist()) == _JPEG_MAGIC:
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # corrupt, or a colour space libjpeg-turbo lacks: PIL decides which
-    # A copy: PIL's array is read-only, and torch wants to own writable memory.
-    return torch.from_numpy(np.array(_to_rgb(_open_image(path)))).permute(2, 0, 1)
+    data = torchvision.io.read_file(str(path))
+    image = None
+    if _file_format(bytes(data[:12].tolist())) in _TORCHVISION_FORMATS[upright]:
+        image = _torchvision_rgb(data, upright)
+    if image is None:
+        image = _pil_rgb(path, upright)
+    # torchvision and the PIL path both give channels-last already: then this copies nothing.
+    return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+# --- the two frames ---------------------------------------------------------------------------
+def decode_image(path: str | Path) -> torch.Tensor:
+    """Read an image as RGB in its stored frame (EXIF orientation not applied).
+
+    Returns:
+        uint8 [3, H, W], laid out channels-last in memory as ``torchvision.io.decode_image``
+        returns it (so ``.permute(1, 2, 0).numpy()`` is a contiguous [H, W, 3] array, with
+        no copy).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageError: the file cannot be decoded (truncated, not an image); names the file.
+    """
+    return _read(path, upright=False)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -104,5 +150,4 @@ def load_rgb(path: str | Path) -> np.ndarray:
         FileNotFoundError: the file does not exist.
         ImageError: the file cannot be decoded (truncated, not an image); names the file.
     """
-    image = _open_image(Path(path))
-    return _to_rgb(ImageOps.exif_transpose(image))
+    return _read(path, upright=True).permute(1, 2, 0).numpy()
