@@ -1,7 +1,13 @@
 import pytest
 
 from seglib.core.config import TrainConfig
-from seglib.core.overrides import env_overrides, parse_overrides, slider_fields
+from seglib.core.overrides import (
+    apply_overrides,
+    check_names,
+    env_overrides,
+    parse_overrides,
+    slider_fields,
+)
 
 
 def test_slider_ranges_contain_their_defaults():
@@ -40,3 +46,33 @@ def test_env_overrides_read_a_json_object(monkeypatch):
     monkeypatch.setenv("SEGLIB_SET", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         env_overrides()
+
+
+def test_one_message_for_a_bad_name_whichever_way_it_came(monkeypatch):
+    with pytest.raises(ValueError) as from_set:
+        parse_overrides(["epochs=3"])
+    monkeypatch.setenv("SEGLIB_SET", '{"epochs": 3}')
+    with pytest.raises(ValueError) as from_env:
+        env_overrides()
+    with pytest.raises(ValueError) as applied:
+        apply_overrides(TrainConfig.smoke(), {"epochs": 3})
+    assert str(from_set.value) == str(from_env.value) == str(applied.value)
+    assert "'epochs' is not a TrainConfig field (did you mean 'num_epochs'?)" in str(applied.value)
+
+
+def test_one_message_for_a_bad_value_whichever_way_it_came(monkeypatch):
+    base = TrainConfig.smoke()
+    monkeypatch.setenv("SEGLIB_SET", '{"arch": "v3"}')
+    with pytest.raises(ValueError) as from_env:
+        apply_overrides(base, env_overrides())
+    with pytest.raises(ValueError) as from_set:
+        apply_overrides(base, parse_overrides(["arch=v3"]))
+    assert str(from_env.value) == str(from_set.value)
+    assert "arch must be one of ('v1', 'v2', 'mask2former'), got 'v3'" in str(from_set.value)
+    assert apply_overrides(base, {"lr": 0.002}) == base.replace(lr=0.002)
+
+
+def test_check_names_refuses_fields_a_reader_does_not_read():
+    check_names(["device"], reads=("device",), reader="`study`")
+    with pytest.raises(ValueError, match="'lr' is a TrainConfig field that `study` does not read"):
+        check_names(["lr"], reads=("device",), reader="`study`")

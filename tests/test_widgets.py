@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from seglib.app import forms
@@ -31,6 +33,25 @@ def test_changing_the_form_changes_the_config_the_training_cell_uses():
     assert form.extra["resume"].value is False and form.extra["overwrite"].value is False
     request = form.request(base)
     assert request.cfg == cfg and not request.resume and not request.overwrite
+
+
+def test_a_form_fails_with_the_message_seglib_set_gives(monkeypatch):
+    import ipywidgets as W
+
+    from seglib.core.overrides import apply_overrides, env_overrides
+
+    base = TrainConfig.smoke()
+    for field, value, named in (
+        ("weights", "imagenet.bin", "weights must be one of ('coco', 'imagenet', 'none') or"),
+        ("epochs", "3", "'epochs' is not a TrainConfig field (did you mean 'num_epochs'?)"),
+    ):
+        form = forms.ConfigForm({field: W.Text(value=value)})  # a bad value, or a bad name
+        monkeypatch.setenv("SEGLIB_SET", json.dumps({field: value}))
+        with pytest.raises(ValueError) as from_form:
+            form.to_config(base)
+        with pytest.raises(ValueError) as from_env:
+            apply_overrides(base, env_overrides())
+        assert str(from_form.value) == str(from_env.value) and named in str(from_form.value)
 
 
 def test_sliders_are_labelled_with_their_field_names():

@@ -11,7 +11,6 @@ show as images whatever matplotlib's backend (``MPLBACKEND=Agg`` included).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -19,8 +18,9 @@ import ipywidgets as W
 from IPython.display import Image, display
 
 from seglib.app import runs
+from seglib.app.operating_point import OperatingPoint
 from seglib.core.config import WEIGHT_CHOICES, TrainConfig
-from seglib.core.overrides import slider_fields
+from seglib.core.overrides import apply_overrides, slider_fields
 from seglib.core.paths import Paths
 from seglib.evaluation import coco_results
 from seglib.viz import files, jupyter, overlay, training
@@ -103,7 +103,8 @@ class ConfigForm(W.VBox):
         """``base`` with the form's values applied.
 
         Raises:
-            ValueError: a value is invalid for TrainConfig (the message names the field).
+            ValueError: a value is invalid for TrainConfig: the message ``--set`` and
+                ``$SEGLIB_SET`` give for it (``seglib.core.overrides.apply_overrides``).
         """
         values = self.values()
         if "min_size" in values:
@@ -111,7 +112,7 @@ class ConfigForm(W.VBox):
             values["max_size"] = max(
                 values["min_size"], round(values["min_size"] * base.max_size / base.min_size)
             )
-        return dataclasses.replace(base, **values)
+        return apply_overrides(base, values)
 
 
 class TrainForm(ConfigForm):
@@ -203,9 +204,9 @@ def thresholds(form: W.VBox) -> dict[str, float | None]:
     }
 
 
-def operating_point(form: W.VBox, chosen_in: str = "notebook 05") -> runs.OperatingPoint:
+def operating_point(form: W.VBox, chosen_in: str = "notebook 05") -> OperatingPoint:
     """The sliders of a ``threshold_form`` as an ``OperatingPoint`` to save with the run."""
-    return runs.OperatingPoint(**thresholds(form), chosen_in=chosen_in)
+    return OperatingPoint(**thresholds(form), chosen_in=chosen_in)
 
 
 def threshold_explorer(

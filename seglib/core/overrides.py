@@ -1,59 +1,101 @@
-"""Changing a setting from outside the code: ``--set NAME=VALUE`` items and ``$SEGLIB_SET``.
+"""One way to change a setting: ``--set NAME=VALUE``, ``$SEGLIB_SET`` and the notebook forms.
 
-Both read into a dict of ``TrainConfig`` fields, checked against the field names here and
-against each field's type and range when they reach ``TrainConfig``. ``slider_fields`` lists
-the fields the notebook forms edit.
+All three read into a dict of ``TrainConfig`` fields and reach a config through
+``apply_overrides``, so a bad name or value fails with the same message whichever way it
+came: a name that is no field is named, with the closest field and the valid ones; a value
+of the wrong type or out of range is named by ``TrainConfig``'s own checks, with its type,
+range or choices (``lr must be in (0, 1], got -1.0``). ``slider_fields`` lists the fields
+the notebook forms edit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from seglib.core.config import TrainConfig
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["lr=0.002", "num_epochs=3"]`` -> ``{"lr": 0.002, "num_epochs": 3}``.
-
-    Each value is read as JSON where it parses (numbers, true/false, null, lists) and as a
-    plain string otherwise, so ``weights=none`` and ``categories=["dog","cake"]`` both work.
-    Types and ranges are checked when the values reach ``TrainConfig``.
-
-    Raises:
-        ValueError: an item without ``=``, or a name that is not a TrainConfig field (the
-            message lists the valid names).
-    """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected NAME=VALUE, for example lr=0.002")
-        if name not in known:
-            raise ValueError(
-                f"--set {item!r}: {name!r} is not a TrainConfig field; valid: {sorted(known)}"
-            )
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    return values
-
 
 #: Environment variable through which ``python -m seglib run --set`` hands overrides to the
 #: notebooks' kernels: a JSON object of TrainConfig fields.
 OVERRIDES_ENV = "SEGLIB_SET"
 
 
+def setting_names() -> list[str]:
+    """Every TrainConfig field, sorted: the names ``--set``, ``$SEGLIB_SET`` and forms take."""
+    return sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def check_names(
+    names: Iterable[str], reads: Collection[str] | None = None, reader: str = ""
+) -> None:
+    """Refuse a name that is not a TrainConfig field, or, given ``reads``, one that ``reader``
+    (a command, say) does not read.
+
+    Raises:
+        ValueError: names the field, the closest valid one and the valid names.
+    """
+    fields = setting_names()
+    for name in names:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{name!r} is not a TrainConfig field{hint}; valid: {fields}")
+        if reads is not None and name not in reads:
+            raise ValueError(
+                f"{name!r} is a TrainConfig field that {reader} does not read; "
+                f"it reads: {sorted(reads)}"
+            )
+
+
+def apply_overrides(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
+    """``base`` with ``values`` (field name -> value) applied and validated.
+
+    Raises:
+        ValueError: an unknown name (``check_names``), or a value TrainConfig refuses (the
+            message names the field and its type, range or choices).
+    """
+    check_names(values)
+    return base.replace(**values)
+
+
+def parse_value(raw: str) -> Any:
+    """A value as typed: JSON where it parses (numbers, true/false, null, lists), else the
+    plain string, so ``weights=none`` and ``categories=["dog","cake"]`` both work."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lr=0.002", "num_epochs=3"]`` -> ``{"lr": 0.002, "num_epochs": 3}``.
+
+    Values go through ``parse_value``; later items win. Types and ranges are checked when
+    the values reach ``apply_overrides``.
+
+    Raises:
+        ValueError: an item without ``=``, or a name that is not a TrainConfig field
+            (``check_names``).
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, for example lr=0.002")
+        values[name.strip().replace("-", "_")] = parse_value(raw)
+    check_names(values)
+    return values
+
+
 def env_overrides() -> dict[str, Any]:
     """The TrainConfig overrides in ``$SEGLIB_SET`` (a JSON object), or ``{}`` when unset.
 
     Raises:
-        ValueError: the variable is not a JSON object of known field names.
+        ValueError: the variable is not a JSON object, or names no field (``check_names``).
     """
     raw = os.environ.get(OVERRIDES_ENV, "").strip()
     if not raw:
@@ -66,10 +108,7 @@ def env_overrides() -> dict[str, Any]:
         raise ValueError(
             f"${OVERRIDES_ENV} must be a JSON object of TrainConfig fields, got {raw!r}"
         )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"${OVERRIDES_ENV} names unknown TrainConfig fields {unknown}")
+    check_names(values)
     return values
 
 
