@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
+from seglib.app import commands, headless
 from seglib.app.cli import build_parser, main
 from seglib.app.commands import config_from_args
-from seglib.engine.trainer import trainer
+from seglib.core.config import TrainConfig
+from seglib.engine import trainer
 
 
 def seglib(*args, cwd=None, check=True):
@@ -30,11 +32,11 @@ def seglib(*args, cwd=None, check=True):
 
 def test_train_overrides_apply_on_top_of_the_profile():
     args = build_parser().parse_args(
-        ["train", "--profile", "smoke", "--lr", "0.02", "--epochs", "3", "--no-amp"]
+        ["train", "--profile", "smoke", "--lr", "0.02", "--epochs", "3", "--set", "amp=false"]
     )
     cfg = config_from_args(args)
     assert (cfg.lr, cfg.num_epochs, cfg.amp, cfg.min_size) == (0.02, 3, False, 128)
-    args = build_parser().parse_args(["train", "--batch-size", "4"])
+    args = build_parser().parse_args(["train", "--set", "batch_size=4"])
     assert config_from_args(args).batch_size == 4 and config_from_args(args).weights == "coco"
 
 
@@ -112,8 +114,8 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
         run,
         "--epochs",
         1,
-        "--max-iters",
-        3,
+        "--set",
+        "max_iters=3",
     )
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
@@ -130,8 +132,8 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
         "test",
         "--out",
         run / "test_metrics.json",
-        "--score-thresh",
-        0.0,
+        "--set",
+        "score_thresh=0.0",
     ).stdout
     metrics = json.loads((run / "test_metrics.json").read_text())
     for section in ("bbox", "segm"):
@@ -148,8 +150,8 @@ def test_synth_subset_train_evaluate_predict_in_sequence(tmp_path):
         subset / "images",
         "--out",
         preds,
-        "--score-thresh",
-        0.0,
+        "--set",
+        "score_thresh=0.0",
     )
     results = json.loads((preds / "results.json").read_text())
     assert isinstance(results, list)
@@ -381,11 +383,13 @@ def test_train_takes_the_subsets_categories_unless_given(
     assert seen[-1].categories == ("dog", "cake")  # the subset's, not the profile's four
     assert main([*base, "--out", str(tmp_path / "b"), "--categories", "dog", "cake"]) == 0
     assert seen[-1].categories == ("dog", "cake")
+    assert main([*base, "--out", str(tmp_path / "b2"), "--set", 'categories=["dog","cake"]']) == 0
+    assert seen[-1].categories == ("dog", "cake")
 
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "c"), "--categories", "cake", "dog"]) == 2
     err = capsys.readouterr().err
-    assert "--categories asks for categories ['cake', 'dog']" in err
+    assert "--categories (--set categories) asks for categories ['cake', 'dog']" in err
     assert "holds ['dog', 'cake']" in err and "seglib subset --categories" in err
     config = TrainConfig.smoke().save(tmp_path / "config.json")  # the four default categories
     args = ["train", "--config", config, "--data", subset, "--out", tmp_path / "d"]
@@ -394,7 +398,7 @@ def test_train_takes_the_subsets_categories_unless_given(
         "config.json asks for categories ['cake', 'car', 'dog', 'person']"
         in capsys.readouterr().err
     )
-    assert len(seen) == 2
+    assert len(seen) == 3
 
 
 def test_evaluate_asks_for_a_complete_set_of_inputs(tmp_path, capsys):
@@ -407,9 +411,179 @@ def test_evaluate_asks_for_a_complete_set_of_inputs(tmp_path, capsys):
 def test_post_processing_is_refused_for_zero_shot_mask2former_before_any_weights(
     synthetic_subset, capsys
 ):
-    args = ["evaluate", "--data", str(synthetic_subset), "--zero-shot", "--arch", "mask2former"]
-    assert main([*args, "--postprocess", "matrix-nms"]) == 2
+    args = ["evaluate", "--data", synthetic_subset, "--zero-shot", "--set", "arch=mask2former"]
+    assert main([str(a) for a in [*args, "--set", "postprocess=matrix-nms"]]) == 2
     err = capsys.readouterr().err
-    assert "--postprocess matrix-nms cannot apply to a Mask2Former model" in err
-    assert main([*args, "--tta-hflip"]) == 2
-    assert "--tta-hflip cannot apply to a Mask2Former model" in capsys.readouterr().err
+    assert "postprocess 'matrix-nms'" in err and "arch 'mask2former' has no NMS to replace" in err
+    assert main([str(a) for a in [*args, "--set", "tta_hflip=true"]]) == 2
+    err = capsys.readouterr().err
+    assert "tta_hflip True" in err and "no NMS to replace" in err
+
+
+# --- one way to change a setting: --set on every command that builds a TrainConfig ------------
+@pytest.fixture
+def stubbed(monkeypatch, tmp_path, synthetic_subset):
+    """Every library call the five commands make, replaced by a recorder: ``seen[command]``
+    holds what reached it (the config, the device, the score threshold, the overrides)."""
+    monkeypatch.setenv("SEGLIB_DATA", str(tmp_path / "data"))
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda cfg, data, out, **kw: seen.update(train=cfg) or {})
+
+    def evaluate_results(gt, predictions, score_thresh):
+        seen["evaluate"] = {"score_thresh": score_thresh}
+        return {}
+
+    monkeypatch.setattr(commands, "evaluate_results", evaluate_results)
+    monkeypatch.setattr(commands, "format_table", lambda metrics: "table")
+    run_cfg = TrainConfig.smoke()
+    monkeypatch.setattr(
+        commands, "model_from_checkpoint", lambda path, device: ("model", run_cfg, [])
+    )
+    monkeypatch.setattr(commands, "wrap", lambda model, cfg: ("wrapped", cfg))
+
+    def predict_images(model, images, out, device, categories, score_thresh):
+        seen["predict"] = {"model": model, "device": str(device), "score_thresh": score_thresh}
+        return {"num_images": 0, "num_predictions": 0, "results": out / "results.json"}
+
+    monkeypatch.setattr(commands, "predict_images", predict_images)
+
+    def run_study(checkpoint, data, device, **kw):
+        seen["study"] = {"device": str(device)}
+        return {}
+
+    monkeypatch.setattr(commands, "run_study", run_study)
+    monkeypatch.setattr(commands, "save_study", lambda study, out: {"json": "j", "table": "t"})
+    monkeypatch.setattr(commands, "format_study", lambda study: "study")
+
+    def run_notebooks(profile, out, **kw):
+        seen["run"] = kw["overrides"]
+        return iter([])
+
+    monkeypatch.setattr(headless, "preflight", lambda profile, paths: [])
+    monkeypatch.setattr(headless, "run_notebooks", run_notebooks)
+    monkeypatch.setattr(headless, "notebook_paths", lambda *a: [])
+    monkeypatch.setattr(headless, "check_outputs", lambda paths, stems: [])
+    monkeypatch.setattr(commands, "headline_ap", lambda paths: {"segm_AP50": 0.5})
+    return seen
+
+
+def _argv(command, tmp_path, synthetic_subset):
+    """The least a command needs besides its settings."""
+    files = ["--checkpoint", tmp_path / "best.pt"]
+    return [
+        str(a)
+        for a in {
+            "train": ["train", "--profile", "smoke", "--data", synthetic_subset],
+            "evaluate": ["evaluate", "--gt", tmp_path / "val.json", "--predictions", tmp_path],
+            "predict": ["predict", *files, "--images", tmp_path, "--out", tmp_path / "p"],
+            "study": ["study", "--data", synthetic_subset, *files, "--out", tmp_path / "s"],
+            "run": ["run", "--profile", "smoke"],
+        }[command]
+    ]
+
+
+COMMANDS = ("train", "evaluate", "predict", "study", "run")
+
+
+def test_every_command_that_builds_a_config_takes_set(stubbed, tmp_path, synthetic_subset):
+    def run(command, *settings):
+        out = ["--out", str(tmp_path / f"run{len(stubbed)}")] if command == "train" else []
+        argv = [*_argv(command, tmp_path, synthetic_subset), *out, *settings]
+        assert main(argv) == 0, argv
+        return stubbed.pop(command)
+
+    assert run("train", "--set", "lr=0.005", "--set", "num_epochs=2").lr == 0.005
+    assert run("evaluate", "--set", "score_thresh=0.25") == {"score_thresh": 0.25}
+    predicted = run("predict", "--set", "score_thresh=0.2", "--set", "postprocess=mask-nms")
+    assert predicted["score_thresh"] == 0.2 and predicted["device"] == "cpu"
+    assert predicted["model"][1] == TrainConfig.smoke(postprocess="mask-nms")  # over the run's
+    assert run("predict")["model"] == "model"  # no post-processing asked: the checkpoint's own
+    assert run("study", "--set", "device=cpu") == {"device": "cpu"}
+    assert run("run", "--set", "lr=0.002", "--set", "tta_hflip=true") == {
+        "lr": 0.002,
+        "tta_hflip": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "command, alias, value, field",
+    [
+        ("train", "--epochs", "3", "num_epochs"),
+        ("train", "--lr", "0.02", "lr"),
+        ("train", "--device", "cpu", "device"),
+        ("train", "--categories", "dog cake", "categories"),
+        ("run", "--epochs", "3", "num_epochs"),
+        ("run", "--lr", "0.02", "lr"),
+        ("evaluate", "--device", "cpu", "device"),
+        ("predict", "--device", "cpu", "device"),
+        ("study", "--device", "cpu", "device"),
+    ],
+)
+def test_an_alias_is_its_set_item(command, alias, value, field, tmp_path, synthetic_subset):
+    base = _argv(command, tmp_path, synthetic_subset)
+    with_alias = build_parser().parse_args([*base, alias, *value.split()])
+    item = json.dumps(value.split()) if alias == "--categories" else value
+    with_set = build_parser().parse_args([*base, "--set", f"{field}={item}"])
+    assert with_alias.overrides == with_set.overrides == [f"{field}={item}"]
+    if command == "train":
+        assert config_from_args(with_alias) == config_from_args(with_set)
+    # in command-line order, the last one wins
+    last = build_parser().parse_args([*base, "--set", f"{field}=0", alias, *value.split()])
+    assert last.overrides == [f"{field}=0", f"{field}={item}"]
+
+
+@pytest.mark.parametrize(
+    "item, named",
+    [
+        ("device=gpu", ["device must be one of ('auto', 'cpu', 'cuda') or 'cuda:N'", "'gpu'"]),
+        ("epochs=3", ["'epochs' is not a TrainConfig field", "did you mean 'num_epochs'"]),
+        ("device=7", ["device must be str, got 7"]),
+    ],
+)
+def test_a_bad_set_fails_alike_on_every_command(
+    item, named, stubbed, tmp_path, synthetic_subset, capsys
+):
+    errors = {}
+    for command in COMMANDS:
+        assert main([*_argv(command, tmp_path, synthetic_subset), "--set", item]) == 2, command
+        errors[command] = capsys.readouterr().err
+    assert len(set(errors.values())) == 1, errors
+    err = errors["train"]
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert all(part in err for part in named), err
+    assert not stubbed  # nothing ran
+
+
+def test_a_bad_alias_fails_as_its_set_item_does(tmp_path, synthetic_subset, capsys):
+    base = _argv("train", tmp_path, synthetic_subset)
+    assert main([*base, "--epochs", "three"]) == 2
+    alias = capsys.readouterr().err
+    assert main([*base, "--set", "num_epochs=three"]) == 2
+    assert capsys.readouterr().err == alias and "num_epochs must be int" in alias
+
+
+def test_a_command_refuses_a_field_it_does_not_read(stubbed, tmp_path, synthetic_subset, capsys):
+    for command in ("evaluate", "predict", "study"):
+        assert main([*_argv(command, tmp_path, synthetic_subset), "--set", "lr=0.1"]) == 2
+        err = capsys.readouterr().err
+        assert f"'lr' is a TrainConfig field that `{command}` does not read" in err
+        assert "'device'" in err
+    argv = ["evaluate", "--data", str(synthetic_subset), "--checkpoint", str(tmp_path / "c.pt")]
+    assert main([*argv, "--set", "arch=v2"]) == 2
+    assert "--set arch chooses the --zero-shot model" in capsys.readouterr().err
+    assert not stubbed
+
+
+def test_help_does_not_import_torch_or_the_handlers():
+    code = (
+        "import sys\n"
+        "from seglib.app.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'seglib.app.commands') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

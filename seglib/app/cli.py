@@ -1,8 +1,10 @@
 """``python -m seglib <command>``: the pipeline's steps, headless.
 
 Each command parses its arguments, calls one library function and prints what it returned.
-The parser is built here; the commands' handlers are in ``seglib.app.commands``. These two
-modules (with the notebooks) are the only ones that print.
+The parser is built here; the commands' handlers are in ``seglib.app.commands``, imported
+once the arguments parse. These two modules (with the notebooks) are the only ones that print.
+Every command that builds a TrainConfig (train, evaluate, predict, study, run) takes
+``--set FIELD=VALUE``, repeatable; ``--epochs``, ``--lr`` and ``--device`` are its aliases.
 
     synth          write a synthetic COCO 2017 root (offline stand-in)
     subset         build the cake/car/dog/person subset from a COCO root (copy or download)
@@ -19,21 +21,49 @@ modules (with the notebooks) are the only ones that print.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from seglib.app import commands
-from seglib.app.commands import config_from_args, train_categories
-from seglib.core.config import (
-    ARCHS,
-    DEFAULT_CATEGORIES,
-    M2F_MODEL_ID,
-    M2F_PRESETS,
-    POSTPROCESS_METHODS,
-)
+from seglib.core.config import DEFAULT_CATEGORIES, M2F_MODEL_ID, POSTPROCESS_METHODS
 from seglib.core.profiles import PROFILES
 
-__all__ = ["build_parser", "config_from_args", "main", "train_categories"]
+__all__ = ["build_parser", "main"]
+
+#: The named flags kept for the settings users reach for most: each is a spelling of one
+#: ``--set`` item (``--epochs 3`` is ``--set num_epochs=3``) and goes the same way.
+ALIASES = {"--epochs": "num_epochs", "--lr": "lr", "--device": "device"}
+
+
+class _SetItem(argparse.Action):
+    """Append ``FIELD=VALUE`` to the ``--set`` items, in command-line order (the last wins);
+    a list (``--categories dog cake``) is written as JSON."""
+
+    def __init__(self, option_strings: list[str], dest: str, field: str, **kwargs) -> None:
+        self.field = field
+        super().__init__(option_strings, "overrides", default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        value = json.dumps(values) if isinstance(values, list) else values
+        namespace.overrides = [*namespace.overrides, f"{self.field}={value}"]
+
+
+def _add_settings(p: argparse.ArgumentParser, reads: str, aliases: tuple[str, ...]) -> None:
+    """``--set FIELD=VALUE`` (repeatable) and ``aliases`` (keys of ``ALIASES``), all into
+    ``args.overrides``, which ``seglib.core.overrides.parse_overrides`` reads."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help=f"a TrainConfig field (seglib/core/config.py), repeatable; {reads}",
+    )
+    for flag in aliases:
+        field = ALIASES[flag]
+        p.add_argument(
+            flag, action=_SetItem, field=field, metavar="VALUE", help=f"--set {field}=VALUE"
+        )
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +80,6 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="share of scenes drawn with heavy occlusion, 0-1 (default 0)",
     )
-    p.set_defaults(func=commands.cmd_synth)
 
 
 def _add_subset(sub: argparse._SubParsersAction) -> None:
@@ -83,7 +112,6 @@ def _add_subset(sub: argparse._SubParsersAction) -> None:
         help="replaces http://images.cocodataset.org, keeping its layout",
     )
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
-    p.set_defaults(func=commands.cmd_subset)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -102,41 +130,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="start afresh even if RUN/last.pt exists"
     )
-    p.add_argument("--epochs", type=int, dest="num_epochs")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--weights", help="coco | imagenet | none | path/to/file.pth")
-    p.add_argument("--arch", choices=ARCHS, help="v1 | v2 (Mask R-CNN) | mask2former (detr extra)")
-    p.add_argument("--m2f-config", choices=M2F_PRESETS, help="Mask2Former architecture preset")
-    p.add_argument("--m2f-pretrained", help="Mask2Former model id or save_pretrained folder")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--min-size", type=int)
-    p.add_argument("--max-size", type=int)
-    p.add_argument("--max-iters", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    _add_settings(
+        p,
+        "over the profile or --config: --set batch_size=4 --set weights=none --set amp=false",
+        ("--epochs", "--lr", "--device"),
+    )
     p.add_argument(
         "--categories",
         nargs="+",
         metavar="NAME",
-        help="category names in label order (default: the subset's, from DATA/train.json)",
-    )
-    p.set_defaults(func=commands.cmd_train)
-
-
-def _add_postprocess_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--postprocess",
-        choices=POSTPROCESS_METHODS,
-        default=None,
-        help="suppression rule (default: the checkpoint's config, else nms); see seglib.models.postprocess",
-    )
-    p.add_argument(
-        "--tta-hflip",
-        action="store_true",
-        default=None,
-        help="add horizontal-flip test-time augmentation",
+        action=_SetItem,
+        field="categories",
+        help="--set categories=[...]: names in label order, checked against the subset's "
+        "(default: the subset's, from DATA/train.json)",
     )
 
 
@@ -147,7 +153,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zero-shot", action="store_true", help="evaluate the unmodified COCO-trained model"
     )
-    p.add_argument("--arch", choices=ARCHS, default="v1", help="architecture for --zero-shot")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument(
         "--gt",
@@ -159,13 +164,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="COCO results JSON with COCO's category ids, as `predict` writes (with --gt)",
     )
-    p.add_argument(
-        "--score-thresh", type=float, default=0.5, help="for the IoU measures (default 0.5)"
-    )
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the metrics JSON here")
-    _add_postprocess_flags(p)
-    p.set_defaults(func=commands.cmd_evaluate)
+    _add_settings(
+        p,
+        "reads arch (the --zero-shot model, default v1), score_thresh (for the IoU measures), "
+        "device, postprocess, tta_hflip and the rules' parameters (soft_nms_*, matrix_nms_*, "
+        "mask_nms_thresh) over the checkpoint's",
+        ("--device",),
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -173,10 +179,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--images", type=Path, nargs="+", required=True, help="image files or folders")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
-    _add_postprocess_flags(p)
-    p.set_defaults(func=commands.cmd_predict)
+    _add_settings(
+        p,
+        "reads score_thresh, device, postprocess, tta_hflip and the rules' parameters "
+        "(soft_nms_*, matrix_nms_*, mask_nms_thresh) over the checkpoint's",
+        ("--device",),
+    )
 
 
 def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
@@ -190,7 +198,6 @@ def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-id", default=M2F_MODEL_ID, help=f"with mask2former (default {M2F_MODEL_ID})"
     )
-    p.set_defaults(func=commands.cmd_fetch_weights)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -203,13 +210,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--profile", choices=PROFILES, default="seed")
     p.add_argument("--run", default=None, metavar="NAME", help="run name (default: a timestamp)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="overrides",
-        help="TrainConfig override, repeatable: --set lr=0.002 --set num_epochs=3",
+    _add_settings(
+        p,
+        "the notebooks' config over the profile: --set lr=0.002 --set num_epochs=3",
+        ("--epochs", "--lr", "--device"),
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing run of the same name"
@@ -221,7 +225,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="folder for executed notebooks (default: RUN/notebooks)",
     )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    p.set_defaults(func=commands.cmd_run)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
@@ -243,8 +246,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timing-images", type=int, default=8, help="test images timed per variant (default 8)"
     )
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=commands.cmd_study)
+    _add_settings(p, "reads device", ("--device",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,8 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
     args = build_parser().parse_args(argv)
+    # The one seglib import inside a function: the handlers' module loads torch and the whole
+    # pipeline, which `python -m seglib --help` (and a usage error) should not wait for.
+    from seglib.app import commands
+
+    handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
     try:
-        return args.func(args)
+        return handler(args)
     except Exception as e:
         # Bad input and seglib's own errors already name the file, annotation or choice at
         # fault, so a one-line message serves better than a traceback. Anything else is a bug.

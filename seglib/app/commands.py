@@ -1,27 +1,76 @@
 """The command handlers of ``python -m seglib``; ``seglib.app.cli`` builds the parser.
 
 Each handler takes the parsed arguments, calls one library function, prints what it
-returned and gives the exit status. Heavy modules are imported inside the handlers, so
-``python -m seglib --help`` stays quick and the optional families stay unimported.
+returned and gives the exit status. ``seglib.app.cli`` imports this module only once the
+arguments parse, so ``python -m seglib --help`` never loads torch.
+
+Settings: every command that builds a ``TrainConfig`` (train, evaluate, predict, study, run)
+takes ``--set FIELD=VALUE`` items, read by ``seglib.core.overrides`` as ``$SEGLIB_SET`` and
+the notebook forms are. ``--epochs``, ``--lr``, ``--device`` (and train's ``--categories``)
+are spellings of ``--set`` items. ``train`` and ``run`` read every field; the others read the
+fields in ``READS`` and refuse the rest, which would change nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from seglib.app import headless
+from seglib.app.predict_files import predict_images
+from seglib.app.runs import check_can_start, headline_ap, new_run_name
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
-from seglib.core.overrides import parse_overrides
+from seglib.core.overrides import apply_overrides, check_names, parse_overrides
 from seglib.core.paths import get_paths
-from seglib.models import mask2former_weights
+from seglib.core.runtime import resolve_device
+from seglib.data.dataset import open_split, split_categories
+from seglib.data.subset import build_subset, format_subset_counts
+from seglib.data.synthetic import make_synthetic_coco
+from seglib.engine import trainer
+from seglib.evaluation.coco_ap import evaluate_results, format_table
+from seglib.evaluation.prediction import check_postprocess, evaluate
+from seglib.models import mask2former_weights, weights
+from seglib.models.builder import model_from_checkpoint
+from seglib.models.mask2former import build_zero_shot_mask2former
+from seglib.models.postprocess import wrap
+from seglib.models.suppression import Settings
+from seglib.models.zeroshot import build_zero_shot_model
+from seglib.studies.occlusion_report import format_study, save_study
+from seglib.studies.occlusion_study import run_study
+
+#: The post-processing fields evaluate and predict apply over a checkpoint's own choice: the
+#: rule, flip TTA and the rules' parameters (the box NMS threshold and the detection count
+#: are built into the model, so they stay the checkpoint's).
+POSTPROCESS_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("box_nms_thresh", "detections_per_img", "postprocess_pool")
+)
+#: The TrainConfig fields each command reads from ``--set``; train and run read them all.
+READS: dict[str, tuple[str, ...]] = {
+    "evaluate": ("device", "score_thresh", "arch", *POSTPROCESS_FIELDS),
+    "predict": ("device", "score_thresh", *POSTPROCESS_FIELDS),
+    "study": ("device",),
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """``TrainConfig()`` with the ``--set`` items applied, and those items as a dict, for the
+    commands in ``READS`` (a field they do not read is refused, naming what they read).
+
+    Raises:
+        ValueError: an unknown or unread field, or a bad value (names the field).
+    """
+    overrides = parse_overrides(args.overrides)
+    check_names(overrides, READS[args.command], f"`{args.command}`")
+    return apply_overrides(TrainConfig(), overrides), overrides
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from seglib.data.synthetic import make_synthetic_coco
-
     summary = make_synthetic_coco(
         args.out,
         images_per_split=args.images,
@@ -35,8 +84,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
-    from seglib.data.subset import build_subset, format_subset_counts
-
     manifest = build_subset(
         args.coco_root,
         args.out,
@@ -55,50 +102,27 @@ def cmd_subset(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_OVERRIDES = (
-    "num_epochs",
-    "lr",
-    "batch_size",
-    "weights",
-    "arch",
-    "m2f_config",
-    "m2f_pretrained",
-    "device",
-    "min_size",
-    "max_size",
-    "max_iters",
-    "num_workers",
-    "seed",
-    "amp",
-)
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The profile (or --config file) with the command-line overrides applied."""
+    """The profile (or --config file) with the ``--set`` items (and their aliases) applied."""
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig.from_profile(args.profile)
-    overrides = {
-        k: getattr(args, k) for k in _TRAIN_OVERRIDES if getattr(args, k, None) is not None
-    }
-    return cfg.replace(**overrides)
+    return apply_overrides(cfg, parse_overrides(args.overrides))
 
 
 def train_categories(cfg: TrainConfig, args: argparse.Namespace, data: Path) -> TrainConfig:
-    """``cfg`` with the categories to train: ``--categories``, else those of a ``--config``
-    file, else the subset's own (``data/train.json``, in label order).
+    """``cfg`` with the categories to train: ``--categories`` (``--set categories=[...]``),
+    else those of a ``--config`` file, else the subset's own (``data/train.json``, in label
+    order).
 
     Raises:
         FileNotFoundError: ``data/train.json`` is missing.
         ValueError: explicit categories differ from the subset's (names both, and the fix).
     """
-    from seglib.data.dataset import split_categories
-
     subset = [c["name"] for c in split_categories(data)]
-    if args.categories:
-        cfg = cfg.replace(categories=tuple(args.categories))
-    elif not args.config:
+    asked = "categories" in parse_overrides(args.overrides)
+    if not (asked or args.config):
         return cfg.replace(categories=tuple(subset))
     if list(cfg.categories) != subset:
-        given = "--categories" if args.categories else f"the config file {args.config}"
+        given = "--categories (--set categories)" if asked else f"the config file {args.config}"
         raise ValueError(
             f"{given} asks for categories {list(cfg.categories)} but {data / 'train.json'} holds "
             f"{subset} (labels 1..{len(subset)}, in that order). Build a subset with those "
@@ -109,9 +133,6 @@ def train_categories(cfg: TrainConfig, args: argparse.Namespace, data: Path) -> 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from seglib.app.runs import new_run_name
-    from seglib.engine.trainer import train
-
     if args.config and not (args.data and args.out):
         raise ValueError(
             "--config needs --data and --out: a config file does not say which profile's folders to use"
@@ -126,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
         )
-    summary = train(cfg, data, out, resume=args.resume, progress=True)
+    summary = trainer.train(cfg, data, out, resume=args.resume, progress=True)
     if summary.get("rank", 0) == 0:
         print(f"run folder: {out}")
         best = summary.get("best")
@@ -135,72 +156,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _postprocess_choice(args: argparse.Namespace, cfg: TrainConfig | None) -> TrainConfig:
-    """``cfg`` (TrainConfig() for a zero-shot model) with --postprocess / --tta-hflip applied,
-    refused up front for Mask2Former, which has no NMS to replace."""
-    from seglib.evaluation.prediction import check_postprocess
-
-    changes = {
-        k: getattr(args, k) for k in ("postprocess", "tta_hflip") if getattr(args, k) is not None
-    }
-    chosen = (cfg or TrainConfig()).replace(**changes)  # a mask2former config refuses here
-    arch = cfg.arch if cfg is not None else getattr(args, "arch", "v1")  # None: zero-shot
-    check_postprocess(arch, chosen.postprocess, chosen.tta_hflip)
-    return chosen
-
-
-def _postprocessed(model, args: argparse.Namespace, cfg: TrainConfig | None):
-    """``model`` with --postprocess / --tta-hflip applied over ``cfg``'s stored choice."""
-    if getattr(args, "postprocess", None) is None and getattr(args, "tta_hflip", None) is None:
+def _postprocessed(model, run_cfg: TrainConfig, overrides: dict):
+    """``model`` with the ``--set`` post-processing fields applied over ``run_cfg``'s stored
+    choice, refused up front for Mask2Former, which has no NMS to replace."""
+    changes = {k: v for k, v in overrides.items() if k in POSTPROCESS_FIELDS}
+    if not changes:
         return model
-    from seglib.models.postprocess import wrap
+    chosen = apply_overrides(run_cfg, changes)  # a mask2former config refuses here
+    check_postprocess(run_cfg.arch, chosen.postprocess, chosen.tta_hflip)
+    return wrap(model, chosen)
 
-    return wrap(model, _postprocess_choice(args, cfg))
 
-
-def _model_to_evaluate(args: argparse.Namespace, dataset, device):
-    """The zero-shot model (--zero-shot, --arch) or the checkpoint's, post-processed as asked."""
-    run_cfg = None  # zero-shot: TrainConfig()'s post-processing unless flags say otherwise
-    if args.zero_shot:
-        _postprocess_choice(args, None)  # before any weights are loaded
-    if args.zero_shot and args.arch == "mask2former":
-        from seglib.models.mask2former import build_zero_shot_mask2former
-
-        model = build_zero_shot_mask2former(dataset.categories)
-    elif args.zero_shot:
-        from seglib.models.zeroshot import build_zero_shot_model
-
-        model = build_zero_shot_model(dataset.categories, arch=args.arch)
-    else:
-        from seglib.models.builder import model_from_checkpoint
-
+def _model_to_evaluate(args: argparse.Namespace, settings: TrainConfig, overrides: dict, dataset):
+    """The zero-shot model (--zero-shot, ``--set arch``) or the checkpoint's, post-processed
+    as asked."""
+    device = resolve_device(settings.device)
+    if not args.zero_shot:
+        if "arch" in overrides:
+            raise ValueError(
+                "--set arch chooses the --zero-shot model; a checkpoint's architecture is its own"
+            )
         model, run_cfg, _ = model_from_checkpoint(
             args.checkpoint, device=device, categories=dataset.categories
         )
-    return _postprocessed(model, args, run_cfg)
+        return _postprocessed(model, run_cfg, overrides), device
+    # Zero-shot: the settings are the model's config (TrainConfig() with the --set items),
+    # checked before any weights are loaded.
+    check_postprocess(settings.arch, settings.postprocess, settings.tta_hflip)
+    if settings.arch == "mask2former":
+        model = build_zero_shot_mask2former(dataset.categories)
+    else:
+        model = build_zero_shot_model(dataset.categories, arch=settings.arch)
+    return _postprocessed(model, settings, overrides), device
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seglib.evaluation.coco_ap import evaluate_results, format_table
-
+    settings, overrides = settings_from_args(args)
     if args.gt or args.predictions:
         if not (args.gt and args.predictions):
             raise ValueError("--gt and --predictions go together")
-        metrics = evaluate_results(args.gt, args.predictions, score_thresh=args.score_thresh)
+        metrics = evaluate_results(args.gt, args.predictions, score_thresh=settings.score_thresh)
     else:
         if not args.data or not (args.checkpoint or args.zero_shot):
             raise ValueError(
                 "give --data with --checkpoint FILE or --zero-shot, or give --gt with --predictions"
             )
-        from seglib.core.runtime import resolve_device
-        from seglib.data.dataset import open_split
-        from seglib.evaluation.prediction import evaluate
-
-        device = resolve_device(args.device)
         dataset = open_split(args.data, args.split)
-        model = _model_to_evaluate(args, dataset, device)
+        model, device = _model_to_evaluate(args, settings, overrides, dataset)
         model.to(device)
-        metrics = evaluate(model, dataset, device, score_thresh=args.score_thresh)
+        metrics = evaluate(model, dataset, device, score_thresh=settings.score_thresh)
     print(format_table(metrics))
     if args.out:
         write_json_atomic(args.out, metrics)
@@ -209,15 +213,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from seglib.core.runtime import resolve_device
-    from seglib.evaluation.prediction import predict_images
-    from seglib.models.builder import model_from_checkpoint
-
-    device = resolve_device(args.device)
+    settings, overrides = settings_from_args(args)
+    device = resolve_device(settings.device)
     model, run_cfg, categories = model_from_checkpoint(args.checkpoint, device=device)
-    model = _postprocessed(model, args, run_cfg)
+    model = _postprocessed(model, run_cfg, overrides)
     written = predict_images(
-        model, args.images, args.out, device, categories=categories, score_thresh=args.score_thresh
+        model,
+        args.images,
+        args.out,
+        device,
+        categories=categories,
+        score_thresh=settings.score_thresh,
     )
     print(f"{written['num_images']} images, {written['num_predictions']} predictions")
     print(f"results: {written['results']}")
@@ -229,38 +235,31 @@ def cmd_fetch_weights(args: argparse.Namespace) -> int:
     if args.kind == "mask2former":
         licence = mask2former_weights.WEIGHTS_LICENCE
         print(f"{args.model_id}: weights licence {licence} (non-commercial use only)")
-        print(f"weights ready: {mask2former_weights.fetch_weights(args.model_id)}")
+        print(f"weights ready: {mask2former_weights.fetch_mask2former_weights(args.model_id)}")
         return 0
-    from seglib.models.weights import fetch_weights
-
-    path = fetch_weights(args.kind, args.arch, progress=True)
+    path = weights.fetch_maskrcnn_weights(args.kind, args.arch, progress=True)
     print(f"weights ready: {path}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from seglib.app.headless import check_outputs, notebook_paths, preflight, run_notebooks
-    from seglib.app.runs import check_can_start, headline, new_run_name
-
     overrides = parse_overrides(args.overrides)
-    TrainConfig.from_profile(args.profile, **overrides)  # bad values fail here, not in notebook 03
+    # Bad values fail here, not in notebook 03.
+    apply_overrides(TrainConfig.from_profile(args.profile), overrides)
     name = args.run or new_run_name()
     paths = get_paths(args.profile, run=name)
     check_can_start(paths, name, overwrite=args.overwrite)  # before spending time on 01-02
-    for note in preflight(args.profile, paths):
+    for note in headless.preflight(args.profile, paths):
         print(note)
-    if args.profile == "seed":
-        from seglib.models.weights import fetch_weights, weights_file
-
-        if not weights_file("coco", "v1").is_file():
-            # `make run` is the explicit request for the seed experiment, whose weights these are.
-            print(f"fetched {fetch_weights('coco', 'v1')}")
-    out = args.out or paths.notebooks_out
+    if args.profile == "seed" and not weights.weights_file("coco", "v1").is_file():
+        # `make run` is the explicit request for the seed experiment, whose weights these are.
+        print(f"fetched {weights.fetch_maskrcnn_weights('coco', 'v1')}")
+    out = args.out or paths.layout.notebooks_out
     print(
         f"run {name!r} ({args.profile}): {paths.run}"
         + (f", overrides {overrides}" if overrides else "")
     )
-    for done in run_notebooks(
+    for done in headless.run_notebooks(
         args.profile,
         out,
         run_name=name,
@@ -269,28 +268,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     ):
         print(f"executed {done}", flush=True)
-    print(f"executed notebooks in {out}; figures in {paths.figures} and {paths.data_figures}")
-    problems = check_outputs(paths, [nb.stem for nb in notebook_paths()])
+    print(
+        f"executed notebooks in {out}; figures in {paths.layout.figures} and {paths.data_figures}"
+    )
+    problems = headless.check_outputs(paths, [nb.stem for nb in headless.notebook_paths()])
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"val mask AP50: {headline(paths)['segm_AP50']:.3f}")
+    print(f"val mask AP50: {headline_ap(paths)['segm_AP50']:.3f}")
     return 1 if problems else 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from seglib.core.runtime import resolve_device
-    from seglib.studies.occlusion_report import format_study, save_study
-    from seglib.studies.occlusion_study import run_study
-
+    settings, _ = settings_from_args(args)
     paths = get_paths(args.profile)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
     checkpoint = args.checkpoint or paths.require(
-        paths.best_checkpoint, "`python -m seglib train` (or notebook 03)"
+        paths.layout.best_checkpoint, "`python -m seglib train` (or notebook 03)"
     )
     study = run_study(
         checkpoint,
         data,
-        resolve_device(args.device),
+        resolve_device(settings.device),
         methods=args.methods,
         tta=(False,) if args.no_tta else (False, True),
         timing_images=args.timing_images,
