@@ -14,9 +14,10 @@ import pytest
 
 from seglib.core.config import DEFAULT_CATEGORIES, TrainConfig
 from seglib.core.paths import get_paths
-from seglib.data.annotations import SubsetError, load_instances
-from seglib.data.dataset import open_split
+from seglib.data.annotations import AnnotationError, SubsetError, load_instances
+from seglib.data.dataset import CocoSubsetDataset, DatasetError, open_split
 from seglib.data.subset import build_subset, format_subset_counts, prepare_source
+from seglib.evaluation.coco_results import load_ground_truth
 
 COCO_IDS = {"person": 1, "car": 3, "dog": 18, "cake": 61}
 
@@ -254,9 +255,32 @@ def test_malformed_json_names_the_file(synthetic_coco, tmp_path, damage):
     )
     with pytest.raises(SubsetError, match="instances_val2017.json"):
         _subset(root, tmp_path / "out")
-    with pytest.raises(SubsetError, match="instances_val2017.json"):
+    with pytest.raises(AnnotationError, match="instances_val2017.json"):
         load_instances(path)
     assert _no_outputs(tmp_path / "out")
+
+
+def test_one_validator_names_the_entry_for_dataset_and_ground_truth(tmp_path):
+    """The subset builder, the dataset and the evaluation's ground truth check a COCO JSON
+    with the same validator, so they refuse the same entry with the same words."""
+    doc = {
+        "images": [{"id": 1, "width": 10, "height": 10, "file_name": "a.jpg"}],
+        "annotations": [
+            {"id": 7, "image_id": 2, "category_id": 1, "iscrowd": 0, "segmentation": [[0] * 6]}
+        ],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(doc))
+    expected = f"{path}: annotation 7 refers to image_id 2, which is not in 'images'"
+    for error, read in [
+        (AnnotationError, load_instances),
+        (DatasetError, lambda p: CocoSubsetDataset(p, tmp_path)),
+        (ValueError, load_ground_truth),
+    ]:
+        with pytest.raises(error) as info:
+            read(path)
+        assert str(info.value) == expected
 
 
 def _damage_annotations(root: Path, folder: str, fn) -> None:

@@ -1,136 +1,210 @@
-"""COCO instances JSONs as the subset builder reads and writes them.
+"""COCO instances JSONs: reading and checking them, and the subset builder's splits.
 
-``load_instances`` reads a file with clear errors for truncated or foreign JSON;
+``read_json`` reads a file with clear errors for a missing, truncated or foreign one;
 ``validate_instances`` checks what would otherwise crash later, in pycocotools or in training,
-and names the image or annotation at fault; ``split_document`` writes one split of a subset
-(COCO's category ids, the categories listed in label order: ``seglib.core.categories``). Everything
-raises ``SubsetError``.
+and names the file and the image or annotation at fault (``check_file_name`` refuses a
+file_name that would leave the image folder); ``load_instances`` does both. The subset builder,
+``seglib.data.dataset`` and ``seglib.evaluation.coco_results`` all check their JSONs here, and
+turn ``AnnotationError`` into their own errors. ``split_document`` writes one split of a subset
+(COCO's category ids, the categories listed in label order: ``seglib.core.categories``), its
+errors ``SubsetError``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 __all__ = [
+    "AnnotationError",
     "SubsetError",
     "area_bbox",
     "category_counts",
     "check_file_name",
     "clean_segmentation",
     "load_instances",
+    "read_json",
     "resolve_categories",
     "split_document",
     "validate_instances",
 ]
 
 
+class AnnotationError(ValueError):
+    """A JSON file, or an entry of a COCO instances JSON, that cannot be used; the message
+    names the file and the image, annotation or category."""
+
+
 class SubsetError(ValueError):
     """Bad input to ``build_subset``: the message names the file, annotation or argument."""
 
 
-def load_instances(path: str | Path) -> dict[str, Any]:
-    """Read a COCO instances JSON (``images``, ``annotations``, ``categories`` lists).
+# --- reading and checking a COCO instances JSON ------------------------------------------
+def read_json(path: str | Path, what: str, remedy: str) -> Any:
+    """The JSON in ``path``.
+
+    Args:
+        what: what the file is, for the errors ("split json", "results file", ...).
+        remedy: how to make or fix it, appended to the errors.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        SubsetError: not valid JSON (e.g. truncated) or not a COCO instances file.
+        AnnotationError: not valid JSON (e.g. truncated).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO instances file {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist; {remedy}")
     try:
-        data = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SubsetError(
-            f"{path} is not valid JSON (truncated or corrupt download?): {e}. "
-            "Delete it and fetch it again (build_subset(..., download=True) / --download)."
+        raise AnnotationError(
+            f"{what} {path} is not valid JSON (truncated or corrupt?): {e}; {remedy}"
         ) from e
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise SubsetError(
-            f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists"
-        )
+
+
+def load_instances(
+    path: str | Path,
+    what: str = "COCO instances file",
+    remedy: str = "delete a damaged copy and fetch it again "
+    "(build_subset(..., download=True) / --download)",
+    *,
+    files: bool = True,
+) -> dict[str, Any]:
+    """Read a COCO instances JSON and ``validate_instances`` it (``files`` as there).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        AnnotationError: not valid JSON (e.g. truncated), or it fails ``validate_instances``.
+    """
+    data = read_json(path, what, remedy)
+    validate_instances(data, path, files=files)
     return data
 
 
 def check_file_name(name: Any, where: str) -> str:
-    """``name`` if it is a bare file name that stays inside the image folder."""
+    """``name`` if it is a bare file name that stays inside the image folder.
+
+    Raises:
+        AnnotationError: not a non-empty string, or an absolute path, a drive, ``..`` or a
+            folder part (``where`` starts the message).
+    """
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise SubsetError(f"{where}: file_name must be a non-empty string, got {name!r}")
+        raise AnnotationError(f"{where}: file_name must be a non-empty string, got {name!r}")
     for pure in (PurePosixPath(name), PureWindowsPath(name)):
         if pure.is_absolute() or pure.drive or len(pure.parts) != 1 or pure.name in (".", ".."):
-            raise SubsetError(
+            raise AnnotationError(
                 f"{where}: file_name {name!r} escapes the image folder (absolute path, '..' or a "
                 "folder part); COCO file names are bare names like 000000000139.jpg"
             )
     return name
 
 
-def validate_instances(data: dict[str, Any], path: str | Path) -> None:
-    """Catch, with ids in the message, what would otherwise crash later in pycocotools or training.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Raises:
-        SubsetError: a category without int id and str name, an image without a positive
-            width/height or with an unsafe or repeated file_name, an annotation of an unknown
-            image or category, or a malformed segmentation (polygon or RLE).
-    """
-    cat_ids = set()
-    for c in data["categories"]:
+
+def _check_categories(categories: list, path: str | Path) -> dict[int, str]:
+    """category id -> name."""
+    names = {}
+    for c in categories:
         if (
-            not isinstance(c, dict)
-            or not isinstance(c.get("id"), int)
+            not isinstance(c, Mapping)
+            or not _is_int(c.get("id"))
             or not isinstance(c.get("name"), str)
         ):
-            raise SubsetError(f"{path}: category {c!r} needs an int 'id' and a str 'name'")
-        cat_ids.add(c["id"])
-    images: dict[int, dict[str, Any]] = {}
-    names: dict[str, int] = {}
-    for im in data["images"]:
-        if not isinstance(im, dict) or not isinstance(im.get("id"), int):
-            raise SubsetError(f"{path}: image entry {str(im)[:80]} has no int 'id'")
+            raise AnnotationError(
+                f"{path}: category {c!r} needs an integer 'id' and a string 'name'"
+            )
+        names[c["id"]] = c["name"]
+    return names
+
+
+def _check_images(images: list, path: str | Path, files: bool) -> dict[int, Mapping]:
+    """image id -> image entry."""
+    by_id: dict[int, Mapping] = {}
+    for im in images:
+        if not isinstance(im, Mapping) or not _is_int(im.get("id")):
+            raise AnnotationError(f"{path}: image entry {str(im)[:80]} has no integer 'id'")
         where = f"{path}: image {im['id']}"
-        if im["id"] in images:
-            raise SubsetError(f"{where} appears twice")
+        if im["id"] in by_id:
+            raise AnnotationError(f"{where} appears twice")
         for key in ("width", "height"):
-            if not isinstance(im.get(key), int) or im[key] < 1:
-                raise SubsetError(f"{where}: '{key}' must be a positive int, got {im.get(key)!r}")
-        name = check_file_name(im.get("file_name"), where)
-        if names.setdefault(name, im["id"]) != im["id"]:
-            raise SubsetError(f"{where}: file_name {name!r} is also used by image {names[name]}")
-        images[im["id"]] = im
-    for a in data["annotations"]:
-        if not isinstance(a, dict) or not isinstance(a.get("id"), int):
-            raise SubsetError(f"{path}: annotation entry {str(a)[:80]} has no int 'id'")
-        where = f"{path}: annotation {a['id']}"
-        if a.get("category_id") not in cat_ids:
-            raise SubsetError(
-                f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' ({sorted(cat_ids)})"
-            )
-        im = images.get(a.get("image_id"))
-        if im is None:
-            raise SubsetError(
-                f"{where} refers to image_id {a.get('image_id')!r}, which is not in 'images'"
-            )
-        if a.get("iscrowd", 0) not in (0, 1):
-            raise SubsetError(f"{where}: iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
-        seg = a.get("segmentation")
-        if isinstance(seg, dict):
-            if list(seg.get("size", [])) != [im["height"], im["width"]] or "counts" not in seg:
-                raise SubsetError(
-                    f"{where}: RLE segmentation needs 'counts' and size [h, w] = "
-                    f"[{im['height']}, {im['width']}] of image {im['id']}, got size {seg.get('size')!r}"
+            if not _is_int(im.get(key)) or im[key] < 1:
+                raise AnnotationError(
+                    f"{where}: '{key}' must be a positive int, got {im.get(key)!r}"
                 )
-        elif isinstance(seg, list):
-            for poly in seg:
-                if not isinstance(poly, list) or len(poly) % 2:
-                    raise SubsetError(f"{where}: each polygon must be a flat list of x, y pairs")
-        else:
-            raise SubsetError(
-                f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(seg).__name__}"
+        if files:
+            check_file_name(im.get("file_name"), where)
+        by_id[im["id"]] = im
+    return by_id
+
+
+def _check_segmentation(seg: Any, im: Mapping, where: str) -> None:
+    if isinstance(seg, Mapping):
+        if list(seg.get("size", [])) != [im["height"], im["width"]] or "counts" not in seg:
+            raise AnnotationError(
+                f"{where}: RLE segmentation needs 'counts' and size [h, w] = "
+                f"[{im['height']}, {im['width']}] of image {im['id']}, got size {seg.get('size')!r}"
             )
+    elif isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) % 2:
+                raise AnnotationError(f"{where}: each polygon must be a flat list of x, y pairs")
+    else:
+        raise AnnotationError(
+            f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(seg).__name__}"
+        )
+
+
+def _check_annotation(
+    a: Any, categories: dict[int, str], images: dict[int, Mapping], path: str | Path
+) -> None:
+    if not isinstance(a, Mapping) or not _is_int(a.get("id")):
+        raise AnnotationError(f"{path}: annotation entry {str(a)[:80]} has no integer 'id'")
+    where = f"{path}: annotation {a['id']}"
+    cat = a.get("category_id")
+    if not _is_int(cat) or cat not in categories:
+        valid = ", ".join(f"{name} {cat_id}" for cat_id, name in categories.items())
+        raise AnnotationError(
+            f"{where} has category_id {cat!r}, which is none of the categories of {path} ({valid})"
+        )
+    image_id = a.get("image_id")
+    im = images.get(image_id) if _is_int(image_id) else None
+    if im is None:
+        raise AnnotationError(f"{where} refers to image_id {image_id!r}, which is not in 'images'")
+    if a.get("iscrowd", 0) not in (0, 1):
+        raise AnnotationError(f"{where}: iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
+    _check_segmentation(a.get("segmentation"), im, where)
+
+
+def validate_instances(data: Any, path: str | Path, *, files: bool = True) -> None:
+    """Catch, naming ``path`` and the entry, what would otherwise crash later in pycocotools
+    or training.
+
+    Args:
+        files: check each image's file_name (``check_file_name``); False where no image file
+            is read (scoring against ground truth).
+
+    Raises:
+        AnnotationError: not a mapping with ``images``, ``annotations`` and ``categories``
+            lists; a category without an integer id and a string name; an image without an
+            integer id or a positive width and height, repeated, or with an unsafe file_name
+            (``check_file_name``); an annotation without an integer id, of an unknown image or
+            category, with iscrowd other than 0/1, or with a malformed segmentation (polygon
+            or RLE of the wrong size).
+    """
+    if not isinstance(data, Mapping) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise AnnotationError(
+            f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists"
+        )
+    categories = _check_categories(data["categories"], path)
+    images = _check_images(data["images"], path, files)
+    for a in data["annotations"]:
+        _check_annotation(a, categories, images, path)
 
 
 def clean_segmentation(seg: Any) -> Any:

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -36,16 +35,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from seglib.core.categories import CategoryError, category_labels
-from seglib.data.images import ImageError, decode_image, load_rgb
+from seglib.data.annotations import AnnotationError, load_instances
+from seglib.data.images import ImageError, decode_image
 from seglib.data.transforms import boxes_from_masks
 
 __all__ = [
     "CocoSubsetDataset",
     "DatasetError",
-    "ImageError",
     "collate_fn",
-    "decode_image",
-    "load_rgb",
     "open_split",
     "split_categories",
 ]
@@ -75,23 +72,11 @@ def _mask_areas(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 # --- annotations ----------------------------------------------------------------------------
 def _read_split_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"split json {path} does not exist; `python -m seglib subset` makes it"
-        )
+    """The split json, checked by ``seglib.data.annotations.validate_instances``."""
     try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(
-            f"{path} is not valid JSON ({e}); it may be truncated: rebuild it with `python -m seglib subset`"
-        ) from e
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
-        raise DatasetError(
-            f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories' lists"
-        )
-    return data
+        return load_instances(path, "split json", "`python -m seglib subset` (re)makes it")
+    except AnnotationError as e:
+        raise DatasetError(str(e)) from e
 
 
 def _counts_from_string(counts: bytes) -> list[int]:
@@ -159,40 +144,27 @@ def _pack(items: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 
 def _column_major_counts(segm: Any, h: int, w: int, where: str) -> list[int] | None:
-    """COCO run lengths (column-major, starting with zeros) of one annotation's segmentation,
-    from polygons, uncompressed RLE or compressed RLE; None when there is nothing to draw.
+    """COCO run lengths (column-major, starting with zeros) of one annotation's segmentation
+    (checked by ``validate_instances``: polygons with an even number of coordinates, or
+    uncompressed or compressed RLE of the image's size); None when there is nothing to draw.
 
     Polygons with fewer than 3 points are skipped: pycocotools would read a 4-number polygon
     as a box.
     """
     try:
         if isinstance(segm, list):
-            polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6]
-            if any(len(p) % 2 for p in polygons):
-                raise DatasetError(f"{where}: a polygon has an odd number of coordinates")
+            polygons = [p for p in segm if len(p) >= 6]
             if not polygons:
                 return None
             return _counts_from_string(
                 mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))["counts"]
             )
-        if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-            if list(segm["size"]) != [h, w]:
-                raise DatasetError(
-                    f"{where}: RLE size {segm['size']} differs from the image's [{h}, {w}]"
-                )
-            counts = segm["counts"]
-            if isinstance(counts, list):
-                return [int(c) for c in counts]
-            return _counts_from_string(
-                counts.encode("ascii") if isinstance(counts, str) else counts
-            )
-    except DatasetError:
-        raise
+        counts = segm["counts"]
+        if isinstance(counts, list):
+            return [int(c) for c in counts]
+        return _counts_from_string(counts.encode("ascii") if isinstance(counts, str) else counts)
     except Exception as e:  # pycocotools raises bare TypeError/ValueError; a cut string IndexError
         raise DatasetError(f"{where}: segmentation cannot be decoded ({e!r})") from e
-    raise DatasetError(
-        f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}"
-    )
 
 
 def _subset_categories(data: dict[str, Any], src: str) -> tuple[list[dict], dict[int, int]]:
@@ -202,18 +174,6 @@ def _subset_categories(data: dict[str, Any], src: str) -> tuple[list[dict], dict
         return categories, category_labels(categories, source=src)
     except CategoryError as e:
         raise DatasetError(str(e)) from e
-
-
-def _safe_image_path(image_dir: Path, file_name: Any, where: str) -> Path:
-    """``image_dir / file_name``, refusing names that would leave ``image_dir``."""
-    if not isinstance(file_name, str) or not file_name:
-        raise DatasetError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
-    for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
-        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
-            raise DatasetError(
-                f"{where}: file_name {file_name!r} escapes the image folder {image_dir}"
-            )
-    return image_dir / file_name
 
 
 class CocoSubsetDataset(torch.utils.data.Dataset):
@@ -259,46 +219,35 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         self.categories, self.category_labels = _subset_categories(data, src)
         self.class_names = [str(c.get("name", c["id"])) for c in self.categories]
 
-        self._images: list[dict[str, Any]] = []
-        index: dict[int, int] = {}
-        for img in data["images"]:
-            where = f"{src}: image {img.get('id')!r}"
-            try:
-                img_id, h, w = int(img["id"]), int(img["height"]), int(img["width"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise DatasetError(f"{where} needs integer id, height and width ({e})") from e
-            if img_id in index:
-                raise DatasetError(f"{where} appears twice")
-            path = _safe_image_path(self.image_dir, img.get("file_name"), where)
-            index[img_id] = len(self._images)
-            self._images.append({"id": img_id, "height": h, "width": w, "path": path})
+        # Every id, size, file_name (a bare name, so inside image_dir), category and
+        # segmentation was checked by _read_split_json.
+        self._images = [
+            {
+                "id": img["id"],
+                "height": img["height"],
+                "width": img["width"],
+                "path": self.image_dir / img["file_name"],
+            }
+            for img in data["images"]
+        ]
+        index = {img["id"]: i for i, img in enumerate(self._images)}
         self.ids = [img["id"] for img in self._images]
 
         # Per image: label, row-major runs and box of every non-crowd instance that covers
         # something.
         per_image: list[list[tuple]] = [[] for _ in self._images]
         for ann in data["annotations"]:
-            where = f"{src}: annotation {ann.get('id')!r}"
-            cat = ann.get("category_id")
-            if isinstance(cat, bool) or not isinstance(cat, int) or cat not in self.category_labels:
-                valid = ", ".join(f"{c.get('name')} {c['id']}" for c in self.categories)
-                raise DatasetError(
-                    f"{where} has category_id {cat!r}, which is none of the json's categories ({valid})"
-                )
-            if ann.get("image_id") not in index:
-                raise DatasetError(
-                    f"{where} refers to image {ann.get('image_id')!r}, which is not in the json"
-                )
             if ann.get("iscrowd", 0):
                 continue
+            where = f"{src}: annotation {ann['id']}"
             i = index[ann["image_id"]]
             h, w = self._images[i]["height"], self._images[i]["width"]
-            counts = _column_major_counts(ann.get("segmentation"), h, w, where)
+            counts = _column_major_counts(ann["segmentation"], h, w, where)
             if counts is None:
                 continue
             runs = _row_major_runs(counts, h, w, where)
             if runs is not None:
-                per_image[i].append((self.category_labels[cat], *runs))
+                per_image[i].append((self.category_labels[ann["category_id"]], *runs))
         # One concatenation per image, so all its masks come back from a single np.repeat.
         self._instances = [_pack(items) for items in per_image]
 

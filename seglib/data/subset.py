@@ -32,12 +32,12 @@ from seglib.core.atomic import write_json_atomic
 from seglib.core.config import DEFAULT_CATEGORIES, TrainConfig
 from seglib.core.paths import Paths
 from seglib.data.annotations import (
+    AnnotationError,
     SubsetError,
     category_counts,
     load_instances,
     resolve_categories,
     split_document,
-    validate_instances,
 )
 from seglib.data.download import (
     ANNOTATIONS_SHA1,
@@ -240,6 +240,26 @@ def _manifest(
     }
 
 
+def _read_source(path: Path) -> dict[str, Any]:
+    """A COCO instances JSON, checked (``validate_instances``), each file_name used once.
+
+    Raises:
+        SubsetError: bad JSON, a bad entry, or a file_name two images share (names them).
+    """
+    try:
+        data = load_instances(path)
+    except AnnotationError as e:
+        raise SubsetError(str(e)) from e
+    owner: dict[str, int] = {}
+    for im in data["images"]:
+        if owner.setdefault(im["file_name"], im["id"]) != im["id"]:
+            raise SubsetError(
+                f"{path}: image {im['id']}: file_name {im['file_name']!r} is also used by image "
+                f"{owner[im['file_name']]}"
+            )
+    return data
+
+
 def _split_docs(
     paths: dict[str, Path], names: list[str], nums: dict[str, int], seed: int
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[int]]:
@@ -249,9 +269,7 @@ def _split_docs(
         ``(docs, available, dropped)``: split -> its JSON, folder -> qualifying images (all
         and per category), and ids of annotations dropped for having no usable polygon.
     """
-    data = {f: load_instances(p) for f, p in paths.items()}
-    for f, p in paths.items():
-        validate_instances(data[f], p)
+    data = {f: _read_source(p) for f, p in paths.items()}
     cats = {f: resolve_categories(data[f], names, paths[f]) for f in paths}
     ref_cats = next(iter(cats.values()))
     coco_ids = [c["id"] for c in ref_cats]

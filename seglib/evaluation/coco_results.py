@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -37,6 +36,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
 from seglib.core.categories import category_labels
+from seglib.data.annotations import load_instances, read_json, validate_instances
 
 #: What every function accepts as ground truth and as results (see the module docstring).
 GroundTruth = COCO | str | Path | Mapping
@@ -57,43 +57,35 @@ def quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _read_json(path: str | Path, what: str, hint: str) -> Any:
-    """JSON from ``path``; a missing file or bad JSON raises an error naming it, with ``hint``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found; {hint}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
 def load_ground_truth(gt: GroundTruth) -> COCO:
     """Return ``gt`` as a pycocotools COCO (a COCO is returned unchanged), its categories
     checked to give labels (``seglib.core.categories.category_labels``).
 
+    A path or a dict is checked by ``seglib.data.annotations.validate_instances`` (file names
+    aside: no image is read); a COCO is taken as it is.
+
     Raises:
         FileNotFoundError: ``gt`` is a path that does not exist.
-        ValueError: the file is not JSON, the dict lacks images/annotations/categories, or its
-            categories are numbered as an older seglib did (``CategoryError``, saying how to
-            rebuild the subset).
+        ValueError: the file is not JSON, the dict is not a valid COCO instances dict
+            (``AnnotationError``, naming the entry at fault), or its categories are numbered as
+            an older seglib did (``CategoryError``, saying how to rebuild the subset).
     """
     if isinstance(gt, COCO):
         category_labels(gt.dataset.get("categories", []), source="ground truth")
         return gt
-    source = "ground-truth dict"
     if isinstance(gt, (str, Path)):
         source = str(gt)
-        gt = _read_json(
-            gt, "ground-truth file", "pass a split json such as subset/<profile>/val.json"
+        gt = load_instances(
+            gt,
+            "ground-truth file",
+            "pass a split json such as subset/<profile>/val.json",
+            files=False,
         )
-    if not isinstance(gt, Mapping):
+    elif isinstance(gt, Mapping):
+        source = "ground-truth dict"
+        validate_instances(gt, source, files=False)
+    else:
         raise ValueError(f"gt must be a COCO, a path or a dict, got {type(gt).__name__}")
-    missing = [k for k in ("images", "annotations", "categories") if k not in gt]
-    if missing:
-        raise ValueError(
-            f"{source} lacks keys {missing}; a COCO split json has images, annotations and categories"
-        )
     category_labels(gt["categories"], source=source)
     coco = COCO()
     coco.dataset = dict(gt)
@@ -204,7 +196,7 @@ def from_coco_ids(
 
 def _read_results_file(path: str | Path) -> list[dict]:
     """A results file's list as it is (COCO's category ids), checked to be result dicts."""
-    results = _read_json(path, "results file", "write it with `python -m seglib predict`")
+    results = read_json(path, "results file", "write it with `python -m seglib predict`")
     if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
         raise ValueError(f"results file {path} must hold a JSON list of result dicts")
     missing = [i for i, r in enumerate(results) if "category_id" not in r]
