@@ -26,27 +26,10 @@ import numpy as np
 from PIL import Image
 
 from seglib.core.atomic import write_bytes_atomic, write_json_atomic
-from seglib.data.synthetic_scenes import (
-    CONTAINED_OVERHANG,
-    CONTAINED_REL_H,
-    CONTAINED_TRIES,
-    compose,
-    plan_scenes,
-)
-from seglib.data.synthetic_shapes import (
-    CAT_ID,
-    CATEGORIES,
-    DISTRACTORS,
-    PALETTE,
-    REL_H,
-    SHAPES,
-    TARGETS,
-)
+from seglib.data.synthetic_scenes import compose, plan_scenes
+from seglib.data.synthetic_shapes import CATEGORIES, TARGETS
 
-# Re-exported: these lived here before the split into seglib.data.synthetic_shapes and seglib.data.synthetic_scenes.
-__all__ = ["CATEGORIES", "CAT_ID", "DISTRACTORS", "PALETTE", "REL_H", "SHAPES", "TARGETS"]
-__all__ += ["CONTAINED_OVERHANG", "CONTAINED_REL_H", "CONTAINED_TRIES"]
-__all__ += ["CROWD_ID_BASE", "EXIF_ORIENTATION", "JPEG_QUALITY", "make_synthetic_coco"]
+__all__ = ["CROWD_ID_BASE", "EXIF_ORIENTATION", "JPEG_QUALITY", "make_synthetic_coco"]
 
 JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
