@@ -313,7 +313,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
                 boxes=boxes,
                 **extra,
             )
-            image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_jpeg
+            image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_image
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (
             (widths > 0)
