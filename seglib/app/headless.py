@@ -30,7 +30,7 @@ from seglib.models.weights import weights_file
 from seglib.studies.comparison_report import models_without_scores
 from seglib.viz import files
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Seconds of each wait for a kernel message in ``run_notebooks`` (see ``stepwise_get_msg``).
 POLL_SECONDS = 1.0
 COCO_HOST = "http://images.cocodataset.org"
