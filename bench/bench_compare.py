@@ -102,7 +102,7 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     from seglib.core.runtime import amp_settings, images_to_device
     from seglib.engine.schedule import make_lr_scheduler, make_optimizer
     from seglib.engine.trainer import train_one_epoch
-    from seglib.models.registry import build_model
+    from seglib.models.builder import build_model
     from seglib.studies.family_comparison import count_parameters
 
     device = torch.device(opts["device"])

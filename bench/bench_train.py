@@ -48,7 +48,7 @@ from seglib.data.subset import build_subset
 from seglib.data.synthetic import make_synthetic_coco
 from seglib.engine.schedule import make_lr_scheduler, make_optimizer
 from seglib.engine.trainer import train_one_epoch
-from seglib.models.registry import build_model, build_model_structure
+from seglib.models.builder import build_model, build_model_structure
 from seglib.models.weights import weights_file
 
 

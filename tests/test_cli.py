@@ -279,7 +279,7 @@ def _own_results(subset, split, gt_results, *, noisy):
     import numpy as np
 
     from seglib.data.dataset import open_split
-    from seglib.evaluation.prediction import write_results
+    from seglib.evaluation.coco_results import write_results
 
     dataset = open_split(subset, split)
     results = gt_results(dataset.coco)

@@ -118,7 +118,7 @@ def test_predict_images_writes_results_and_overlays(tmp_path, synthetic_subset):
 
 def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path, synthetic_subset):
     from seglib.evaluation.coco_ap import evaluate_results
-    from seglib.evaluation.prediction import write_results
+    from seglib.evaluation.coco_results import write_results
 
     dataset = open_split(synthetic_subset, "val", min_box_size=0)
     results = []
@@ -150,7 +150,7 @@ def test_write_results_gives_files_coco_ids_that_evaluate_like_the_list(tmp_path
 
 
 def test_masks_to_host_copies_only_each_mask_extent_and_matches_a_plain_threshold():
-    from seglib.evaluation.prediction import masks_to_host
+    from seglib.evaluation.coco_results import masks_to_host
 
     probs = torch.zeros(4, 1, 20, 30)
     probs[0, 0, 2:5, 3:9] = 0.9
@@ -294,7 +294,7 @@ def test_evaluate_under_ddp_shards_the_images_and_equals_one_process(tmp_path, s
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_masks_to_host_on_the_gpu_matches_a_plain_threshold():
-    from seglib.evaluation.prediction import masks_to_host
+    from seglib.evaluation.coco_results import masks_to_host
 
     g = torch.Generator().manual_seed(0)
     probs = torch.zeros(50, 1, 120, 160)

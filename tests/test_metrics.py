@@ -16,7 +16,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seglib.evaluation import coco_ap, coco_results, iou_measures
+from seglib.evaluation import coco_ap, coco_results, iou_measures, shown_results
 
 H, W = 64, 64
 CAKE, CAR, DOG = 61, 3, 18
@@ -487,19 +487,19 @@ def test_filter_predictions_threshold_and_nms():
     other_class = det(1, 2, square(0, 0, 20), 0.7)
     low = det(1, 1, square(40, 40, 10), 0.1)
     results = [dup, a, other_class, low]
-    assert coco_results.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
-    assert coco_results.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [
+    assert shown_results.filter_predictions(results, score_thresh=0.5) == [dup, a, other_class]
+    assert shown_results.filter_predictions(results, score_thresh=0.5, nms_thresh=0.5) == [
         a,
         other_class,
     ]
-    assert coco_results.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [
+    assert shown_results.filter_predictions(results, nms_thresh=0.5, iou_type="bbox") == [
         a,
         other_class,
         low,
     ]
-    assert coco_results.filter_predictions(results, nms_thresh=0.99) == results
+    assert shown_results.filter_predictions(results, nms_thresh=0.99) == results
     with pytest.raises(ValueError, match="nms_thresh"):
-        coco_results.filter_predictions(results, nms_thresh=1.5)
+        shown_results.filter_predictions(results, nms_thresh=1.5)
 
 
 @pytest.mark.coco_tiny
@@ -529,7 +529,7 @@ def test_results_to_instances_decodes_one_image_for_drawing(gt):
     results[0] = dict(results[0], score=0.3)
     coco = coco_results.load_ground_truth(gt)
     image_id = results[0]["image_id"]
-    inst = coco_results.results_to_instances(results, image_id)
+    inst = shown_results.results_to_instances(results, image_id)
     expected = [a for a in gt["annotations"] if a["image_id"] == image_id and not a["iscrowd"]]
     assert inst["masks"].dtype == np.uint8 and inst["masks"].shape[0] == len(expected)
     assert inst["labels"].dtype == np.int64 and inst["boxes"].dtype == np.float32
@@ -540,7 +540,7 @@ def test_results_to_instances_decodes_one_image_for_drawing(gt):
         np.testing.assert_array_equal(mask, coco.annToMask(a))
         x, y, w, h = a["bbox"]
         np.testing.assert_allclose(box, [x, y, x + w, y + h])
-    above = coco_results.results_to_instances(results, image_id, score_thresh=0.5)
+    above = shown_results.results_to_instances(results, image_id, score_thresh=0.5)
     assert len(above["labels"]) == len(expected) - 1
-    none = coco_results.results_to_instances(results, image_id=-5)
+    none = shown_results.results_to_instances(results, image_id=-5)
     assert none["boxes"].shape == (0, 4) and none["masks"].shape[0] == 0

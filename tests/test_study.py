@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
-from seglib.evaluation import occlusion, prediction
+from seglib.evaluation import coco_results, occlusion
 from seglib.models import builder
 from seglib.studies import occlusion_report, occlusion_study
 from seglib.viz import charts, galleries
@@ -22,8 +22,8 @@ GRIDS = {"nms": {"box_nms_thresh": (0.3, 0.5)}, "soft-nms-linear": {"soft_nms_th
 def _save_tiny_model(subset, folder, **changes):
     """best.pt of a randomly initialised 64 px model over the synthetic subset's categories."""
     from seglib.data.dataset import open_split
+    from seglib.models.builder import build_model
     from seglib.models.checkpoint import save_checkpoint
-    from seglib.models.registry import build_model
 
     categories = open_split(subset, "val").categories
     cfg = TrainConfig.smoke(
@@ -91,7 +91,7 @@ def _own_predictions(model, dataset):
         for images, targets in occlusion_study._loader(dataset, 2):
             outputs = model(images_to_device(images, "cpu"))
             for target, det in zip(targets, outputs, strict=True):
-                results.extend(prediction.to_coco_results(int(target["image_id"]), det, 0.0))
+                results.extend(coco_results.to_coco_results(int(target["image_id"]), det, 0.0))
     return results
 
 

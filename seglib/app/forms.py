@@ -22,7 +22,7 @@ from seglib.app.operating_point import OperatingPoint
 from seglib.core.config import WEIGHT_CHOICES, TrainConfig
 from seglib.core.overrides import apply_overrides, slider_fields
 from seglib.core.paths import Paths
-from seglib.evaluation import coco_results
+from seglib.evaluation import shown_results
 from seglib.viz import files, jupyter, overlay, training
 
 _STYLE = {"description_width": "150px"}
@@ -221,7 +221,7 @@ def threshold_explorer(
     out = W.Output()
 
     def redraw(_change: Any = None) -> None:
-        kept = coco_results.filter_predictions(results, **thresholds(form))
+        kept = shown_results.filter_predictions(results, **thresholds(form))
         with out:
             out.clear_output(wait=True)
             fig = overlay.draw_instance_grid(

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from seglib.core.atomic import write_json_atomic
-from seglib.evaluation.coco_results import filter_predictions
+from seglib.evaluation.shown_results import filter_predictions
 
 
 # --- operating point --------------------------------------------------------------------------

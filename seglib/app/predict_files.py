@@ -12,7 +12,7 @@ import torch
 from seglib.core.atomic import write_json_atomic
 from seglib.core.runtime import images_to_device
 from seglib.data.images import load_rgb
-from seglib.evaluation.prediction import masks_to_host, to_coco_results, write_results
+from seglib.evaluation.coco_results import masks_to_host, to_coco_results, write_results
 from seglib.models.checkpoint import unwrap
 from seglib.viz import overlay
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from seglib.core.atomic import write_json_atomic
-from seglib.evaluation.coco_results import from_coco_ids
-from seglib.evaluation.prediction import write_results
+from seglib.evaluation.coco_results import from_coco_ids, write_results
 
 
 def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:

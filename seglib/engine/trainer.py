@@ -48,6 +48,7 @@ from seglib.engine.runlog import (
 )
 from seglib.engine.schedule import make_lr_scheduler, make_optimizer, optimizer_step
 from seglib.evaluation.prediction import evaluate
+from seglib.models.builder import build_model, build_model_structure
 from seglib.models.checkpoint import (
     load_for_resume,
     load_model_state,
@@ -55,7 +56,6 @@ from seglib.models.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from seglib.models.registry import build_model, build_model_structure
 
 Callback = Callable[[str, dict[str, Any]], None]
 

@@ -1,4 +1,4 @@
-"""Evaluation: COCO AP through pycocotools, plus the IoU-based measures the notebooks plot.
+"""COCO AP through pycocotools: box and mask, overall, per class and per size, with the tables.
 
 Inputs everywhere are a split's ground truth ``gt`` and COCO ``results``, as described in
 ``seglib.evaluation.coco_results``: ground truth and results files carry COCO's category ids and are
@@ -36,10 +36,7 @@ from seglib.evaluation.coco_results import (
     prepare,
     quiet,
 )
-from seglib.evaluation.iou_measures import (
-    best_match_iou,
-    pixel_iou,
-)
+from seglib.evaluation.iou_measures import best_match_iou, pixel_iou
 
 #: Keys of each iou-type section, in the order of ``COCOeval.stats``.
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")

@@ -1,4 +1,4 @@
-"""COCO results and ground truth as seglib's metrics read them.
+"""COCO results: made from model outputs, written and read back, with the ground truth.
 
 * ``gt``: a split's ground truth, as a pycocotools ``COCO``, a path to a split JSON (or to
   COCO's own annotations), or the dict itself. Crowd annotations (``iscrowd=1``) stay in it.
@@ -16,8 +16,9 @@ returns, and what viz draws) carries the model's labels 1..k, the positions of t
 truth's categories: ``to_coco_ids`` converts on export (``seglib.evaluation.prediction.write_results``),
 ``read_results`` converts back, and ``load_results`` converts a list before scoring it.
 
-``results_to_instances`` and ``filter_predictions`` serve drawings and sliders over cached
-results. Nothing here prints: pycocotools' output is swallowed.
+``to_coco_results`` is where a model's output becomes COCO results (``masks_to_host`` brings
+its masks to the host) and ``write_results`` writes them. Nothing here prints: pycocotools'
+output is swallowed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
+import torch
 from pycocotools.coco import COCO
 
+from seglib.core.atomic import write_json_atomic
 from seglib.core.categories import category_labels
 from seglib.data.annotations import load_instances, read_json, validate_instances
 
@@ -94,7 +97,7 @@ def load_ground_truth(gt: GroundTruth) -> COCO:
     return coco
 
 
-def _as_int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
@@ -104,7 +107,7 @@ def _as_int(value: Any, what: str) -> int:
         return int(as_float)
 
 
-def _as_rle(seg: Any, h: int, w: int, where: str) -> dict:
+def as_rle(seg: Any, h: int, w: int, where: str) -> dict:
     if isinstance(seg, Mapping) and "counts" in seg:
         if isinstance(seg["counts"], list):
             seg = mask_utils.frPyObjects(dict(seg), h, w)
@@ -117,7 +120,7 @@ def _as_rle(seg: Any, h: int, w: int, where: str) -> dict:
         counts = seg["counts"]
         return {"size": size, "counts": counts.decode() if isinstance(counts, bytes) else counts}
     if isinstance(seg, list) and seg:
-        return _as_rle(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)), h, w, where)
+        return as_rle(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)), h, w, where)
     raise ValueError(
         f"{where}: segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}"
     )
@@ -131,11 +134,11 @@ def _check_known(used: set[int], known: Mapping[int, Any], message: Callable[[li
 
 
 def _category_ids(results: Sequence[Mapping]) -> set[int]:
-    return {_as_int(r["category_id"], "category_id") for r in results}
+    return {as_int(r["category_id"], "category_id") for r in results}
 
 
 def _with_category_ids(results: Sequence[Mapping], table: Mapping[int, int]) -> list[dict]:
-    return [{**r, "category_id": table[_as_int(r["category_id"], "category_id")]} for r in results]
+    return [{**r, "category_id": table[as_int(r["category_id"], "category_id")]} for r in results]
 
 
 def to_coco_ids(
@@ -258,12 +261,12 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
             raise ValueError(
                 f"result {i} lacks {sorted(missing)}; each result needs image_id, category_id, score, segmentation"
             )
-        image_id = _as_int(r["image_id"], f"result {i} image_id")
+        image_id = as_int(r["image_id"], f"result {i} image_id")
         if image_id not in sizes:
             bad_images.add(image_id)
             continue
         h, w = sizes[image_id]
-        seg = _as_rle(r["segmentation"], h, w, f"result {i} (image {image_id})")
+        seg = as_rle(r["segmentation"], h, w, f"result {i} (image {image_id})")
         bbox = r.get("bbox")
         bbox = (
             mask_utils.toBbox(seg).tolist()
@@ -273,7 +276,7 @@ def load_results(results: Results, gt: GroundTruth) -> list[dict]:
         out.append(
             {
                 "image_id": image_id,
-                "category_id": _as_int(r["category_id"], f"result {i} category_id"),
+                "category_id": as_int(r["category_id"], f"result {i} category_id"),
                 "bbox": bbox,
                 "score": float(r["score"]),
                 "segmentation": seg,
@@ -300,92 +303,87 @@ def class_names(coco: COCO) -> dict[int, str]:
     return {int(c["id"]): c["name"] for c in coco.dataset["categories"]}
 
 
-# --- cached predictions ---------------------------------------------------------------------
-def results_to_instances(
-    results: Sequence[Mapping], image_id: int, *, score_thresh: float = 0.0
-) -> dict[str, np.ndarray]:
-    """Decode one image's COCO results into the arrays the model returns, for drawing.
+# --- model outputs to COCO results ---------------------------------------------------------
+def masks_to_host(probs: torch.Tensor) -> np.ndarray:
+    """Binary masks on the host from mask probabilities on any device.
+
+    Each mask is thresholded at 0.5 and cut to its own extent on the device; only those
+    uint8 crops are copied (one copy), then pasted back into full-size masks on the host.
+
+    Args:
+        probs: float [N, 1, H, W] probabilities (torchvision's ``masks`` output).
 
     Returns:
-        ``boxes`` float32 [N,4] XYXY px, ``masks`` uint8 [N,H,W], ``labels`` int64 [N],
-        ``scores`` float32 [N], for results of ``image_id`` with score >= ``score_thresh``,
-        highest score first. With no such result the mask array is [0,0,0].
+        uint8 [N, H, W] with values 0/1.
     """
-    rows = sorted(
-        (r for r in results if int(r["image_id"]) == int(image_id) and r["score"] >= score_thresh),
-        key=operator.itemgetter("score"),
-        reverse=True,
-    )
-    boxes = np.array([r["bbox"] for r in rows], dtype=np.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    if rows:
-        masks = np.stack(
-            [
-                mask_utils.decode(
-                    _as_rle(
-                        r["segmentation"],
-                        *r["segmentation"]["size"],
-                        f"result for image {image_id}",
-                    )
-                )
-                for r in rows
-            ]
+    binary = probs[:, 0] > 0.5
+    n, h, w = binary.shape
+    out = np.zeros((n, h, w), dtype=np.uint8)
+    if n == 0:
+        return out
+    rows, cols = binary.any(dim=2), binary.any(dim=1)  # [N, H], [N, W]
+    present = rows.any(dim=1)
+    y0 = rows.int().argmax(dim=1)
+    y1 = h - rows.flip(1).int().argmax(dim=1)
+    x0 = cols.int().argmax(dim=1)
+    x1 = w - cols.flip(1).int().argmax(dim=1)
+    extents = (torch.stack([y0, y1, x0, x1], dim=1) * present[:, None]).cpu().tolist()
+    crops = [binary[i, a:b, c:d].reshape(-1) for i, (a, b, c, d) in enumerate(extents)]
+    flat = torch.cat(crops).to(torch.uint8).cpu().numpy()
+    start = 0
+    for i, (a, b, c, d) in enumerate(extents):
+        size = (b - a) * (d - c)
+        out[i, a:b, c:d] = flat[start : start + size].reshape(b - a, d - c)
+        start += size
+    return out
+
+
+def to_coco_results(
+    image_id: int, output: dict[str, torch.Tensor], score_thresh: float
+) -> list[dict[str, Any]]:
+    """One image's model output as COCO results: xywh boxes, RLE masks, labels 1..k.
+
+    Only detections scoring at least ``score_thresh`` are kept; ``image_id`` is a plain int.
+    """
+    keep = output["scores"] >= score_thresh
+    if not bool(keep.any()):
+        return []
+    boxes = output["boxes"][keep]
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    masks = masks_to_host(output["masks"][keep])
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    results = []
+    for box, label, score, rle in zip(
+        xywh, output["labels"][keep].tolist(), output["scores"][keep].tolist(), rles, strict=True
+    ):
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [float(v) for v in box],
+                "score": float(score),
+                "segmentation": rle,
+            }
         )
-    else:
-        masks = np.zeros((0, 0, 0), dtype=np.uint8)
-    return {
-        "boxes": boxes,
-        "masks": masks.astype(np.uint8),
-        "labels": np.array([r["category_id"] for r in rows], dtype=np.int64),
-        "scores": np.array([r["score"] for r in rows], dtype=np.float32),
-    }
+    return results
 
 
-def filter_predictions(
-    results: Sequence[Mapping],
-    *,
-    score_thresh: float = 0.0,
-    nms_thresh: float | None = None,
-    iou_type: str = "segm",
-) -> list[dict]:
-    """Re-apply a score threshold and, optionally, per-class NMS to cached COCO results.
+def write_results(
+    path: str | Path, results: Sequence[dict[str, Any]], categories: Sequence[dict]
+) -> Path:
+    """Write in-memory results (labels 1..k) as a COCO results file, with COCO's category ids.
 
-    NMS is greedy per (image, class) in descending score: a result is dropped when its mask
-    (``iou_type="segm"``) or box (``"bbox"``, [x, y, w, h]) IoU with a kept one exceeds
-    ``nms_thresh``. Needs no ground truth. Returns the kept dicts, unchanged, in input order.
+    Every results file seglib writes goes through here, so pycocotools scores it against the
+    split's json (or COCO's own annotations) as it is; ``seglib.evaluation.coco_results.read_results`` turns
+    the ids back into labels.
+
+    Args:
+        categories: the split's or checkpoint's category dicts in label order (``id`` COCO's).
 
     Raises:
-        ValueError: ``nms_thresh`` outside [0, 1] or unknown ``iou_type``.
+        ValueError: a result's label is outside 1..k, or ``categories`` are numbered as an
+            older seglib did.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    if nms_thresh is not None and not 0.0 <= nms_thresh <= 1.0:
-        raise ValueError(f"nms_thresh must be in [0, 1] or None, got {nms_thresh}")
-    kept = [i for i, r in enumerate(results) if float(r["score"]) >= score_thresh]
-    if nms_thresh is not None:
-        groups = group(
-            kept,
-            lambda i: (
-                _as_int(results[i]["image_id"], "image_id"),
-                _as_int(results[i]["category_id"], "category_id"),
-            ),
-        )
-        survivors = set()
-        for members in groups.values():
-            members.sort(key=lambda i: -float(results[i]["score"]))
-            if iou_type == "segm":
-                items = [results[i]["segmentation"] for i in members]
-            else:
-                items = np.asarray(
-                    [np.asarray(results[i]["bbox"], dtype=np.float64).reshape(4) for i in members]
-                )
-            ious = np.asarray(mask_utils.iou(items, items, [0] * len(members))).reshape(
-                len(members), len(members)
-            )
-            alive = []
-            for j in range(len(members)):
-                if not alive or ious[j, alive].max() <= nms_thresh:
-                    alive.append(j)
-            survivors.update(members[j] for j in alive)
-        kept = [i for i in kept if i in survivors]
-    return [results[i] for i in kept]
+
+    return write_json_atomic(path, to_coco_ids(results, categories), indent=None)

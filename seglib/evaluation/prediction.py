@@ -1,4 +1,4 @@
-"""Prediction and evaluation: a model over a split or over image files, as COCO results.
+"""A model over a split: its predictions as COCO results, and those scored (``evaluate``).
 
 ``predict`` is what validation, notebooks 04/05 and ``python -m seglib evaluate`` run;
 ``evaluate`` adds the COCO metrics; ``to_coco_results`` turns one image's output into COCO
@@ -13,92 +13,24 @@ ranks and rank 0 runs COCOeval on the gathered results.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from seglib.core.atomic import write_json_atomic
+from seglib.core.config import postprocess_applies
 from seglib.core.distributed import broadcast_from_main, gather_to_main, rank_and_world
 from seglib.core.runtime import images_to_device
 from seglib.data.dataset import collate_fn
 from seglib.evaluation.coco_ap import evaluate_results
-from seglib.evaluation.coco_results import to_coco_ids
+from seglib.evaluation.coco_results import to_coco_results
 from seglib.models.checkpoint import unwrap
-
-
-def masks_to_host(probs: torch.Tensor) -> np.ndarray:
-    """Binary masks on the host from mask probabilities on any device.
-
-    Each mask is thresholded at 0.5 and cut to its own extent on the device; only those
-    uint8 crops are copied (one copy), then pasted back into full-size masks on the host.
-
-    Args:
-        probs: float [N, 1, H, W] probabilities (torchvision's ``masks`` output).
-
-    Returns:
-        uint8 [N, H, W] with values 0/1.
-    """
-    binary = probs[:, 0] > 0.5
-    n, h, w = binary.shape
-    out = np.zeros((n, h, w), dtype=np.uint8)
-    if n == 0:
-        return out
-    rows, cols = binary.any(dim=2), binary.any(dim=1)  # [N, H], [N, W]
-    present = rows.any(dim=1)
-    y0 = rows.int().argmax(dim=1)
-    y1 = h - rows.flip(1).int().argmax(dim=1)
-    x0 = cols.int().argmax(dim=1)
-    x1 = w - cols.flip(1).int().argmax(dim=1)
-    extents = (torch.stack([y0, y1, x0, x1], dim=1) * present[:, None]).cpu().tolist()
-    crops = [binary[i, a:b, c:d].reshape(-1) for i, (a, b, c, d) in enumerate(extents)]
-    flat = torch.cat(crops).to(torch.uint8).cpu().numpy()
-    start = 0
-    for i, (a, b, c, d) in enumerate(extents):
-        size = (b - a) * (d - c)
-        out[i, a:b, c:d] = flat[start : start + size].reshape(b - a, d - c)
-        start += size
-    return out
 
 
 def _image_id(target: Any) -> int:
     value = target["image_id"] if isinstance(target, dict) else target
     return int(value.item() if torch.is_tensor(value) else value)  # never a tensor
-
-
-def to_coco_results(
-    image_id: int, output: dict[str, torch.Tensor], score_thresh: float
-) -> list[dict[str, Any]]:
-    """One image's model output as COCO results: xywh boxes, RLE masks, labels 1..k.
-
-    Only detections scoring at least ``score_thresh`` are kept; ``image_id`` is a plain int.
-    """
-    keep = output["scores"] >= score_thresh
-    if not bool(keep.any()):
-        return []
-    boxes = output["boxes"][keep]
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    masks = masks_to_host(output["masks"][keep])
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-    results = []
-    for box, label, score, rle in zip(
-        xywh, output["labels"][keep].tolist(), output["scores"][keep].tolist(), rles, strict=True
-    ):
-        rle["counts"] = rle["counts"].decode("ascii")
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": [float(v) for v in box],
-                "score": float(score),
-                "segmentation": rle,
-            }
-        )
-    return results
 
 
 def _as_loader(data: DataLoader | Dataset, batch_size: int, num_workers: int) -> DataLoader:
@@ -203,37 +135,15 @@ def evaluate(
     return broadcast_from_main(metrics)
 
 
-def write_results(
-    path: str | Path, results: Sequence[dict[str, Any]], categories: Sequence[dict]
-) -> Path:
-    """Write in-memory results (labels 1..k) as a COCO results file, with COCO's category ids.
-
-    Every results file seglib writes goes through here, so pycocotools scores it against the
-    split's json (or COCO's own annotations) as it is; ``seglib.evaluation.coco_results.read_results`` turns
-    the ids back into labels.
-
-    Args:
-        categories: the split's or checkpoint's category dicts in label order (``id`` COCO's).
-
-    Raises:
-        ValueError: a result's label is outside 1..k, or ``categories`` are numbered as an
-            older seglib did.
-    """
-
-    return write_json_atomic(path, to_coco_ids(results, categories), indent=None)
-
-
 def check_postprocess(arch: str, postprocess: str = "nms", tta_hflip: bool = False) -> None:
-    """Refuse a post-processing variant on a model that has no NMS to replace.
-
-    ``seglib.models.postprocess`` (``--postprocess``, ``--tta-hflip``) works inside torchvision's
-    Mask R-CNN, in place of its box NMS. Mask2Former predicts a fixed set of masks and
-    suppresses nothing, so only the model's own output ("nms", no flip) applies to it.
+    """Refuse a post-processing variant (``--postprocess``, ``--tta-hflip``) that a model of
+    ``arch`` cannot take (``seglib.core.config.postprocess_applies``: Mask2Former has no NMS
+    to replace).
 
     Raises:
         ValueError: ``arch`` is "mask2former" and another rule or flip TTA is asked for.
     """
-    if arch != "mask2former" or (postprocess == "nms" and not tta_hflip):
+    if postprocess_applies(arch, postprocess, tta_hflip):
         return
     asked = [f"--postprocess {postprocess}"] if postprocess != "nms" else []
     asked += ["--tta-hflip"] if tta_hflip else []

@@ -38,8 +38,9 @@ from seglib.core.runtime import resolve_device, synchronize
 from seglib.data.dataset import open_split
 from seglib.engine.trainer import train
 from seglib.evaluation.coco_ap import evaluate_results
+from seglib.evaluation.coco_results import write_results
 from seglib.evaluation.occlusion import occlusion_ap
-from seglib.evaluation.prediction import check_postprocess, predict, write_results
+from seglib.evaluation.prediction import check_postprocess, predict
 from seglib.models import mask2former_weights
 from seglib.models.builder import model_from_checkpoint
 from seglib.models.mask2former import build_zero_shot_mask2former

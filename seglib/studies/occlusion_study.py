@@ -46,8 +46,8 @@ from seglib.core.runtime import images_to_device, synchronize
 from seglib.data.dataset import collate_fn, open_split
 from seglib.evaluation import occlusion
 from seglib.evaluation.coco_ap import load_detections, mean_valid
-from seglib.evaluation.coco_results import prepare, quiet
-from seglib.evaluation.prediction import predict, to_coco_results
+from seglib.evaluation.coco_results import prepare, quiet, to_coco_results
+from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
 from seglib.models.postprocess import PostProcessed, wrap
 from seglib.models.suppression import Settings

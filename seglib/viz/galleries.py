@@ -16,9 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from seglib.core.categories import category_labels
-from seglib.evaluation.coco_results import results_to_instances
 from seglib.evaluation.matching import match_image
 from seglib.evaluation.occlusion import HEAVY_FROM, bucket_of
+from seglib.evaluation.shown_results import results_to_instances
 from seglib.viz.common import BUCKET_COLORS, _name, _subplots, _to_image, _to_masks, make_grid
 from seglib.viz.overlay import _instances, draw_instances
 

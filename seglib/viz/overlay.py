@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from seglib.evaluation.coco_results import results_to_instances
+from seglib.evaluation.shown_results import results_to_instances
 from seglib.viz.common import (
     _name,
     _new_ax,
