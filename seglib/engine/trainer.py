@@ -152,7 +152,7 @@ def _progress_bar(loader: Iterable, epoch: int) -> Any:
 def _oom_message(epoch: int, iteration: int, batch: int, device: torch.device) -> str:
     return (
         f"CUDA out of memory at epoch {epoch}, iteration {iteration} (batch of {batch} images on {device}). "
-        f"Lower batch_size (--batch-size 1) or the image size (--min-size 640 --max-size 1066); "
+        f"Lower batch_size (--set batch_size=1) or the image size (--set min_size=640 --set max_size=1066); "
         f"measure with torch.cuda.max_memory_allocated(), not nvidia-smi."
     )
 

@@ -231,7 +231,7 @@ def _load(
     if cfg.arch == "mask2former":
         raise ValueError(
             f"{checkpoint} is a Mask2Former checkpoint: the occlusion study compares "
-            "post-processing variants (--postprocess, --tta-hflip) that replace the box NMS "
+            "post-processing variants (--set postprocess=..., --set tta_hflip=true) that replace the box NMS "
             "inside torchvision's Mask R-CNN, and Mask2Former has no NMS to replace. Study a "
             "Mask R-CNN run (arch 'v1' or 'v2')"
         )
