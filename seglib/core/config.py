@@ -45,6 +45,16 @@ POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nm
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
 
 
+def postprocess_applies(arch: str, postprocess: str = "nms", tta_hflip: bool = False) -> bool:
+    """Whether a model of ``arch`` can take the suppression rule ``postprocess`` and flip TTA.
+
+    ``seglib.models.postprocess`` (the rules other than "nms", and flip TTA) works inside
+    torchvision's Mask R-CNN, in place of its box NMS. Mask2Former predicts a fixed set of
+    masks and suppresses nothing, so only the model's own output ("nms", no flip) applies to it.
+    """
+    return arch != "mask2former" or (postprocess == "nms" and not tta_hflip)
+
+
 def _slider(lo: float, hi: float, step: float, log: bool = False) -> dict[str, Any]:
     return {"slider": {"min": lo, "max": hi, "step": step, "log": log}}
 
@@ -251,8 +261,7 @@ class TrainConfig:
         )
 
     def _m2f_postprocess_problem(self) -> str | None:
-        # seglib.models.postprocess replaces the box NMS inside torchvision's Mask R-CNN.
-        if self.arch != "mask2former" or (self.postprocess == "nms" and not self.tta_hflip):
+        if postprocess_applies(self.arch, self.postprocess, self.tta_hflip):
             return None
         return (
             f"postprocess {self.postprocess!r} and tta_hflip {self.tta_hflip} replace Mask "
