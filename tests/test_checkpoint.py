@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
-from seglib.models.builder import model_from_checkpoint
+from seglib.evaluation.coco_results import write_results
+from seglib.models.builder import build_model, model_from_checkpoint
 from seglib.models.checkpoint import (
     CheckpointError,
     check_class_map,
@@ -23,7 +24,6 @@ from seglib.models.checkpoint import (
     unwrap,
 )
 from seglib.models.maskrcnn import FrozenBatchNorm2d
-from seglib.models.registry import build_model
 
 #: A split's categories: COCO's ids, in label order (cake is label 1).
 CATEGORIES = [
@@ -145,8 +145,6 @@ def test_checkpoint_class_map_must_match_the_data(tmp_path, cfg):
 def test_an_older_seglibs_class_map_is_read_with_cocos_ids(tmp_path, cfg):
     """A checkpoint trained on a subset numbered 1..k (with coco_id) keeps working: its labels
     are those ids, so each category takes its coco_id and the label order stays."""
-    from seglib.evaluation.prediction import write_results
-
     path = save_checkpoint(
         tmp_path / "best.pt",
         model=build_model(5, "none", "v1", cfg),

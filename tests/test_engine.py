@@ -25,10 +25,9 @@ from seglib.data.loaders import GroupedBatchSampler, sample_seed
 from seglib.engine.runlog import LossMeter, NonFiniteLossError
 from seglib.engine.schedule import lr_factor, make_lr_scheduler, make_optimizer
 from seglib.engine.trainer import RunState, train, train_one_epoch
-from seglib.models import builder, registry
-from seglib.models.builder import model_from_checkpoint
+from seglib.models import builder
+from seglib.models.builder import build_model, model_from_checkpoint
 from seglib.models.checkpoint import load_checkpoint
-from seglib.models.registry import build_model
 
 # What torchvision's Mask R-CNN returns in training; the engine itself knows no loss names.
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -265,7 +264,7 @@ def test_loss_meter_reads_back_only_when_asked_and_latches_the_first_bad_step():
 
 def test_cuda_oom_is_reraised_with_a_hint():
     opt = torch.optim.SGD(_Toy().parameters(), lr=0.01)
-    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"--batch-size 1.*--min-size"):
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"--set batch_size=1.*--set min_size"):
         train_one_epoch(_Toy(oom=True), opt, _toy_batches(1), CPU, 1)
 
 
@@ -491,7 +490,7 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
     shutil.rmtree(out)
 
 
-# --- a second model family through the registry ------------------------------------------------
+# --- a second model family through the architecture table --------------------------------------
 class _ToyFamily(nn.Module):
     """A model family that is not Mask R-CNN: the interface of seglib.models.builder and nothing else."""
 
@@ -526,7 +525,7 @@ def test_a_registered_family_trains_validates_and_reloads_with_no_engine_change(
     tmp_path, synthetic_subset, monkeypatch
 ):
     monkeypatch.setattr(config, "ARCHS", (*config.ARCHS, "toy"))
-    monkeypatch.setitem(registry._BUILDERS, "toy", _build_toy)
+    monkeypatch.setitem(builder.BUILDERS, "toy", _build_toy)
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=4)
     cfg = TrainConfig.smoke(arch="toy", norm="bn", batch_size=2, num_epochs=1, num_workers=0)
     summary = train(cfg, data, tmp_path / "run")

@@ -18,9 +18,27 @@ import textwrap
 import pytest
 import torch
 
-from seglib.app import prediction_cache
+from seglib.app import prediction_cache, runs
 from seglib.app.operating_point import OperatingPoint
 from seglib.core.config import TrainConfig
+from seglib.core.paths import get_paths
+from seglib.data.dataset import open_split
+from seglib.data.transforms import boxes_from_masks
+from seglib.engine.runlog import read_metrics
+from seglib.engine.trainer import train
+from seglib.evaluation.occlusion import occlusion_ap
+from seglib.evaluation.prediction import evaluate, predict
+from seglib.models.builder import BUILDERS, build_model, model_from_checkpoint
+from seglib.models.checkpoint import CheckpointError
+from seglib.models.mask2former import LOSS_NAMES, Mask2FormerSegmenter, build_zero_shot_mask2former
+from seglib.models.mask2former_weights import (
+    MODEL_ID,
+    hf_cache_dir,
+    hf_config,
+    load_pretrained,
+    subset_head_rows,
+)
+from seglib.models.weights import MissingWeightsError
 
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None,
@@ -35,8 +53,6 @@ def tiny_cfg(**overrides) -> TrainConfig:
 
 
 def tiny_model(cfg: TrainConfig | None = None):
-    from seglib.models.registry import build_model
-
     cfg = cfg or tiny_cfg()
     torch.manual_seed(0)
     return build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
@@ -78,11 +94,8 @@ def test_config_rejects_what_mask2former_cannot_load():
 
 # --- the contract ------------------------------------------------------------------------------
 @needs_transformers
-def test_registry_builds_it_and_training_returns_finite_losses():
-    from seglib.models.mask2former import LOSS_NAMES, Mask2FormerSegmenter
-    from seglib.models.registry import available_archs
-
-    assert "mask2former" in available_archs()
+def test_build_model_builds_it_and_training_returns_finite_losses():
+    assert "mask2former" in BUILDERS
     model = tiny_model()
     assert isinstance(model, Mask2FormerSegmenter) and model.training
     images, targets = two_images()
@@ -159,8 +172,6 @@ def test_inference_returns_torchvision_detections_at_input_size():
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
         assert (out["scores"] >= model.score_thresh).all()
         # boxes are the masks' tight boxes (x2, y2 exclusive)
-        from seglib.data.transforms import boxes_from_masks
-
         expected = boxes_from_masks((out["masks"][:, 0] > 0.5).numpy())
         assert torch.equal(out["boxes"], torch.from_numpy(expected))
         assert (out["boxes"][:, 2:] > out["boxes"][:, :2]).all()
@@ -168,8 +179,6 @@ def test_inference_returns_torchvision_detections_at_input_size():
 
 @needs_transformers
 def test_post_processing_scores_class_times_mask_and_keeps_overlaps():
-    from seglib.models.mask2former import Mask2FormerSegmenter
-
     model = tiny_model(tiny_cfg(box_score_thresh=0.0))
     assert isinstance(model, Mask2FormerSegmenter)
     q, c = model.model.config.num_queries, 4
@@ -220,13 +229,6 @@ def test_losses_fall_on_a_fixed_batch():
 @needs_transformers
 @pytest.mark.slow
 def test_engine_trains_evaluates_checkpoints_and_resumes(synthetic_subset, tmp_path):
-    from seglib.data.dataset import open_split
-    from seglib.engine.runlog import read_metrics
-    from seglib.engine.trainer import train
-    from seglib.evaluation.occlusion import occlusion_ap
-    from seglib.evaluation.prediction import evaluate, predict
-    from seglib.models.builder import model_from_checkpoint
-
     cfg = tiny_cfg()
     whole = train(cfg, synthetic_subset, tmp_path / "whole")
     rows = [r for r in read_metrics(tmp_path / "whole") if "loss_dice" in r]
@@ -259,10 +261,6 @@ def test_engine_trains_evaluates_checkpoints_and_resumes(synthetic_subset, tmp_p
 # --- weights ------------------------------------------------------------------------------------
 @needs_transformers
 def test_missing_weights_name_the_model_the_cache_and_the_command(tmp_path):
-    from seglib.models.mask2former_weights import MODEL_ID, hf_cache_dir, load_pretrained
-    from seglib.models.registry import build_model
-    from seglib.models.weights import MissingWeightsError
-
     with pytest.raises(MissingWeightsError) as info:
         load_pretrained("seglib-tests/not-a-cached-model")
     message = str(info.value)
@@ -282,8 +280,6 @@ def coco_like_folder(tmp_path_factory):
     pytest.importorskip("transformers", reason="pip install -r requirements-detr.txt")
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from seglib.models.mask2former_weights import hf_config
-
     torch.manual_seed(1)
     model = Mask2FormerForUniversalSegmentation(hf_config("tiny", coco_like_id2label()))
     folder = tmp_path_factory.mktemp("m2f-coco-like")
@@ -293,8 +289,6 @@ def coco_like_folder(tmp_path_factory):
 
 @needs_transformers
 def test_coco_head_is_mapped_to_the_subset_by_name(coco_like_folder):
-    from seglib.models.mask2former_weights import subset_head_rows
-
     folder, coco_model = coco_like_folder
     cfg = TrainConfig(
         arch="mask2former", weights="coco", m2f_config="tiny", m2f_pretrained=str(folder)
@@ -330,9 +324,6 @@ def test_coco_head_is_mapped_to_the_subset_by_name(coco_like_folder):
 def test_zero_shot_keeps_the_coco_softmax_and_reports_subset_labels(
     coco_like_folder, synthetic_subset
 ):
-    from seglib.data.dataset import open_split
-    from seglib.models.mask2former import build_zero_shot_mask2former
-
     folder, coco_model = coco_like_folder
     val = open_split(synthetic_subset, "val")
     cfg = TrainConfig(
@@ -363,8 +354,6 @@ def test_zero_shot_keeps_the_coco_softmax_and_reports_subset_labels(
 
 @needs_transformers
 def test_pretrained_that_does_not_fit_the_preset_names_both(coco_like_folder):
-    from seglib.models.checkpoint import CheckpointError
-
     folder, _ = coco_like_folder
     cfg = TrainConfig(arch="mask2former", weights="coco", m2f_pretrained=str(folder))
     with pytest.raises(CheckpointError, match="swin-tiny"):
@@ -409,10 +398,6 @@ def test_base_package_trains_mask_rcnn_with_transformers_blocked(tmp_path):
 @pytest.mark.slow
 def test_a_mask2former_run_goes_through_notebook_04s_cached_predictions(tmp_path, synthetic_subset):
     import shutil
-
-    from seglib.app import runs
-    from seglib.core.paths import get_paths
-    from seglib.engine.trainer import train
 
     paths = get_paths("smoke", tmp_path, run="m2f")
     shutil.copytree(synthetic_subset, paths.subset)

@@ -1,4 +1,4 @@
-"""Model builder, registry, weight cache lookup, zero-shot mapping, frozen BatchNorm (offline)."""
+"""Model builder and arch table, weight cache, zero-shot mapping, frozen BatchNorm (offline)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from seglib.core import config
 from seglib.core.config import TrainConfig
-from seglib.models.builder import SegmentationModel
+from seglib.models import builder
+from seglib.models.builder import SegmentationModel, build_model, build_model_structure
 from seglib.models.checkpoint import CheckpointError
 from seglib.models.maskrcnn import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
-from seglib.models.registry import available_archs, build_model, register_arch
 from seglib.models.weights import MissingWeightsError, weights_file
-from seglib.models.zeroshot import ZeroShotMaskRCNN, build_zero_shot_model
+from seglib.models.zeroshot import (
+    ZeroShotMaskRCNN,
+    build_zero_shot_model,
+    zero_shot_baseline,
+    zero_shot_maskrcnn,
+)
 
 #: A split's categories: COCO's ids, in label order (cake 1, car 2, dog 3, person 4).
 CATEGORIES = [
@@ -239,26 +245,25 @@ def test_zero_shot_reads_coco_weights_from_cache(tmp_path, cfg):
     assert set(outputs[0]["labels"].tolist()) <= {1, 2, 3, 4}
 
 
-def test_zero_shot_baseline_uses_cached_coco_weights_or_warns_about_its_stand_in(tmp_path, cfg):
-    from seglib.models.zeroshot import zero_shot_baseline
-
+def test_zero_shot_maskrcnn_uses_cached_coco_weights_or_warns_about_its_stand_in(tmp_path, cfg):
     with pytest.warns(UserWarning, match="ZERO-SHOT STAND-IN"):
-        stand_in = zero_shot_baseline(CATEGORIES, cfg)
+        stand_in = zero_shot_maskrcnn(CATEGORIES, cfg)
     assert _heads(stand_in.model) == (91, 364, 91)
     with pytest.raises(MissingWeightsError):
-        zero_shot_baseline(CATEGORIES, cfg.replace(weights="coco", trainable_backbone_layers=3))
+        zero_shot_maskrcnn(CATEGORIES, cfg.replace(weights="coco", trainable_backbone_layers=3))
     _save_random_coco("v1", cfg)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        real = zero_shot_baseline(CATEGORIES, cfg)
+        real = zero_shot_baseline(CATEGORIES, cfg)  # a Mask R-CNN run's: zero_shot_maskrcnn
+    assert isinstance(real, ZeroShotMaskRCNN)
     expected = torch.load(weights_file("coco", "v1"), weights_only=True)
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(real.model.state_dict()[key], expected[key])
 
 
-# --- the interface, the registry, frozen BatchNorm ---------------------------------------------
+# --- the interface, the architecture table, frozen BatchNorm -----------------------------------
 def test_maskrcnn_and_its_zero_shot_wrapper_follow_the_interface(cfg):
     model = build_model(5, "none", "v1", cfg)
     assert isinstance(model, SegmentationModel)
@@ -266,30 +271,34 @@ def test_maskrcnn_and_its_zero_shot_wrapper_follow_the_interface(cfg):
     assert not isinstance(object(), SegmentationModel)
 
 
-def test_register_arch_makes_build_model_use_the_builder(monkeypatch, cfg):
-    from seglib.models import registry
+def test_the_architecture_table_holds_exactly_the_configs_archs():
+    assert tuple(builder.BUILDERS) == config.ARCHS
 
+
+def test_build_model_calls_the_archs_builder_and_names_the_choices(monkeypatch, cfg):
     calls = []
 
-    def builder(cfg, *, arch, num_classes, weights, load):
+    def toy_builder(cfg, *, arch, num_classes, weights, load):
         calls.append((arch, num_classes, weights, load))
         return nn.Linear(1, num_classes)
 
-    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
-    register_arch("toy", builder)
-    assert "toy" in available_archs()
+    monkeypatch.setitem(builder.BUILDERS, "toy", toy_builder)
     assert build_model(3, "none", "toy", cfg).out_features == 3
     assert calls == [("toy", 3, "none", True)]
+    with pytest.raises(
+        ValueError, match=r"arch must be one of \('mask2former', 'toy', 'v1', 'v2'\)"
+    ):
+        build_model(3, "none", "v3", cfg)
 
 
-def test_importing_seglib_does_not_import_the_optional_families():
+def test_importing_seglib_does_not_import_transformers():
     code = (
-        "import sys, seglib.models.builder, seglib.engine.trainer, seglib.evaluation.prediction, seglib.app.cli\n"
-        "optional = ('transformers', 'seglib.models.mask2former', 'seglib.models.mask2former_weights')\n"
-        "print(sorted(m for m in optional if m in sys.modules))"
+        "import sys, seglib.models.builder, seglib.models.zeroshot, seglib.engine.trainer, "
+        "seglib.evaluation.prediction, seglib.app.cli\n"
+        "print('transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False"
 
 
 def _frozen_bn(channels: int = 8) -> SeglibFrozenBatchNorm2d:
@@ -319,8 +328,6 @@ def test_frozen_batchnorm_keeps_the_autocast_dtype():
 
 
 def test_pretrained_v1_freezes_batchnorm_with_the_dtype_keeping_layer(cfg):
-    from seglib.models.registry import build_model_structure
-
     model = build_model_structure(cfg.replace(weights="coco", trainable_backbone_layers=3))
     frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen and all(isinstance(m, SeglibFrozenBatchNorm2d) for m in frozen)

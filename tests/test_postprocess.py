@@ -21,6 +21,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import box_iou, roi_align
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig
+from seglib.models.builder import build_model
 from seglib.models.postprocess import (
     TTA_MATCH_IOU,
     Candidates,
@@ -405,8 +406,6 @@ def test_an_image_without_candidates(method, tta, size):
 # --- a real Mask R-CNN ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model():
-    from seglib.models.registry import build_model
-
     cfg = TrainConfig.smoke(min_size=64, max_size=64, detections_per_img=20, postprocess_pool=60)
     torch.manual_seed(0)
     return build_model(3, "none", "v1", cfg).eval(), cfg

@@ -14,7 +14,6 @@ __all__ = [
     "maskrcnn",
     "overlaps",
     "postprocess",
-    "registry",
     "suppression",
     "weights",
     "zeroshot",

@@ -1,4 +1,4 @@
-"""Models: the interface the rest of seglib relies on, and rebuilding one from a checkpoint.
+"""Models: the interface the rest of seglib relies on, the architectures, and rebuilding one.
 
 The interface (``SegmentationModel``)
     Every model family is an ``nn.Module`` used in exactly two ways, as torchvision's
@@ -15,15 +15,18 @@ The interface (``SegmentationModel``)
     ``labels`` int64 1..k, ``masks`` uint8 [N, H, W]). The engine, evaluation and prediction
     use nothing else of a model: no attribute of one family, no isinstance test.
 
-Where the rest lives (all re-exported here)
-    ``seglib.models.registry``: ``build_model`` and the builder registry (``register_arch``);
-    ``seglib.models.maskrcnn``: torchvision's Mask R-CNN ("v1", "v2"); ``seglib.models.zeroshot``: the
-    zero-shot COCO baseline; ``seglib.models.mask2former``: the optional Mask2Former family.
+The architectures (``BUILDERS``, by ``cfg.arch``; its keys are ``seglib.core.config.ARCHS``)
+    "v1" and "v2": torchvision's Mask R-CNN R50-FPN (``seglib.models.maskrcnn``);
+    "mask2former": Hugging Face Mask2Former (``seglib.models.mask2former``), whose module
+    imports ``transformers`` only when a model is built. A builder is called as
+    ``builder(cfg, arch=, num_classes=, weights=, load=)`` and returns a model following
+    ``SegmentationModel``, reading weight files only when ``load`` is true (``load=False`` gives
+    the structure a checkpoint is loaded into).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,31 +41,17 @@ from seglib.models.checkpoint import (
     load_checkpoint,
     load_model_state,
     restore_norm_eps,
-    unwrap,
 )
-from seglib.models.maskrcnn import COCO_NUM_CLASSES, FrozenBatchNorm2d, build_maskrcnn
-from seglib.models.registry import (
-    ModelBuilder,
-    available_archs,
-    build_model,
-    build_model_structure,
-    register_arch,
-)
-from seglib.models.weights import MissingWeightsError, fetch_weights, weights_file
-from seglib.models.zeroshot import (
-    ZERO_SHOT_CANDIDATES,
-    ZeroShotMaskRCNN,
-    build_zero_shot_model,
-    zero_shot_baseline,
-)
+from seglib.models.mask2former import build_mask2former
+from seglib.models.maskrcnn import build_maskrcnn
+from seglib.models.postprocess import wrap
 
-# Re-exported for callers from before the split into seglib.models.checkpoint and seglib.models.weights,
-# and into seglib.models.registry, seglib.models.maskrcnn and seglib.models.zeroshot.
-__all__ = ["CheckpointError", "MissingWeightsError", "fetch_weights", "load_checkpoint", "unwrap"]
-__all__ += ["SegmentationModel", "available_archs", "build_model", "build_model_structure"]
-__all__ += ["FrozenBatchNorm2d", "build_maskrcnn", "model_from_checkpoint", "register_arch"]
-__all__ += ["ZeroShotMaskRCNN", "build_zero_shot_model", "weights_file", "zero_shot_baseline"]
-__all__ += ["COCO_NUM_CLASSES", "ZERO_SHOT_CANDIDATES", "ModelBuilder"]
+#: ``builder(cfg, *, arch, num_classes, weights, load) -> model``, by architecture name.
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "v1": build_maskrcnn,
+    "v2": build_maskrcnn,
+    "mask2former": build_mask2former,
+}
 
 
 @runtime_checkable
@@ -88,6 +77,51 @@ class SegmentationModel(Protocol):
     ) -> Any: ...
 
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def _builder(arch: str) -> Callable[..., nn.Module]:
+    if arch not in BUILDERS:
+        raise ValueError(f"arch must be one of {tuple(sorted(BUILDERS))}, got {arch!r}")
+    return BUILDERS[arch]
+
+
+def build_model(
+    num_classes: int, weights: str = "coco", arch: str = "v1", cfg: TrainConfig | None = None
+) -> nn.Module:
+    """The ``arch`` model with predictors for ``num_classes``, following ``SegmentationModel``.
+
+    Args:
+        num_classes: k + 1 (categories plus background).
+        weights: for Mask R-CNN "coco" (COCO-trained, predictors replaced unless
+            num_classes == 91), "imagenet" (ResNet-50 backbone only), "none" (random init, all
+            layers trainable), or a local .pth/.pt file (a state dict or a seglib checkpoint).
+        arch: a key of ``BUILDERS``: "v1" (maskrcnn_resnet50_fpn), "v2"
+            (maskrcnn_resnet50_fpn_v2), "mask2former".
+        cfg: sizes, proposal/ROI counts, inference thresholds, trainable_backbone_layers;
+            TrainConfig() if None.
+
+    Returns:
+        The model in train mode, on the CPU.
+
+    Raises:
+        MissingWeightsError: the coco/imagenet file is not in $TORCH_HOME/hub/checkpoints.
+        CheckpointError: a local file is unreadable or has another class count.
+        ValueError: bad num_classes, weights or arch.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+    cfg = cfg if cfg is not None else TrainConfig()
+    return _builder(arch)(cfg, arch=arch, num_classes=num_classes, weights=weights, load=True)
+
+
+def build_model_structure(cfg: TrainConfig) -> nn.Module:
+    """The model ``cfg`` describes, randomly initialised but structured for ``cfg.weights``.
+
+    Reads no weight file: for loading a checkpoint trained from that config.
+    """
+    return _builder(cfg.arch)(
+        cfg, arch=cfg.arch, num_classes=cfg.num_classes, weights=cfg.weights, load=False
+    )
 
 
 def model_from_checkpoint(
@@ -122,6 +156,4 @@ def model_from_checkpoint(
     model = build_model_structure(cfg)
     load_model_state(model, ckpt["model"], source=str(path))
     restore_norm_eps(model, ckpt.get("norm_eps", {}))  # absent from checkpoints before it
-    from seglib.models.postprocess import wrap
-
     return wrap(model.to(device).eval(), cfg), cfg, stored

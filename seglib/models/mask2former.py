@@ -27,8 +27,8 @@ inference: score = class probability x mean mask probability inside the mask, to
 resized to the original size.
 
 Weights, the Hugging Face cache and the configuration presets are in
-``seglib.models.mask2former_weights`` (re-exported here). ``transformers`` is imported only when a
-Mask2Former is built (the ``detr`` extra), and nothing downloads implicitly.
+``seglib.models.mask2former_weights``. ``transformers`` is imported only when a Mask2Former is
+built (the ``detr`` extra), and nothing downloads implicitly.
 """
 
 from __future__ import annotations
@@ -40,18 +40,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import masks_to_boxes
 
 from seglib.core.categories import category_labels
 from seglib.core.config import TrainConfig
 from seglib.models.checkpoint import CheckpointError, load_model_state, load_state_file
 from seglib.models.mask2former_weights import (
-    INSTALL_HINT,
     MODEL_ID,
-    WEIGHTS_LICENCE,
-    MissingDependencyError,
     coco_id2label,
-    fetch_weights,
-    hf_cache_dir,
     hf_config,
     load_pretrained,
     map_head_to_subset,
@@ -59,17 +55,6 @@ from seglib.models.mask2former_weights import (
     require_transformers,
     subset_head_rows,
 )
-from seglib.models.registry import register_arch
-from seglib.models.weights import MissingWeightsError
-
-# Re-exported: these lived here before the split into seglib.models.mask2former_weights.
-__all__ = ["INSTALL_HINT", "MODEL_ID", "WEIGHTS_LICENCE", "MissingDependencyError"]
-__all__ += ["MissingWeightsError", "coco_id2label", "fetch_weights", "hf_cache_dir", "hf_config"]
-__all__ += ["load_pretrained", "map_head_to_subset", "pretrained_available"]
-__all__ += ["require_transformers", "subset_head_rows"]
-__all__ += ["IMAGE_MEAN", "IMAGE_STD", "LOSS_NAMES", "SIZE_DIVISOR", "Mask2FormerSegmenter"]
-__all__ += ["boxes_from_binary_masks", "build_mask2former", "build_zero_shot_mask2former"]
-__all__ += ["zero_shot_baseline"]
 
 LOSS_NAMES = ("loss_cross_entropy", "loss_mask", "loss_dice")
 #: Mask2Former's image processor normalises with the ImageNet statistics.
@@ -249,29 +234,16 @@ class Mask2FormerSegmenter(nn.Module):
         keep = (area > 0) & (scores >= self.score_thresh)
         order = scores[keep].argsort(descending=True)
         masks, binary, scores, labels = (t[keep][order] for t in (masks, binary, scores, labels))
+        # torchvision's x2, y2 are the last column and row; seglib's are one past them
+        # (``seglib.data.transforms.boxes_from_masks``). Every mask kept here is non-empty.
+        boxes = masks_to_boxes(binary)
+        boxes[:, 2:] += 1
         return {
-            "boxes": boxes_from_binary_masks(binary),
+            "boxes": boxes,
             "labels": labels,
             "scores": scores,
             "masks": masks[:, None],
         }
-
-
-def boxes_from_binary_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Float32 [N,4] XYXY boxes of bool [N,H,W] masks, x2 = last column + 1 (as
-    ``transforms.boxes_from_masks``); empty masks give zero rows."""
-    n = masks.shape[0]
-    boxes = torch.zeros((n, 4), dtype=torch.float32, device=masks.device)
-    if n == 0:
-        return boxes
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # [N,H], [N,W]
-    h, w = rows.shape[1], cols.shape[1]
-    present = rows.any(dim=1)
-    boxes[:, 0] = cols.float().argmax(dim=1)
-    boxes[:, 1] = rows.float().argmax(dim=1)
-    boxes[:, 2] = w - cols.flip(1).float().argmax(dim=1)
-    boxes[:, 3] = h - rows.flip(1).float().argmax(dim=1)
-    return boxes * present[:, None]
 
 
 # --- builders ------------------------------------------------------------------------------------
@@ -295,7 +267,7 @@ def _structure(cfg: TrainConfig) -> nn.Module:
 def build_mask2former(
     cfg: TrainConfig, *, arch: str = "mask2former", num_classes: int, weights: str, load: bool
 ) -> Mask2FormerSegmenter:
-    """The registry's builder for "mask2former": a head for ``cfg.categories``.
+    """The builder of "mask2former" (``builder.BUILDERS``): a head for ``cfg.categories``.
 
     Args:
         num_classes: k + 1, as for Mask R-CNN (Mask2Former's own no-object class is the +1).
@@ -368,7 +340,7 @@ def build_zero_shot_mask2former(
     return _wrap(hf_model, lut, cfg).eval()
 
 
-def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> Mask2FormerSegmenter:
+def zero_shot_mask2former(categories: list[dict], cfg: TrainConfig) -> Mask2FormerSegmenter:
     """The zero-shot baseline of a Mask2Former run: the COCO model when it is cached.
 
     When it is not and the run itself did not start from it (the offline profiles), a
@@ -392,6 +364,3 @@ def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> Mask2FormerS
         hf_config(cfg.m2f_config, coco_id2label())
     )
     return build_zero_shot_mask2former(categories, cfg, hf_model=stand_in)
-
-
-register_arch("mask2former", build_mask2former)

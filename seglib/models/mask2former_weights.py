@@ -3,9 +3,10 @@
 ``transformers`` is imported only when a function here needs it (the ``detr`` extra;
 ``require_transformers`` names the install command when it is missing), so importing this
 module, like importing ``seglib``, works without it. Nothing downloads implicitly:
-``fetch_weights`` is the one function that does; loading uses the Hugging Face cache or a
-local folder with ``local_files_only=True``. The COCO-instance checkpoints are licensed
-CC BY-NC 4.0 (``WEIGHTS_LICENCE``): non-commercial use only, which ``fetch-weights`` prints.
+``fetch_mask2former_weights`` is the one function that does; loading uses the Hugging Face
+cache or a local folder with ``local_files_only=True``. The COCO-instance checkpoints are
+licensed CC BY-NC 4.0 (``WEIGHTS_LICENCE``): non-commercial use only, which ``fetch-weights``
+prints.
 
 Also here: the architecture presets (``hf_config``), and cutting a COCO-trained 80-class head
 down to the subset's classes by name (``subset_head_rows``, ``map_head_to_subset``). The
@@ -98,7 +99,7 @@ def _missing_message(source: str) -> str:
     )
 
 
-def fetch_weights(model_id: str = MODEL_ID) -> Path:
+def fetch_mask2former_weights(model_id: str = MODEL_ID) -> Path:
     """Download ``model_id``'s config and weights into the Hugging Face cache (no-op when present).
 
     The only function here that touches the network.

@@ -5,8 +5,8 @@ are read from the torch hub cache by ``seglib.models.weights``, never downloaded
 structure depends on where its weights came from, as in torchvision: a pretrained v1
 backbone uses frozen BatchNorm and freezes its first stages, a random one trains
 everything. So a checkpoint rebuilds the same structure from its stored config without
-reading any weight file (``seglib.models.builder.model_from_checkpoint``). ``build_maskrcnn`` is the
-registry's builder for "v1" and "v2" (``seglib.models.registry``).
+reading any weight file (``seglib.models.builder.model_from_checkpoint``). ``build_maskrcnn`` is
+the builder of "v1" and "v2" (``seglib.models.builder.BUILDERS``).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _load_file(cfg: TrainConfig, arch: str, num_classes: int, path: str) -> Mask
 def build_maskrcnn(
     cfg: TrainConfig, *, arch: str, num_classes: int, weights: str, load: bool
 ) -> MaskRCNN:
-    """The registry's builder for "v1" and "v2" (see ``build_model`` for the arguments)."""
+    """The builder of "v1" and "v2" (see ``seglib.models.builder.build_model`` for the arguments)."""
     kind = _weights_kind(weights)
     coco_v1 = arch == "v1" and kind == "coco"  # the legacy COCO_V1 weights were trained with eps 0
     if not load or kind == "none":

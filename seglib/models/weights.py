@@ -1,9 +1,10 @@
 """Pretrained weight files of torchvision's Mask R-CNN: where they live, and fetching them.
 
 Nothing here downloads implicitly. Files are looked for in the torch hub cache,
-``$TORCH_HOME/hub/checkpoints`` under torchvision's own file names, and ``fetch_weights`` is
-the one function in seglib that downloads. A missing file raises ``MissingWeightsError``,
-whose message names the file, the folder, the URL and the commands that put it there.
+``$TORCH_HOME/hub/checkpoints`` under torchvision's own file names, and
+``fetch_maskrcnn_weights`` is the one function here that downloads. A missing file raises
+``MissingWeightsError``, whose message names the file, the folder, the URL and the commands
+that put it there.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def weights_file(kind: str, arch: str = "v1") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_URLS[(kind, arch)])
 
 
-def fetch_weights(kind: str, arch: str = "v1", *, progress: bool = False) -> Path:
+def fetch_maskrcnn_weights(kind: str, arch: str = "v1", *, progress: bool = False) -> Path:
     """Download the ``kind`` weights of ``arch`` into the hub cache (no-op when present).
 
     The sha256 prefix in torchvision's file name is checked.

@@ -2,10 +2,10 @@
 
 ``ZeroShotMaskRCNN`` wraps a 91-class COCO Mask R-CNN and maps its detections to the
 subset's labels 1..k by category id (COCO's, as in the split: ``seglib.core.categories``),
-dropping the other COCO classes; ``zero_shot_baseline``
-gives a run's baseline (the COCO Mask2Former for a "mask2former" run, from
-``seglib.models.mask2former``), or a loudly announced random stand-in when the COCO weights are not
-cached. Inference only.
+dropping the other COCO classes. ``zero_shot_baseline`` gives a run's baseline:
+``zero_shot_maskrcnn`` for a Mask R-CNN run, ``seglib.models.mask2former.zero_shot_mask2former``
+(the COCO Mask2Former) for a "mask2former" run; each is a loudly announced random stand-in
+when the COCO weights are not cached. Inference only.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from torch import nn
 
 from seglib.core.categories import category_labels
 from seglib.core.config import TrainConfig
+from seglib.models.builder import build_model
+from seglib.models.mask2former import zero_shot_mask2former
 from seglib.models.maskrcnn import COCO_NUM_CLASSES
-from seglib.models.registry import build_model
 from seglib.models.weights import weights_file
 
 #: Detections the zero-shot COCO model keeps per image before its 91 classes are narrowed to
@@ -111,21 +112,30 @@ def build_zero_shot_model(
 
 
 def zero_shot_baseline(categories: list[dict], cfg: TrainConfig) -> nn.Module:
-    """The zero-shot baseline for a run: COCO-trained Mask R-CNN weights when they are cached.
+    """The zero-shot baseline for a run of ``cfg.arch``: the COCO-trained model of its family.
 
-    The run's own arch when it is a Mask R-CNN one ("v1", "v2"); a "mask2former" run gets
-    ``seglib.models.mask2former.zero_shot_baseline`` (the COCO Mask2Former). When the COCO file
-    is missing and the run itself did not start from COCO weights (the offline smoke
+    A "mask2former" run gets ``zero_shot_mask2former`` (the COCO Mask2Former, its head
+    restricted by name), any other ``zero_shot_maskrcnn``.
+
+    Raises:
+        MissingWeightsError: ``cfg.weights == "coco"`` and the COCO weights are not cached.
+    """
+    if cfg.arch == "mask2former":
+        return zero_shot_mask2former(categories, cfg)
+    return zero_shot_maskrcnn(categories, cfg)
+
+
+def zero_shot_maskrcnn(categories: list[dict], cfg: TrainConfig) -> ZeroShotMaskRCNN:
+    """The zero-shot Mask R-CNN baseline: COCO-trained weights when they are cached.
+
+    The run's own arch when it is a Mask R-CNN one ("v1", "v2"), else "v1". When the COCO
+    file is missing and the run itself did not start from COCO weights (the offline smoke
     profile), a randomly initialised 91-class model stands in, with a loud warning: the
     comparison then checks the plumbing (label mapping by COCO id), nothing more.
 
     Raises:
         MissingWeightsError: ``cfg.weights == "coco"`` and the file is not cached.
     """
-    if cfg.arch == "mask2former":  # its own COCO model, its head restricted by name
-        from seglib.models.mask2former import zero_shot_baseline as mask2former_zero_shot
-
-        return mask2former_zero_shot(categories, cfg)
     arch = cfg.arch if cfg.arch in ("v1", "v2") else "v1"
     if weights_file("coco", arch).is_file() or cfg.weights == "coco":
         return build_zero_shot_model(categories, arch, cfg)
