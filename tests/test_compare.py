@@ -28,7 +28,9 @@ def weights_present(monkeypatch):
         monkeypatch.setattr(
             family_comparison, "_maskrcnn_weights_cached", lambda kind, arch: maskrcnn
         )
-        monkeypatch.setattr(mask2former_weights, "pretrained_available", lambda source=None: m2f_cached)
+        monkeypatch.setattr(
+            mask2former_weights, "pretrained_available", lambda source=None: m2f_cached
+        )
         if not transformers:
 
             def missing():
@@ -324,7 +326,9 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
     assert evaluate_results(synthetic_subset / "val.json", row["results"]) == row["metrics"]
     assert occlusion_ap(dataset.coco, row["results"]) == row["occlusion"]
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert comparison_report.read_contender_results(saved) == comparison_report.read_contender_results(summary)
+    assert comparison_report.read_contender_results(
+        saved
+    ) == comparison_report.read_contender_results(summary)
 
 
 def test_mask2former_is_not_offered_post_processing_it_cannot_take(weights_present, tmp_path):

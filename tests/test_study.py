@@ -169,7 +169,7 @@ def test_a_mask2former_checkpoint_is_refused(synthetic_subset, monkeypatch):
         "model_from_checkpoint",
         lambda path, device, categories=None: (torch.nn.Identity(), cfg, categories),
     )
-    with pytest.raises(ValueError, match="m2f.pt is a Mask2Former checkpoint.*no NMS to replace"):
+    with pytest.raises(ValueError, match="m2f.pt is a mask2former checkpoint.*no NMS to replace"):
         occlusion_study.run_study("m2f.pt", synthetic_subset, "cpu", methods=("nms",), tta=(False,))
 
 

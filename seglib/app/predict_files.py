@@ -14,7 +14,7 @@ from seglib.core.runtime import images_to_device
 from seglib.data.images import load_rgb
 from seglib.evaluation.coco_results import masks_to_host, to_coco_results, write_results
 from seglib.models.checkpoint import unwrap
-from seglib.viz import overlay
+from seglib.viz import files, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -59,10 +59,10 @@ def predict_images(
     """
 
     device = torch.device(device)
-    files = _image_files(images)
-    stems = [f.stem for f in files]
+    image_files = _image_files(images)
+    stems = [f.stem for f in image_files]
     numeric = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
-    ids = [int(s) for s in stems] if numeric else list(range(1, len(files) + 1))
+    ids = [int(s) for s in stems] if numeric else list(range(1, len(image_files) + 1))
     unique_stems = len(set(stems)) == len(stems)
     out_dir = Path(out_dir)
     names = [c["name"] for c in categories]  # label order
@@ -71,7 +71,7 @@ def predict_images(
     net.eval()
     results, records, overlays = [], [], []
     try:
-        for image_id, path in zip(ids, files, strict=True):
+        for image_id, path in zip(ids, image_files, strict=True):
             rgb = load_rgb(path)
             tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
             with torch.inference_mode():
@@ -105,7 +105,7 @@ def predict_images(
     results_path = write_results(out_dir / "results.json", results, categories)
     images_path = write_json_atomic(out_dir / "images.json", records)
     return {
-        "num_images": len(files),
+        "num_images": len(image_files),
         "num_predictions": len(results),
         "results": results_path,
         "images": images_path,

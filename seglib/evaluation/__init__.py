@@ -13,4 +13,5 @@ __all__ = [
     "matching",
     "occlusion",
     "prediction",
+    "shown_results",
 ]

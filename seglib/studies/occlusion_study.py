@@ -41,7 +41,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from seglib.core.config import POSTPROCESS_METHODS, TrainConfig
+from seglib.core.config import POSTPROCESS_METHODS, TrainConfig, postprocess_applies
 from seglib.core.runtime import images_to_device, synchronize
 from seglib.data.dataset import collate_fn, open_split
 from seglib.evaluation import occlusion
@@ -228,12 +228,11 @@ def _load(
     net, cfg, categories = builder.model_from_checkpoint(
         checkpoint, device, categories=val_ds.categories
     )
-    if cfg.arch == "mask2former":
+    if not postprocess_applies(cfg.arch, tta_hflip=True):
         raise ValueError(
-            f"{checkpoint} is a Mask2Former checkpoint: the occlusion study compares "
-            "post-processing variants (--set postprocess=..., --set tta_hflip=true) that replace the box NMS "
-            "inside torchvision's Mask R-CNN, and Mask2Former has no NMS to replace. Study a "
-            "Mask R-CNN run (arch 'v1' or 'v2')"
+            f"{checkpoint} is a {cfg.arch} checkpoint: the occlusion study compares "
+            "post-processing variants, and they cannot apply to it (it has no NMS to replace; "
+            "seglib.core.config.postprocess_applies). Study a Mask R-CNN run (arch 'v1' or 'v2')"
         )
     base_cfg = cfg.replace(postprocess="nms", tta_hflip=False)
     return wrap(net, base_cfg), base_cfg, categories, val_ds, test_ds
