@@ -453,7 +453,7 @@ def test_ddp_two_processes_gloo(tmp_path, synthetic_subset):
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     proc = subprocess.run(
         [

@@ -263,7 +263,7 @@ def test_evaluate_under_ddp_shards_the_images_and_equals_one_process(tmp_path, s
     script = tmp_path / "ddp_eval.py"
     script.write_text(DDP_EVAL_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
         [*command, str(script), str(synthetic_subset), str(tmp_path), str(tmp_path)],
