@@ -11,10 +11,13 @@ labels are indexed in numpy, so they never come back as floats. Colour jitter is
 in a single pass (albumentations' ``ColorJitter`` cost about 20 times as much).
 
 The train recipe is a horizontal flip, a bbox-safe random crop and light colour jitter. There is
-no separate random rescale: torchvision's Mask R-CNN resizes every image to ``min_size`` itself,
+no bare random rescale in it: torchvision's Mask R-CNN resizes every image to ``min_size`` itself,
 which would undo it. The crop is what changes object scale (crop, then the model's resize, zooms
 in), and it is steered by the box of one randomly chosen instance so that instance always
-survives whole: a crop never removes every instance (albumentations#383).
+survives whole: a crop never removes every instance (albumentations#383). Off by default,
+scale jitter (``seglib.data.scale_jitter.ScaleJitter``, "standard" or LSJ) resizes and then pads
+or crops back to the image's size, which the model's resize keeps; it comes after the crop and
+the flip, and an enlarging draw can cut every instance out, as in LSJ.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from seglib.data.scale_jitter import ScaleJitter, moved_windows
 
 __all__ = [
     "Augmented",
@@ -195,8 +200,10 @@ class TrainTransform:
     (pascal_voc, clipped to the image), so the crop keeps that instance whole and is never
     smaller than ``min_crop``. The crop runs before the flip: the guide is drawn in the
     unflipped frame and mirrored with the image, which is the same distribution as flipping
-    first, and the flip then copies the cropped arrays rather than the whole ones. Colour
-    jitter (``color_jitter``) touches the cropped image alone.
+    first, and the flip then copies the cropped arrays rather than the whole ones. With
+    ``scale_range`` (None by default), ``ScaleJitter`` follows in the same Compose: a random
+    resize padded or cropped back to the size the crop left. Colour jitter (``color_jitter``)
+    touches the final image alone (the padding too).
 
     Boxes are never moved by albumentations: the output boxes are the tight boxes of the
     augmented masks (``boxes_from_masks``), and a mask the crop emptied is dropped with its
@@ -217,7 +224,12 @@ class TrainTransform:
     its own stream instead of a forked copy of the same one.
     """
 
-    def __init__(self, strength: float = 1.0, hflip_prob: float = 0.5) -> None:
+    def __init__(
+        self,
+        strength: float = 1.0,
+        hflip_prob: float = 0.5,
+        scale_range: tuple[float, float] | None = None,
+    ) -> None:
         if not 0.0 <= strength <= 2.0:
             raise ValueError(f"strength must be in [0, 2], got {strength}")
         if not 0.0 <= hflip_prob <= 1.0:
@@ -228,7 +240,9 @@ class TrainTransform:
         self.min_crop = max(0.2, 1.0 - 0.4 * self.strength)
         self._crop = A.BBoxSafeRandomCrop(erosion_rate=0.0, p=1.0) if self.strength > 0 else None
         self._flip = StackedHorizontalFlip(p=self.hflip_prob)
-        ops = [self._flip] if self._crop is None else [self._crop, self._flip]
+        self._scale = None if scale_range is None else ScaleJitter(scale_range)
+        self.scale_range = None if self._scale is None else self._scale.scale_range
+        ops = [op for op in (self._crop, self._flip, self._scale) if op is not None]
         # The only box given to albumentations is the crop guide; clip guards against float
         # noise at the border (albumentations#459). Nothing reads the guide back, so it is not
         # re-filtered after each transform; shapes are checked once, in __call__.
@@ -246,7 +260,10 @@ class TrainTransform:
         self._rng = np.random.default_rng(0)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(strength={self.strength}, hflip_prob={self.hflip_prob})"
+        return (
+            f"TrainTransform(strength={self.strength}, hflip_prob={self.hflip_prob}, "
+            f"scale_range={self.scale_range})"
+        )
 
     def _reseed(self, seed: int | None) -> None:
         if seed is None:
@@ -345,8 +362,8 @@ class TrainTransform:
         )
 
     def _moved(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """The input boxes moved by the crop and flip the last call applied, rounded outwards
-        to whole pixels: int64 [N, 4] windows, each holding its augmented mask."""
+        """The input boxes moved by the crop, flip and scale jitter the last call applied,
+        rounded outwards to whole pixels: int64 [N, 4] windows, each holding its augmented mask."""
         h, w = shape
         windows = np.stack([np.floor(boxes[:, :2]), np.ceil(boxes[:, 2:])], 1).reshape(-1, 4)
         windows = windows.astype(np.int64)
@@ -356,6 +373,9 @@ class TrainTransform:
         windows = np.clip(windows, 0, [w, h, w, h])
         if self._flip.get_applied_params():  # empty when the flip was not drawn
             windows[:, [0, 2]] = w - windows[:, [2, 0]]
+        if self._scale is not None:  # same size in and out
+            p = self._scale.get_applied_params()
+            windows = moved_windows(windows, shape, p["size"], p["offset"], shape)
         return windows
 
 
@@ -375,21 +395,26 @@ def _check_sample(
         raise ValueError(f"boxes must be [{n}, 4] to match masks, got {np.shape(boxes)}")
 
 
-def train_transforms(strength: float = 1.0, hflip_prob: float = 0.5) -> TrainTransform:
-    """The training augmentation: flip, bbox-safe random crop, colour jitter.
+def train_transforms(
+    strength: float = 1.0, hflip_prob: float = 0.5, scale_range: tuple[float, float] | None = None
+) -> TrainTransform:
+    """The training augmentation: flip, bbox-safe random crop, optional scale jitter, colour jitter.
 
     Args:
         strength: 0 (flip only) to 2; scales the crop and jitter magnitudes.
         hflip_prob: probability of a horizontal flip.
+        scale_range: ``(lo, hi)`` factors of ``ScaleJitter`` after the crop and flip (0.8-1.25
+            standard, 0.1-2.0 LSJ); None for none, the seed recipe.
 
     Returns:
         A picklable callable ``t(image=, masks=, labels=, boxes=None, seed=None)`` returning
         ``Augmented(image, masks, labels, boxes)``.
 
     Raises:
-        ValueError: strength outside [0, 2] or hflip_prob outside [0, 1].
+        ValueError: strength outside [0, 2], hflip_prob outside [0, 1], or a scale_range
+            that is not (lo, hi) with 0 < lo <= hi.
     """
-    return TrainTransform(strength=strength, hflip_prob=hflip_prob)
+    return TrainTransform(strength=strength, hflip_prob=hflip_prob, scale_range=scale_range)
 
 
 def eval_transforms() -> None:
