@@ -36,6 +36,7 @@ from pycocotools.coco import COCO
 
 from seglib.core.categories import CategoryError, category_labels
 from seglib.data.annotations import AnnotationError, load_instances
+from seglib.data.copy_paste import CopyPaste, paste_generator
 from seglib.data.images import ImageError, decode_image
 from seglib.data.transforms import boxes_from_masks
 
@@ -185,6 +186,11 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
     masks uint8 [N, H, W] (0/1), image_id int64 scalar, area float32 [N] (mask pixels),
     iscrowd int64 [N] (all 0). H, W are after ``transforms``.
 
+    With ``copy_paste`` (``seglib.data.copy_paste.CopyPaste``), objects of another image of
+    the split that has instances are pasted onto the image before ``transforms`` run; whether,
+    from which image and how are drawn from ``paste_generator(seed)``, so an ``(i, seed)`` key
+    gives the same sample every time (a bare ``i`` draws the seed from torch's generator).
+
     Attributes:
         coco: pycocotools ``COCO`` of the whole split json, crowd instances included (ground
             truth, COCO's category ids).
@@ -206,6 +212,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         image_dir: str | Path,
         transforms: Transform | None = None,
         min_box_size: float = 2.0,
+        copy_paste: CopyPaste | None = None,
     ) -> None:
         if not min_box_size >= 0:
             raise ValueError(f"min_box_size must be >= 0 px, got {min_box_size}")
@@ -213,6 +220,7 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.min_box_size = float(min_box_size)
+        self.copy_paste = copy_paste
         data = _read_split_json(self.split_json)
         src = str(self.split_json)
 
@@ -250,6 +258,8 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
                 per_image[i].append((self.category_labels[ann["category_id"]], *runs))
         # One concatenation per image, so all its masks come back from a single np.repeat.
         self._instances = [_pack(items) for items in per_image]
+        # Copy-Paste's sources: the images with an instance.
+        self._with_instances = [i for i, items in enumerate(per_image) if items]
 
         self.coco = COCO()
         with contextlib.redirect_stdout(io.StringIO()):
@@ -304,16 +314,15 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         image = self.read_image(i)
         masks, labels, boxes = self.load_instances(i)
+        hwc = image.permute(1, 2, 0).numpy()
+        if self.copy_paste is not None and self.copy_paste.prob > 0:
+            hwc, masks, labels, boxes = self._paste(i, seed, hwc, masks, labels, boxes)
         if self.transforms is not None:
             extra = {} if seed is None else {"seed": seed}
             hwc, masks, labels, boxes = self.transforms(
-                image=image.permute(1, 2, 0).numpy(),
-                masks=masks,
-                labels=labels,
-                boxes=boxes,
-                **extra,
+                image=hwc, masks=masks, labels=labels, boxes=boxes, **extra
             )
-            image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_image
+        image = torch.from_numpy(hwc).permute(2, 0, 1)  # channels-last, like decode_image
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (
             (widths > 0)
@@ -335,15 +344,41 @@ class CocoSubsetDataset(torch.utils.data.Dataset):
         }
         return image, target
 
+    def _paste(
+        self,
+        i: int,
+        seed: int | None,
+        image: np.ndarray,
+        masks: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``i``'s arrays with ``copy_paste`` applied, when its draw says so."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**32, (1,)).item())
+        rng = paste_generator(seed)
+        j = self.copy_paste.pick_source(rng, i, self._with_instances)
+        if j is None:
+            return image, masks, labels, boxes
+        out = self.copy_paste.paste(
+            rng, image, masks, labels, boxes, self.load_image(j), *self.load_instances(j)
+        )
+        return out.image, out.masks, out.labels, out.boxes
+
     def __repr__(self) -> str:
         return (
             f"CocoSubsetDataset({self.split_json}, {len(self)} images, classes={self.class_names}, "
-            f"transforms={self.transforms!r}, min_box_size={self.min_box_size})"
+            f"transforms={self.transforms!r}, min_box_size={self.min_box_size}, "
+            f"copy_paste={self.copy_paste!r})"
         )
 
 
 def open_split(
-    data_dir: str | Path, split: str, transforms: Transform | None = None, min_box_size: float = 2.0
+    data_dir: str | Path,
+    split: str,
+    transforms: Transform | None = None,
+    min_box_size: float = 2.0,
+    copy_paste: CopyPaste | None = None,
 ) -> CocoSubsetDataset:
     """The dataset over ``data_dir/{split}.json`` with images in ``data_dir/images``.
 
@@ -359,7 +394,11 @@ def open_split(
                 f"{path} does not exist: `python -m seglib subset --coco-root DIR --out {data_dir}` makes it"
             )
     return CocoSubsetDataset(
-        split_json, image_dir, transforms=transforms, min_box_size=min_box_size
+        split_json,
+        image_dir,
+        transforms=transforms,
+        min_box_size=min_box_size,
+        copy_paste=copy_paste,
     )
 
 
