@@ -43,6 +43,8 @@ DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
 POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
+#: Scale jitter's factor range per choice (seglib.data.scale_jitter; docs/augmentation.md).
+SCALE_JITTERS = {"none": None, "standard": (0.8, 1.25), "large": (0.1, 2.0)}
 
 
 def postprocess_applies(arch: str, postprocess: str = "nms", tta_hflip: bool = False) -> bool:
@@ -90,6 +92,16 @@ class TrainConfig:
     aug_strength: float = field(default=1.0, metadata=_slider(0.0, 2.0, 0.1))
     # Probability of a horizontal flip per training image.
     hflip_prob: float = field(default=0.5, metadata=_slider(0.0, 1.0, 0.05))
+    # Resize by a factor from SCALE_JITTERS, padded/cropped back to the image's size, after the
+    # crop and flip: "standard" 0.8-1.25, "large" (LSJ) 0.1-2.0; "none" is the seed recipe.
+    scale_jitter: str = "none"
+    # Copy-Paste (Ghiasi et al. 2021): chance per training image that objects of another are
+    # pasted on it before the flip and crop; 0 (off) is the seed recipe. docs/augmentation.md.
+    copy_paste_prob: float = field(default=0.0, metadata=_slider(0.0, 1.0, 0.05))
+    # Copy-Paste: most objects pasted at once (1 to this many of the source image's, at random).
+    copy_paste_max_instances: int = field(default=10, metadata=_slider(1, 50, 1))
+    # Copy-Paste: (lo, hi) range of the pasted objects' resize factor; the paper's LSJ range.
+    copy_paste_scale: tuple[float, float] = (0.1, 2.0)
 
     # --- model ------------------------------------------------------------------------
     # torchvision Mask R-CNN R50-FPN: "v1" (maskrcnn_resnet50_fpn) or "v2" (improved recipe);
@@ -198,6 +210,7 @@ class TrainConfig:
         # JSON round-trips give lists; keep tuples so configs compare equal.
         self.categories = tuple(self.categories)
         self.lr_milestones = tuple(self.lr_milestones)
+        self.copy_paste_scale = tuple(float(v) for v in self.copy_paste_scale)
         cross_field = (
             self._categories_problem(),
             self._norm_problem(),
@@ -359,6 +372,12 @@ def _field_rules() -> dict[str, rules.Rule]:
         "min_box_size": rules.NON_NEGATIVE,
         "aug_strength": rules.Range(0, 2),
         "hflip_prob": rules.FRACTION,
+        "scale_jitter": rules.OneOf(tuple(SCALE_JITTERS)),
+        "copy_paste_prob": rules.FRACTION,
+        "copy_paste_max_instances": rules.COUNT,
+        "copy_paste_scale": rules.Satisfies(
+            lambda v: len(v) == 2 and 0 < v[0] <= v[1], "a (lo, hi) range with 0 < lo <= hi"
+        ),
         "arch": rules.OneOf(ARCHS),
         "weights": rules.OneOf(
             WEIGHT_CHOICES, "a path ending in .pth/.pt", lambda w: w.endswith((".pth", ".pt"))

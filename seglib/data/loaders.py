@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from seglib.core.config import TrainConfig
+from seglib.core.config import SCALE_JITTERS, TrainConfig
 from seglib.core.distributed import rank_and_world
 from seglib.core.runtime import derived_seed
+from seglib.data.copy_paste import CopyPaste
 from seglib.data.dataset import collate_fn, open_split
 from seglib.data.transforms import train_transforms
 
@@ -108,6 +109,9 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train loader (augmented, shuffled per epoch, aspect-grouped) and val loader (batch 2).
 
+    The train split gets ``cfg``'s augmentation: Copy-Paste when ``copy_paste_prob`` > 0,
+    then ``train_transforms`` with its flip, crop, ``scale_jitter`` and colour jitter.
+
     The train loader's ``batch_sampler`` is a ``GroupedBatchSampler`` that gives every image
     its augmentation seed: call ``loader.batch_sampler.set_epoch(epoch, skip)`` before each
     epoch. Under torchrun each rank gets its DistributedSampler shard of the train split;
@@ -116,9 +120,13 @@ def make_loaders(
     Raises:
         ValueError: the split's categories are not ``cfg.categories`` in that order.
     """
-    train_ds = open_split(
-        data_dir, "train", train_transforms(cfg.aug_strength, cfg.hflip_prob), cfg.min_box_size
-    )
+    transforms = train_transforms(cfg.aug_strength, cfg.hflip_prob, SCALE_JITTERS[cfg.scale_jitter])
+    copy_paste = None
+    if cfg.copy_paste_prob > 0:
+        copy_paste = CopyPaste(
+            cfg.copy_paste_prob, cfg.copy_paste_max_instances, cfg.copy_paste_scale
+        )
+    train_ds = open_split(data_dir, "train", transforms, cfg.min_box_size, copy_paste)
     if tuple(train_ds.class_names) != cfg.categories:
         raise ValueError(
             f"{Path(data_dir) / 'train.json'} has categories {train_ds.class_names} but the config "

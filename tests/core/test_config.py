@@ -196,3 +196,21 @@ def test_profiles_are_the_defaults_with_the_profile_modules_values():
     assert {k: smoke[k] for k in profiles.SMOKE_FROM_DEMO} == profiles.SMOKE_FROM_DEMO
     untouched = set(demo) - set(profiles.DEMO) - set(profiles.SMOKE_FROM_DEMO)
     assert {k: smoke[k] for k in untouched} == {k: TrainConfig().to_dict()[k] for k in untouched}
+
+
+def test_augmentation_fields_default_off_and_check_their_values():
+    cfg = TrainConfig.seed_recipe()
+    assert (cfg.scale_jitter, cfg.copy_paste_prob) == ("none", 0.0)  # the seed recipe's
+    assert TrainConfig(copy_paste_scale=[1, 2]).copy_paste_scale == (1.0, 2.0)  # JSON lists
+    bad = {
+        "scale_jitter": ("huge", "one of ('none', 'standard', 'large'), got 'huge'"),
+        "copy_paste_prob": (1.5, "in [0, 1], got 1.5"),
+        "copy_paste_max_instances": (0, ">= 1, got 0"),
+        "copy_paste_scale": ((2.0, 1.0), "a (lo, hi) range with 0 < lo <= hi, got (2.0, 1.0)"),
+    }
+    for name, (value, message) in bad.items():
+        with pytest.raises(ValueError) as raised:
+            TrainConfig(**{name: value})
+        assert str(raised.value) == f"invalid TrainConfig: {name} must be {message}"
+    with pytest.raises(ValueError, match=r"copy_paste_scale must be a \(lo, hi\) range"):
+        TrainConfig(copy_paste_scale=(1.0,))

@@ -76,3 +76,24 @@ def test_check_names_refuses_fields_a_reader_does_not_read():
     check_names(["device"], reads=("device",), reader="`study`")
     with pytest.raises(ValueError, match="'lr' is a TrainConfig field that `study` does not read"):
         check_names(["lr"], reads=("device",), reader="`study`")
+
+
+def test_set_and_seglib_set_reach_the_augmentation_fields(monkeypatch):
+    items = [
+        "scale_jitter=large",
+        "copy_paste_prob=0.5",
+        "copy_paste_max_instances=4",
+        "copy_paste_scale=[0.5, 1.5]",
+    ]
+    via_set = apply_overrides(TrainConfig.seed_recipe(), parse_overrides(items))
+    assert (via_set.scale_jitter, via_set.copy_paste_prob) == ("large", 0.5)
+    assert (via_set.copy_paste_max_instances, via_set.copy_paste_scale) == (4, (0.5, 1.5))
+    monkeypatch.setenv(
+        "SEGLIB_SET",
+        '{"scale_jitter": "large", "copy_paste_prob": 0.5, "copy_paste_max_instances": 4, '
+        '"copy_paste_scale": [0.5, 1.5]}',
+    )
+    assert apply_overrides(TrainConfig.seed_recipe(), env_overrides()) == via_set
+    assert TrainConfig.from_dict(via_set.to_dict()) == via_set
+    with pytest.raises(ValueError, match="scale_jitter must be one of"):
+        apply_overrides(TrainConfig.seed_recipe(), parse_overrides(["scale_jitter=lsj"]))
