@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.seglib-installed
 DETR_STAMP := $(VENV)/.seglib-detr-installed
 
-.PHONY: install install-detr test unit notebooks ui lint demo run bench clean-demo
+.PHONY: install install-detr test unit notebooks ui lint demo run bench bench-demo clean-demo
 
 install: $(STAMP)
 
@@ -65,3 +65,9 @@ run: install
 bench: install
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_train.py
+
+# `make demo` timed as a user runs it, in a throw-away data folder: wall time per notebook and
+# stage, the val mask AP50, the CPU, bf16 or not. Base install only. PROFILE as for demo;
+# ARGS are bench/bench_demo.py's options, e.g. ARGS="--set num_epochs=1 --json demo-times.json".
+bench-demo: install
+	$(PY) bench/bench_demo.py --profile $(PROFILE) $(ARGS)
