@@ -209,7 +209,8 @@ def paste_instances(
         (fy, fx), _ = where
         footprint = np.array([[fx.start, fy.start, fx.stop, fy.stop]] * len(pick))
         big = _pixel_counts(pasted, footprint) >= MIN_PIXELS
-        pasted, pick = pasted[big], pick[big]
+        if not big.all():
+            pasted, pick = pasted[big], pick[big]
     if where is None or len(pick) == 0:
         return Pasted(image, masks, labels, boxes, crowd)
     source_labels = np.asarray(source_labels, np.int64)[pick]

@@ -12,6 +12,7 @@ import pytest
 
 import seglib.data.transforms
 from seglib.data.scale_jitter import (
+    AREA_BELOW,
     PAD_FILL,
     ScaleJitter,
     moved_windows,
@@ -44,7 +45,13 @@ def _reference(array, size, offset, out_hw, fill, interpolation):
 
 @pytest.mark.parametrize(
     "size, offset",
-    [((96, 128), (-10, -50)), ((20, 31), (5, 90)), ((48, 64), (0, 0)), ((150, 70), (-40, 3))],
+    [
+        ((96, 128), (-10, -50)),
+        ((20, 31), (5, 90)),
+        ((40, 50), (2, 3)),
+        ((48, 64), (0, 0)),
+        ((150, 70), (-40, 3)),
+    ],
 )
 def test_placement_matches_opencv_resize_then_cut(size, offset):
     """Masks: PIL-style nearest (OpenCV's INTER_NEAREST_EXACT); image: OpenCV's own resize."""
@@ -55,7 +62,7 @@ def test_placement_matches_opencv_resize_then_cut(size, offset):
         ref = _reference(m, size, offset, (50, 60), 0, cv2.INTER_NEAREST_EXACT)
         np.testing.assert_array_equal(o, ref)
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    shrink = size[0] < 48 and size[1] < 64
+    shrink = size[0] < AREA_BELOW * 48 and size[1] < AREA_BELOW * 64
     inter = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     np.testing.assert_array_equal(
         place_image(image, size, offset, (50, 60)),
