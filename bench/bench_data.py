@@ -19,6 +19,12 @@ torch and OpenCV limited to one thread), for:
     ``masks_to_boxes``). The augmentation and the target building are seglib's own (a
     subclass overriding ``read_image``, ``load_instances`` and the final conversion).
 
+The same repeats also time (a) with the optional augmentations of ``seglib.core.config``
+(off in the seed recipe): scale jitter ("standard" 0.8-1.25 and "large", LSJ 0.1-2.0, after the
+crop and flip) and Copy-Paste at probability 1 (every image gets objects of another pasted onto
+it, ``CopyPaste()``'s defaults: up to 10 objects, scaled 0.1-2.0), so their cost per image sits
+next to the baseline's, measured in the same run.
+
 Both passes draw identical augmentations (same torch seed per pass) and the script checks that
 they produce identical targets and, once (a)'s image is made float the way the device copy
 does it, identical images; so only the data path differs. Each repeat times (a) and (b) back to
@@ -46,6 +52,8 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from seglib.core.config import SCALE_JITTERS
+from seglib.data.copy_paste import CopyPaste
 from seglib.data.dataset import CocoSubsetDataset
 from seglib.data.subset import build_subset
 from seglib.data.synthetic import make_synthetic_coco
@@ -102,8 +110,24 @@ def same_targets(ours, naive) -> bool:
     return True
 
 
+def augmented(split_json: Path, image_dir: Path) -> dict[str, CocoSubsetDataset]:
+    """(a) with each optional augmentation on, by the label its row is reported under."""
+
+    def ds(scale_jitter: str = "none", copy_paste: CopyPaste | None = None) -> CocoSubsetDataset:
+        transforms = train_transforms(scale_range=SCALE_JITTERS[scale_jitter])
+        return CocoSubsetDataset(split_json, image_dir, transforms, copy_paste=copy_paste)
+
+    return {
+        "(a) + scale jitter standard (0.8-1.25)": ds("standard"),
+        "(a) + scale jitter large (LSJ, 0.1-2.0)": ds("large"),
+        "(a) + Copy-Paste, prob 1": ds(copy_paste=CopyPaste(prob=1.0)),
+        "(a) + Copy-Paste, prob 1, + LSJ": ds("large", CopyPaste(prob=1.0)),
+    }
+
+
 def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
     ours = CocoSubsetDataset(split_json, image_dir, transforms=train_transforms())
+    extra = augmented(split_json, image_dir)
     naive = NaiveTutorialDataset(split_json, image_dir, transforms=train_transforms())
     plain_naive = NaiveTutorialDataset(split_json, image_dir)
     data = ours.coco.dataset
@@ -136,9 +160,12 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
     one_pass(ours, 0)  # warm-up: page cache, allocator, lazy imports
     one_pass(naive, 0)
     ours_s, naive_s = [], []
+    extra_s: dict[str, list[float]] = {key: [] for key in extra}
     for rep in range(iters):
         ours_s.append(one_pass(ours, rep + 1))
         naive_s.append(one_pass(naive, rep + 1))
+        for key, ds in extra.items():
+            extra_s[key].append(one_pass(ds, rep + 1))
     n = len(ours)
     ours_ips = sorted(n / s for s in ours_s)
     naive_ips = sorted(n / s for s in naive_s)
@@ -154,6 +181,7 @@ def compare(name: str, split_json: Path, image_dir: Path, iters: int) -> dict:
         "ours": ours_ips,
         "naive": naive_ips,
         "ratio": statistics.median(ours_ips) / statistics.median(naive_ips),
+        "augmented": {key: sorted(n / s for s in times) for key, times in extra_s.items()},
     }
 
 
@@ -230,6 +258,12 @@ def report(result: dict) -> None:
             f"{label}: {med(ips):7.1f} images/s per core  (min {ips[0]:.1f}, max {ips[-1]:.1f}, {len(ips)} repeats)"
         )
     print(f"ratio (a)/(b): {result['ratio']:.2f}x")
+    base_ms = 1000 / med(result["ours"])
+    for label, ips in result["augmented"].items():
+        print(
+            f"{label}: {med(ips):7.1f} images/s per core  (min {ips[0]:.1f}, max {ips[-1]:.1f}); "
+            f"{1000 / med(ips) - base_ms:+.2f} ms/image over (a)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
