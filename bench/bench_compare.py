@@ -116,7 +116,7 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     optimizer = make_optimizer(model, cfg)
     warmup, iters = opts["warmup"], opts["iters"]
     scheduler = make_lr_scheduler(optimizer, cfg, iters_per_epoch=warmup + iters)
-    amp_dtype, scaler = amp_settings(device, cfg.amp)
+    amp_dtype, scaler = amp_settings(device, cfg.amp, cfg.cpu_amp)
     rows: list[dict] = []
     kwargs = dict(
         scaler=scaler,

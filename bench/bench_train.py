@@ -149,7 +149,7 @@ def _float(images: list[torch.Tensor]) -> list[torch.Tensor]:
 def run_seglib(model, cfg, batches, device, warmup: int, iters: int) -> tuple[float, float]:
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_scheduler(optimizer, cfg, iters_per_epoch=max(1, warmup + iters))
-    amp_dtype, scaler = amp_settings(device, cfg.amp)
+    amp_dtype, scaler = amp_settings(device, cfg.amp, cfg.cpu_amp)
     if device.type == "cuda":  # what pin_memory=True gives the DataLoader's batches
         batches = [
             (
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         n_batches = min(8, iters + args.warmup)
         batches = make_batches(work, cfg.min_size, args.batch_size, n_batches=n_batches)
     model, origin = make_model(cfg, args.weights, batches)
-    amp_dtype, _ = amp_settings(device, cfg.amp)
+    amp_dtype, _ = amp_settings(device, cfg.amp, cfg.cpu_amp)
     print(f"device      {device_name(device)}")
     print(
         f"versions    python {platform.python_version()}, torch {torch.__version__}, torchvision "

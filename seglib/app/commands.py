@@ -132,6 +132,12 @@ def train_categories(cfg: TrainConfig, args: argparse.Namespace, data: Path) -> 
     return cfg
 
 
+def _announce(event: str, payload: dict) -> None:
+    """Say once, as training starts, where it runs and at which precision."""
+    if event == "start":
+        print(f"device: {payload['device']} | {payload['precision']}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.config and not (args.data and args.out):
         raise ValueError(
@@ -147,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
         )
-    summary = trainer.train(cfg, data, out, resume=args.resume, progress=True)
+    summary = trainer.train(cfg, data, out, resume=args.resume, progress=True, callback=_announce)
     if summary.get("rank", 0) == 0:
         print(f"run folder: {out}")
         best = summary.get("best")

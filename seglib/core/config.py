@@ -39,6 +39,9 @@ M2F_MODEL_ID = "facebook/mask2former-swin-tiny-coco-instance"
 WEIGHT_CHOICES = ("coco", "imagenet", "none")  # or a path to a local file
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+#: bf16 autocast in training on the CPU: "auto" where the CPU computes bf16 natively (AMX or
+#: AVX512-BF16; measured in docs/benchmarks.md), "bf16" always, "off" never.
+CPU_AMP_CHOICES = ("auto", "bf16", "off")
 DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
 POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
@@ -190,8 +193,10 @@ class TrainConfig:
     # --- runtime ----------------------------------------------------------------------
     # "auto" picks CUDA when present and warns loudly when it falls back to the CPU.
     device: str = "auto"
-    # Mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); ignored on CPU.
+    # Mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); not the CPU's.
     amp: bool = True
+    # bf16 autocast of training steps on the CPU (CPU_AMP_CHOICES); validation stays fp32.
+    cpu_amp: str = "auto"
     # DataLoader worker processes; 0 loads in the main process (safe in notebooks).
     num_workers: int = 2
     # Group images of similar aspect ratio into batches (less padding, faster on GPU).
@@ -415,6 +420,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "lr_gamma": rules.POSITIVE_FRACTION,
         "grad_clip_norm": rules.POSITIVE,
         "device": rules.OneOf(DEVICES, "'cuda:N'", lambda d: d.startswith("cuda:")),
+        "cpu_amp": rules.OneOf(CPU_AMP_CHOICES),
         "num_workers": rules.NON_NEGATIVE,
         "eval_interval": rules.COUNT,
         "log_interval": rules.COUNT,

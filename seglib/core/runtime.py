@@ -47,21 +47,49 @@ def resolve_device(requested: str = "auto") -> torch.device:
     )
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16), where bf16 autocast
+    is measured faster than fp32 (docs/benchmarks.md); elsewhere it is emulated and slower."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def amp_settings(
-    device: torch.device, enabled: bool = True
+    device: torch.device, enabled: bool = True, cpu_amp: str = "off"
 ) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """The autocast dtype and GradScaler for ``device``.
 
+    Args:
+        enabled: mixed precision on CUDA (``TrainConfig.amp``).
+        cpu_amp: bf16 autocast on the CPU (``TrainConfig.cpu_amp``): "auto" where
+            ``cpu_bf16_native()``, "bf16" always, "off" never.
+
     Returns:
-        (None, None) on the CPU or when disabled; (bfloat16, None) on GPUs that support
-        bf16; (float16, GradScaler) otherwise, since fp16 gradients need loss scaling.
+        On the CPU, (bfloat16, None) when ``cpu_amp`` asks for it, else (None, None). On CUDA,
+        (None, None) when disabled; (bfloat16, None) on GPUs that support bf16; (float16,
+        GradScaler) otherwise, since fp16 gradients need loss scaling.
     """
-    if not enabled or device.type != "cuda":
+    if device.type != "cuda":
+        on = cpu_amp == "bf16" or (cpu_amp == "auto" and cpu_bf16_native())
+        return (torch.bfloat16, None) if device.type == "cpu" and on else (None, None)
+    if not enabled:
         return None, None
     # Native bf16 only (Ampere and newer): emulated bf16 on older GPUs is slower than fp16.
     if torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16, None
     return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def precision_note(device: torch.device, cfg_amp: bool, cpu_amp: str) -> str:
+    """One line saying which precision training uses on ``device``, and why."""
+    dtype, _ = amp_settings(device, cfg_amp, cpu_amp)
+    if device.type == "cuda":
+        return f"training precision: {dtype or torch.float32} autocast on {device}"
+    if dtype is not None:
+        why = "native bf16 (AMX or AVX512-BF16)" if cpu_bf16_native() else "cpu_amp='bf16'"
+        return f"training precision: bf16 autocast on the CPU ({why})"
+    if cpu_amp == "auto":
+        return "training precision: fp32 on the CPU (no native bf16: no AMX or AVX512-BF16)"
+    return "training precision: fp32 on the CPU (cpu_amp='off')"
 
 
 def seed_everything(seed: int) -> None:

@@ -34,6 +34,7 @@ from seglib.core.runtime import (
     amp_settings,
     batch_to_device,
     derived_seed,
+    precision_note,
     resolve_device,
     seed_everything,
 )
@@ -231,14 +232,16 @@ def train(
     Args:
         resume: continue from out_dir/last.pt (model, optimizer, scheduler, scaler, RunState,
             RNG). Bit-identical to an uninterrupted run on the CPU, DataLoader workers or not.
-        callback: ``callback(event, payload)`` for "iter" (a metrics row), "epoch_end",
-            "eval" ({"epoch", "iteration", "metrics"}) and "checkpoint" ({"path", "kind", ...}).
+        callback: ``callback(event, payload)`` for "start" ({"device", "precision"}: where
+            and at which precision training runs, and why), "iter" (a metrics row),
+            "epoch_end", "eval" ({"epoch", "iteration", "metrics"}) and "checkpoint"
+            ({"path", "kind", ...}).
         progress: show tqdm.auto bars with the loss components (the CLI passes True).
 
     Returns:
         rank, world_size, device, epochs (completed), iteration, stopped_by ("num_epochs" or
         "max_iters"), history (one row per epoch with headline val metrics), best (val segm
-        AP), best_epoch, final (last val metrics), paths.
+        AP), best_epoch, final (last val metrics), precision (the "start" note), paths.
 
     Raises:
         NonFiniteLossError: the loss diverged (last.pt from before is intact).
@@ -271,6 +274,8 @@ def _train(
         append_row(folder, row)
         notify(event, row)
 
+    precision = precision_note(device, cfg.amp, cfg.cpu_amp)
+    notify("start", {"device": str(device), "precision": precision})
     ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
     parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
     parts.step_options["progress"] = progress and main
@@ -317,6 +322,7 @@ def _train(
         "best": state.best,
         "best_epoch": state.best_epoch,
         "final": final,
+        "precision": precision,
         "paths": {
             "config": str(folder.config),
             "metrics": str(folder.metrics),
@@ -347,7 +353,7 @@ def _assemble(
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     lr_scheduler = make_lr_scheduler(optimizer, cfg, len(train_loader))
-    amp_dtype, scaler = amp_settings(device, cfg.amp)
+    amp_dtype, scaler = amp_settings(device, cfg.amp, cfg.cpu_amp)
     if ddp:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
