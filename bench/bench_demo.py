@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if result["exit_status"]:
         print(
             f"the run exited with status {result['exit_status']}"
-            + (f"; its problems: {result['problems']}" if result["problems"] else "")
+            + (f" ({len(result['problems'])} problems, listed above)" if result["problems"] else "")
         )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
