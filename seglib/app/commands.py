@@ -25,7 +25,7 @@ from seglib.app.runs import check_can_start, headline_ap, new_run_name
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
 from seglib.core.overrides import apply_overrides, check_names, parse_overrides
-from seglib.core.paths import get_paths
+from seglib.core.paths import RunFolder, get_paths
 from seglib.core.runtime import resolve_device
 from seglib.data.dataset import open_split, split_categories
 from seglib.data.subset import build_subset, format_subset_counts
@@ -149,9 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_categories(cfg, args, Path(data))
     # Without --out, a fresh run gets a new timestamped folder; --resume continues the latest.
     out = args.out or (paths.run if args.resume else paths.run_dir(new_run_name()))
-    if (out / "last.pt").exists() and not (args.resume or args.overwrite):
+    last = RunFolder(Path(out)).last_checkpoint
+    if last.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(
-            f"{out / 'last.pt'} exists: pass --resume to continue that run, or --overwrite to start afresh"
+            f"{last} exists: pass --resume to continue that run, or --overwrite to start afresh"
         )
     summary = trainer.train(cfg, data, out, resume=args.resume, progress=True, callback=_announce)
     if summary.get("rank", 0) == 0:
@@ -299,7 +300,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         tta=(False,) if args.no_tta else (False, True),
         timing_images=args.timing_images,
     )
-    written = save_study(study, args.out or Path(checkpoint).parent / "eval")
+    written = save_study(study, args.out or RunFolder(Path(checkpoint).parent).eval_dir)
     print(format_study(study))
     print(f"written: {written['json']} and {written['table']}")
     return 0

@@ -25,7 +25,7 @@ from seglib.app import provenance, runs
 from seglib.app.runs import OVERWRITE_ENV
 from seglib.core.atomic import write_bytes_atomic
 from seglib.core.overrides import OVERRIDES_ENV
-from seglib.core.paths import RUN_ENV, Paths
+from seglib.core.paths import RUN_ENV, Paths, RunFolder
 from seglib.models.weights import weights_file
 from seglib.studies.comparison_report import models_without_scores
 from seglib.viz import files
@@ -314,11 +314,12 @@ def _run_problems(paths: Paths, notebooks: list[str], min_val_ap50: float | None
         else None
     )
     if "03_train" in notebooks:
-        for name in ("config.json", "run_info.json", "metrics.jsonl", "best.pt"):
-            if not (run / name).is_file():
-                problems.append(f"{run / name} was not written by notebook 03")
+        layout = RunFolder(run)
+        for file in (layout.config, layout.info, layout.metrics, layout.best_checkpoint):
+            if not file.is_file():
+                problems.append(f"{file} was not written by notebook 03")
         if not runs.run_summary(paths, run.name)["evals"]:
-            problems.append(f"{run / 'metrics.jsonl'} holds no validation row")
+            problems.append(f"{layout.metrics} holds no validation row")
 
     def recorded(file: Path, what: str) -> dict | None:
         if not file.is_file():

@@ -130,7 +130,7 @@ def split_predictions(
     checkpoint = paths.require(paths.layout.best_checkpoint, "notebooks/03_train.ipynb")
     paths.require(paths.split_json(split), "notebooks/01_data_subset.ipynb")
     dataset = open_split(paths.subset, split)
-    cfg = TrainConfig.load(paths.run / "config.json")
+    cfg = TrainConfig.load(paths.layout.config)
     detections = max(cfg.detections_per_img, MIN_DETECTIONS)
     source = _prediction_source(split, checkpoint, cfg, detections, zero_shot)
     file = paths.layout.predictions / f"{split}_{'zero_shot' if zero_shot else 'results'}.json"
