@@ -7,7 +7,8 @@ Both loops train the same Mask R-CNN (same config, same initial weights) on the 
 in the same process, one after the other:
 
 (a) seglib: ``seglib.engine.trainer.train_one_epoch`` as ``train`` configures it: AMP on CUDA (bf16
-    where supported, else fp16 + GradScaler), gradient clipping, per-iteration LR schedule,
+    where supported, else fp16 + GradScaler), bf16 autocast on CPUs with native bf16 (AMX or
+    AVX512-BF16; ``cpu_amp``), gradient clipping, per-iteration LR schedule,
     pinned host tensors copied with non_blocking=True, losses read back once per log interval;
 (b) plain: ``model.train(); loss = sum(model(images, targets).values()); zero_grad;
     backward; step`` in fp32 with blocking copies of float images (made float on the host,

@@ -10,6 +10,7 @@ never ``seglib.viz``.
 __all__ = [
     "comparison_report",
     "family_comparison",
+    "finished_runs",
     "occlusion_report",
     "occlusion_study",
 ]

@@ -34,6 +34,7 @@ from torch import nn
 
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
+from seglib.core.paths import RunFolder
 from seglib.core.runtime import resolve_device, synchronize
 from seglib.data.dataset import open_split
 from seglib.engine.trainer import train
@@ -46,6 +47,7 @@ from seglib.models.builder import model_from_checkpoint
 from seglib.models.mask2former import build_zero_shot_mask2former
 from seglib.models.weights import weights_file
 from seglib.models.zeroshot import build_zero_shot_model
+from seglib.studies.finished_runs import finished_run_of, reused_contender
 
 #: Display names of the architectures.
 ARCH_NAMES = {"v1": "mask-rcnn-v1", "v2": "mask-rcnn-v2", "mask2former": "mask2former"}
@@ -301,7 +303,9 @@ def _train_contender(
         "validations": sum(1 for h in summary["history"] if "segm_AP" in h),
         "train_peak_memory_mb": _peak_mb(device),
     }
-    model, _, _ = model_from_checkpoint(run_dir / "last.pt", device, categories=categories)
+    model, _, _ = model_from_checkpoint(
+        RunFolder(run_dir).last_checkpoint, device, categories=categories
+    )
     return model, stats
 
 
@@ -329,9 +333,14 @@ def compare_models(
     *,
     split: str = "test",
     num_epochs: int | None = None,
+    reusable: Sequence[str | Path] = (),
     callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Train each trained contender for the same budget, then evaluate every one on ``split``.
+
+    A trained contender that one of the ``reusable`` run folders trained already
+    (``finished_run_of``: the notebook 03 run of the same profile, typically) is not trained
+    again: its ``last.pt`` is evaluated, and its row says so (``reused_from``).
 
     Writes ``out_dir/<name>/`` (the run: config.json, metrics.jsonl, last.pt, ...),
     ``out_dir/<name>/<split>_results.json`` (COCO's category ids, as
@@ -349,7 +358,7 @@ def compare_models(
         {"arch", "note", "train" (bool), "params", "iterations", "train_time_per_image" (s,
         data loading included), "train_peak_memory_mb", "time_per_image", "peak_memory_mb"
         (CUDA only, else None), "metrics" (evaluate_results), "occlusion" (occlusion_ap),
-        "results" (path)}}}``.
+        "results" (path), and "reused_from" (a run folder) for a contender not retrained}}}``.
 
     Raises:
     """
@@ -366,7 +375,10 @@ def compare_models(
         device = resolve_device(cfg.device)
         run_dir = out_dir / name
         row: dict[str, Any] = {"arch": cfg.arch, "note": contender.note, "train": contender.train}
-        if contender.train:
+        done = finished_run_of(cfg, [Path(r) for r in reusable]) if contender.train else None
+        if done is not None:
+            model, stats = reused_contender(done, cfg, device, dataset.categories)
+        elif contender.train:
             args = (cfg, name, data_dir, run_dir, device, dataset.categories, callback)
             model, stats = _train_contender(*args)
         else:
