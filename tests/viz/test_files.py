@@ -80,7 +80,7 @@ def test_saved_figures_are_checked_for_presence_blankness_and_empty_axes(tmp_pat
 
 
 def test_every_notebook_declares_its_figures_in_its_own_folder(tmp_path):
-    from seglib.core.paths import Paths, get_paths
+    from seglib.core.paths import Paths, RunFolder, get_paths
 
     assert list(files.NOTEBOOK_FIGURES)[:5] == [
         "01_data_subset",
@@ -91,7 +91,9 @@ def test_every_notebook_declares_its_figures_in_its_own_folder(tmp_path):
     ]
     for notebook, (folder, names) in files.NOTEBOOK_FIGURES.items():
         assert all(name.startswith(notebook[:3]) and name.endswith(".png") for name in names)
-        assert isinstance(getattr(Paths, folder), property), f"{notebook}: no Paths.{folder}"
+        owner, _, attr = folder.rpartition(".")
+        cls = RunFolder if owner == "layout" else Paths
+        assert isinstance(getattr(cls, attr), property), f"{notebook}: no Paths.{folder}"
     paths = get_paths("smoke", tmp_path, run="r1")
     assert files.notebook_figures(paths, "01_data_subset")[0].parent == paths.subset / "figures"
     assert files.notebook_figures(paths, "04_evaluate")[0].parent == paths.run_dir("r1") / "figures"
