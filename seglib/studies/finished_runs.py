@@ -76,12 +76,13 @@ def reused_contender(
     run_dir: Path, cfg: TrainConfig, device: torch.device, categories: list[dict]
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A finished run loaded as a contender, with its training cost read from its log."""
-    rows = [r for r in read_metrics(run_dir) if "loss" in r]
+    logged = read_metrics(run_dir)
+    rows = [r for r in logged if "loss" in r]
     iterations = max((r["iteration"] for r in rows), default=0)
     stats = {
         "iterations": iterations,
         "train_time_per_image": sum(r["time"] for r in rows) / max(1, iterations * cfg.batch_size),
-        "validations": sum(1 for r in read_metrics(run_dir) if "segm_AP" in r),
+        "validations": sum(1 for r in logged if "segm_AP" in r),
         "train_peak_memory_mb": None,
         "reused_from": str(run_dir),
     }
