@@ -43,6 +43,7 @@ import torchvision
 
 import seglib
 from seglib.core.config import TrainConfig
+from seglib.core.overrides import parse_overrides
 from seglib.core.runtime import amp_settings, resolve_device
 from seglib.data.dataset import open_split
 from seglib.data.subset import build_subset
@@ -86,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--work", type=Path, help="folder for the synthetic data (default: a temporary one)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TrainConfig change for seglib's loop, e.g. optimizer_impl=for-loop (repeatable)",
     )
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
@@ -232,7 +240,7 @@ def make_config(args: argparse.Namespace, cuda: bool) -> tuple[TrainConfig, str]
         warmup_iters=0,
         lr=0.001,  # the seed recipe's lr: the unclipped plain loop must stay finite
     )
-    return cfg, profile
+    return cfg.replace(**parse_overrides(args.set)), profile
 
 
 def make_model(cfg: TrainConfig, weights: str, batches: list) -> tuple[torch.nn.Module, str]:

@@ -13,11 +13,32 @@ import torch
 
 from seglib.core.config import TrainConfig
 
+#: Device types where torch has a fused SGD kernel; ``optimizer_impl="auto"`` uses it there.
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def optimizer_impl_kwargs(impl: str, device_type: str) -> dict[str, bool]:
+    """``torch.optim.SGD``'s keyword for ``TrainConfig.optimizer_impl`` on ``device_type``.
+
+    "auto" is ``fused=True`` on ``FUSED_DEVICES`` and torch's default elsewhere.
+    """
+    if impl == "fused" or (impl == "auto" and device_type in FUSED_DEVICES):
+        return {"fused": True}
+    if impl == "foreach":
+        return {"foreach": True}
+    if impl == "for-loop":
+        return {"foreach": False}
+    return {}
+
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD over the trainable parameters (frozen backbone stages excluded)."""
+    """SGD over the trainable parameters (frozen backbone stages excluded), implemented as
+    ``cfg.optimizer_impl`` says for the parameters' device."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    impl = optimizer_impl_kwargs(cfg.optimizer_impl, params[0].device.type if params else "cpu")
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl
+    )
 
 
 def lr_factor(iteration: int, cfg: TrainConfig, iters_per_epoch: int) -> float:
