@@ -42,10 +42,14 @@ DEVICES = ("auto", "cpu", "cuda")
 #: bf16 autocast in training on the CPU: "auto" where the CPU computes bf16 natively (AMX or
 #: AVX512-BF16; measured in docs/benchmarks.md), "bf16" always, "off" never.
 CPU_AMP_CHOICES = ("auto", "bf16", "off")
-#: How SGD updates the weights (``torch.optim.SGD``'s implementations; the same update):
+#: "sgd" (with momentum; the seed recipe's) or "adamw" (decoupled weight decay, none on
+#: norms and biases; the demo's: it learns the shapes from scratch in half the steps,
+#: docs/benchmarks.md).
+OPTIMIZERS = ("sgd", "adamw")
+#: How the optimizer updates the weights (torch's implementations of the same update):
 #: "auto" is "fused" on the CPU and CUDA, which torch supports there (one kernel over all
-#: parameters: 3x faster than the for-loop on a 2-core CPU, docs/benchmarks.md), else torch's
-#: own choice; "foreach" and "for-loop" force those.
+#: parameters: SGD's step 3x faster than the for-loop on a 2-core CPU, docs/benchmarks.md),
+#: else torch's own choice; "foreach" and "for-loop" force those.
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
@@ -174,10 +178,14 @@ class TrainConfig:
     tta_hflip: bool = False
 
     # --- optimisation -----------------------------------------------------------------
-    # SGD learning rate for batch_size 2 (seed recipe).
+    # OPTIMIZERS: "sgd" is the seed recipe's.
+    optimizer: str = "sgd"
+    # Learning rate for batch_size 2 (seed recipe: SGD at 0.001).
     lr: float = field(default=0.001, metadata=_slider(1e-5, 1e-1, 0.1, log=True))
+    # SGD's momentum (AdamW keeps torch's betas, 0.9 and 0.999).
     momentum: float = 0.9
-    # L2 penalty, torchvision detection reference value.
+    # SGD: L2 penalty on every parameter, torchvision detection reference value. AdamW:
+    # decoupled decay of the weights of convolutions and linear layers only.
     weight_decay: float = 1e-4
     batch_size: int = field(default=2, metadata=_slider(1, 16, 1))
     num_epochs: int = field(default=10, metadata=_slider(1, 50, 1))
@@ -194,7 +202,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     # Max global gradient norm (None: no clipping); second guard against divergence.
     grad_clip_norm: float | None = 10.0
-    # SGD's implementation (OPTIMIZER_IMPLS): the same update, computed faster or slower.
+    # The optimizer's implementation (OPTIMIZER_IMPLS): the same update, faster or slower.
     optimizer_impl: str = "auto"
 
     # --- runtime ----------------------------------------------------------------------
@@ -415,6 +423,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "matrix_nms_score_floor": rules.FRACTION,
         "mask_nms_thresh": rules.FRACTION,
         "lr": rules.POSITIVE_FRACTION,
+        "optimizer": rules.OneOf(OPTIMIZERS),
         "momentum": rules.Range(0, 1, hi_open=True),
         "weight_decay": rules.NON_NEGATIVE,
         "batch_size": rules.COUNT,

@@ -1,8 +1,8 @@
 """The optimizer, the learning-rate schedule, and one optimizer step of a run.
 
-SGD over the trainable parameters, and one multiplier per optimizer step: a linear warmup
-times a schedule that spans the whole run (multistep at fractions of it, cosine, or
-constant), so changing the number of epochs keeps the schedule's shape.
+SGD (the seed's) or AdamW over the trainable parameters, and one multiplier per optimizer
+step: a linear warmup times a schedule that spans the whole run (multistep at fractions of
+it, cosine, or constant), so changing the number of epochs keeps the schedule's shape.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch
 
 from seglib.core.config import TrainConfig
 
-#: Device types where torch has a fused SGD kernel; ``optimizer_impl="auto"`` uses it there.
+#: Device types where torch has fused SGD and AdamW kernels; ``optimizer_impl="auto"`` uses them.
 FUSED_DEVICES = ("cpu", "cuda")
 
 
 def optimizer_impl_kwargs(impl: str, device_type: str) -> dict[str, bool]:
-    """``torch.optim.SGD``'s keyword for ``TrainConfig.optimizer_impl`` on ``device_type``.
+    """The optimizer's keyword for ``TrainConfig.optimizer_impl`` on ``device_type``.
 
     "auto" is ``fused=True`` on ``FUSED_DEVICES`` and torch's default elsewhere.
     """
@@ -31,11 +31,23 @@ def optimizer_impl_kwargs(impl: str, device_type: str) -> dict[str, bool]:
     return {}
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD over the trainable parameters (frozen backbone stages excluded), implemented as
-    ``cfg.optimizer_impl`` says for the parameters' device."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the trainable parameters (frozen backbone stages excluded),
+    implemented as ``cfg.optimizer_impl`` says for the parameters' device.
+
+    SGD decays every parameter by ``cfg.weight_decay`` (torchvision's reference). AdamW decays
+    only the weights of convolutions and linear layers (more than one dimension), as
+    transformer and ViTDet recipes do: decaying GroupNorm's scales and the biases to 0 only
+    fights the normalisation.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     impl = optimizer_impl_kwargs(cfg.optimizer_impl, params[0].device.type if params else "cpu")
+    if cfg.optimizer == "adamw":
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **impl)
     return torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl
     )

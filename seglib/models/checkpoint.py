@@ -44,6 +44,7 @@ RESUME_FIXED = (
     "weights",
     "trainable_backbone_layers",
     "batch_size",
+    "optimizer",
     "lr",
     "momentum",
     "weight_decay",

@@ -1,4 +1,4 @@
-"""The optimizer's implementations (``TrainConfig.optimizer_impl``): one update, three kernels."""
+"""The optimizer (``TrainConfig.optimizer``) and its implementations (``optimizer_impl``)."""
 
 from __future__ import annotations
 
@@ -57,3 +57,24 @@ def test_auto_is_fused_for_a_cpu_model():
 def test_unknown_impl_is_refused():
     with pytest.raises(ValueError, match="optimizer_impl"):
         TrainConfig(optimizer_impl="adam")
+
+
+def test_adamw_decays_only_the_weights_of_convolutions_and_linear_layers():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))  # materialise the lazy layer
+    opt = make_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-4, weight_decay=0.05))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert {p.ndim for p in decayed["params"]} == {2, 4}
+    assert {p.ndim for p in plain["params"]} == {1}  # biases, GroupNorm scale and shift
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_frozen_parameters_are_not_optimised():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    for name in ("sgd", "adamw"):
+        opt = make_optimizer(model, TrainConfig(optimizer=name))
+        held = {id(p) for g in opt.param_groups for p in g["params"]}
+        assert held == {id(p) for p in model[1].parameters()}
