@@ -271,7 +271,7 @@ def test_cuda_oom_is_reraised_with_a_hint():
 # --- real training (slow) -------------------------------------------------------------------
 @pytest.mark.slow
 def test_overfits_one_batch(synthetic_subset):
-    cfg = TrainConfig.smoke(lr=0.02, warmup_iters=3)
+    cfg = TrainConfig.smoke(optimizer="sgd", lr=0.02, weight_decay=1e-4, warmup_iters=3)
     seed_everything(0)
     dataset = open_split(synthetic_subset, "train")
     batch = ([dataset[0][0]], [dataset[0][1]])
