@@ -239,6 +239,8 @@ def make_config(args: argparse.Namespace, cuda: bool) -> tuple[TrainConfig, str]
         trainable_backbone_layers=3 if coco else 5,
         warmup_iters=0,
         lr=0.001,  # the seed recipe's lr: the unclipped plain loop must stay finite
+        optimizer="sgd",  # the plain loop's (the offline profiles train with AdamW)
+        weight_decay=TrainConfig().weight_decay,
     )
     return cfg.replace(**parse_overrides(args.set)), profile
 
