@@ -125,13 +125,21 @@ def build_model_structure(cfg: TrainConfig) -> nn.Module:
 
 
 def model_from_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", *, categories: list[dict] | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    categories: list[dict] | None = None,
+    config: TrainConfig | None = None,
 ) -> tuple[nn.Module, TrainConfig, list[dict]]:
     """Rebuild the trained model from a checkpoint alone (no weight files, no network).
 
     Args:
         categories: the data's categories (e.g. ``dataset.categories``); when given, the
             checkpoint's class map must match them (``check_class_map``).
+        config: build the model this config describes instead of the stored one, e.g. the
+            stored one with other inference thresholds or post-processing. Its structure
+            must hold the weights (the same arch, norm and categories); the caller makes
+            sure the rest of what was learned agrees.
 
     Returns:
         (model in eval mode on ``device``, its TrainConfig, its class map: categories in label
@@ -144,7 +152,7 @@ def model_from_checkpoint(
         class map and the weights disagree, or the class map and ``categories`` do.
     """
     ckpt = load_checkpoint(path)
-    cfg = checkpoint_config(ckpt, path)
+    cfg = checkpoint_config(ckpt, path) if config is None else config
     stored = ckpt["categories"]
     if categories is not None:
         check_class_map(stored, categories, source=str(path))
