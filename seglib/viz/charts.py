@@ -27,18 +27,27 @@ def _grouped_bars(
     *,
     fmt: str = "{:g}",
     colors: Sequence | None = None,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Axes:
-    """Bars of each series side by side per group; NaN (undefined) draws no bar, labelled "n/a"."""
+    """Bars of each series side by side per group; NaN (undefined) draws no bar, labelled "n/a".
+
+    ``errors`` (per series, in the bars' units) draws a symmetric error bar on each bar.
+    """
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for j, (name, values) in enumerate(series.items()):
         heights = np.asarray(values, dtype=np.float64)
+        yerr = None
+        if errors is not None and name in errors:
+            yerr = np.where(np.isnan(heights), 0.0, np.asarray(errors[name], dtype=np.float64))
         bars = ax.bar(
             x + (j - (len(series) - 1) / 2) * width,
             np.nan_to_num(heights),
             width,
             label=name,
             color=colors[j] if colors else None,
+            yerr=yerr,
+            capsize=3 if yerr is not None else 0,
         )
         ax.bar_label(
             bars, labels=["n/a" if np.isnan(v) else fmt.format(v) for v in heights], fontsize=7
@@ -146,15 +155,21 @@ def plot_grouped_scores(
     *,
     ylabel: str = "AP (%)",
     title: str = "",
+    spreads: Mapping[str, Sequence[float]] | None = None,
 ) -> Axes:
     """Bars of 0-1 scores in percent, one colour per series (a model), side by side per group.
 
     ``seglib.studies.comparison_report.ap_series`` and ``occlusion_series`` give ``groups`` and ``series``;
-    a score of -1 or None (undefined) draws no bar, labelled "n/a".
+    a score of -1 or None (undefined) draws no bar, labelled "n/a". ``spreads`` (0-1, per
+    series, e.g. the standard deviation over seeds of ``seglib.studies.study.study_series``)
+    draws error bars of plus and minus that much.
     """
     ax = _new_ax(ax, (7.0, 4.0))
     values = {name: [_pct(v) for v in scores] for name, scores in series.items()}
-    _grouped_bars(ax, groups, values, fmt="{:.1f}")
+    errors = None
+    if spreads is not None:
+        errors = {name: [100 * float(e) for e in spread] for name, spread in spreads.items()}
+    _grouped_bars(ax, groups, values, fmt="{:.1f}", errors=errors)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return ax

@@ -67,3 +67,21 @@ def test_pr_curves_and_confusion():
     assert len(ax.texts) == 9 and ax.texts[4].get_text() == "3"
     ax = charts.plot_confusion(matrix, ["background", "cake", "car"], normalize=True)
     assert ax.texts[4].get_text() == "0.75" and ax.texts[8].get_text() == "0.00"
+
+
+def test_grouped_scores_draw_error_bars_of_the_spread_around_each_mean():
+    groups = ["mask AP", "mask AP heavy"]
+    means = {"baseline": [0.30, 0.20], "+cp": [0.40, -1.0]}
+    spreads = {"baseline": [0.05, 0.10], "+cp": [0.02, 0.0]}
+    ax = charts.plot_grouped_scores(groups, means, spreads=spreads)
+    heights = sorted(round(r.get_height(), 6) for r in rectangles(ax))
+    assert heights == [0.0, 20.0, 30.0, 40.0]  # the undefined score draws no bar
+    # one vertical segment per bar, from mean - spread to mean + spread (percent)
+    spans = sorted(
+        (round(float(seg[0][1]), 6), round(float(seg[1][1]), 6))
+        for coll in ax.collections
+        for seg in coll.get_segments()
+    )
+    assert spans == [(0.0, 0.0), (10.0, 30.0), (25.0, 35.0), (38.0, 42.0)]
+    plain = charts.plot_grouped_scores(groups, means)
+    assert not plain.collections  # no spreads, no error bars
