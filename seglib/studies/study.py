@@ -4,7 +4,7 @@ A study is a base ``TrainConfig``, a list of ``Contender``s and the seeds to rep
 ``run_study`` gives every contender the same data, budget and evaluator:
 
 - a contender whose changes touch what is learned (augmentation, optimizer, architecture,
-  data size, ...) is trained once per seed with ``trainer.train``, unless a finished run
+  ...) is trained once per seed with ``trainer.train``, unless a finished run
   already trained exactly that config (``finished_runs.finished_run_of``: the notebook 03 run,
   or another contender of the same study), which is then reused;
 - a contender whose changes are all ``finished_runs.NOT_LEARNED`` (post-processing,
@@ -21,7 +21,7 @@ bars with error bars. Nothing here prints.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -34,14 +34,27 @@ from seglib.core.config import TrainConfig
 from seglib.core.paths import RunFolder
 from seglib.core.runtime import resolve_device
 from seglib.data.dataset import open_split
-from seglib.engine.trainer import train
+from seglib.engine.trainer import Callback, train
 from seglib.evaluation.coco_ap import evaluate_results
 from seglib.evaluation.occlusion import ROWS, occlusion_ap
 from seglib.evaluation.prediction import predict
 from seglib.models.builder import model_from_checkpoint
 from seglib.studies.finished_runs import NOT_LEARNED, finished_run_of
 
-Callback = Callable[[str, dict[str, Any]], None]
+#: Fields that say which data a run trained on. Every contender trains on the study's one
+#: subset folder, so a change to one of these would be recorded in its config and not done.
+DATA_FIELDS = frozenset(
+    {
+        "data_source",
+        "categories",
+        "num_train",
+        "num_val",
+        "num_test",
+        "synthetic_images",
+        "synthetic_size",
+        "synthetic_heavy_share",
+    }
+)
 #: The file ``run_study`` writes in its output folder.
 STUDY_JSON = "study.json"
 
@@ -68,11 +81,18 @@ def contender_config(base: TrainConfig, contender: Contender, seed: int) -> Trai
     """``base`` with the contender's changes and ``seed``.
 
     Raises:
-        ValueError: a change ``TrainConfig`` rejects, naming the contender, or a change of
-            ``seed`` (the study sets it).
+        ValueError: a change ``TrainConfig`` rejects, naming the contender, a change of
+            ``seed`` (the study sets it), or of a ``DATA_FIELDS`` field (the study's data is
+            one subset folder).
     """
     if "seed" in contender.changes:
         raise ValueError(f"contender {contender.name!r} changes seed; the study's seeds set it")
+    data = sorted(DATA_FIELDS & set(contender.changes))
+    if data:
+        raise ValueError(
+            f"contender {contender.name!r} changes {data}: every contender trains on the "
+            "study's one subset folder, so a data change would not happen"
+        )
     try:
         return base.replace(**contender.changes, seed=seed)
     except (TypeError, ValueError) as e:

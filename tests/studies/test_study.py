@@ -20,6 +20,8 @@ def test_a_contender_is_the_base_config_with_its_changes_and_the_seed():
         study.contender_config(base, Contender("bad", {"copy_paste_prob": 2.0}), seed=0)
     with pytest.raises(ValueError, match="'s'.*seed"):
         study.contender_config(base, Contender("s", {"seed": 3}), seed=0)
+    with pytest.raises(ValueError, match=r"'more'.*\['num_train'\].*one subset folder"):
+        study.contender_config(base, Contender("more", {"num_train": 48}), seed=0)
 
 
 def test_which_contenders_train():
