@@ -103,7 +103,7 @@ def measure(arch: str, cfg: TrainConfig, batches_file: str, opts: dict) -> dict:
     from seglib.engine.schedule import make_lr_scheduler, make_optimizer
     from seglib.engine.trainer import train_one_epoch
     from seglib.models.builder import build_model
-    from seglib.studies.family_comparison import count_parameters
+    from seglib.studies.study import count_parameters
 
     device = torch.device(opts["device"])
     if opts.get("threads"):

@@ -4,12 +4,12 @@
 v2 and Mask2Former, trained, plus the zero-shot COCO models when their weights are cached.
 A comparison needs two of them: with one (the base install offline, where Mask2Former needs
 the ``detr`` extra and only Mask R-CNN v1 can run) it plans nothing, and says why.
-``compare_models`` trains every trained contender with ``trainer.train`` from the same config
-(the same data, augmentation, optimizer, schedule and number of iterations; only the
-architecture differs), then evaluates each one on the same split with
-``coco_ap.evaluate_results`` (box and mask AP, overall and per class) and
-``occlusion.occlusion_ap`` (AP per occlusion bucket). It also records parameters, training
-and inference time per image and, on CUDA, peak memory. ``comparison_tables`` lays the
+``compare_models`` is one use of the study mechanism (``seglib.studies.study``): every
+contender is a change of ``arch`` (and what goes with it) to one config, so each trains with
+``trainer.train`` on the same data, augmentation, optimizer, schedule and number of
+iterations, and ``study.evaluate_model`` scores each on the same split: box and mask AP
+overall and per class, AP per occlusion bucket, parameters, training and inference time per
+image and, on CUDA, peak memory. ``comparison_tables`` lays the
 result out as text; ``ap_series``, ``occlusion_series`` and ``read_contender_results`` feed ``viz``
 (they live in ``seglib.studies.comparison_report``).
 
@@ -23,31 +23,19 @@ of both, and a GPU.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
-from seglib.core.paths import RunFolder
-from seglib.core.runtime import resolve_device, synchronize
 from seglib.data.dataset import open_split
-from seglib.engine.trainer import train
-from seglib.evaluation.coco_ap import evaluate_results
-from seglib.evaluation.coco_results import write_results
-from seglib.evaluation.occlusion import occlusion_ap
-from seglib.evaluation.prediction import check_postprocess, predict
+from seglib.engine.trainer import Callback
+from seglib.evaluation.prediction import check_postprocess
 from seglib.models import mask2former_weights
-from seglib.models.builder import model_from_checkpoint
-from seglib.models.mask2former import build_zero_shot_mask2former
 from seglib.models.weights import weights_file
-from seglib.models.zeroshot import build_zero_shot_model
-from seglib.studies.finished_runs import finished_run_of, reused_contender
+from seglib.studies import study
 
 #: Display names of the architectures.
 ARCH_NAMES = {"v1": "mask-rcnn-v1", "v2": "mask-rcnn-v2", "mask2former": "mask2former"}
@@ -55,7 +43,6 @@ TINY_NOTE = (
     "TINY RANDOM CONFIG: Mask2Former here is the ~1 M-parameter 'tiny' preset trained from "
     "scratch, not the Swin-T COCO architecture or weights"
 )
-Callback = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -226,104 +213,26 @@ def plan_comparison(
     return plan
 
 
-# --- measuring ------------------------------------------------------------------------------
-def count_parameters(model: nn.Module) -> int:
-    """All parameters of ``model``, trainable or frozen."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mb(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
-def _build_zero_shot(contender: Contender, categories: list[dict]) -> nn.Module:
-    if contender.cfg.arch == "mask2former":
-        return build_zero_shot_mask2former(categories, contender.cfg)
-
-    return build_zero_shot_model(categories, contender.cfg.arch, contender.cfg)
-
-
-def predict_timed(
-    model: nn.Module, dataset: Any, device: torch.device
-) -> tuple[list[dict], dict[str, float | None]]:
-    """``prediction.predict`` one image at a time, timed after one warm-up image.
-
-    Returns:
-        (COCO results, {"time_per_image": s, "peak_memory_mb": CUDA peak or None}). The time
-        is end to end: the forward pass, post-processing and RLE encoding of every image.
-    """
-    from torch.utils.data import Subset
-
-    predict(model, Subset(dataset, [0]), device, batch_size=1)  # warm-up (allocator, kernels)
-    _reset_peak(device)
-    synchronize(device)
-    start = time.perf_counter()
-    results = predict(model, dataset, device, batch_size=1)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    return results, {"time_per_image": elapsed / len(dataset), "peak_memory_mb": _peak_mb(device)}
-
-
-def _train_contender(
-    cfg: TrainConfig,
-    name: str,
-    data_dir: Path,
-    run_dir: Path,
-    device: torch.device,
-    categories: list[dict],
-    callback: Callback | None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``cfg`` into ``run_dir`` and load its ``last.pt``.
-
-    Returns:
-        ``(model, {"iterations", "train_time_per_image", "train_wall_s", "validations",
-        "train_peak_memory_mb"})``.
-    """
-
-    def relay(event: str, payload: dict[str, Any]) -> None:
-        if callback is not None:
-            callback(event, {**payload, "model": name})
-
-    _reset_peak(device)
-    start = time.perf_counter()
-    summary = train(cfg, data_dir, run_dir, callback=relay)
-    elapsed = time.perf_counter() - start
-    train_time = sum(h["time"] for h in summary["history"])
-    stats = {
-        "iterations": summary["iteration"],
-        "train_time_per_image": train_time / max(1, summary["iteration"] * cfg.batch_size),
-        "train_wall_s": elapsed,
-        "validations": sum(1 for h in summary["history"] if "segm_AP" in h),
-        "train_peak_memory_mb": _peak_mb(device),
-    }
-    model, _, _ = model_from_checkpoint(
-        RunFolder(run_dir).last_checkpoint, device, categories=categories
-    )
-    return model, stats
-
-
-def _evaluate_contender(
-    model: nn.Module, dataset: Any, device: torch.device, score_thresh: float, results_file: Path
-) -> dict[str, Any]:
-    """Parameters, inference time and memory, metrics and AP per occlusion bucket of ``model``
-    on ``dataset``; its results go to ``results_file`` with COCO's category ids."""
-
-    params = count_parameters(model)
-    results, timing = predict_timed(model, dataset, device)
-    return {
-        "params": params,
-        **timing,
-        "metrics": evaluate_results(dataset.coco, results, score_thresh=score_thresh),
-        "occlusion": occlusion_ap(dataset.coco, results, score_thresh=score_thresh),
-        "results": str(write_results(results_file, results, dataset.categories)),
-    }
+# --- the comparison: one use of the study mechanism ------------------------------------------
+def _as_study(contenders: Sequence[Contender], num_epochs: int | None) -> tuple[TrainConfig, list]:
+    """The comparison as ``study.run_study``'s base config and contenders: the first trained
+    contender's config is the base, and every contender is its difference from it."""
+    configs = [
+        c.cfg.replace(num_epochs=num_epochs) if c.train and num_epochs is not None else c.cfg
+        for c in contenders
+    ]
+    first = next((cfg for c, cfg in zip(contenders, configs, strict=True) if c.train), configs[0])
+    base = first.to_dict()
+    rows = []
+    for c, cfg in zip(contenders, configs, strict=True):
+        if cfg.seed != first.seed:
+            raise ValueError(
+                f"contender {c.name!r} has seed {cfg.seed}, the others {first.seed}: the "
+                "comparison trains every model from the same seed"
+            )
+        changes = {k: v for k, v in cfg.to_dict().items() if base[k] != v}
+        rows.append(study.Contender(c.name, changes, c.note, zero_shot=not c.train))
+    return first, rows
 
 
 def compare_models(
@@ -338,20 +247,23 @@ def compare_models(
 ) -> dict[str, Any]:
     """Train each trained contender for the same budget, then evaluate every one on ``split``.
 
-    A trained contender that one of the ``reusable`` run folders trained already
-    (``finished_run_of``: the notebook 03 run of the same profile, typically) is not trained
-    again: its ``last.pt`` is evaluated, and its row says so (``reused_from``).
+    A study (``study.run_study``) with one seed, the config's: every trained contender is
+    trained by ``trainer.train`` for the same budget, every one is scored by
+    ``study.evaluate_model``. A trained contender that one of the ``reusable`` run folders
+    trained already (``finished_run_of``: the notebook 03 run of the same profile,
+    typically) is not trained again: its ``last.pt`` is evaluated, and its row says so
+    (``reused_from``).
 
-    Writes ``out_dir/<name>/`` (the run: config.json, metrics.jsonl, last.pt, ...),
-    ``out_dir/<name>/<split>_results.json`` (COCO's category ids, as
-    ``prediction.write_results`` writes them; ``comparison_report.read_contender_results`` reads them back) and
-    ``out_dir/comparison.json``.
+    Writes ``out_dir/<name>/seed-<seed>/`` (the run: config.json, metrics.jsonl, last.pt,
+    ..., and ``<split>_results.json`` with COCO's category ids, which
+    ``comparison_report.read_contender_results`` reads back; a zero-shot model's results in
+    ``out_dir/<name>/``), ``out_dir/study.json`` and ``out_dir/comparison.json``.
 
     Args:
         num_epochs: replaces every trained contender's ``num_epochs`` (the same budget;
             the schedule then spans it), e.g. ``cfg.compare_epochs``.
-        callback: ``callback(event, payload)``: the engine's events with ``payload["model"]``
-            added, and ("evaluated", {"model", "metrics"}) per contender.
+        callback: ``callback(event, payload)``: the engine's events and ("scored", row),
+            with ``payload["contender"]`` and ``payload["seed"]`` added.
 
     Returns:
         ``{"split", "num_images", "categories" (the split's), "skipped", "models": {name:
@@ -361,42 +273,41 @@ def compare_models(
         "results" (path), and "reused_from" (a run folder) for a contender not retrained}}}``.
 
     Raises:
+        ValueError: contenders with different seeds.
     """
-
     contenders = plan.contenders if isinstance(plan, Plan) else list(plan)
     skipped = list(plan.skipped) if isinstance(plan, Plan) else []
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    dataset = open_split(data_dir, split)
     models: dict[str, Any] = {}
-    for contender in contenders:
-        cfg, name = contender.cfg, contender.name
-        if contender.train and num_epochs is not None:
-            cfg = cfg.replace(num_epochs=num_epochs)
-        device = resolve_device(cfg.device)
-        run_dir = out_dir / name
-        row: dict[str, Any] = {"arch": cfg.arch, "note": contender.note, "train": contender.train}
-        done = finished_run_of(cfg, [Path(r) for r in reusable]) if contender.train else None
-        if done is not None:
-            model, stats = reused_contender(done, cfg, device, dataset.categories)
-        elif contender.train:
-            args = (cfg, name, data_dir, run_dir, device, dataset.categories, callback)
-            model, stats = _train_contender(*args)
-        else:
-            model = _build_zero_shot(contender, dataset.categories).to(device)
-            stats = {"iterations": 0, "train_time_per_image": None, "train_peak_memory_mb": None}
-        row.update(stats)
-        results_file = run_dir / f"{split}_results.json"
-        row.update(_evaluate_contender(model, dataset, device, cfg.score_thresh, results_file))
-        models[name] = row
-        if callback is not None:
-            callback("evaluated", {"model": name, "metrics": row["metrics"]})
-        del model
+    categories: list[dict] = []
+    num_images = len(open_split(data_dir, split)) if not contenders else 0
+    if contenders:
+        base, rows = _as_study(contenders, num_epochs)
+        result = study.run_study(
+            base,
+            rows,
+            data_dir,
+            out_dir,
+            seeds=(base.seed,),
+            split=split,
+            reusable=reusable,
+            callback=callback,
+        )
+        num_images, categories = result["num_images"], result["categories"]
+        for c in contenders:
+            row = result["contenders"][c.name]
+            scored = dict(row["seeds"][base.seed])
+            arch = base.replace(**row["changes"]).arch
+            models[c.name] = {"arch": arch, "note": c.note, "train": c.train, **scored}
+            if c.train and not scored["trained"]:
+                models[c.name]["reused_from"] = scored["run"]
+    else:
+        categories = open_split(data_dir, split).categories
     out = {
         "split": split,
-        "num_images": len(dataset),
-        "categories": dataset.categories,
+        "num_images": num_images,
+        "categories": categories,
         "skipped": skipped,
         "models": models,
     }
-    write_json_atomic(out_dir / "comparison.json", out)
+    write_json_atomic(Path(out_dir) / "comparison.json", out)
     return out

@@ -2,23 +2,16 @@
 
 A study trains each contender for the same budget; when the notebook 03 run of the same
 profile (or any finished run) already trained exactly that config, retraining it would spend
-the slowest step twice for the same weights. ``finished_run_of`` finds such a run and
-``reused_contender`` loads it, with its training cost read from its log.
+the slowest step twice for the same weights. ``finished_run_of`` finds such a run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
 
 from seglib.core.config import TrainConfig
 from seglib.core.paths import RunFolder
-from seglib.engine.runlog import read_metrics
-from seglib.models.builder import model_from_checkpoint
 from seglib.models.checkpoint import load_checkpoint
 
 #: Fields that change how a run is run, logged or used at inference, not what it learns: a
@@ -31,6 +24,9 @@ NOT_LEARNED = frozenset(
         "log_interval",
         "eval_interval",
         "compare_epochs",
+        "study_seeds",
+        "study_epochs",
+        "study_sizes",
         "score_thresh",
         "box_score_thresh",
         "box_nms_thresh",
@@ -70,23 +66,3 @@ def finished_run_of(cfg: TrainConfig, candidates: Sequence[Path]) -> Path | None
         if load_checkpoint(run.last_checkpoint).get("epoch") == cfg.num_epochs:
             return run.root
     return None
-
-
-def reused_contender(
-    run_dir: Path, cfg: TrainConfig, device: torch.device, categories: list[dict]
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A finished run loaded as a contender, with its training cost read from its log."""
-    logged = read_metrics(run_dir)
-    rows = [r for r in logged if "loss" in r]
-    iterations = max((r["iteration"] for r in rows), default=0)
-    stats = {
-        "iterations": iterations,
-        "train_time_per_image": sum(r["time"] for r in rows) / max(1, iterations * cfg.batch_size),
-        "validations": sum(1 for r in logged if "segm_AP" in r),
-        "train_peak_memory_mb": None,
-        "reused_from": str(run_dir),
-    }
-    model, _, _ = model_from_checkpoint(
-        RunFolder(run_dir).last_checkpoint, device, categories=categories
-    )
-    return model, stats

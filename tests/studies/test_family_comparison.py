@@ -244,7 +244,7 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
     cfg = TrainConfig.smoke(arch="mask2former", num_epochs=8, eval_interval=4)
     contenders = [
         family_comparison.Contender("m2f-a", cfg),
-        family_comparison.Contender("m2f-b", cfg.replace(seed=1), note="another seed"),
+        family_comparison.Contender("m2f-b", cfg.replace(lr=cfg.lr / 2), note="half the lr"),
     ]
     events = []
     summary = family_comparison.compare_models(
@@ -252,7 +252,7 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
         synthetic_subset,
         tmp_path,
         num_epochs=1,
-        callback=lambda event, payload: events.append((event, payload["model"])),
+        callback=lambda event, payload: events.append((event, payload["contender"])),
     )
     assert list(summary["models"]) == ["m2f-a", "m2f-b"] and summary["num_images"] == 4
     for name, row in summary["models"].items():
@@ -261,9 +261,10 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
         assert row["peak_memory_mb"] is None  # CPU
         assert 0 <= row["metrics"]["segm"]["AP"] <= 1
         assert set(row["occlusion"]) == {"all", "none", "partial", "heavy"}
-        assert (tmp_path / name / "last.pt").is_file()
-        assert json.loads((tmp_path / name / "test_results.json").read_text())
-    assert ("evaluated", "m2f-b") in events and ("iter", "m2f-a") in events
+        assert (tmp_path / name / "seed-0" / "last.pt").is_file()
+        assert json.loads((tmp_path / name / "seed-0" / "test_results.json").read_text())
+    assert ("scored", "m2f-b") in events and ("iter", "m2f-a") in events
+    assert summary["models"]["m2f-b"]["note"] == "half the lr"
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["models"]["m2f-a"]["note"] == "" and saved["models"]["m2f-b"]["note"]
     assert "m2f-b" in comparison_report.comparison_tables(summary)["overall"]
@@ -303,7 +304,7 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
 
     dataset = open_split(synthetic_subset, "val", min_box_size=0)
     monkeypatch.setattr(
-        family_comparison, "_build_zero_shot", lambda contender, cats: _Oracle(dataset)
+        family_comparison.study, "build_zero_shot", lambda cfg, cats: _Oracle(dataset)
     )
     cfg = TrainConfig.smoke(device="cpu")
     summary = family_comparison.compare_models(

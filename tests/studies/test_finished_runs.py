@@ -50,7 +50,7 @@ def test_the_comparison_evaluates_the_finished_run_and_says_so(
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(family_comparison, "train", no_training)
+    monkeypatch.setattr(family_comparison.study, "train", no_training)
     contender = family_comparison.Contender("mask-rcnn-v1", cfg.replace(device="cpu"))
     summary = family_comparison.compare_models(
         [contender], synthetic_subset, tmp_path, reusable=[run]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from seglib.core.config import TrainConfig
-from seglib.studies import study
+from seglib.studies import study, study_report
 from seglib.studies.study import Contender
 
 
@@ -20,7 +21,7 @@ def test_a_contender_is_the_base_config_with_its_changes_and_the_seed():
         study.contender_config(base, Contender("bad", {"copy_paste_prob": 2.0}), seed=0)
     with pytest.raises(ValueError, match="'s'.*seed"):
         study.contender_config(base, Contender("s", {"seed": 3}), seed=0)
-    with pytest.raises(ValueError, match=r"'more'.*\['num_train'\].*one subset folder"):
+    with pytest.raises(ValueError, match=r"'more'.*\['num_train'\].*no subset folder of its own"):
         study.contender_config(base, Contender("more", {"num_train": 48}), seed=0)
 
 
@@ -40,63 +41,6 @@ def test_which_contenders_train():
 def test_bad_contender_lists_are_refused(names, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         study.run_study(TrainConfig.smoke(), [Contender(n) for n in names], tmp_path, tmp_path)
-
-
-def _row(ap: float, heavy: float, per_class: dict[str, float]) -> dict:
-    bucket = lambda v: {"segm": {"AP": v}, "recall": 0.5}  # noqa: E731
-    return {
-        "metrics": {
-            "segm": {
-                "AP": ap,
-                "AP50": 2 * ap,
-                "per_class": {k: {"AP": v} for k, v in per_class.items()},
-            },
-            "bbox": {"AP": ap + 0.1},
-        },
-        "occlusion": {
-            "all": bucket(ap),
-            "none": bucket(ap),
-            "partial": bucket(ap),
-            "heavy": bucket(heavy),
-        },
-    }
-
-
-def test_summary_is_mean_and_sample_spread_over_seeds_leaving_out_undefined_scores():
-    result = {
-        "split": "test",
-        "num_images": 4,
-        "seeds": [0, 1, 2],
-        "contenders": {
-            "baseline": {
-                "seeds": {
-                    0: _row(0.2, 0.1, {"dog": 0.3, "cake": -1.0}),
-                    1: _row(0.3, 0.2, {"dog": 0.5, "cake": -1.0}),
-                    2: _row(0.4, 0.3, {"dog": 0.4, "cake": 0.6}),
-                }
-            },
-            "+cp": {"seeds": {0: _row(0.5, 0.4, {"dog": 0.5, "cake": -1.0})}},
-        },
-    }
-    summary = study.summarize(result)
-    base = summary["baseline"]
-    assert base["mask AP"]["mean"] == pytest.approx(0.3)
-    assert base["mask AP"]["std"] == pytest.approx(0.1)  # sample standard deviation
-    assert (base["mask AP"]["min"], base["mask AP"]["max"], base["mask AP"]["n"]) == (0.2, 0.4, 3)
-    assert base["mask AP50"]["mean"] == pytest.approx(0.6) and base["box AP"][
-        "mean"
-    ] == pytest.approx(0.4)
-    assert base["mask AP heavy"]["mean"] == pytest.approx(0.2)
-    assert base["mask AP cake"] == {"mean": 0.6, "std": 0.0, "min": 0.6, "max": 0.6, "n": 1}
-    assert summary["+cp"]["mask AP cake"]["n"] == 0 and summary["+cp"]["mask AP"]["std"] == 0.0
-    groups, means, spreads = study.study_series(summary, ["mask AP", "mask AP heavy"])
-    assert groups == ["mask AP", "mask AP heavy"]
-    assert means["+cp"] == [0.5, 0.4] and spreads["baseline"][0] == pytest.approx(0.1)
-    table = study.study_table(result)
-    lines = table.splitlines()
-    assert lines[0].split()[0] == "contender" and "heavy" in lines[0]
-    assert "30.0 ± 10.0" in lines[1] and lines[2].split()[1] == "50.0"
-    assert "3 seeds [0, 1, 2]" in lines[-1] and "standard deviation" in lines[-1]
 
 
 @pytest.mark.slow
@@ -127,7 +71,8 @@ def test_each_contender_trains_once_per_seed_and_settings_apply_to_its_model(
         assert json.loads((base_run / "config.json").read_text())["seed"] == seed
         soft = rows["soft-nms"]["seeds"][seed]
         assert soft["run"] == str(base_run) and not soft["trained"]  # applied, not trained
-    assert not (tmp_path / "study" / "soft-nms").exists()
+    assert not list((tmp_path / "study" / "soft-nms").rglob("*.pt"))  # results only
+    assert study.runs_of(result, "soft-nms") == study.runs_of(result, "baseline")
     # the same model, another suppression rule: the scores may differ, the run does not
     for name in rows:
         for row in rows[name]["seeds"].values():
@@ -161,3 +106,68 @@ def test_a_settings_only_contender_without_its_model_is_refused(synthetic_subset
             synthetic_subset,
             tmp_path,
         )
+
+
+def test_a_data_folder_must_score_the_same_images(synthetic_coco, synthetic_subset, tmp_path):
+    from seglib.data.subset import build_subset
+
+    other = tmp_path / "other"  # another test split: scores would not compare
+    build_subset(synthetic_coco, other, num_train=6, num_val=6, num_test=5, progress=False)
+    more = Contender("more", {"num_train": 6})
+    with pytest.raises(ValueError, match=r"'more'.*other/test.json holds other images"):
+        study.run_study(
+            TrainConfig.smoke(), [more], synthetic_subset, tmp_path / "s", data_dirs={"more": other}
+        )
+    with pytest.raises(ValueError, match=r"data_dirs names no contender: \['less'\]"):
+        study.run_study(
+            TrainConfig.smoke(),
+            [Contender("baseline")],
+            synthetic_subset,
+            tmp_path / "s",
+            data_dirs={"less": other},
+        )
+    assert not (tmp_path / "s").exists()  # refused before anything ran
+
+
+def test_a_zero_shot_row_is_built_and_scored_once_for_every_seed(
+    synthetic_subset, tmp_path, monkeypatch
+):
+    from seglib.data.dataset import open_split
+
+    test = open_split(synthetic_subset, "test")
+
+    class Truth(torch.nn.Module):
+        """The ground truth of the image it is shown, known by its pixels."""
+
+        def __init__(self):
+            super().__init__()
+            self.known = []
+            for i in range(len(test)):
+                image, t = test[i]
+                out = {
+                    "boxes": t["boxes"],
+                    "labels": t["labels"],
+                    "scores": torch.full((len(t["labels"]),), 0.9),
+                    "masks": t["masks"][:, None].float(),
+                }
+                self.known.append((image.float() / 255, out))
+
+        def forward(self, images):
+            return [next(o for x, o in self.known if torch.equal(x, im)) for im in images]
+
+    built = []
+    monkeypatch.setattr(study, "build_zero_shot", lambda cfg, cats: built.append(cfg) or Truth())
+    result = study.run_study(
+        TrainConfig.smoke(device="cpu"),
+        [Contender("coco", {"weights": "coco", "norm": "bn"}, zero_shot=True)],
+        synthetic_subset,
+        tmp_path,
+        seeds=(0, 1, 2),
+    )
+    assert [cfg.weights for cfg in built] == ["coco"]  # one COCO model, whatever the seed
+    rows = result["contenders"]["coco"]
+    assert rows["zero_shot"] and not rows["trains"]
+    assert [r["run"] for r in rows["seeds"].values()] == [None] * 3
+    assert all(r["metrics"]["segm"]["AP"] == pytest.approx(1.0) for r in rows["seeds"].values())
+    assert (tmp_path / "coco" / "test_results.json").is_file()
+    assert study_report.summarize(result)["coco"]["mask AP"]["std"] == 0.0
