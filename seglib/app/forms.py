@@ -19,7 +19,7 @@ from IPython.display import Image, display
 
 from seglib.app import runs
 from seglib.app.operating_point import OperatingPoint
-from seglib.core.config import WEIGHT_CHOICES, TrainConfig
+from seglib.core.config import SCALE_JITTERS, WEIGHT_CHOICES, TrainConfig
 from seglib.core.overrides import apply_overrides, slider_fields
 from seglib.core.paths import Paths
 from seglib.evaluation import shown_results
@@ -74,6 +74,27 @@ def _augmentation_controls(cfg: TrainConfig) -> dict[str, W.Widget]:
             "aug_strength", cfg.aug_strength, "augmentation strength: crop/scale/colour jitter"
         ),
         "hflip_prob": _slider("hflip_prob", cfg.hflip_prob, "horizontal-flip probability"),
+    }
+
+
+def _copy_paste_controls(cfg: TrainConfig) -> dict[str, W.Widget]:
+    return {
+        "scale_jitter": W.Dropdown(
+            options=list(SCALE_JITTERS),
+            value=cfg.scale_jitter,
+            description="scale_jitter",
+            tooltip="resize range: standard 0.8-1.25, large (LSJ) 0.1-2.0",
+            style=_STYLE,
+            layout=_LAYOUT,
+        ),
+        "copy_paste_prob": _slider(
+            "copy_paste_prob", cfg.copy_paste_prob, "Copy-Paste: chance per training image"
+        ),
+        "copy_paste_max_instances": _slider(
+            "copy_paste_max_instances",
+            cfg.copy_paste_max_instances,
+            "Copy-Paste: most objects pasted at once",
+        ),
     }
 
 
@@ -134,7 +155,8 @@ class TrainForm(ConfigForm):
 
 
 def train_form(cfg: TrainConfig, paths: Paths | None = None) -> TrainForm:
-    """lr (log slider), num_epochs, batch_size, min_size, augmentation, weights, AMP, and the run.
+    """lr (log slider), num_epochs, batch_size, min_size, augmentation (Copy-Paste and scale
+    jitter included), weights, AMP, and the run.
 
     The run name starts as ``paths.run_name`` (``--run`` / ``$SEGLIB_RUN``) or a timestamp;
     "overwrite" starts ticked only under ``python -m seglib run --overwrite``. Read it with
@@ -142,11 +164,12 @@ def train_form(cfg: TrainConfig, paths: Paths | None = None) -> TrainForm:
     """
     weights = list(WEIGHT_CHOICES) + ([cfg.weights] if cfg.weights not in WEIGHT_CHOICES else [])
     controls = {
-        "lr": _slider("lr", cfg.lr, "learning rate (SGD, for this batch size)"),
+        "lr": _slider("lr", cfg.lr, f"learning rate ({cfg.optimizer}, for this batch size)"),
         "num_epochs": _slider("num_epochs", cfg.num_epochs, "epochs"),
         "batch_size": _slider("batch_size", cfg.batch_size, "images per step"),
         "min_size": _slider("min_size", cfg.min_size, "image size: shorter side in px"),
         **_augmentation_controls(cfg),
+        **_copy_paste_controls(cfg),
         "weights": W.Dropdown(
             options=weights, value=cfg.weights, description="weights", style=_STYLE, layout=_LAYOUT
         ),
@@ -168,6 +191,23 @@ def train_form(cfg: TrainConfig, paths: Paths | None = None) -> TrainForm:
 def augmentation_form(cfg: TrainConfig) -> ConfigForm:
     """aug_strength (crop/scale/colour jitter) and hflip_prob: the same sliders as 03's form."""
     return ConfigForm(_augmentation_controls(cfg), title="Augmentation (preview)")
+
+
+def copy_paste_form(cfg: TrainConfig) -> ConfigForm:
+    """scale_jitter, copy_paste_prob and copy_paste_max_instances: the same controls as 03's
+    form, starting from ``cfg`` (notebook 08 previews them, then its "+" rows use them)."""
+    return ConfigForm(_copy_paste_controls(cfg), title="Copy-Paste and scale jitter")
+
+
+def study_form(cfg: TrainConfig) -> ConfigForm:
+    """study_seeds and study_epochs: how often and how long every study contender trains."""
+    controls = {
+        "study_seeds": _slider("study_seeds", cfg.study_seeds, "seeds per contender"),
+        "study_epochs": _slider(
+            "study_epochs", cfg.study_epochs or cfg.num_epochs, "epochs per contender"
+        ),
+    }
+    return ConfigForm(controls, title="Study budget")
 
 
 def threshold_form(score_thresh: float = 0.5, nms_thresh: float | None = None) -> W.VBox:

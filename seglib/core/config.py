@@ -1,15 +1,11 @@
 """Every default of a seglib run, written once.
 
-``TrainConfig`` is the single source of hyperparameters. Each field carries a one-line
-comment (unit, and why that value) and, where a notebook slider edits it, the slider's
-range in ``metadata["slider"]``. Profiles are named constructors: ``TrainConfig.seed_recipe()``
-(profile ``seed``; the name avoids the ``seed`` field) is the seed recipe on real COCO, ``TrainConfig.smoke()`` a tiny offline CPU run that
-checks the plumbing, not the results.
-
-Each field's rule (range, choices) is one line of ``_field_rules``; the checks that relate
-fields are short ``TrainConfig`` methods. The profiles' values live in ``seglib.core.profiles``,
-the type and rule checking in ``seglib.core.rules``, reading overrides (``--set``, ``$SEGLIB_SET``)
-in ``seglib.core.overrides``, file locations in ``seglib.core.paths``, atomic writing in ``seglib.core.atomic``.
+``TrainConfig`` is the single source of hyperparameters. Each field carries a comment (unit,
+and why that value) and, where a notebook slider edits it, the slider's range in
+``metadata["slider"]``. Profiles are named constructors (``seed_recipe()``, ``demo()``,
+``smoke()``); their values live in ``seglib.core.profiles``. Each field's rule (range,
+choices) is one line of ``_field_rules``, checked by ``seglib.core.rules``; the checks that
+relate fields are short ``TrainConfig`` methods.
 """
 
 from __future__ import annotations
@@ -126,9 +122,14 @@ class TrainConfig:
     # Mask2Former only: Hugging Face model id or save_pretrained folder that weights="coco"
     # loads, offline (fetch-weights mask2former). Weights CC BY-NC 4.0.
     m2f_pretrained: str = M2F_MODEL_ID
-    # Notebook 07: epochs every model trains in the family comparison, the same for each
-    # (None: num_epochs). The smoke profile cuts it to 6 so the notebook fits CI.
+    # Notebook 07: epochs of every model in the comparison (None: num_epochs; 03's run reused).
     compare_epochs: int | None = None
+    # Notebook 08's studies (and `study augmentation|data`): seeds per trained contender (seed,
+    # seed + 1, ...), epochs of each (None: num_epochs; the data curve scales them per size to
+    # about the same steps), and the data curve's training-set sizes (with the same val, test).
+    study_seeds: int = field(default=3, metadata=_slider(1, 5, 1))
+    study_epochs: int | None = field(default=None, metadata=_slider(1, 50, 1))
+    study_sizes: tuple[int, ...] = (75, 150, 300, 600, 1200)
     # ResNet stages left trainable (0-5); torchvision's default for fine-tuning is 3.
     trainable_backbone_layers: int = 3
     # Normalisation in the ResNet and FPN: "bn" is torchvision's (frozen BatchNorm when starting
@@ -228,8 +229,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         rules.check_types(self)  # first: the rules below compare values of the declared types
         # JSON round-trips give lists; keep tuples so configs compare equal.
-        self.categories = tuple(self.categories)
-        self.lr_milestones = tuple(self.lr_milestones)
+        for name in ("categories", "lr_milestones", "study_sizes"):
+            setattr(self, name, tuple(getattr(self, name)))
         self.copy_paste_scale = tuple(float(v) for v in self.copy_paste_scale)
         cross_field = (
             self._categories_problem(),
@@ -332,10 +333,7 @@ class TrainConfig:
         return make(**overrides)
 
     # --- serialisation ----------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        """k + 1: the categories plus background."""
-        return len(self.categories) + 1
+    num_classes = property(lambda self: len(self.categories) + 1, doc="k + 1: with background")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -404,6 +402,12 @@ def _field_rules() -> dict[str, rules.Rule]:
         ),
         "m2f_config": rules.OneOf(M2F_PRESETS),
         "compare_epochs": rules.COUNT,
+        "study_seeds": rules.COUNT,
+        "study_epochs": rules.COUNT,
+        "study_sizes": rules.Satisfies(
+            lambda v: v and v[0] >= 1 and list(v) == sorted(set(v)),
+            "increasing sizes of at least 1",
+        ),
         "trainable_backbone_layers": rules.Range(0, 5),
         "norm": rules.OneOf(NORMS),
         "rpn_pre_nms_top_n_train": rules.COUNT,

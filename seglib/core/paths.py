@@ -147,6 +147,8 @@ class Paths:
         synthetic-coco/<p>/     generated offline stand-in with the same layout
         subset/<p>/             train.json val.json test.json manifest.json images/ figures/
         runs/<p>/<run>/         one run folder (``RunFolder``)
+        compare/<p>/            notebook 07's model-family comparison
+        studies/<p>/            notebook 08's augmentation and data studies
 
     The selected run's files are ``paths.layout.<file>`` (``paths.layout.best_checkpoint``).
     """
@@ -181,6 +183,18 @@ class Paths:
     def comparison_figures(self) -> Path:
         """Figures of the model-family comparison (notebook 07)."""
         return self.comparison / "figures"
+
+    @property
+    def studies(self) -> Path:
+        """``studies/<profile>/``: notebook 08's studies, ``<study>/<contender>/seed-<n>/``
+        plus study.json each; outside ``runs/`` so they are never taken for runs, and shared
+        by the profile's runs so that a finished contender is not trained again."""
+        return self.root / "studies" / self.profile
+
+    @property
+    def studies_figures(self) -> Path:
+        """Figures of the augmentation and data studies (notebook 08)."""
+        return self.studies / "figures"
 
     # --- runs -----------------------------------------------------------------------------
     @property

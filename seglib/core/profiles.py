@@ -56,6 +56,11 @@ DEMO: dict[str, Any] = dict(
     eval_interval=1,
     log_interval=4,
     score_thresh=0.5,
+    # Notebook 08: half the demo's epochs per contender (144 steps, about 1.5 min each on 2
+    # CPU cores), so its 3 seeds x (4 augmentation rows + 2 more data sizes) take about half
+    # an hour; `make demo` leaves it out for that reason.
+    study_epochs=2,
+    study_sizes=(36, 72, 144),
 )
 
 #: What ``smoke`` changes from ``DEMO``: 24 training images, 144 steps, about 2 minutes on
@@ -72,4 +77,8 @@ SMOKE_FROM_DEMO: dict[str, Any] = dict(
     warmup_iters=20,
     eval_interval=6,
     log_interval=1,
+    # Notebook 08 in CI: 2 seeds of 36 steps per contender, sizes 12 and 24.
+    study_seeds=2,
+    study_epochs=3,
+    study_sizes=(12, 24),
 )

@@ -104,18 +104,9 @@ def aspect_groups(dataset: Any) -> list[int]:
     return [int(h > w) for h, w in (dataset.get_height_and_width(i) for i in range(len(dataset)))]
 
 
-def make_loaders(
-    cfg: TrainConfig, data_dir: str | Path, device: torch.device
-) -> tuple[DataLoader, DataLoader]:
-    """Train loader (augmented, shuffled per epoch, aspect-grouped) and val loader (batch 2).
-
-    The train split gets ``cfg``'s augmentation: Copy-Paste when ``copy_paste_prob`` > 0,
-    then ``train_transforms`` with its flip, crop, ``scale_jitter`` and colour jitter.
-
-    The train loader's ``batch_sampler`` is a ``GroupedBatchSampler`` that gives every image
-    its augmentation seed: call ``loader.batch_sampler.set_epoch(epoch, skip)`` before each
-    epoch. Under torchrun each rank gets its DistributedSampler shard of the train split;
-    ``seglib.evaluation.prediction.evaluate`` shards the val split itself.
+def train_split(cfg: TrainConfig, data_dir: str | Path) -> Any:
+    """The train split as training sees it: Copy-Paste when ``copy_paste_prob`` > 0, then
+    ``train_transforms`` with its flip, crop, ``scale_jitter`` and colour jitter.
 
     Raises:
         ValueError: the split's categories are not ``cfg.categories`` in that order.
@@ -132,6 +123,24 @@ def make_loaders(
             f"{Path(data_dir) / 'train.json'} has categories {train_ds.class_names} but the config "
             f"has {list(cfg.categories)}; build the subset with the same categories in the same order."
         )
+    return train_ds
+
+
+def make_loaders(
+    cfg: TrainConfig, data_dir: str | Path, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """Train loader (``train_split``: augmented; shuffled per epoch, aspect-grouped) and val
+    loader (batch 2).
+
+    The train loader's ``batch_sampler`` is a ``GroupedBatchSampler`` that gives every image
+    its augmentation seed: call ``loader.batch_sampler.set_epoch(epoch, skip)`` before each
+    epoch. Under torchrun each rank gets its DistributedSampler shard of the train split;
+    ``seglib.evaluation.prediction.evaluate`` shards the val split itself.
+
+    Raises:
+        ValueError: the split's categories are not ``cfg.categories`` in that order.
+    """
+    train_ds = train_split(cfg, data_dir)
     val_ds = open_split(data_dir, "val")
     rank, world = rank_and_world()
     # DistributedSampler with one replica is a seeded per-epoch shuffle: the same order

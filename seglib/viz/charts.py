@@ -1,7 +1,8 @@
 """Evaluation and data charts: bars per class or bucket, PR curves and confusion matrices.
 
 Per-class AP bars (``plot_ap_bars``) and comparisons of two runs or several models
-(``plot_ap_comparison``, ``plot_grouped_scores``), precision-recall curves, confusion
+(``plot_ap_comparison``, ``plot_grouped_scores``), scores against training-set size
+(``plot_score_curves``), precision-recall curves, confusion
 matrices, the subset's category counts and instance sizes, and the occlusion charts
 (``plot_occlusion_levels``, ``plot_bucket_metrics``, ``plot_occlusion_study``). Scores come in
 0..1 and are drawn in percent; an undefined score (-1 or None) draws no bar, labelled "n/a".
@@ -20,6 +21,15 @@ from seglib.viz.common import BUCKET_COLORS, _new_ax, _numpy, _pct
 
 
 # --- bars per class, split or model -------------------------------------------------------
+def _clipped_errors(values: np.ndarray, spread: Sequence[float]) -> np.ndarray:
+    """(2, n) error bar lengths of ``values`` ± ``spread`` in percent, cut at 0 and 100 (a
+    score cannot leave them); none where a value is undefined (NaN)."""
+    spread = np.asarray(spread, dtype=np.float64)
+    lower = np.minimum(spread, np.maximum(values, 0.0))
+    upper = np.minimum(spread, np.maximum(100.0 - values, 0.0))
+    return np.nan_to_num(np.stack([lower, upper]))
+
+
 def _grouped_bars(
     ax: Axes,
     groups: Sequence[str],
@@ -39,7 +49,7 @@ def _grouped_bars(
         heights = np.asarray(values, dtype=np.float64)
         yerr = None
         if errors is not None and name in errors:
-            yerr = np.where(np.isnan(heights), 0.0, np.asarray(errors[name], dtype=np.float64))
+            yerr = _clipped_errors(heights, errors[name])
         bars = ax.bar(
             x + (j - (len(series) - 1) / 2) * width,
             np.nan_to_num(heights),
@@ -161,7 +171,7 @@ def plot_grouped_scores(
 
     ``seglib.studies.comparison_report.ap_series`` and ``occlusion_series`` give ``groups`` and ``series``;
     a score of -1 or None (undefined) draws no bar, labelled "n/a". ``spreads`` (0-1, per
-    series, e.g. the standard deviation over seeds of ``seglib.studies.study.study_series``)
+    series, e.g. the standard deviation over seeds of ``seglib.studies.study_report.study_series``)
     draws error bars of plus and minus that much.
     """
     ax = _new_ax(ax, (7.0, 4.0))
@@ -172,6 +182,43 @@ def plot_grouped_scores(
     _grouped_bars(ax, groups, values, fmt="{:.1f}", errors=errors)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return ax
+
+
+def plot_score_curves(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float | None]],
+    ax: Axes | None = None,
+    *,
+    spreads: Mapping[str, Sequence[float]] | None = None,
+    xlabel: str = "",
+    ylabel: str = "AP (%)",
+    title: str = "",
+    log_x: bool = True,
+) -> Axes:
+    """0-1 scores in percent against ``x`` (training-set sizes), one line per series.
+
+    ``seglib.studies.study_report.curve_series`` gives ``x``, ``series`` and ``spreads`` (the
+    standard deviation over seeds, drawn as error bars). An undefined score (-1 or None)
+    leaves a gap. ``log_x`` spaces sizes that double evenly, with the sizes as ticks.
+    """
+    ax = _new_ax(ax, (7.0, 4.0))
+    xs = np.asarray(x, dtype=np.float64)
+    for name, scores in series.items():
+        y = np.asarray([_pct(v) for v in scores], dtype=np.float64)
+        err = None
+        if spreads is not None and name in spreads:
+            err = _clipped_errors(y, 100 * np.asarray(spreads[name], dtype=np.float64))
+        ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     return ax
 
 

@@ -3,7 +3,14 @@ import json
 import pytest
 
 from seglib.app import forms
-from seglib.app.forms import augmentation_form, threshold_form, thresholds, train_form
+from seglib.app.forms import (
+    augmentation_form,
+    copy_paste_form,
+    study_form,
+    threshold_form,
+    thresholds,
+    train_form,
+)
 from seglib.core.config import TrainConfig
 from seglib.core.paths import get_paths
 from seglib.viz import overlay
@@ -54,9 +61,29 @@ def test_a_form_fails_with_the_message_seglib_set_gives(monkeypatch):
         assert str(from_form.value) == str(from_env.value) and named in str(from_form.value)
 
 
+def test_copy_paste_and_study_forms_feed_the_config():
+    base = TrainConfig.smoke()
+    form = copy_paste_form(base)
+    assert set(form.controls) == {"scale_jitter", "copy_paste_prob", "copy_paste_max_instances"}
+    form.controls["scale_jitter"].value = "large"
+    form.controls["copy_paste_prob"].value = 0.75
+    form.controls["copy_paste_max_instances"].value = 3
+    cfg = form.to_config(base)
+    assert (cfg.scale_jitter, cfg.copy_paste_prob, cfg.copy_paste_max_instances) == (
+        "large",
+        0.75,
+        3,
+    )
+    assert set(form.controls) <= set(train_form(base).controls)  # 03 trains with them
+    budget = study_form(base.replace(study_epochs=None))
+    assert budget.controls["study_epochs"].value == base.num_epochs  # unset: num_epochs
+    budget.controls["study_seeds"].value = 4
+    assert budget.to_config(base).study_seeds == 4
+
+
 def test_sliders_are_labelled_with_their_field_names():
     base = TrainConfig.smoke()
-    for form in (train_form(base), augmentation_form(base)):
+    for form in (train_form(base), augmentation_form(base), copy_paste_form(base)):
         for name, widget in form.controls.items():
             if hasattr(widget, "min"):  # sliders
                 assert widget.description == name and widget.tooltip

@@ -191,11 +191,21 @@ def test_every_rule_is_for_a_field_and_the_choices_are_read_when_checking(monkey
 def test_profiles_are_the_defaults_with_the_profile_modules_values():
     from seglib.core import profiles
 
-    demo, smoke = TrainConfig.demo().to_dict(), TrainConfig.smoke().to_dict()
+    demo, smoke = vars(TrainConfig.demo()), vars(TrainConfig.smoke())
     assert {k: demo[k] for k in profiles.DEMO} == profiles.DEMO
     assert {k: smoke[k] for k in profiles.SMOKE_FROM_DEMO} == profiles.SMOKE_FROM_DEMO
     untouched = set(demo) - set(profiles.DEMO) - set(profiles.SMOKE_FROM_DEMO)
-    assert {k: smoke[k] for k in untouched} == {k: TrainConfig().to_dict()[k] for k in untouched}
+    assert {k: smoke[k] for k in untouched} == {k: vars(TrainConfig())[k] for k in untouched}
+
+
+def test_study_fields_check_their_values_and_survive_json(tmp_path):
+    cfg = TrainConfig.demo()
+    assert TrainConfig.load(cfg.save(tmp_path / "c.json")) == cfg  # study_sizes: a tuple again
+    for sizes in ((), (0, 4), (8, 4), (4, 4)):
+        with pytest.raises(ValueError, match="study_sizes must be increasing sizes of at least 1"):
+            cfg.replace(study_sizes=sizes)
+    with pytest.raises(ValueError, match="study_seeds must be >= 1"):
+        cfg.replace(study_seeds=0)
 
 
 def test_augmentation_fields_default_off_and_check_their_values():

@@ -15,7 +15,10 @@ def test_slider_ranges_contain_their_defaults():
     sliders = slider_fields()
     assert {"lr", "batch_size", "num_epochs", "min_size"} <= set(sliders)
     for name, rng in sliders.items():
-        assert rng["min"] <= getattr(cfg, name) <= rng["max"], name
+        value = getattr(cfg, name)  # None: unset, its slider starts at what stands in for it
+        assert value is None or rng["min"] <= value <= rng["max"], name
+    # unset in the seed recipe, study_epochs' slider starts at num_epochs
+    assert sliders["study_epochs"]["min"] <= cfg.num_epochs <= sliders["study_epochs"]["max"]
 
 
 def test_parse_overrides_types_values_and_names_bad_fields():

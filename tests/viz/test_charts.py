@@ -85,3 +85,30 @@ def test_grouped_scores_draw_error_bars_of_the_spread_around_each_mean():
     assert spans == [(0.0, 0.0), (10.0, 30.0), (25.0, 35.0), (38.0, 42.0)]
     plain = charts.plot_grouped_scores(groups, means)
     assert not plain.collections  # no spreads, no error bars
+
+
+def test_score_curves_draw_a_line_per_score_over_the_sizes_with_error_bars():
+    sizes = [36, 72, 144]
+    means = {"mask AP50": [0.2, 0.4, -1.0], "mask AP50 heavy": [0.1, 0.15, 0.3]}
+    spreads = {"mask AP50": [0.05, 0.1, 0.0], "mask AP50 heavy": [0.0, 0.05, 0.1]}
+    ax = charts.plot_score_curves(sizes, means, spreads=spreads, xlabel="training images")
+    assert [c.get_label() for c in ax.containers] == list(means)  # one errorbar each
+    lines = [c.lines[0] for c in ax.containers]
+    y = np.asarray(lines[0].get_ydata(), dtype=float)
+    assert list(y[:2]) == [20.0, 40.0] and np.isnan(y[2])  # undefined: a gap, not a 0
+    assert list(lines[1].get_xdata()) == sizes and ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["36", "72", "144"]
+    spans = sorted(
+        (round(float(seg[0][1]), 6), round(float(seg[1][1]), 6))
+        for coll in ax.collections
+        for seg in coll.get_segments()
+        if len(seg) == 2  # the undefined point has none
+    )
+    assert (30.0, 50.0) in spans and (20.0, 40.0) in spans  # 40 ± 10 and 30 ± 10 (percent)
+    assert (15.0, 25.0) in spans and (0.0, 20.0) not in spans
+    # a spread wider than the score is cut at 0: AP cannot be negative
+    low = charts.plot_score_curves([1, 2], {"AP": [0.05, 0.02]}, spreads={"AP": [0.1, 0.01]})
+    segments = [seg for coll in low.collections for seg in coll.get_segments() if len(seg) == 2]
+    assert sorted((round(a[1], 6), round(b[1], 6)) for a, b in segments) == [(0, 15), (1, 3)]
+    content = files.figure_content(ax.figure)
+    assert content["axes"][0]["lines"] >= 2
