@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.seglib-installed
 DETR_STAMP := $(VENV)/.seglib-detr-installed
 
-.PHONY: install install-detr test unit notebooks ui lint demo run bench bench-demo clean-demo
+.PHONY: install install-detr test unit notebooks ui lint demo study run bench bench-demo clean-demo
 
 install: $(STAMP)
 
@@ -56,6 +56,13 @@ notebooks: install install-detr
 PROFILE := demo
 demo: install
 	$(PY) -m seglib run --profile $(PROFILE) $(ARGS)
+
+# Notebook 08 headless (the augmentation ablation and the data curve, study_seeds seeds each),
+# which the offline demo leaves out: about half an hour on 2 CPU cores in the demo profile.
+# It needs the profile's subset (notebook 01, run by `make demo`); finished contenders are
+# reused, so a second call only scores. PROFILE and ARGS as for demo.
+study: install
+	$(PY) -m seglib run --profile $(PROFILE) --notebooks 08 $(ARGS)
 
 # The seed experiment on real COCO: needs internet (COCO images, torchvision weights) or
 # both already in place; fails fast otherwise and points to `make demo`.

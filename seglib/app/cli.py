@@ -224,29 +224,73 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="folder for executed notebooks (default: RUN/notebooks)",
     )
+    p.add_argument(
+        "--notebooks",
+        nargs="+",
+        metavar="NN",
+        default=None,
+        help="run only these notebooks, by number or name (e.g. 01 02 08). Default: the whole "
+        "series; the offline profiles leave out 08 (its studies take half an hour), and say so",
+    )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "study", help="occlusion study: post-processing variants, AP per occlusion bucket"
+        "study",
+        help="the studies headless: post-processing, model family, augmentation, data size",
+        description="Each study scores its contenders with one evaluator on the test split: "
+        "box and mask AP overall, per class and per occlusion bucket. postprocess is notebook "
+        "06's, family 07's, augmentation and data 08's.",
     )
-    p.add_argument("--profile", choices=PROFILES, default="seed")
-    p.add_argument("--data", type=Path, help="subset folder (default: data/subset/<profile>)")
-    p.add_argument("--checkpoint", type=Path, help="default: the profile's run's best.pt")
-    p.add_argument(
+    kinds = p.add_subparsers(dest="study", required=True, metavar="STUDY")
+
+    post = kinds.add_parser(
+        "postprocess",
+        help="post-processing variants (NMS rules, flip TTA) of one checkpoint, tuned on val",
+    )
+    post.add_argument("--profile", choices=PROFILES, default="seed")
+    post.add_argument("--data", type=Path, help="subset folder (default: data/subset/<profile>)")
+    post.add_argument("--checkpoint", type=Path, help="default: the profile's run's best.pt")
+    post.add_argument(
         "--out",
         type=Path,
         help="folder for occlusion_study.json/.txt (default: CHECKPOINT/../eval)",
     )
-    p.add_argument(
+    post.add_argument(
         "--methods", nargs="+", choices=POSTPROCESS_METHODS, default=list(POSTPROCESS_METHODS)
     )
-    p.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA variants")
-    p.add_argument(
+    post.add_argument("--no-tta", action="store_true", help="leave out the flip-TTA variants")
+    post.add_argument(
         "--timing-images", type=int, default=8, help="test images timed per variant (default 8)"
     )
-    _add_settings(p, "reads device", ("--device",))
+    _add_settings(post, "reads device", ("--device",))
+
+    helps = {
+        "family": "Mask R-CNN v1, v2 and Mask2Former trained on one recipe and budget "
+        "(compare_epochs), plus the cached zero-shot COCO models",
+        "augmentation": "baseline, + scale jitter, + Copy-Paste, + both, over study_seeds seeds "
+        "of study_epochs epochs each",
+        "data": "AP against training-set size (study_sizes), about the same steps per size, "
+        "over study_seeds seeds",
+    }
+    for kind, text in helps.items():
+        q = kinds.add_parser(kind, help=text, description=text)
+        q.add_argument("--profile", choices=PROFILES, default="seed")
+        q.add_argument("--data", type=Path, help="subset folder (default: data/subset/<profile>)")
+        q.add_argument(
+            "--out",
+            type=Path,
+            help=f"study folder (default: data/{'compare' if kind == 'family' else 'studies'}"
+            f"/<profile>{'' if kind == 'family' else '/' + kind})",
+        )
+        _add_settings(
+            q,
+            "the profile's config that every contender changes: --set study_seeds=5 "
+            "--set study_epochs=4 --set copy_paste_prob=1",
+            ("--lr", "--device"),
+        )
+        q.set_defaults(config=None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from seglib.core.overrides import apply_overrides, check_names, parse_overrides
 from seglib.core.paths import RunFolder, get_paths
 from seglib.core.runtime import resolve_device
 from seglib.data.dataset import open_split, split_categories
-from seglib.data.subset import build_subset, format_subset_counts
+from seglib.data.subset import build_subset, format_subset_counts, prepare_source
 from seglib.data.synthetic import make_synthetic_coco
 from seglib.engine import trainer
 from seglib.evaluation.coco_ap import evaluate_results, format_table
@@ -39,8 +39,9 @@ from seglib.models.mask2former import build_zero_shot_mask2former
 from seglib.models.postprocess import wrap
 from seglib.models.suppression import Settings
 from seglib.models.zeroshot import build_zero_shot_model
+from seglib.studies import axes, family_comparison, occlusion_study, study, study_report
+from seglib.studies.comparison_report import comparison_tables
 from seglib.studies.occlusion_report import format_study, save_study
-from seglib.studies.occlusion_study import run_study
 
 #: The post-processing fields evaluate and predict apply over a checkpoint's own choice: the
 #: rule, flip TTA and the rules' parameters (the box NMS threshold and the detection count
@@ -54,7 +55,7 @@ POSTPROCESS_FIELDS = tuple(
 READS: dict[str, tuple[str, ...]] = {
     "evaluate": ("device", "score_thresh", "arch", *POSTPROCESS_FIELDS),
     "predict": ("device", "score_thresh", *POSTPROCESS_FIELDS),
-    "study": ("device",),
+    "study postprocess": ("device",),
 }
 
 
@@ -66,7 +67,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
         ValueError: an unknown or unread field, or a bad value (names the field).
     """
     overrides = parse_overrides(args.overrides)
-    check_names(overrides, READS[args.command], f"`{args.command}`")
+    command = " ".join(filter(None, [args.command, getattr(args, "study", None)]))
+    check_names(overrides, READS[command], f"`{command}`")
     return apply_overrides(TrainConfig(), overrides), overrides
 
 
@@ -136,6 +138,20 @@ def _announce(event: str, payload: dict) -> None:
     """Say once, as training starts, where it runs and at which precision."""
     if event == "start":
         print(f"device: {payload['device']} | {payload['precision']}")
+
+
+def _announce_study(event: str, payload: dict) -> None:
+    """``_announce``, and a line per scored (contender, seed)."""
+    _announce(event, payload)
+    if event == "scored":
+        how = (
+            "trained" if payload["trained"] else "zero-shot" if payload["run"] is None else "reused"
+        )
+        print(
+            f"{payload['contender']} seed {payload['seed']} ({how}): mask AP "
+            f"{payload['metrics']['segm']['AP']:.3f}, AP50 {payload['metrics']['segm']['AP50']:.3f}",
+            flush=True,
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -258,6 +274,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_can_start(paths, name, overwrite=args.overwrite)  # before spending time on 01-02
     for note in headless.preflight(args.profile, paths):
         print(note)
+    notebooks, left_out = headless.select_notebooks(args.profile, args.notebooks)
+    for note in left_out:
+        print(note)
     if args.profile == "seed" and not weights.weights_file("coco", "v1").is_file():
         # `make run` is the explicit request for the seed experiment, whose weights these are.
         print(f"fetched {weights.fetch_maskrcnn_weights('coco', 'v1')}")
@@ -272,27 +291,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_name=name,
         overrides=overrides,
         overwrite=args.overwrite,
+        notebooks=notebooks,
         timeout=args.timeout,
     ):
         print(f"executed {done}", flush=True)
     print(
         f"executed notebooks in {out}; figures in {paths.layout.figures} and {paths.data_figures}"
     )
-    problems = headless.check_outputs(paths, [nb.stem for nb in headless.notebook_paths()])
+    stems = [nb.stem for nb in notebooks]
+    problems = headless.check_outputs(paths, stems)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"val mask AP50: {headline_ap(paths)['segm_AP50']:.3f}")
+    if "03_train" in stems:
+        print(f"val mask AP50: {headline_ap(paths)['segm_AP50']:.3f}")
+    for note in left_out:
+        print(note)
     return 1 if problems else 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    return {
+        "postprocess": _study_postprocess,
+        "family": _study_family,
+        "augmentation": _study_axis,
+        "data": _study_axis,
+    }[args.study](args)
+
+
+def _study_postprocess(args: argparse.Namespace) -> int:
     settings, _ = settings_from_args(args)
     paths = get_paths(args.profile)
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
     checkpoint = args.checkpoint or paths.require(
         paths.layout.best_checkpoint, "`python -m seglib train` (or notebook 03)"
     )
-    study = run_study(
+    result = occlusion_study.run_study(
         checkpoint,
         data,
         resolve_device(settings.device),
@@ -300,7 +333,67 @@ def cmd_study(args: argparse.Namespace) -> int:
         tta=(False,) if args.no_tta else (False, True),
         timing_images=args.timing_images,
     )
-    written = save_study(study, args.out or RunFolder(Path(checkpoint).parent).eval_dir)
-    print(format_study(study))
+    written = save_study(result, args.out or RunFolder(Path(checkpoint).parent).eval_dir)
+    print(format_study(result))
     print(f"written: {written['json']} and {written['table']}")
+    return 0
+
+
+def _finished_runs(paths) -> list[Path]:
+    return [paths.run_dir(name) for name in paths.list_runs()]
+
+
+def _study_family(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    paths = get_paths(args.profile)
+    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
+    plan = family_comparison.plan_comparison(cfg)
+    for reason in plan.skipped:
+        print(f"left out: {reason}")
+    if plan.needs_detr_extra:
+        print("Mask2Former needs the optional detr extra: `make install-detr`")
+    out = args.out or paths.comparison
+    summary = family_comparison.compare_models(
+        plan,
+        data,
+        out,
+        num_epochs=cfg.compare_epochs,
+        reusable=_finished_runs(paths),
+        callback=_announce_study,
+    )
+    for table in comparison_tables(summary).values():
+        print(table)
+    print(f"written: {out / 'comparison.json'}")
+    return 0
+
+
+def _study_axis(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    paths = get_paths(args.profile)
+    data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
+    base = axes.study_base(cfg)
+    out = args.out or paths.studies / args.study
+    reusable = _finished_runs(paths)
+    folders = {}
+    if args.study == "augmentation":
+        contenders = axes.augmentation_contenders(base)
+    else:
+        source = prepare_source(cfg, paths)
+        contenders, folders = axes.data_contenders(base, source, out / "subsets")
+        # the augmentation study's baseline is this curve's point at num_train
+        reusable += sorted((paths.studies / "augmentation" / "baseline").glob("seed-*"))
+    seeds = axes.study_seeds(cfg)
+    print(f"{args.study} study: {len(contenders)} contenders x seeds {list(seeds)} -> {out}")
+    result = study.run_study(
+        base,
+        contenders,
+        data,
+        out,
+        seeds=seeds,
+        reusable=reusable,
+        data_dirs=folders,
+        callback=_announce_study,
+    )
+    print(study_report.study_table(result))
+    print(f"written: {out / study.STUDY_JSON}")
     return 0

@@ -33,6 +33,10 @@ from seglib.viz import files
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Seconds of each wait for a kernel message in ``run_notebooks`` (see ``stepwise_get_msg``).
 POLL_SECONDS = 1.0
+#: Notebooks an offline profile's run leaves out unless asked for by name: each trains a dozen
+#: models or more (notebook 08: 3 seeds of 4 augmentation rows and 2 more data sizes, about
+#: half an hour on 2 CPU cores in the demo profile). The seed profile runs them.
+LONG_STUDIES = ("08_augmentation_and_data",)
 COCO_HOST = "http://images.cocodataset.org"
 WEIGHTS_HOST = "https://download.pytorch.org"
 
@@ -46,7 +50,7 @@ class NotebookRunError(RuntimeError):
 
 
 def notebook_paths(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The ordered series ``01_*.ipynb`` ... ``05_*.ipynb``.
+    """The ordered series ``01_*.ipynb`` ... ``08_*.ipynb``.
 
     Raises:
         FileNotFoundError: the folder holds no numbered notebooks.
@@ -55,6 +59,38 @@ def notebook_paths(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no numbered notebooks (01_*.ipynb ...) in {notebooks_dir}")
     return found
+
+
+def select_notebooks(
+    profile: str, chosen: Iterable[str] | None = None, notebooks_dir: str | Path = NOTEBOOKS_DIR
+) -> tuple[list[Path], list[str]]:
+    """The notebooks a run executes, and a sentence for each one it leaves out.
+
+    ``chosen`` names notebooks by number ("08") or stem; None takes the whole series, less
+    ``LONG_STUDIES`` in an offline profile (the sentence says how to run them).
+
+    Raises:
+        ValueError: a name that matches no notebook.
+    """
+    series = notebook_paths(notebooks_dir)
+    if chosen is not None:
+        chosen = list(chosen)
+        unknown = [c for c in chosen if not any(nb.stem.startswith(c) for nb in series)]
+        if unknown:
+            names = ", ".join(nb.stem for nb in series)
+            raise ValueError(f"no notebook {unknown} in {notebooks_dir}; there are {names}")
+        return [nb for nb in series if any(nb.stem.startswith(c) for c in chosen)], []
+    if profile == "seed":
+        return series, []
+    left_out = [nb for nb in series if nb.stem in LONG_STUDIES]
+    notes = [
+        f"LEFT OUT: {nb.stem} is not part of the {profile} run: its studies train a dozen "
+        f"models or more (half an hour on 2 CPU cores). Run it with `make study "
+        f"PROFILE={profile}` (python -m seglib run --profile {profile} --notebooks "
+        f"{nb.stem[:2]}), or `python -m seglib study augmentation` and `... study data`."
+        for nb in left_out
+    ]
+    return [nb for nb in series if nb not in left_out], notes
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
@@ -183,10 +219,13 @@ def run_notebooks(
     overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    notebooks: Iterable[Path] | None = None,
     timeout: int | None = None,
     kernel_name: str = "python3",
 ) -> Iterator[Path]:
     """Execute the series in order with nbclient, yielding each executed copy as it is written.
+
+    ``notebooks`` (``select_notebooks``' choice) replaces the whole series of ``notebooks_dir``.
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
     ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
@@ -210,7 +249,7 @@ def run_notebooks(
         OVERWRITE_ENV: "1" if overwrite else None,
     }
     with kernel_environment(env):
-        for source in notebook_paths(notebooks_dir):
+        for source in notebook_paths(notebooks_dir) if notebooks is None else notebooks:
             nb = nbformat.read(source, as_version=4)
             client = NotebookClient(
                 nb,
@@ -248,7 +287,8 @@ def check_outputs(
       row, best.pt. 04: eval/val_metrics.json and eval/test_metrics.json recording the current
       best.pt, and val mask AP50 >= ``min_val_ap50`` when given. 05: the cached test
       predictions recording the current best.pt, and the saved operating point. 07:
-      comparison.json, and each compared model scoring above 0 somewhere in its charts.
+      comparison.json, and each compared model scoring above 0 somewhere in its charts. 08:
+      the study.json of both studies.
 
     Returns:
         One message per problem (empty when all is well).
@@ -263,6 +303,12 @@ def check_outputs(
         ]
     if "07_detr_comparison" in notebooks:
         problems += _comparison_problems(paths)
+    if "08_augmentation_and_data" in notebooks:
+        problems += [
+            f"{paths.studies / name / 'study.json'} was not written by notebook 08"
+            for name in ("augmentation", "data")
+            if not (paths.studies / name / "study.json").is_file()
+        ]
     if any(nb[:2] in ("03", "04", "05") for nb in notebooks):
         problems += _run_problems(paths, notebooks, min_val_ap50)
     return problems

@@ -451,7 +451,7 @@ def stubbed(monkeypatch, tmp_path, synthetic_subset):
         seen["study"] = {"device": str(device)}
         return {}
 
-    monkeypatch.setattr(commands, "run_study", run_study)
+    monkeypatch.setattr(commands.occlusion_study, "run_study", run_study)
     monkeypatch.setattr(commands, "save_study", lambda study, out: {"json": "j", "table": "t"})
     monkeypatch.setattr(commands, "format_study", lambda study: "study")
 
@@ -476,7 +476,15 @@ def _argv(command, tmp_path, synthetic_subset):
             "train": ["train", "--profile", "smoke", "--data", synthetic_subset],
             "evaluate": ["evaluate", "--gt", tmp_path / "val.json", "--predictions", tmp_path],
             "predict": ["predict", *files, "--images", tmp_path, "--out", tmp_path / "p"],
-            "study": ["study", "--data", synthetic_subset, *files, "--out", tmp_path / "s"],
+            "study": [
+                "study",
+                "postprocess",
+                "--data",
+                synthetic_subset,
+                *files,
+                "--out",
+                tmp_path / "s",
+            ],
             "run": ["run", "--profile", "smoke"],
         }[command]
     ]
@@ -566,7 +574,8 @@ def test_a_command_refuses_a_field_it_does_not_read(stubbed, tmp_path, synthetic
     for command in ("evaluate", "predict", "study"):
         assert main([*_argv(command, tmp_path, synthetic_subset), "--set", "lr=0.1"]) == 2
         err = capsys.readouterr().err
-        assert f"'lr' is a TrainConfig field that `{command}` does not read" in err
+        label = "study postprocess" if command == "study" else command
+        assert f"'lr' is a TrainConfig field that `{label}` does not read" in err
         assert "'device'" in err
     argv = ["evaluate", "--data", str(synthetic_subset), "--checkpoint", str(tmp_path / "c.pt")]
     assert main([*argv, "--set", "arch=v2"]) == 2

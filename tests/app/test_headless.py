@@ -30,6 +30,25 @@ def test_the_series_is_the_numbered_notebooks_in_order():
     assert names[0] == "01_data_subset.ipynb" and names[4] == "05_inference_viz.ipynb"
 
 
+def test_offline_runs_leave_the_long_studies_out_and_say_how_to_run_them(tmp_path):
+    for stem in ("01_data_subset", "03_train", "08_augmentation_and_data"):
+        _write_notebook(tmp_path / f"{stem}.ipynb", "1")
+    stems = lambda nbs: [nb.stem for nb in nbs]  # noqa: E731
+    chosen, notes = headless.select_notebooks("seed", notebooks_dir=tmp_path)
+    assert stems(chosen) == ["01_data_subset", "03_train", "08_augmentation_and_data"]
+    assert notes == []
+    for profile in ("demo", "smoke"):
+        chosen, (note,) = headless.select_notebooks(profile, notebooks_dir=tmp_path)
+        assert stems(chosen) == ["01_data_subset", "03_train"]
+        assert note.startswith("LEFT OUT: 08_augmentation_and_data")
+        assert f"make study PROFILE={profile}" in note and "--notebooks 08" in note
+    # asked for by number or name: exactly those, in series order, with nothing left to say
+    chosen, notes = headless.select_notebooks("demo", ["08", "01_data_subset"], tmp_path)
+    assert stems(chosen) == ["01_data_subset", "08_augmentation_and_data"] and notes == []
+    with pytest.raises(ValueError, match=r"no notebook \['09'\].*01_data_subset, 03_train"):
+        headless.select_notebooks("demo", ["09"], tmp_path)
+
+
 def test_smoke_needs_nothing(tmp_path):
     assert preflight("smoke", get_paths("smoke", tmp_path)) == []
 
