@@ -76,6 +76,33 @@ def format_study(study: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def as_study(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``occlusion_study.run_study``'s test scores as a ``study.run_study`` record: one
+    contender per variant (its rule, flip and tuned parameters as changes, applied to the
+    checkpoint's model) and one seed, the checkpoint's. ``study_report`` then lays it out as
+    the other studies, so 06's table reads like 07's and 08's."""
+    contenders = {
+        v["name"]: {
+            "changes": {
+                "postprocess": v["postprocess"],
+                "tta_hflip": v["tta_hflip"],
+                **v["params"],
+            },
+            "note": f"tuned on val: {v['params']}",
+            "trains": False,
+            "zero_shot": False,
+            "seeds": {result["seed"]: {"metrics": v["metrics"], "occlusion": v["test"]}},
+        }
+        for v in result["variants"]
+    }
+    return {
+        "split": "test",
+        "num_images": result["num_images"],
+        "seeds": [result["seed"]],
+        "contenders": contenders,
+    }
+
+
 def save_study(study: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``occlusion_study.json`` (without predictions) and ``occlusion_study.txt`` atomically."""
     out_dir = Path(out_dir)

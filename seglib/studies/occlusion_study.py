@@ -51,6 +51,7 @@ from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
 from seglib.models.postprocess import PostProcessed, wrap
 from seglib.models.suppression import Settings
+from seglib.studies.study import score_results
 
 #: The parameter each rule is tuned over on val; the middle values are the published defaults.
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -305,17 +306,14 @@ def _test_variants(
     predictions: Mapping[str, list[dict]],
     score_thresh: float,
 ) -> list[dict[str, Any]]:
-    """One row per variant: its settings, its val tuning and ``occlusion_ap`` on test."""
-    return [
-        {
-            "name": name,
-            "postprocess": s.postprocess,
-            "tta_hflip": s.tta_hflip,
-            **rows[name],
-            "test": occlusion.occlusion_ap(gt, predictions[name], score_thresh=score_thresh),
-        }
-        for name, s in chosen.items()
-    ]
+    """One row per variant: its settings, its val tuning, and on test the studies' scores
+    (``study.score_results``): ``metrics`` and ``test`` (``occlusion_ap``)."""
+    out = []
+    for name, s in chosen.items():
+        scored = score_results(gt, predictions[name], score_thresh)
+        row = {"name": name, "postprocess": s.postprocess, "tta_hflip": s.tta_hflip, **rows[name]}
+        out.append({**row, "metrics": scored["metrics"], "test": scored["occlusion"]})
+    return out
 
 
 def _time_variants(
@@ -391,6 +389,8 @@ def run_study(
     )
     return {
         "checkpoint": str(checkpoint),
+        "seed": base_cfg.seed,
+        "num_images": len(test_ds),
         "subset": str(subset_dir),
         "device": str(device),
         "score_thresh": base_cfg.score_thresh,

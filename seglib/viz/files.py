@@ -70,6 +70,9 @@ NOTEBOOK_FIGURES: dict[str, FigureSet] = {
     "07_detr_comparison": FigureSet(
         "comparison_figures", ("07_ap.png", "07_occlusion.png", "07_overlays.png")
     ),
+    "08_augmentation_and_data": FigureSet(
+        "studies_figures", ("08_preview.png", "08_ablation.png", "08_data_curve.png")
+    ),
 }
 
 

@@ -82,6 +82,26 @@ def test_every_variant_is_tuned_on_val_and_scored_per_bucket_on_test(result):
     assert result["counts"]["test"]["heavy"] + result["counts"]["test"]["partial"] > 0
 
 
+def test_the_variants_report_as_a_study_of_one_seed(result):
+    from seglib.studies import occlusion_report, study_report
+
+    record = occlusion_report.as_study(result)
+    assert list(record["contenders"]) == [v["name"] for v in result["variants"]]
+    flip = record["contenders"]["nms + flip"]
+    assert flip["changes"]["tta_hflip"] is True and not flip["trains"]
+    assert "box_nms_thresh" in flip["changes"] and record["seeds"] == [result["seed"]]
+    summary = study_report.summarize(record)
+    for v in result["variants"]:  # the study's scores are the variant's own
+        scores = summary[v["name"]]
+        assert (
+            scores["mask AP"]["mean"] == v["metrics"]["segm"]["AP"]
+            or v["metrics"]["segm"]["AP"] < 0
+        )
+        assert scores["mask AP heavy"]["n"] == (v["test"]["heavy"]["segm"]["AP"] >= 0)
+    table = study_report.study_table(record)
+    assert "soft-nms-linear + flip" in table and "1 seed" in table.splitlines()[-1]
+
+
 def _own_predictions(model, dataset):
     """COCO results of ``model(images)`` itself, batched as the study batches them."""
     from seglib.core.runtime import images_to_device
@@ -207,7 +227,14 @@ def test_changed_images_ranks_by_change(result, synthetic_subset):
 def test_cli_study_writes_both_files(checkpoint, synthetic_subset, tmp_path, capsys):
     from seglib.app.cli import main
 
-    argv = ["study", "--data", str(synthetic_subset), "--checkpoint", str(checkpoint)]
+    argv = [
+        "study",
+        "postprocess",
+        "--data",
+        str(synthetic_subset),
+        "--checkpoint",
+        str(checkpoint),
+    ]
     argv += ["--out", str(tmp_path), "--methods", "mask-nms", "--no-tta", "--timing-images", "0"]
     argv += ["--device", "cpu"]
     assert main(argv) == 0

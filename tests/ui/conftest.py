@@ -47,6 +47,10 @@ TINY_RUN = {
     "warmup_iters": 1,
     "eval_interval": 1,
     "detections_per_img": 10,
+    # notebook 08: 2 seeds of 2 steps per contender, training-set sizes 2 and 4
+    "study_seeds": 2,
+    "study_epochs": 1,
+    "study_sizes": [2, 4],
 }
 # Seconds for one Run All; several times what a notebook needs on 2 idle cores.
 RUN_TIMEOUT_S = float(os.environ.get("SEGLIB_UI_RUN_TIMEOUT", "300"))

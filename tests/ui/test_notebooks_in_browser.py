@@ -22,6 +22,7 @@ EPOCHS = re.compile(r"epoch", re.I)
 SCORE = re.compile(r"score", re.I)
 AUGMENT = re.compile(r"aug|strength", re.I)
 RUN_NAME = re.compile(r"run name|run_name", re.I)
+COPY_PASTE = re.compile(r"^\s*copy_paste_prob\b", re.I)
 REDRAW_TIMEOUT_S = 30
 # What a kernel shows for a figure when nothing renders it (MPLBACKEND=Agg, issue 15).
 FIGURE_AS_TEXT = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>")
@@ -106,6 +107,28 @@ def test_augmentation_slider_redraws_the_preview(lab, screenshots):
         f"{notebook.name}: after moving the slider to {lab.readout(slider)}, the preview in "
         f"cell {shown + 1} did not change within {REDRAW_TIMEOUT_S} s"
         + ("" if live else " of re-running it")
+    )
+    _screenshot(lab, screenshots, notebook, slider)
+
+
+@pytest.mark.notebook("08", 1)
+def test_copy_paste_slider_redraws_the_preview(lab, screenshots):
+    notebook = _notebook("08")
+    _ensure_open_and_run(lab, notebook)
+    slider = lab.slider(COPY_PASTE)
+    form = lab.cell_index(slider)
+    shown = form + 1  # the next code cell reads the form and draws the preview
+    before = lab.images(shown)
+    assert before, f"{notebook.name}: no preview image in code cell {shown + 1}"
+    lab.run_from(shown)  # unchanged: the seeded preview draws the same picture again
+    assert not lab.wait_images_change(shown, before, 5), "the preview changes by itself"
+    lab.press(slider, "Home")  # no Copy-Paste
+    lab.run_from(shown)
+    changed = lab.wait_images_change(shown, before, REDRAW_TIMEOUT_S)
+    _assert_clean(lab, notebook, "after moving the Copy-Paste slider")
+    assert changed, (
+        f"{notebook.name}: after moving copy_paste_prob to {lab.readout(slider)} and re-running, "
+        f"the preview in code cell {shown + 1} did not change within {REDRAW_TIMEOUT_S} s"
     )
     _screenshot(lab, screenshots, notebook, slider)
 
