@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from seglib.core.config import TrainConfig
 from seglib.models import mask2former_weights
@@ -271,31 +270,8 @@ def test_compare_models_trains_each_for_the_same_budget(synthetic_subset, tmp_pa
 
 
 # --- results files and post-processing -----------------------------------------------------
-class _Oracle(torch.nn.Module):
-    """A stand-in detector that returns each image's ground truth (label 2 at a low score),
-    knowing an image by its pixels, so the warm-up and timed passes get the same answers."""
-
-    def __init__(self, dataset):
-        super().__init__()
-        self.known = []
-        for i in range(len(dataset)):
-            image, t = dataset[i]
-            output = {
-                "boxes": t["boxes"],
-                "labels": t["labels"],
-                "scores": torch.where(t["labels"] == 2, 0.3, 0.9),
-                "masks": t["masks"][:, None].float(),
-            }
-            self.known.append(
-                (image.float() / 255 if image.dtype == torch.uint8 else image, output)
-            )
-
-    def forward(self, images):
-        return [next(out for img, out in self.known if torch.equal(img, x)) for x in images]
-
-
 def test_results_files_carry_coco_ids_and_read_back_as_labels(
-    synthetic_subset, tmp_path, monkeypatch
+    synthetic_subset, tmp_path, monkeypatch, oracle_model
 ):
     from seglib.core.categories import category_labels
     from seglib.data.dataset import open_split
@@ -304,7 +280,9 @@ def test_results_files_carry_coco_ids_and_read_back_as_labels(
 
     dataset = open_split(synthetic_subset, "val", min_box_size=0)
     monkeypatch.setattr(
-        family_comparison.study, "build_zero_shot", lambda cfg, cats: _Oracle(dataset)
+        family_comparison.study,
+        "build_zero_shot",
+        lambda cfg, cats: oracle_model(dataset, low_label=2),
     )
     cfg = TrainConfig.smoke(device="cpu")
     summary = family_comparison.compare_models(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from seglib.core.config import TrainConfig
 from seglib.studies import study, study_report
@@ -130,33 +129,16 @@ def test_a_data_folder_must_score_the_same_images(synthetic_coco, synthetic_subs
 
 
 def test_a_zero_shot_row_is_built_and_scored_once_for_every_seed(
-    synthetic_subset, tmp_path, monkeypatch
+    synthetic_subset, tmp_path, monkeypatch, oracle_model
 ):
     from seglib.data.dataset import open_split
 
     test = open_split(synthetic_subset, "test")
 
-    class Truth(torch.nn.Module):
-        """The ground truth of the image it is shown, known by its pixels."""
-
-        def __init__(self):
-            super().__init__()
-            self.known = []
-            for i in range(len(test)):
-                image, t = test[i]
-                out = {
-                    "boxes": t["boxes"],
-                    "labels": t["labels"],
-                    "scores": torch.full((len(t["labels"]),), 0.9),
-                    "masks": t["masks"][:, None].float(),
-                }
-                self.known.append((image.float() / 255, out))
-
-        def forward(self, images):
-            return [next(o for x, o in self.known if torch.equal(x, im)) for im in images]
-
     built = []
-    monkeypatch.setattr(study, "build_zero_shot", lambda cfg, cats: built.append(cfg) or Truth())
+    monkeypatch.setattr(
+        study, "build_zero_shot", lambda cfg, cats: built.append(cfg) or oracle_model(test)
+    )
     result = study.run_study(
         TrainConfig.smoke(device="cpu"),
         [Contender("coco", {"weights": "coco", "norm": "bn"}, zero_shot=True)],

@@ -85,12 +85,17 @@ def test_run_all_shows_no_error(lab, lab_server, screenshots, notebook):
     _screenshot(lab, screenshots, notebook, widgets.first if widgets.count() else None)
 
 
+def _slider_in(lab, prefix: str, label: re.Pattern):
+    """The notebook ``prefix``, run; its slider labelled ``label`` and that form's cell index."""
+    notebook = _notebook(prefix)
+    _ensure_open_and_run(lab, notebook)
+    slider = lab.slider(label)
+    return notebook, slider, lab.cell_index(slider)
+
+
 @pytest.mark.notebook("02", 1)
 def test_augmentation_slider_redraws_the_preview(lab, screenshots):
-    notebook = _notebook("02")
-    _ensure_open_and_run(lab, notebook)
-    slider = lab.slider(AUGMENT)
-    form = lab.cell_index(slider)
+    notebook, slider, form = _slider_in(lab, "02", AUGMENT)
     live = bool(lab.images(form))  # a preview inside the form redraws by itself
     shown = form if live else form + 1
     before = lab.images(shown)
@@ -113,10 +118,7 @@ def test_augmentation_slider_redraws_the_preview(lab, screenshots):
 
 @pytest.mark.notebook("08", 1)
 def test_copy_paste_slider_redraws_the_preview(lab, screenshots):
-    notebook = _notebook("08")
-    _ensure_open_and_run(lab, notebook)
-    slider = lab.slider(COPY_PASTE)
-    form = lab.cell_index(slider)
+    notebook, slider, form = _slider_in(lab, "08", COPY_PASTE)
     shown = form + 1  # the next code cell reads the form and draws the preview
     before = lab.images(shown)
     assert before, f"{notebook.name}: no preview image in code cell {shown + 1}"
