@@ -268,6 +268,17 @@ def save_checkpoint(
     return Path(path)
 
 
+def drop_training_state(path: str | Path) -> Path:
+    """Rewrite the checkpoint at ``path`` without its optimizer, schedule and scaler state
+    (a third of an AdamW checkpoint's size): its model still loads, it can no longer resume.
+    The file is replaced atomically."""
+    ckpt = load_checkpoint(path)
+    ckpt.update(optimizer=None, lr_scheduler=None, scaler=None)
+    with atomic_file(path) as f:
+        torch.save(ckpt, f)
+    return Path(path)
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``, its ``categories`` as ``class_map``
     gives them (an older seglib's 1..k class map turned into COCO's ids).

@@ -15,6 +15,7 @@ from seglib.models.builder import build_model, model_from_checkpoint
 from seglib.models.checkpoint import (
     CheckpointError,
     check_class_map,
+    drop_training_state,
     load_checkpoint,
     load_for_resume,
     load_model_state,
@@ -84,6 +85,30 @@ def test_checkpoint_round_trip(tmp_path, cfg):
         assert out_a.keys() == out_b.keys()
         for k in out_a:
             assert torch.equal(out_a[k], out_b[k]), k
+
+
+def test_dropping_the_training_state_keeps_the_model_and_the_epoch(tmp_path, cfg):
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 64)).sum().backward()
+    optimizer.step()  # two moment tensors per weight: twice the model's size
+    path = save_checkpoint(
+        tmp_path / "last.pt",
+        model=model,
+        cfg=cfg,
+        categories=CATEGORIES,
+        epoch=2,
+        iteration=7,
+        optimizer=optimizer,
+    )
+    full = path.stat().st_size
+    assert drop_training_state(path) == path
+    raw = load_checkpoint(path)
+    assert raw["optimizer"] is None and raw["lr_scheduler"] is None and raw["scaler"] is None
+    assert (raw["epoch"], raw["iteration"]) == (2, 7)
+    assert torch.equal(raw["model"]["weight"], model.weight.detach())
+    assert path.stat().st_size < 0.6 * full  # the moments were most of it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
 
 
 def test_checkpoint_restores_rng_state(tmp_path, cfg):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from seglib.core.config import TrainConfig
+from seglib.models.checkpoint import load_checkpoint
 from seglib.studies import study, study_report
 from seglib.studies.study import Contender
 
@@ -67,6 +68,9 @@ def test_each_contender_trains_once_per_seed_and_settings_apply_to_its_model(
     for seed in (0, 1):
         base_run = tmp_path / "study" / "baseline" / f"seed-{seed}"
         assert rows["baseline"]["seeds"][seed]["trained"] and (base_run / "last.pt").is_file()
+        # the model alone is kept: no best.pt, no optimizer state
+        assert not (base_run / "best.pt").exists()
+        assert load_checkpoint(base_run / "last.pt")["optimizer"] is None
         assert json.loads((base_run / "config.json").read_text())["seed"] == seed
         soft = rows["soft-nms"]["seeds"][seed]
         assert soft["run"] == str(base_run) and not soft["trained"]  # applied, not trained
