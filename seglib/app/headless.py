@@ -85,9 +85,10 @@ def select_notebooks(
     left_out = [nb for nb in series if nb.stem in LONG_STUDIES]
     notes = [
         f"LEFT OUT: {nb.stem} is not part of the {profile} run: its studies train a dozen "
-        f"models or more (half an hour on 2 CPU cores). Run it with `make study "
-        f"PROFILE={profile}` (python -m seglib run --profile {profile} --notebooks "
-        f"{nb.stem[:2]}), or `python -m seglib study augmentation` and `... study data`."
+        "models or more (about half an hour on 2 CPU cores in the demo profile). Run it with "
+        f"`make study PROFILE={profile}` (python -m seglib run --profile {profile} --notebooks "
+        f"{nb.stem[:2]}), or `python -m seglib study augmentation --profile {profile}` and "
+        "`... study data`."
         for nb in left_out
     ]
     return [nb for nb in series if nb not in left_out], notes

@@ -42,6 +42,7 @@ def test_offline_runs_leave_the_long_studies_out_and_say_how_to_run_them(tmp_pat
         assert stems(chosen) == ["01_data_subset", "03_train"]
         assert note.startswith("LEFT OUT: 08_augmentation_and_data")
         assert f"make study PROFILE={profile}" in note and "--notebooks 08" in note
+        assert f"study augmentation --profile {profile}" in note
     # asked for by number or name: exactly those, in series order, with nothing left to say
     chosen, notes = headless.select_notebooks("demo", ["08", "01_data_subset"], tmp_path)
     assert stems(chosen) == ["01_data_subset", "08_augmentation_and_data"] and notes == []
