@@ -50,17 +50,21 @@ def _images(n: int = 1, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
     return [torch.rand(3, size, size + 16, generator=g) for _ in range(n)]
 
 
+def _save(path, model, cfg, **state):
+    """``save_checkpoint`` of ``model`` for the four categories."""
+    return save_checkpoint(path, model=model, cfg=cfg, categories=CATEGORIES, **state)
+
+
 def test_checkpoint_round_trip(tmp_path, cfg):
     torch.manual_seed(0)
     model = build_model(5, "none", "v1", cfg)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
     )
-    path = save_checkpoint(
+    path = _save(
         tmp_path / "run" / "last.pt",
-        model=model,
-        cfg=cfg,
-        categories=CATEGORIES,
+        model,
+        cfg,
         epoch=3,
         iteration=42,
         optimizer=optimizer,
@@ -92,15 +96,7 @@ def test_dropping_the_training_state_keeps_the_model_and_the_epoch(tmp_path, cfg
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 64)).sum().backward()
     optimizer.step()  # two moment tensors per weight: twice the model's size
-    path = save_checkpoint(
-        tmp_path / "last.pt",
-        model=model,
-        cfg=cfg,
-        categories=CATEGORIES,
-        epoch=2,
-        iteration=7,
-        optimizer=optimizer,
-    )
+    path = _save(tmp_path / "last.pt", model, cfg, epoch=2, iteration=7, optimizer=optimizer)
     full = path.stat().st_size
     assert drop_training_state(path) == path
     raw = load_checkpoint(path)
