@@ -278,9 +278,10 @@ def compare_models(
     contenders = plan.contenders if isinstance(plan, Plan) else list(plan)
     skipped = list(plan.skipped) if isinstance(plan, Plan) else []
     models: dict[str, Any] = {}
-    categories: list[dict] = []
-    num_images = len(open_split(data_dir, split)) if not contenders else 0
-    if contenders:
+    if not contenders:
+        dataset = open_split(data_dir, split)
+        num_images, categories = len(dataset), dataset.categories
+    else:
         base, rows = _as_study(contenders, num_epochs)
         result = study.run_study(
             base,
@@ -294,14 +295,10 @@ def compare_models(
         )
         num_images, categories = result["num_images"], result["categories"]
         for c in contenders:
-            row = result["contenders"][c.name]
-            scored = dict(row["seeds"][base.seed])
-            arch = base.replace(**row["changes"]).arch
-            models[c.name] = {"arch": arch, "note": c.note, "train": c.train, **scored}
+            scored = dict(result["contenders"][c.name]["seeds"][base.seed])
+            models[c.name] = {"arch": c.cfg.arch, "note": c.note, "train": c.train, **scored}
             if c.train and not scored["trained"]:
                 models[c.name]["reused_from"] = scored["run"]
-    else:
-        categories = open_split(data_dir, split).categories
     out = {
         "split": split,
         "num_images": num_images,
