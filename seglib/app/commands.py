@@ -339,10 +339,6 @@ def _study_postprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_runs(paths) -> list[Path]:
-    return [paths.run_dir(name) for name in paths.list_runs()]
-
-
 def _study_family(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     paths = get_paths(args.profile)
@@ -358,7 +354,7 @@ def _study_family(args: argparse.Namespace) -> int:
         data,
         out,
         num_epochs=cfg.compare_epochs,
-        reusable=_finished_runs(paths),
+        reusable=paths.run_dirs(),
         callback=_announce_study,
     )
     for table in comparison_tables(summary).values():
@@ -373,7 +369,7 @@ def _study_axis(args: argparse.Namespace) -> int:
     data = args.data or paths.require(paths.subset, "`python -m seglib subset` (or notebook 01)")
     base = axes.study_base(cfg)
     out = args.out or paths.studies / args.study
-    reusable = _finished_runs(paths)
+    reusable = paths.run_dirs()
     folders = {}
     if args.study == "augmentation":
         contenders = axes.augmentation_contenders(base)

@@ -223,6 +223,10 @@ class Paths:
                 found.append((_started(folder, marker), folder.name))
         return [name for _, name in sorted(found)]
 
+    def run_dirs(self) -> list[Path]:
+        """The folders of ``list_runs``, oldest first: what a study may reuse."""
+        return [self.run_dir(name) for name in self.list_runs()]
+
     def latest_run(self) -> str | None:
         """The run started last, or None when there is none."""
         names = self.list_runs()

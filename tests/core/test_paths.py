@@ -74,6 +74,7 @@ def test_runs_are_named_folders_listed_oldest_first(tmp_path, monkeypatch):
     _make_run(paths, "mid", "2025-02-01T10:00:00+00:00")
     (paths.runs / "notes").mkdir()  # no run marker: not a run
     assert paths.list_runs() == ["zeta", "mid", "alpha"]
+    assert paths.run_dirs() == [paths.runs / n for n in ("zeta", "mid", "alpha")]
     assert paths.run == paths.runs / "alpha"  # nothing selected: the latest
     assert paths.layout.best_checkpoint == tmp_path / "runs" / "smoke" / "alpha" / "best.pt"
     picked = paths.with_run("zeta")
