@@ -53,8 +53,8 @@ POSTPROCESS_FIELDS = tuple(
 )
 #: The TrainConfig fields each command reads from ``--set``; train and run read them all.
 READS: dict[str, tuple[str, ...]] = {
-    "evaluate": ("device", "score_thresh", "arch", *POSTPROCESS_FIELDS),
-    "predict": ("device", "score_thresh", *POSTPROCESS_FIELDS),
+    "evaluate": ("device", "cpu_amp_eval", "score_thresh", "arch", *POSTPROCESS_FIELDS),
+    "predict": ("device", "cpu_amp_eval", "score_thresh", *POSTPROCESS_FIELDS),
     "study postprocess": ("device",),
 }
 
@@ -227,7 +227,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset = open_split(args.data, args.split)
         model, device = _model_to_evaluate(args, settings, overrides, dataset)
         model.to(device)
-        metrics = evaluate(model, dataset, device, score_thresh=settings.score_thresh)
+        metrics = evaluate(
+            model,
+            dataset,
+            device,
+            score_thresh=settings.score_thresh,
+            cpu_amp=settings.cpu_amp_eval,
+        )
     print(format_table(metrics))
     if args.out:
         write_json_atomic(args.out, metrics)
@@ -247,6 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device,
         categories=categories,
         score_thresh=settings.score_thresh,
+        cpu_amp=settings.cpu_amp_eval,
     )
     print(f"{written['num_images']} images, {written['num_predictions']} predictions")
     print(f"results: {written['results']}")

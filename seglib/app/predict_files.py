@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from seglib.core.atomic import write_json_atomic
-from seglib.core.runtime import images_to_device
+from seglib.core.runtime import amp_settings, images_to_device
 from seglib.data.images import load_rgb
 from seglib.evaluation.coco_results import masks_to_host, to_coco_results, write_results
 from seglib.models.checkpoint import unwrap
+from seglib.models.precision import autocast_parts
 from seglib.viz import files, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -43,10 +44,12 @@ def predict_images(
     *,
     categories: list[dict],
     score_thresh: float = 0.5,
+    cpu_amp: str = "off",
 ) -> dict[str, Any]:
     """Predict on image files (or folders of them); write results JSON and overlay PNGs.
 
-    ``categories`` are the checkpoint's, in label order (``seglib.core.categories``).
+    ``categories`` are the checkpoint's, in label order (``seglib.core.categories``);
+    ``cpu_amp`` is ``prediction.predict``'s.
 
     Image ids are the numeric file stems (COCO names such as 000000123456.jpg) when all are
     numeric and distinct, else 1..n in order. Writes OUT/results.json (COCO results with
@@ -67,6 +70,7 @@ def predict_images(
     out_dir = Path(out_dir)
     names = [c["name"] for c in categories]  # label order
     net = unwrap(model)
+    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)
     was_training = net.training
     net.eval()
     results, records, overlays = [], [], []
@@ -74,7 +78,7 @@ def predict_images(
         for image_id, path in zip(ids, image_files, strict=True):
             rgb = load_rgb(path)
             tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast_parts(net, dtype):
                 output = net(images_to_device([tensor], device))[0]
             found = to_coco_results(image_id, output, score_thresh)
             results.extend(found)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from seglib.app.operating_point import OperatingPoint
 from seglib.app.provenance import (
     checkpoint_fingerprint,
@@ -24,6 +26,7 @@ from seglib.app.provenance import (
 )
 from seglib.core.config import TrainConfig
 from seglib.core.paths import Paths
+from seglib.core.runtime import prediction_precision
 from seglib.data.dataset import open_split
 from seglib.evaluation import prediction
 from seglib.evaluation.coco_ap import evaluate_results
@@ -60,7 +63,7 @@ class SplitPredictions:
         how = "predicted now" if self.recomputed else "from the cache"
         return (
             f"{len(self.results)} predictions on {len(self.dataset)} {self.split} images "
-            f"({how}: {self.file})"
+            f"({how}, {self.source.get('precision', 'fp32')}: {self.file})"
         )
 
 
@@ -84,7 +87,12 @@ def _permissive(net: Any, detections: int) -> None:
 
 
 def _prediction_source(
-    split: str, checkpoint: Path, cfg: TrainConfig, detections: int, zero_shot: bool
+    split: str,
+    checkpoint: Path,
+    cfg: TrainConfig,
+    detections: int,
+    zero_shot: bool,
+    device: torch.device,
 ) -> dict[str, Any]:
     """What a prediction cache records: checkpoint, settings, and the zero-shot weights."""
     source = {
@@ -95,6 +103,7 @@ def _prediction_source(
         "box_nms_thresh": cfg.box_nms_thresh,
         "detections_per_img": detections,
         "category_ids": RESULTS_CATEGORY_IDS,
+        "precision": prediction_precision(device, cfg.cpu_amp_eval),
     }
     if zero_shot and cfg.arch == "mask2former":
         cached = pretrained_available(cfg.m2f_pretrained)
@@ -132,7 +141,8 @@ def split_predictions(
     dataset = open_split(paths.subset, split)
     cfg = TrainConfig.load(paths.layout.config)
     detections = max(cfg.detections_per_img, MIN_DETECTIONS)
-    source = _prediction_source(split, checkpoint, cfg, detections, zero_shot)
+    device = torch.device(device)
+    source = _prediction_source(split, checkpoint, cfg, detections, zero_shot, device)
     file = paths.layout.predictions / f"{split}_{'zero_shot' if zero_shot else 'results'}.json"
     cached = read_results_if_fresh(file, source, dataset.coco)
     if cached is not None:
@@ -142,7 +152,7 @@ def split_predictions(
     else:
         net, _, _ = builder.model_from_checkpoint(checkpoint, device, categories=dataset.categories)
     _permissive(net, detections)
-    results = prediction.predict(net, dataset, device, progress=progress)
+    results = prediction.predict(net, dataset, device, progress=progress, cpu_amp=cfg.cpu_amp_eval)
     write_results_with_source(file, results, dataset.categories, source)
     return SplitPredictions(split, dataset, results, cfg, file, source, recomputed=True)
 

@@ -211,8 +211,11 @@ class TrainConfig:
     device: str = "auto"
     # Mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); not the CPU's.
     amp: bool = True
-    # bf16 autocast of training steps on the CPU (CPU_AMP_CHOICES); validation stays fp32.
+    # bf16 autocast of training steps on the CPU (CPU_AMP_CHOICES).
     cpu_amp: str = "auto"
+    # bf16 in prediction on the CPU (CPU_AMP_CHOICES): the backbone and heads' convolutions,
+    # with boxes, scores and masks in fp32 (seglib.models.precision). CUDA predicts in fp32.
+    cpu_amp_eval: str = "auto"
     # DataLoader worker processes; 0 loads in the main process (safe in notebooks).
     num_workers: int = 2
     # Group images of similar aspect ratio into batches (less padding, faster on GPU).
@@ -310,18 +313,14 @@ class TrainConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> TrainConfig:
-        """The offline demo (``make demo``): learns the synthetic shapes from scratch on 2 CPU cores.
-
-        The values, and why each: ``seglib.core.profiles.DEMO``. Synthetic shapes say nothing about COCO.
-        """
+        """The offline demo (``make demo``): learns the synthetic shapes from scratch on 2 CPU
+        cores (values and reasons: ``seglib.core.profiles.DEMO``)."""
         return cls(**{**DEMO, **overrides})
 
     @classmethod
     def smoke(cls, **overrides: Any) -> TrainConfig:
-        """The demo cut to what CI can afford: 24 training images, 144 steps, about 2 minutes on 2 CPU cores.
-
-        Checks the plumbing, not the results (the cuts, and why: ``seglib.core.profiles.SMOKE_FROM_DEMO``).
-        """
+        """The demo cut to what CI affords, to check the plumbing, not the results (the cuts,
+        and why: ``seglib.core.profiles.SMOKE_FROM_DEMO``)."""
         return cls.demo(**{**SMOKE_FROM_DEMO, **overrides})
 
     @classmethod
@@ -358,11 +357,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by ``save``.
-
-        Raises:
-            ValueError: the file is not valid JSON or holds unknown keys (names the file).
-        """
+        """Read a config written by ``save``; ValueError naming the file if it is not valid
+        JSON or holds unknown keys."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
@@ -442,6 +438,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "optimizer_impl": rules.OneOf(OPTIMIZER_IMPLS),
         "device": rules.OneOf(DEVICES, "'cuda:N'", lambda d: d.startswith("cuda:")),
         "cpu_amp": rules.OneOf(CPU_AMP_CHOICES),
+        "cpu_amp_eval": rules.OneOf(CPU_AMP_CHOICES),
         "num_workers": rules.NON_NEGATIVE,
         "eval_interval": rules.COUNT,
         "log_interval": rules.COUNT,

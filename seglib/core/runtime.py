@@ -79,17 +79,31 @@ def amp_settings(
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def precision_note(device: torch.device, cfg_amp: bool, cpu_amp: str) -> str:
-    """One line saying which precision training uses on ``device``, and why."""
+def precision_note(
+    device: torch.device, cfg_amp: bool, cpu_amp: str, cpu_amp_eval: str | None = None
+) -> str:
+    """One line saying which precision training uses on ``device``, and why; with
+    ``cpu_amp_eval``, also the precision validation predicts in (``prediction_precision``)."""
     dtype, _ = amp_settings(device, cfg_amp, cpu_amp)
     if device.type == "cuda":
-        return f"training precision: {dtype or torch.float32} autocast on {device}"
-    if dtype is not None:
+        note = f"training precision: {dtype or torch.float32} autocast on {device}"
+    elif dtype is not None:
         why = "native bf16 (AMX or AVX512-BF16)" if cpu_bf16_native() else "cpu_amp='bf16'"
-        return f"training precision: bf16 autocast on the CPU ({why})"
-    if cpu_amp == "auto":
-        return "training precision: fp32 on the CPU (no native bf16: no AMX or AVX512-BF16)"
-    return "training precision: fp32 on the CPU (cpu_amp='off')"
+        note = f"training precision: bf16 autocast on the CPU ({why})"
+    elif cpu_amp == "auto":
+        note = "training precision: fp32 on the CPU (no native bf16: no AMX or AVX512-BF16)"
+    else:
+        note = "training precision: fp32 on the CPU (cpu_amp='off')"
+    if cpu_amp_eval is None:
+        return note
+    return f"{note}; validation predicts in {prediction_precision(device, cpu_amp_eval)}"
+
+
+def prediction_precision(device: torch.device, cpu_amp_eval: str) -> str:
+    """The label "bf16" where prediction on ``device`` runs a Mask R-CNN's convolutions in bf16
+    (``TrainConfig.cpu_amp_eval`` on the CPU, by ``amp_settings``' rule), else "fp32"."""
+    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp_eval)
+    return "bf16" if dtype is not None else "fp32"
 
 
 def seed_everything(seed: int) -> None:

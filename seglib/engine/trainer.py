@@ -274,7 +274,7 @@ def _train(
         append_row(folder, row)
         notify(event, row)
 
-    precision = precision_note(device, cfg.amp, cfg.cpu_amp)
+    precision = precision_note(device, cfg.amp, cfg.cpu_amp, cfg.cpu_amp_eval)
     notify("start", {"device": str(device), "precision": precision})
     ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
     parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
@@ -428,7 +428,8 @@ def _evaluate_and_keep_best(
     Runs under fork_rng, so validating does not move the training RNG stream.
     """
     with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-        metrics = evaluate(parts.model, parts.val_loader, device, score_thresh=cfg.score_thresh)
+        kw = dict(score_thresh=cfg.score_thresh, cpu_amp=cfg.cpu_amp_eval)
+        metrics = evaluate(parts.model, parts.val_loader, device, **kw)
     improved = state.best is None or metrics["segm"]["AP"] > state.best
     if improved:
         state.best, state.best_epoch = metrics["segm"]["AP"], number

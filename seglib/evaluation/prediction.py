@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from seglib.core.config import postprocess_applies
 from seglib.core.distributed import broadcast_from_main, gather_to_main, rank_and_world
-from seglib.core.runtime import images_to_device
+from seglib.core.runtime import amp_settings, images_to_device
 from seglib.data.dataset import collate_fn
 from seglib.evaluation.coco_ap import evaluate_results
 from seglib.evaluation.coco_results import to_coco_results
 from seglib.models.checkpoint import unwrap
+from seglib.models.precision import autocast_parts
 
 
 def _image_id(target: Any) -> int:
@@ -55,6 +56,7 @@ def predict(
     batch_size: int = 2,
     num_workers: int = 0,
     progress: bool = False,
+    cpu_amp: str = "off",
 ) -> list[dict[str, Any]]:
     """COCO results for every image: model in eval mode under torch.inference_mode.
 
@@ -63,6 +65,8 @@ def predict(
         loader_or_dataset: yields/holds ``(image, target)`` with ``target["image_id"]``; images
             uint8 [3,H,W] (made float on the device) or float in 0..1.
         score_thresh: detections below it are left out (0 keeps all, as AP needs).
+        cpu_amp: bf16 on the CPU (``TrainConfig.cpu_amp_eval``, ``runtime.amp_settings``' rule)
+            in a Mask R-CNN's convolutions only (``seglib.models.precision``); "off" is fp32.
 
     Returns:
         One dict per detection: image_id int, category_id int (the model's label 1..k, not
@@ -81,8 +85,9 @@ def predict(
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="predict", leave=False)
+    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)  # fp32 on CUDA
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_parts(net, dtype):
             for images, targets in batches:
                 try:
                     outputs = net(images_to_device(images, device))
@@ -106,8 +111,10 @@ def evaluate(
     score_thresh: float = 0.5,
     batch_size: int = 2,
     num_workers: int = 0,
+    cpu_amp: str = "off",
 ) -> dict[str, Any]:
-    """``predict`` on every image (all scores), then ``seglib.evaluation.coco_ap.evaluate_results``.
+    """``predict`` on every image (all scores, at ``cpu_amp``), then
+    ``seglib.evaluation.coco_ap.evaluate_results``.
 
     ``score_thresh`` applies to the thresholded metrics (best-match and pixel IoU), not to AP. A
     DataLoader lends its dataset, batch size and worker count.
@@ -124,7 +131,13 @@ def evaluate(
     rank, world = rank_and_world()
     shard = dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world))
     results = predict(
-        model, shard, device, score_thresh=0.0, batch_size=batch_size, num_workers=num_workers
+        model,
+        shard,
+        device,
+        score_thresh=0.0,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cpu_amp=cpu_amp,
     )
     parts = gather_to_main(results)
     metrics = None

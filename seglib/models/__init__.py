@@ -1,7 +1,8 @@
 """The models and what turns their raw output into detections.
 
 Mask R-CNN and Mask2Former behind one contract, the zero-shot baselines, the architecture
-table, weights and checkpoints, the suppression rules and flip TTA hooked into a model.
+table, weights and checkpoints, the suppression rules and flip TTA hooked into a model, and
+the bf16 parts of prediction.
 
 Imports: ``seglib.core`` only. ``data`` and ``models`` never import each other.
 """
@@ -14,6 +15,7 @@ __all__ = [
     "maskrcnn",
     "overlaps",
     "postprocess",
+    "precision",
     "suppression",
     "weights",
     "zeroshot",

@@ -20,6 +20,7 @@ from seglib.models.checkpoint import load_checkpoint
 NOT_LEARNED = frozenset(
     {
         "device",
+        "cpu_amp_eval",
         "num_workers",
         "log_interval",
         "eval_interval",

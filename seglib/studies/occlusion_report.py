@@ -71,7 +71,8 @@ def format_study(study: Mapping[str, Any]) -> str:
     lines.append(
         f"mask AP per bucket: COCO's area-range rule with occlusion buckets "
         f"(heavy: level >= {study['heavy_from']:g}); heavy R: recall at mask IoU 0.5, "
-        f"score >= {study['score_thresh']:g}; best on val: {study['best']}"
+        f"score >= {study['score_thresh']:g}; best on val: {study['best']}; "
+        f"predicted in {study.get('precision', 'fp32')} on {study['device']}"
     )
     return "\n".join(lines)
 

@@ -42,7 +42,12 @@ from torch.utils.data import DataLoader
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig, postprocess_applies
-from seglib.core.runtime import images_to_device, synchronize
+from seglib.core.runtime import (
+    amp_settings,
+    images_to_device,
+    prediction_precision,
+    synchronize,
+)
 from seglib.data.dataset import collate_fn, open_split
 from seglib.evaluation import occlusion
 from seglib.evaluation.coco_ap import load_detections, mean_valid
@@ -50,6 +55,7 @@ from seglib.evaluation.coco_results import prepare, quiet, to_coco_results
 from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
 from seglib.models.postprocess import PostProcessed, wrap
+from seglib.models.precision import autocast_parts
 from seglib.models.suppression import Settings
 from seglib.studies.study import score_results
 
@@ -99,8 +105,10 @@ def sweep(
     device: torch.device | str,
     *,
     batch_size: int = 2,
+    cpu_amp: str = "off",
 ) -> dict[str, list[dict[str, Any]]]:
-    """COCO results of every named ``settings`` on ``dataset`` by a bare Mask R-CNN ``model``.
+    """COCO results of every named ``settings`` on ``dataset`` by a bare Mask R-CNN ``model``,
+    at the precision ``cpu_amp`` asks for (``prediction.predict``'s argument).
 
     ``passthrough`` settings (box NMS, no flip) are ``prediction.predict`` of the model with
     its NMS at their ``box_nms_thresh``, one pass per threshold; the others come from one
@@ -114,7 +122,7 @@ def sweep(
     out: dict[str, list[dict[str, Any]]] = {}
     for thresh in dict.fromkeys(s.box_nms_thresh for s in settings.values() if s.passthrough):
         with _box_nms_at(model, thresh):
-            found = predict(model, dataset, device, batch_size=batch_size)
+            found = predict(model, dataset, device, batch_size=batch_size, cpu_amp=cpu_amp)
         for name, s in settings.items():
             if s.passthrough and s.box_nms_thresh == thresh:
                 out[name] = list(found)
@@ -124,7 +132,8 @@ def sweep(
         flip = any(s.tta_hflip for s in pooled.values())
         out.update({name: [] for name in pooled})
         model.eval()
-        with torch.inference_mode():
+        dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)
+        with torch.inference_mode(), autocast_parts(model, dtype):
             for images, targets in _loader(dataset, batch_size):
                 candidates = pool.candidates(images_to_device(images, device), tta_hflip=flip)
                 for target, cand in zip(targets, candidates, strict=True):
@@ -193,7 +202,12 @@ def time_per_image(
 
 # --- the study -------------------------------------------------------------------------------
 def _zero_shot_rows(
-    archs: Sequence[str], categories: list[dict], test_ds: Any, device: torch.device, **kw: Any
+    archs: Sequence[str],
+    categories: list[dict],
+    test_ds: Any,
+    device: torch.device,
+    cpu_amp: str,
+    **kw: Any,
 ) -> list[dict[str, Any]]:
 
     rows = []
@@ -210,7 +224,7 @@ def _zero_shot_rows(
             )
             continue
         net = zeroshot.build_zero_shot_model(categories, arch=arch).to(device)
-        results = predict(net, test_ds, device)  # its own output, as notebook 04 scores it
+        results = predict(net, test_ds, device, cpu_amp=cpu_amp)  # its own output, as in 04
         rows.append({"name": name, "test": occlusion.occlusion_ap(test_ds.coco, results, **kw)})
     return rows
 
@@ -276,7 +290,9 @@ def _tune_on_val(
     chosen: dict[str, Settings] = {BASELINE: Settings.from_config(base_cfg)}
     flat = {BASELINE: chosen[BASELINE]}
     flat.update({key: s for grid in variant_grids.values() for key, s in grid.items()})
-    val_results = sweep(net, val_ds, flat, device, batch_size=batch_size)
+    val_results = sweep(
+        net, val_ds, flat, device, batch_size=batch_size, cpu_amp=base_cfg.cpu_amp_eval
+    )
     val_ap = {key: _segm_ap(val_ds.coco, res) for key, res in val_results.items()}
     rows: dict[str, dict[str, Any]] = {
         BASELINE: {
@@ -379,13 +395,14 @@ def run_study(
     net, base_cfg, categories, val_ds, test_ds = _load(checkpoint, subset_dir, device)
     variant_grids = _variant_grids(base_cfg, methods, tta, grids)
     chosen, rows = _tune_on_val(net, val_ds, base_cfg, variant_grids, grids, device, batch_size)
-    predictions = sweep(net, test_ds, chosen, device, batch_size=batch_size)
+    amp = base_cfg.cpu_amp_eval
+    predictions = sweep(net, test_ds, chosen, device, batch_size=batch_size, cpu_amp=amp)
     variants = _test_variants(chosen, rows, test_ds.coco, predictions, base_cfg.score_thresh)
     if timing_images > 0:
         timing = _time_variants(net, chosen, test_ds, device, timing_images)
         variants = [{**v, **timing[v["name"]]} for v in variants]
     zero_shot = _zero_shot_rows(
-        zero_shot_archs, categories, test_ds, device, score_thresh=base_cfg.score_thresh
+        zero_shot_archs, categories, test_ds, device, amp, score_thresh=base_cfg.score_thresh
     )
     return {
         "checkpoint": str(checkpoint),
@@ -393,6 +410,7 @@ def run_study(
         "num_images": len(test_ds),
         "subset": str(subset_dir),
         "device": str(device),
+        "precision": prediction_precision(device, amp),
         "score_thresh": base_cfg.score_thresh,
         "heavy_from": occlusion.HEAVY_FROM,
         "counts": {

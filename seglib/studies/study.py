@@ -44,7 +44,7 @@ from torch.utils.data import Subset
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
 from seglib.core.paths import RunFolder
-from seglib.core.runtime import resolve_device, synchronize
+from seglib.core.runtime import prediction_precision, resolve_device, synchronize
 from seglib.data.dataset import open_split
 from seglib.engine.runlog import read_metrics
 from seglib.engine.trainer import Callback, train
@@ -55,6 +55,7 @@ from seglib.evaluation.prediction import predict
 from seglib.models.builder import model_from_checkpoint
 from seglib.models.checkpoint import drop_training_state
 from seglib.models.mask2former import build_zero_shot_mask2former
+from seglib.models.precision import bf16_parts
 from seglib.models.zeroshot import build_zero_shot_model
 from seglib.studies.finished_runs import NOT_LEARNED, finished_run_of
 
@@ -157,22 +158,28 @@ def _peak_mb(device: torch.device) -> float | None:
 
 
 def predict_timed(
-    model: nn.Module, dataset: Any, device: torch.device
-) -> tuple[list[dict], dict[str, float | None]]:
-    """``prediction.predict`` one image at a time, timed after one warm-up image.
+    model: nn.Module, dataset: Any, device: torch.device, cpu_amp: str = "off"
+) -> tuple[list[dict], dict[str, Any]]:
+    """``prediction.predict`` one image at a time (at ``cpu_amp``), timed after one warm-up.
 
     Returns:
-        (COCO results, {"time_per_image": s, "peak_memory_mb": CUDA peak or None}). The time
-        is end to end: the forward pass, post-processing and RLE encoding of every image.
+        (COCO results, {"time_per_image": s, "peak_memory_mb": CUDA peak or None, "precision":
+        "bf16" or "fp32", what the model ran in}). The time is end to end: the forward pass,
+        post-processing and RLE encoding of every image.
     """
-    predict(model, Subset(dataset, [0]), device, batch_size=1)  # warm-up (allocator, kernels)
+    predict(model, Subset(dataset, [0]), device, batch_size=1, cpu_amp=cpu_amp)  # warm-up
     _reset_peak(device)
     synchronize(device)
     start = time.perf_counter()
-    results = predict(model, dataset, device, batch_size=1)
+    results = predict(model, dataset, device, batch_size=1, cpu_amp=cpu_amp)
     synchronize(device)
     elapsed = time.perf_counter() - start
-    return results, {"time_per_image": elapsed / len(dataset), "peak_memory_mb": _peak_mb(device)}
+    bf16 = prediction_precision(device, cpu_amp) == "bf16" and bool(bf16_parts(model))
+    return results, {
+        "time_per_image": elapsed / len(dataset),
+        "peak_memory_mb": _peak_mb(device),
+        "precision": "bf16" if bf16 else "fp32",
+    }
 
 
 def evaluate_model(
@@ -181,12 +188,13 @@ def evaluate_model(
     device: torch.device,
     score_thresh: float,
     results_file: str | Path,
+    cpu_amp: str = "off",
 ) -> dict[str, Any]:
-    """Every study's evaluator: ``{"params", "time_per_image", "peak_memory_mb", "metrics"
-    (box and mask AP overall, per class and size), "occlusion" (AP per occlusion bucket),
-    "results" (path)}`` of ``model`` on ``dataset``; the results file has COCO's ids."""
+    """Every study's evaluator: ``{"params", "time_per_image", "peak_memory_mb", "precision",
+    "metrics" (box and mask AP overall, per class and size), "occlusion" (AP per occlusion
+    bucket), "results" (path)}`` of ``model`` on ``dataset``; the results file has COCO's ids."""
     params = count_parameters(model)
-    results, timing = predict_timed(model, dataset, device)
+    results, timing = predict_timed(model, dataset, device, cpu_amp)
     return {
         "params": params,
         **timing,
@@ -363,7 +371,12 @@ def _score_contender(
         results_dir = out_dir / contender.name / f"seed-{seed}"
     row.update(
         evaluate_model(
-            model, dataset, device, cfg.score_thresh, results_dir / f"{split}_results.json"
+            model,
+            dataset,
+            device,
+            cfg.score_thresh,
+            results_dir / f"{split}_results.json",
+            cfg.cpu_amp_eval,
         )
     )
     return row

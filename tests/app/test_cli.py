@@ -441,8 +441,9 @@ def stubbed(monkeypatch, tmp_path, synthetic_subset):
     )
     monkeypatch.setattr(commands, "wrap", lambda model, cfg: ("wrapped", cfg))
 
-    def predict_images(model, images, out, device, categories, score_thresh):
+    def predict_images(model, images, out, device, categories, score_thresh, cpu_amp):
         seen["predict"] = {"model": model, "device": str(device), "score_thresh": score_thresh}
+        seen["predict"]["cpu_amp"] = cpu_amp
         return {"num_images": 0, "num_predictions": 0, "results": out / "results.json"}
 
     monkeypatch.setattr(commands, "predict_images", predict_images)
@@ -506,6 +507,8 @@ def test_every_command_that_builds_a_config_takes_set(stubbed, tmp_path, synthet
     assert predicted["score_thresh"] == 0.2 and predicted["device"] == "cpu"
     assert predicted["model"][1] == TrainConfig.smoke(postprocess="mask-nms")  # over the run's
     assert run("predict")["model"] == "model"  # no post-processing asked: the checkpoint's own
+    assert run("predict")["cpu_amp"] == "auto"  # bf16 where this CPU computes it natively
+    assert run("predict", "--set", "cpu_amp_eval=off")["cpu_amp"] == "off"
     assert run("study", "--set", "device=cpu") == {"device": "cpu"}
     assert run("run", "--set", "lr=0.002", "--set", "tta_hflip=true") == {
         "lr": 0.002,

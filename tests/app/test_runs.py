@@ -13,6 +13,7 @@ from seglib.app.operating_point import OperatingPoint
 from seglib.app.runs import RunExistsError, RunRequest, start_run
 from seglib.core.config import TrainConfig
 from seglib.core.paths import get_paths
+from seglib.core.runtime import prediction_precision
 from seglib.evaluation import prediction
 from seglib.models import builder
 
@@ -173,6 +174,19 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
     assert written["source"]["operating_point"]["score_thresh"] == 0.5
     assert scores["segm"]["AP"] == written["segm"]["AP"]
     assert runs.headline_ap(paths)["segm_AP"] == written["segm"]["AP"]
+    # The precision is part of the key: the run's cpu_amp_eval, resolved on this CPU.
+    assert first.source["precision"] == prediction_precision(torch.device("cpu"), "auto")
+    assert f", {first.source['precision']}:" in repr(first)
+    other = "off" if first.source["precision"] == "bf16" else "bf16"
+    cfg.replace(cpu_amp_eval=other).save(paths.layout.config)
+    redone = prediction_cache.split_predictions(paths, "val", "cpu")
+    assert (
+        redone.recomputed
+        and len(calls) == 2
+        and redone.source["precision"] != first.source["precision"]
+    )
+    cfg.save(paths.layout.config)
+    assert prediction_cache.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 3
     zero = prediction_cache.split_predictions(paths, "val", "cpu", zero_shot=True)
     assert zero.file.name == "val_zero_shot.json" and zero.recomputed
     prediction_cache.evaluate_split(paths, zero, OperatingPoint(0.5))
@@ -180,7 +194,7 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
     # Retraining replaces best.pt: the cache no longer matches it.
     start_run(paths, RunRequest("r", cfg.replace(seed=1), overwrite=True))
     train(cfg.replace(seed=1), paths.subset, paths.run)
-    assert prediction_cache.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 4
+    assert prediction_cache.split_predictions(paths, "val", "cpu").recomputed and len(calls) == 6
 
 
 # --- cached predictions are COCO results files ---------------------------------------------

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from seglib.core.runtime import amp_settings, cpu_bf16_native, precision_note
+from seglib.core.runtime import (
+    amp_settings,
+    cpu_bf16_native,
+    precision_note,
+    prediction_precision,
+)
 
 CPU = torch.device("cpu")
 
@@ -44,6 +49,19 @@ def test_bf16_and_off_are_obeyed_whatever_the_cpu(native, has_native):
     assert amp_settings(CPU, True, "off") == (None, None)
     assert amp_settings(CPU, True) == (None, None)  # the default of the function: off
     assert precision_note(CPU, True, "off") == "training precision: fp32 on the CPU (cpu_amp='off')"
+
+
+@pytest.mark.parametrize("has_native", [True, False])
+def test_prediction_precision_follows_cpu_amp_eval_on_the_cpu_only(native, has_native):
+    native(has_native)
+    assert prediction_precision(CPU, "bf16") == "bf16"
+    assert prediction_precision(CPU, "off") == "fp32"
+    assert prediction_precision(CPU, "auto") == ("bf16" if has_native else "fp32")
+    assert prediction_precision(torch.device("cuda"), "bf16") == "fp32"  # CUDA predicts in fp32
+    note = precision_note(CPU, True, "off", "bf16")
+    assert (
+        note == "training precision: fp32 on the CPU (cpu_amp='off'); validation predicts in bf16"
+    )
 
 
 def test_a_bf16_training_step_runs_and_learns_on_the_cpu():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
+from seglib.core.runtime import prediction_precision
 from seglib.evaluation import coco_results, occlusion
 from seglib.models import builder
 from seglib.studies import occlusion_report, occlusion_study
@@ -102,12 +103,15 @@ def test_the_variants_report_as_a_study_of_one_seed(result):
     assert "soft-nms-linear + flip" in table and "1 seed" in table.splitlines()[-1]
 
 
-def _own_predictions(model, dataset):
-    """COCO results of ``model(images)`` itself, batched as the study batches them."""
-    from seglib.core.runtime import images_to_device
+def _own_predictions(model, dataset, cpu_amp="auto"):
+    """COCO results of ``model(images)`` itself, batched as the study batches them, at the
+    precision the study predicts in (the checkpoint's ``cpu_amp_eval``)."""
+    from seglib.core.runtime import amp_settings, images_to_device
+    from seglib.models.precision import autocast_parts
 
     results = []
-    with torch.inference_mode():
+    dtype, _ = amp_settings(torch.device("cpu"), enabled=False, cpu_amp=cpu_amp)
+    with torch.inference_mode(), autocast_parts(model, dtype):
         for images, targets in occlusion_study._loader(dataset, 2):
             outputs = model(images_to_device(images, "cpu"))
             for target, det in zip(targets, outputs, strict=True):
@@ -173,10 +177,10 @@ def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subs
         "soft": Settings.from_config(cfg, postprocess="soft-nms-linear"),
         "nms 0.5": Settings.from_config(cfg),
     }
-    swept = occlusion_study.sweep(models[0.5], val_ds, settings, "cpu")
+    swept = occlusion_study.sweep(models[0.5], val_ds, settings, "cpu", cpu_amp="bf16")
     assert list(swept) == list(settings)
-    assert swept["nms 0.5"] == _own_predictions(models[0.5], val_ds)
-    assert swept["nms 0.7"] == _own_predictions(models[0.7], val_ds)
+    assert swept["nms 0.5"] == _own_predictions(models[0.5], val_ds, "bf16")
+    assert swept["nms 0.7"] == _own_predictions(models[0.7], val_ds, "bf16")
     assert swept["nms 0.7"] != swept["nms 0.5"] and swept["soft"]
     assert models[0.5].roi_heads.nms_thresh == 0.5  # the sweep put the model back
 
@@ -211,6 +215,9 @@ def test_save_writes_json_without_predictions_and_the_table(result, tmp_path):
     for name in ("baseline", "soft-nms-linear + flip", "zero-shot v1", "heavy"):
         assert name in table
     assert table == occlusion_report.format_study(result) + "\n"
+    # the checkpoint's cpu_amp_eval ("auto") decides the precision of every variant's pass
+    expected = prediction_precision(torch.device("cpu"), "auto")
+    assert data["precision"] == expected and f"predicted in {expected} on cpu" in table
 
 
 def test_changed_images_ranks_by_change(result, synthetic_subset):

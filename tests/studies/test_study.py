@@ -11,6 +11,8 @@ from seglib.models.checkpoint import load_checkpoint
 from seglib.studies import study, study_report
 from seglib.studies.study import Contender
 
+FP32 = {"cpu_amp_eval": "off"}
+
 
 def test_a_contender_is_the_base_config_with_its_changes_and_the_seed():
     base = TrainConfig.smoke()
@@ -47,7 +49,7 @@ def test_bad_contender_lists_are_refused(names, message, tmp_path):
 def test_each_contender_trains_once_per_seed_and_settings_apply_to_its_model(
     synthetic_subset, tmp_path
 ):
-    base = TrainConfig.smoke(num_epochs=1, eval_interval=1, device="cpu")
+    base = TrainConfig.smoke(num_epochs=1, eval_interval=1, device="cpu", cpu_amp_eval="bf16")
     contenders = [
         Contender("baseline"),
         Contender("soft-nms", {"postprocess": "soft-nms-gaussian"}, note="post-processing"),
@@ -87,14 +89,21 @@ def test_each_contender_trains_once_per_seed_and_settings_apply_to_its_model(
     # again, with the first study's runs offered: only what changes learning trains
     again = study.run_study(
         base,
-        [*contenders, Contender("no-flip", {"hflip_prob": 0.0})],
+        [*contenders, Contender("no-flip", {"hflip_prob": 0.0}), Contender("fp32", FP32)],
         synthetic_subset,
         tmp_path / "again",
         seeds=(0,),
         reusable=[tmp_path / "study" / "baseline" / "seed-0"],
     )
     trained = {n: c["seeds"][0]["trained"] for n, c in again["contenders"].items()}
-    assert trained == {"baseline": False, "soft-nms": False, "no-flip": True}
+    assert trained == {"baseline": False, "soft-nms": False, "no-flip": True, "fp32": False}
+    # the precision prediction ran in is recorded per row; cpu_amp_eval changes no learning
+    bf16 = again["contenders"]["baseline"]["seeds"][0]
+    assert (
+        bf16["precision"] == "bf16"
+        and again["contenders"]["fp32"]["seeds"][0]["precision"] == "fp32"
+    )
+    assert again["contenders"]["fp32"]["seeds"][0]["run"] == bf16["run"]
     assert (
         again["contenders"]["baseline"]["seeds"][0]["metrics"]
         == rows["baseline"]["seeds"][0]["metrics"]
