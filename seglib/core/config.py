@@ -147,6 +147,9 @@ class TrainConfig:
     rpn_post_nms_top_n_test: int = 1000
     # ROIs sampled per image for the box/mask heads; dominates CPU cost at small sizes.
     box_batch_size_per_image: int = 512
+    # RoIAlign's samples per bin side in the box and mask heads: 2 is torchvision's (and its
+    # COCO weights'); 1 halves the CPU's serial RoIAlign backward (docs/benchmarks.md).
+    roi_sampling_ratio: int = 2
     # Inference: detections scoring below this are dropped inside the model (torchvision's 0.05).
     box_score_thresh: float = field(default=0.05, metadata=_slider(0.0, 1.0, 0.01))
     # Inference: IoU above which per-class box NMS suppresses the lower-scored box.
@@ -411,6 +414,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "rpn_pre_nms_top_n_test": rules.COUNT,
         "rpn_post_nms_top_n_test": rules.COUNT,
         "box_batch_size_per_image": rules.COUNT,
+        "roi_sampling_ratio": rules.COUNT,
         "box_score_thresh": rules.FRACTION,
         "box_nms_thresh": rules.POSITIVE_FRACTION,
         "detections_per_img": rules.COUNT,

@@ -117,6 +117,8 @@ def _skeleton(
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
     )
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        pool.sampling_ratio = cfg.roi_sampling_ratio
     if cfg.norm == "gn":
         model.backbone = _groupnorm_backbone()
     if pretrained and arch == "v1":

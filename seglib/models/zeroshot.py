@@ -100,10 +100,11 @@ def build_zero_shot_model(
     """
     cfg = cfg if cfg is not None else TrainConfig()
     if model is None:
-        # torchvision's own structure (BatchNorm), whatever the run's cfg.norm
+        # torchvision's own structure (BatchNorm, RoIAlign), whatever the run's cfg says
         keep = max(ZERO_SHOT_CANDIDATES, cfg.detections_per_img)
         wide = cfg.replace(
             norm="bn",
+            roi_sampling_ratio=TrainConfig.roi_sampling_ratio,
             detections_per_img=keep,
             postprocess_pool=max(keep, cfg.postprocess_pool),  # the pool holds every candidate
         )

@@ -77,6 +77,16 @@ def test_build_none_replaces_heads_and_trains_everything(arch, cfg):
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == cfg.box_batch_size_per_image
 
 
+def test_roi_sampling_ratio_reaches_both_heads_and_the_zero_shot_model_keeps_cocos():
+    cfg = TrainConfig.demo(roi_sampling_ratio=1)
+    model = build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
+    heads = model.roi_heads
+    assert heads.box_roi_pool.sampling_ratio == heads.mask_roi_pool.sampling_ratio == 1
+    zero_shot = build_zero_shot_model(CATEGORIES, cfg=cfg, weights="none").model
+    assert zero_shot.roi_heads.mask_roi_pool.sampling_ratio == 2  # as the COCO weights learned
+    assert TrainConfig().roi_sampling_ratio == 2  # torchvision's own
+
+
 def _save_random_coco(arch: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     state = build_model(91, "none", arch, cfg).state_dict()
     path = weights_file("coco", arch)
