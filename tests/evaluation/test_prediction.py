@@ -318,3 +318,37 @@ def test_post_processing_is_refused_for_mask2former_only():
         check_postprocess("mask2former", "nms", True)
     with pytest.raises(ValueError, match=r"soft-nms-linear and --tta-hflip"):
         check_postprocess("mask2former", "soft-nms-linear", True)
+
+
+@pytest.mark.parametrize("cpu_amp, conv_dtype", [("bf16", torch.bfloat16), ("off", torch.float32)])
+def test_predict_and_predict_images_run_the_convolutions_at_cpu_amp(
+    cpu_amp, conv_dtype, tmp_path, synthetic_subset
+):
+    """A real (random) Mask R-CNN: the mask head's convolutions run in the asked precision,
+    the results keep fp32 scores either way, and the model is left as it was."""
+    from seglib.core.config import TrainConfig
+    from seglib.models.builder import build_model
+
+    cfg = TrainConfig.smoke(box_score_thresh=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
+    seen = []
+    model.roi_heads.mask_head[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    dataset = open_split(synthetic_subset, "val")
+    results = predict(model, torch.utils.data.Subset(dataset, [0, 1]), CPU, cpu_amp=cpu_amp)
+    assert results and set(seen) == {conv_dtype}
+    scores = torch.tensor([r["score"] for r in results])
+    assert not torch.equal(scores, scores.bfloat16().float())  # not rounded to bf16
+    assert "forward" not in model.backbone.__dict__
+    files = [synthetic_subset / "images" / dataset.coco.imgs[dataset.ids[0]]["file_name"]]
+    seen.clear()
+    written = predict_images(
+        model,
+        files,
+        tmp_path,
+        CPU,
+        categories=dataset.categories,
+        score_thresh=0.0,
+        cpu_amp=cpu_amp,
+    )
+    assert written["num_predictions"] > 0 and set(seen) == {conv_dtype}
