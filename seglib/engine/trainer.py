@@ -5,14 +5,12 @@
 - ``train(cfg, data_dir, out_dir)``: the whole run, resume and torchrun/DDP included.
   ``RunState`` is where it stands; every checkpoint holds it.
 
-The model is anything following ``seglib.models.builder.SegmentationModel``: the loop sums and logs
-whatever losses it returns. Nothing prints: results come back as return values and through
-an optional ``callback(event, payload)``.
+The model follows ``seglib.models.builder.SegmentationModel``: the loop sums and logs whatever
+losses it returns. Nothing prints: results come back as return values and through ``callback``.
 
-Exact resume: each image's augmentation is seeded from (seed, epoch, index, rank) by the
-batch sampler, the model's randomness from (seed, epoch, rank) at each epoch start or from
-the checkpoint inside an epoch, and validation runs under ``torch.random.fork_rng``; so a
-run stopped anywhere and resumed ends with the same weights, DataLoader workers or not.
+Exact resume: augmentation is seeded per (seed, epoch, index, rank) by the batch sampler, the
+model's randomness per (seed, epoch, rank) or from the checkpoint, and validation runs under
+``torch.random.fork_rng``: a run stopped anywhere and resumed ends with the same weights.
 """
 
 from __future__ import annotations
@@ -57,6 +55,7 @@ from seglib.models.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from seglib.models.precision import bf16_parts
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -274,10 +273,11 @@ def _train(
         append_row(folder, row)
         notify(event, row)
 
-    precision = precision_note(device, cfg.amp, cfg.cpu_amp, cfg.cpu_amp_eval)
-    notify("start", {"device": str(device), "precision": precision})
     ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
     parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
+    amp_eval = cfg.cpu_amp_eval if bf16_parts(parts.model) else "off"  # Mask R-CNN's only
+    precision = precision_note(device, cfg.amp, cfg.cpu_amp, amp_eval)
+    notify("start", {"device": str(device), "precision": precision})
     parts.step_options["progress"] = progress and main
     iters_per_epoch = len(parts.train_loader)
     state = RunState.from_checkpoint(ckpt, iters_per_epoch) if ckpt else RunState()

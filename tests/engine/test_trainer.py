@@ -336,9 +336,11 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=4)
     # 2 epochs of 2 steps; 2 persistent workers draw the augmentations (flip, crop, jitter)
     cfg = TrainConfig.smoke(batch_size=2, num_epochs=2, eval_interval=2, num_workers=2)
+    cfg = cfg.replace(cpu_amp_eval="bf16")
     assert cfg.aug_strength > 0 and cfg.log_interval == 1
     events = []
     straight = train(cfg, data, tmp_path / "a", callback=lambda e, p: events.append(e))
+    assert straight["precision"].endswith("; validation predicts in bf16")
     assert (straight["epochs"], straight["iteration"], straight["stopped_by"]) == (
         2,
         4,
