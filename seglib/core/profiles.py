@@ -41,7 +41,7 @@ DEMO: dict[str, Any] = dict(
     rpn_post_nms_top_n_test=100,
     box_batch_size_per_image=64,
     # RoIAlign's backward is serial on the CPU and took 29% of a step: one sample per bin
-    # side trains 1.25-1.32x faster and learns as well: mask AP50 0.79, 0.73, 0.80 over
+    # side trains 1.25-1.32x faster and learns as well: mask AP50 0.76, 0.73, 0.80 over
     # seeds 0-2 against 0.80, 0.72, 0.83 (docs/benchmarks.md).
     roi_sampling_ratio=1,
     detections_per_img=50,

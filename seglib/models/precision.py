@@ -7,9 +7,9 @@ backbone with its FPN, the RPN's head and the box and mask heads (``BF16_PARTS``
 their outputs on in fp32, so proposals, box decoding, scores, NMS and mask pasting stay fp32.
 
 On the 2-core Xeon kind (AMX), a demo model predicting 100 detections an image on the 24
-synthetic val images: 0.22 s an image against 0.49 in fp32, mask AP 0.429 in both
-(docs/benchmarks.md). Models without torchvision's Mask R-CNN inside (Mask2Former) are left
-in fp32.
+synthetic val images: 0.22 s an image against 0.49 in fp32, mask AP 0.429 in both; on
+another, mask AP50 0.763 against 0.790 (docs/benchmarks.md). Models without torchvision's
+Mask R-CNN inside (Mask2Former) are left in fp32.
 """
 
 from __future__ import annotations
