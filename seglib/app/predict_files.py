@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from seglib.core.atomic import write_json_atomic
-from seglib.core.runtime import amp_settings, images_to_device
+from seglib.core.runtime import images_to_device, prediction_dtype
 from seglib.data.images import load_rgb
 from seglib.evaluation.coco_results import masks_to_host, to_coco_results, write_results
 from seglib.models.checkpoint import unwrap
@@ -70,7 +70,7 @@ def predict_images(
     out_dir = Path(out_dir)
     names = [c["name"] for c in categories]  # label order
     net = unwrap(model)
-    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)
+    dtype = prediction_dtype(device, cpu_amp)
     was_training = net.training
     net.eval()
     results, records, overlays = [], [], []

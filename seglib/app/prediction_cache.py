@@ -26,7 +26,6 @@ from seglib.app.provenance import (
 )
 from seglib.core.config import TrainConfig
 from seglib.core.paths import Paths
-from seglib.core.runtime import prediction_precision
 from seglib.data.dataset import open_split
 from seglib.evaluation import prediction
 from seglib.evaluation.coco_ap import evaluate_results
@@ -103,7 +102,7 @@ def _prediction_source(
         "box_nms_thresh": cfg.box_nms_thresh,
         "detections_per_img": detections,
         "category_ids": RESULTS_CATEGORY_IDS,
-        "precision": prediction_precision(device, cfg.cpu_amp_eval),
+        "precision": builder.predicts_in_arch(cfg.arch, device, cfg.cpu_amp_eval),
     }
     if zero_shot and cfg.arch == "mask2former":
         cached = pretrained_available(cfg.m2f_pretrained)

@@ -80,10 +80,11 @@ def amp_settings(
 
 
 def precision_note(
-    device: torch.device, cfg_amp: bool, cpu_amp: str, cpu_amp_eval: str | None = None
+    device: torch.device, cfg_amp: bool, cpu_amp: str, validation: str | None = None
 ) -> str:
     """One line saying which precision training uses on ``device``, and why; with
-    ``cpu_amp_eval``, also the precision validation predicts in (``prediction_precision``)."""
+    ``validation``, the label the model predicts in ("bf16" or "fp32",
+    ``seglib.models.precision.predicts_in``), also that clause."""
     dtype, _ = amp_settings(device, cfg_amp, cpu_amp)
     if device.type == "cuda":
         note = f"training precision: {dtype or torch.float32} autocast on {device}"
@@ -94,16 +95,18 @@ def precision_note(
         note = "training precision: fp32 on the CPU (no native bf16: no AMX or AVX512-BF16)"
     else:
         note = "training precision: fp32 on the CPU (cpu_amp='off')"
-    if cpu_amp_eval is None:
+    if validation is None:
         return note
-    return f"{note}; validation predicts in {prediction_precision(device, cpu_amp_eval)}"
+    return f"{note}; validation predicts in {validation}"
 
 
-def prediction_precision(device: torch.device, cpu_amp_eval: str) -> str:
-    """The label "bf16" where prediction on ``device`` runs a Mask R-CNN's convolutions in bf16
-    (``TrainConfig.cpu_amp_eval`` on the CPU, by ``amp_settings``' rule), else "fp32"."""
-    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp_eval)
-    return "bf16" if dtype is not None else "fp32"
+def prediction_dtype(device: torch.device, cpu_amp: str) -> torch.dtype | None:
+    """The autocast dtype prediction on ``device`` asks for, None for fp32: CUDA predicts in
+    fp32, the CPU in bf16 where ``cpu_amp`` (``TrainConfig.cpu_amp_eval``) asks for it by
+    ``amp_settings``' rule. Only a Mask R-CNN's convolutions follow it
+    (``seglib.models.precision``)."""
+    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)
+    return dtype
 
 
 def seed_everything(seed: int) -> None:

@@ -55,7 +55,7 @@ from seglib.models.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from seglib.models.precision import bf16_parts
+from seglib.models.precision import predicts_in
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -275,8 +275,8 @@ def _train(
 
     ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
     parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
-    amp_eval = cfg.cpu_amp_eval if bf16_parts(parts.model) else "off"  # Mask R-CNN's only
-    precision = precision_note(device, cfg.amp, cfg.cpu_amp, amp_eval)
+    validation = predicts_in(parts.model, device, cfg.cpu_amp_eval)  # Mask R-CNN's only
+    precision = precision_note(device, cfg.amp, cfg.cpu_amp, validation)
     notify("start", {"device": str(device), "precision": precision})
     parts.step_options["progress"] = progress and main
     iters_per_epoch = len(parts.train_loader)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from seglib.core.config import postprocess_applies
 from seglib.core.distributed import broadcast_from_main, gather_to_main, rank_and_world
-from seglib.core.runtime import amp_settings, images_to_device
+from seglib.core.runtime import images_to_device, prediction_dtype
 from seglib.data.dataset import collate_fn
 from seglib.evaluation.coco_ap import evaluate_results
 from seglib.evaluation.coco_results import to_coco_results
@@ -65,7 +65,7 @@ def predict(
         loader_or_dataset: yields/holds ``(image, target)`` with ``target["image_id"]``; images
             uint8 [3,H,W] (made float on the device) or float in 0..1.
         score_thresh: detections below it are left out (0 keeps all, as AP needs).
-        cpu_amp: bf16 on the CPU (``TrainConfig.cpu_amp_eval``, ``runtime.amp_settings``' rule)
+        cpu_amp: bf16 on the CPU (``TrainConfig.cpu_amp_eval``, ``runtime.prediction_dtype``)
             in a Mask R-CNN's convolutions only (``seglib.models.precision``); "off" is fp32.
 
     Returns:
@@ -85,9 +85,8 @@ def predict(
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="predict", leave=False)
-    dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)  # fp32 on CUDA
     try:
-        with torch.inference_mode(), autocast_parts(net, dtype):
+        with torch.inference_mode(), autocast_parts(net, prediction_dtype(device, cpu_amp)):
             for images, targets in batches:
                 try:
                     outputs = net(images_to_device(images, device))

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from seglib.core.config import TrainConfig
+from seglib.core.runtime import prediction_dtype
 from seglib.models.checkpoint import (
     CheckpointError,
     check_class_map,
@@ -52,6 +53,18 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "v2": build_maskrcnn,
     "mask2former": build_mask2former,
 }
+
+
+def predicts_in_arch(arch: str, device: torch.device, cpu_amp: str) -> str:
+    """``seglib.models.precision.predicts_in`` of an ``arch`` model without building it, for
+    cache keys checked before a model is: "bf16" where ``prediction_dtype`` asks for bf16 and
+    ``arch`` is built by ``build_maskrcnn`` (the family with ``bf16_parts``), else "fp32".
+
+    Raises:
+        ValueError: an unknown arch.
+    """
+    maskrcnn = _builder(arch) is build_maskrcnn
+    return "bf16" if maskrcnn and prediction_dtype(device, cpu_amp) is not None else "fp32"
 
 
 @runtime_checkable

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from seglib.core.runtime import prediction_dtype
+
 #: The submodules of a torchvision Mask R-CNN that run in bf16: nearly all its arithmetic.
 BF16_PARTS = (
     "backbone",
@@ -49,6 +51,13 @@ def bf16_parts(model: nn.Module) -> list[nn.Module]:
     return [
         d.get_submodule(name) for d in detectors for name in BF16_PARTS if _has_submodule(d, name)
     ]
+
+
+def predicts_in(model: nn.Module, device: torch.device, cpu_amp: str) -> str:
+    """The precision ``model`` predicts in on ``device`` at ``cpu_amp``
+    (``TrainConfig.cpu_amp_eval``): "bf16" where ``prediction_dtype`` asks for bf16 and
+    ``model`` has ``bf16_parts`` to run in it, else "fp32" (on CUDA, and Mask2Former always)."""
+    return "bf16" if prediction_dtype(device, cpu_amp) is not None and bf16_parts(model) else "fp32"
 
 
 def _has_submodule(module: nn.Module, name: str) -> bool:

@@ -42,12 +42,7 @@ from torch.utils.data import DataLoader
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig, postprocess_applies
-from seglib.core.runtime import (
-    amp_settings,
-    images_to_device,
-    prediction_precision,
-    synchronize,
-)
+from seglib.core.runtime import images_to_device, prediction_dtype, synchronize
 from seglib.data.dataset import collate_fn, open_split
 from seglib.evaluation import occlusion
 from seglib.evaluation.coco_ap import load_detections, mean_valid
@@ -55,7 +50,7 @@ from seglib.evaluation.coco_results import prepare, quiet, to_coco_results
 from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
 from seglib.models.postprocess import PostProcessed, wrap
-from seglib.models.precision import autocast_parts
+from seglib.models.precision import autocast_parts, predicts_in
 from seglib.models.suppression import Settings
 from seglib.studies.study import score_results
 
@@ -132,8 +127,7 @@ def sweep(
         flip = any(s.tta_hflip for s in pooled.values())
         out.update({name: [] for name in pooled})
         model.eval()
-        dtype, _ = amp_settings(device, enabled=False, cpu_amp=cpu_amp)
-        with torch.inference_mode(), autocast_parts(model, dtype):
+        with torch.inference_mode(), autocast_parts(model, prediction_dtype(device, cpu_amp)):
             for images, targets in _loader(dataset, batch_size):
                 candidates = pool.candidates(images_to_device(images, device), tta_hflip=flip)
                 for target, cand in zip(targets, candidates, strict=True):
@@ -410,7 +404,7 @@ def run_study(
         "num_images": len(test_ds),
         "subset": str(subset_dir),
         "device": str(device),
-        "precision": prediction_precision(device, amp),
+        "precision": predicts_in(net, device, amp),
         "score_thresh": base_cfg.score_thresh,
         "heavy_from": occlusion.HEAVY_FROM,
         "counts": {

@@ -44,7 +44,7 @@ from torch.utils.data import Subset
 from seglib.core.atomic import write_json_atomic
 from seglib.core.config import TrainConfig
 from seglib.core.paths import RunFolder
-from seglib.core.runtime import prediction_precision, resolve_device, synchronize
+from seglib.core.runtime import resolve_device, synchronize
 from seglib.data.dataset import open_split
 from seglib.engine.runlog import read_metrics
 from seglib.engine.trainer import Callback, train
@@ -55,7 +55,7 @@ from seglib.evaluation.prediction import predict
 from seglib.models.builder import model_from_checkpoint
 from seglib.models.checkpoint import drop_training_state
 from seglib.models.mask2former import build_zero_shot_mask2former
-from seglib.models.precision import bf16_parts
+from seglib.models.precision import predicts_in
 from seglib.models.zeroshot import build_zero_shot_model
 from seglib.studies.finished_runs import NOT_LEARNED, finished_run_of
 
@@ -174,11 +174,10 @@ def predict_timed(
     results = predict(model, dataset, device, batch_size=1, cpu_amp=cpu_amp)
     synchronize(device)
     elapsed = time.perf_counter() - start
-    bf16 = prediction_precision(device, cpu_amp) == "bf16" and bool(bf16_parts(model))
     return results, {
         "time_per_image": elapsed / len(dataset),
         "peak_memory_mb": _peak_mb(device),
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": predicts_in(model, device, cpu_amp),
     }
 
 

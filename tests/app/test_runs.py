@@ -13,7 +13,7 @@ from seglib.app.operating_point import OperatingPoint
 from seglib.app.runs import RunExistsError, RunRequest, start_run
 from seglib.core.config import TrainConfig
 from seglib.core.paths import get_paths
-from seglib.core.runtime import prediction_precision
+from seglib.core.runtime import cpu_bf16_native
 from seglib.evaluation import prediction
 from seglib.models import builder
 
@@ -143,6 +143,31 @@ def test_run_summary_reads_the_metrics_of_any_run(tmp_path):
         runs.headline_ap(paths.with_run("empty"))
 
 
+@pytest.mark.parametrize("zero_shot", [False, True])
+def test_the_prediction_key_names_what_the_model_predicts_in_not_what_was_asked(
+    tmp_path, zero_shot
+):
+    checkpoint, cpu = tmp_path / "best.pt", torch.device("cpu")
+    checkpoint.write_bytes(b"weights")
+
+    def key(cfg: TrainConfig) -> str:
+        source = prediction_cache._prediction_source("val", checkpoint, cfg, 100, zero_shot, cpu)
+        return source["precision"]
+
+    maskrcnn = TrainConfig.smoke(cpu_amp_eval="bf16")
+    assert maskrcnn.arch == "v1" and key(maskrcnn) == "bf16"
+    for asked in ("bf16", "auto", "off"):  # Mask R-CNN's key as before: what was asked
+        assert (
+            key(maskrcnn.replace(cpu_amp_eval=asked))
+            == {"bf16": "bf16", "off": "fp32", "auto": ("bf16" if cpu_bf16_native() else "fp32")}[
+                asked
+            ]
+        )
+    # Mask2Former (and its zero-shot model) has no bf16 parts: fp32 whatever was asked
+    mask2former = maskrcnn.replace(arch="mask2former", m2f_config="tiny")
+    assert key(mask2former) == "fp32"
+
+
 @pytest.mark.slow
 def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_checkpoint(
     tmp_path, synthetic_subset, monkeypatch
@@ -175,7 +200,7 @@ def test_predictions_are_cached_at_permissive_thresholds_and_redone_for_a_new_ch
     assert scores["segm"]["AP"] == written["segm"]["AP"]
     assert runs.headline_ap(paths)["segm_AP"] == written["segm"]["AP"]
     # The precision is part of the key: the run's cpu_amp_eval, resolved on this CPU.
-    assert first.source["precision"] == prediction_precision(torch.device("cpu"), "auto")
+    assert first.source["precision"] == ("bf16" if cpu_bf16_native() else "fp32")
     assert f", {first.source['precision']}:" in repr(first)
     other = "off" if first.source["precision"] == "bf16" else "bf16"
     cfg.replace(cpu_amp_eval=other).save(paths.layout.config)

@@ -7,7 +7,7 @@ from seglib.core.runtime import (
     amp_settings,
     cpu_bf16_native,
     precision_note,
-    prediction_precision,
+    prediction_dtype,
 )
 
 CPU = torch.device("cpu")
@@ -52,15 +52,31 @@ def test_bf16_and_off_are_obeyed_whatever_the_cpu(native, has_native):
 
 
 @pytest.mark.parametrize("has_native", [True, False])
-def test_prediction_precision_follows_cpu_amp_eval_on_the_cpu_only(native, has_native):
+def test_prediction_dtype_is_bf16_on_the_cpu_where_asked_and_fp32_on_cuda(
+    native, monkeypatch, has_native
+):
     native(has_native)
-    assert prediction_precision(CPU, "bf16") == "bf16"
-    assert prediction_precision(CPU, "off") == "fp32"
-    assert prediction_precision(CPU, "auto") == ("bf16" if has_native else "fp32")
-    assert prediction_precision(torch.device("cuda"), "bf16") == "fp32"  # CUDA predicts in fp32
-    note = precision_note(CPU, True, "off", "bf16")
+    assert prediction_dtype(CPU, "bf16") is torch.bfloat16
+    assert prediction_dtype(CPU, "off") is None
+    assert prediction_dtype(CPU, "auto") is (torch.bfloat16 if has_native else None)
+    # CUDA predicts in fp32 even where training there would autocast to bf16 (no GPU needed)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = torch.device("cuda")
+    assert amp_settings(cuda, True) == (torch.bfloat16, None)
+    assert [prediction_dtype(cuda, cpu_amp) for cpu_amp in ("bf16", "auto", "off")] == [None] * 3
+
+
+@pytest.mark.parametrize("label", ["bf16", "fp32"])
+def test_the_note_ends_with_the_precision_it_is_given_for_validation(native, label):
+    native(True)  # cpu_amp "off" still trains in fp32; the label is the model's, not the CPU's
+    note = "training precision: fp32 on the CPU (cpu_amp='off')"
+    assert precision_note(CPU, True, "off", label) == f"{note}; validation predicts in {label}"
+    assert precision_note(CPU, True, "off", None) == precision_note(CPU, True, "off") == note
+    # the label is printed as given, not worked out again from the device (no GPU needed)
+    cuda = precision_note(torch.device("cuda"), False, "off", label)
     assert (
-        note == "training precision: fp32 on the CPU (cpu_amp='off'); validation predicts in bf16"
+        cuda
+        == f"training precision: torch.float32 autocast on cuda; validation predicts in {label}"
     )
 
 

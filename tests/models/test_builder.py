@@ -17,6 +17,7 @@ from seglib.models import builder
 from seglib.models.builder import SegmentationModel, build_model, build_model_structure
 from seglib.models.checkpoint import CheckpointError
 from seglib.models.maskrcnn import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
+from seglib.models.precision import predicts_in
 from seglib.models.weights import MissingWeightsError, weights_file
 from seglib.models.zeroshot import (
     ZeroShotMaskRCNN,
@@ -299,6 +300,23 @@ def test_build_model_calls_the_archs_builder_and_names_the_choices(monkeypatch, 
         ValueError, match=r"arch must be one of \('mask2former', 'toy', 'v1', 'v2'\)"
     ):
         build_model(3, "none", "v3", cfg)
+
+
+def test_only_the_mask_rcnn_archs_predict_in_bf16_and_only_where_asked(monkeypatch, cfg):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    by_arch = {arch: builder.predicts_in_arch(arch, cpu, "bf16") for arch in builder.BUILDERS}
+    assert by_arch == {"v1": "bf16", "v2": "bf16", "mask2former": "fp32"}
+    assert {builder.predicts_in_arch(arch, cpu, "off") for arch in builder.BUILDERS} == {"fp32"}
+    assert {builder.predicts_in_arch(arch, cuda, "bf16") for arch in builder.BUILDERS} == {"fp32"}
+    # what the built model says (seglib.models.precision.predicts_in)
+    assert predicts_in(build_model(5, "none", "v1", cfg), cpu, "bf16") == by_arch["v1"]
+    # read from the table: an arch is Mask R-CNN by its builder, not by its name
+    monkeypatch.setitem(builder.BUILDERS, "toy", builder.BUILDERS["v1"])
+    assert builder.predicts_in_arch("toy", cpu, "bf16") == "bf16"
+    monkeypatch.setitem(builder.BUILDERS, "v2", builder.BUILDERS["mask2former"])
+    assert builder.predicts_in_arch("v2", cpu, "bf16") == "fp32"
+    with pytest.raises(ValueError, match="arch must be one of"):
+        builder.predicts_in_arch("v3", cpu, "bf16")
 
 
 def test_importing_seglib_does_not_import_transformers():

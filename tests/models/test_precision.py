@@ -12,11 +12,19 @@ import torch
 from torch import nn
 
 from seglib.core.config import TrainConfig
+from seglib.core.runtime import cpu_bf16_native
 from seglib.models.builder import build_model
-from seglib.models.precision import BF16_PARTS, as_float32, autocast_parts, bf16_parts
+from seglib.models.precision import (
+    BF16_PARTS,
+    as_float32,
+    autocast_parts,
+    bf16_parts,
+    predicts_in,
+)
 from seglib.models.zeroshot import build_zero_shot_model
 
 SIZES = [(128, 128), (480, 640)]
+CPU = torch.device("cpu")
 
 
 def _model(size: tuple[int, int]) -> nn.Module:
@@ -115,6 +123,7 @@ def test_wrapped_detectors_are_found():
     categories = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
     wrapped = build_zero_shot_model(categories, weights="none")
     assert len(bf16_parts(wrapped)) == len(BF16_PARTS)
+    assert predicts_in(wrapped, CPU, "bf16") == "bf16"
 
 
 def test_without_a_detector_or_a_dtype_nothing_changes():
@@ -126,6 +135,17 @@ def test_without_a_detector_or_a_dtype_nothing_changes():
     with autocast_parts(model, None) as switched:
         assert not switched
         assert "forward" not in model.backbone.__dict__
+
+
+def test_only_a_detector_asked_for_bf16_on_the_cpu_predicts_in_bf16():
+    model, plain = _model((128, 128)), nn.Sequential(nn.Conv2d(3, 4, 3))
+    assert predicts_in(model, CPU, "bf16") == "bf16"
+    assert predicts_in(model, CPU, "off") == "fp32"
+    assert predicts_in(model, CPU, "auto") == (
+        "bf16" if cpu_bf16_native() else "fp32"
+    )  # this CPU's
+    assert predicts_in(plain, CPU, "bf16") == "fp32"  # no detector (Mask2Former): fp32
+    assert predicts_in(model, torch.device("cuda"), "bf16") == "fp32"  # CUDA predicts in fp32
 
 
 def test_as_float32_reaches_inside_containers():

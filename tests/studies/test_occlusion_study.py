@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seglib.core.config import TrainConfig
-from seglib.core.runtime import prediction_precision
+from seglib.core.runtime import cpu_bf16_native
 from seglib.evaluation import coco_results, occlusion
 from seglib.models import builder
 from seglib.studies import occlusion_report, occlusion_study
@@ -106,11 +106,11 @@ def test_the_variants_report_as_a_study_of_one_seed(result):
 def _own_predictions(model, dataset, cpu_amp="auto"):
     """COCO results of ``model(images)`` itself, batched as the study batches them, at the
     precision the study predicts in (the checkpoint's ``cpu_amp_eval``)."""
-    from seglib.core.runtime import amp_settings, images_to_device
+    from seglib.core.runtime import images_to_device, prediction_dtype
     from seglib.models.precision import autocast_parts
 
     results = []
-    dtype, _ = amp_settings(torch.device("cpu"), enabled=False, cpu_amp=cpu_amp)
+    dtype = prediction_dtype(torch.device("cpu"), cpu_amp)
     with torch.inference_mode(), autocast_parts(model, dtype):
         for images, targets in occlusion_study._loader(dataset, 2):
             outputs = model(images_to_device(images, "cpu"))
@@ -216,7 +216,7 @@ def test_save_writes_json_without_predictions_and_the_table(result, tmp_path):
         assert name in table
     assert table == occlusion_report.format_study(result) + "\n"
     # the checkpoint's cpu_amp_eval ("auto") decides the precision of every variant's pass
-    expected = prediction_precision(torch.device("cpu"), "auto")
+    expected = "bf16" if cpu_bf16_native() else "fp32"
     assert data["precision"] == expected and f"predicted in {expected} on cpu" in table
 
 
