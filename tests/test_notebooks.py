@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from seglib.app.headless import notebook_paths
+from seglib.app.notebook_runner import notebook_paths
 
 NOTEBOOKS = notebook_paths()
 

@@ -11,6 +11,7 @@ __all__ = [
     "commands",
     "forms",
     "headless",
+    "notebook_runner",
     "operating_point",
     "predict_files",
     "prediction_cache",

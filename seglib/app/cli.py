@@ -206,7 +206,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="execute the notebooks in order, headless",
         description="Execute the numbered notebooks headless with nbclient. The run gets its "
         "own folder, runs/<profile>/<run>/; --set values become the notebooks' config (and "
-        "their forms' defaults) and are recorded in the run's run_info.json.",
+        "their forms' defaults) and are recorded in the run's run_info.json. Once 03 is done, "
+        "04 -> 05, 06 and 07 run side by side, sharing the CPUs' threads; --one-at-a-time runs "
+        "every notebook in order.",
     )
     p.add_argument("--profile", choices=PROFILES, default="seed")
     p.add_argument("--run", default=None, metavar="NAME", help="run name (default: a timestamp)")
@@ -231,6 +233,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="run only these notebooks, by number or name (e.g. 01 02 08). Default: the whole "
         "series; the offline profiles leave out 08 (its studies take half an hour), and say so",
+    )
+    p.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="run every notebook alone, in order (default: 04 -> 05, 06 and 07 side by side)",
     )
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
 

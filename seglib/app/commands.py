@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from seglib.app import headless
+from seglib.app import headless, notebook_runner
 from seglib.app.predict_files import predict_images
 from seglib.app.runs import check_can_start, headline_ap, new_run_name
 from seglib.core.atomic import write_json_atomic
@@ -281,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_can_start(paths, name, overwrite=args.overwrite)  # before spending time on 01-02
     for note in headless.preflight(args.profile, paths):
         print(note)
-    notebooks, left_out = headless.select_notebooks(args.profile, args.notebooks)
+    notebooks, left_out = notebook_runner.select_notebooks(args.profile, args.notebooks)
     for note in left_out:
         print(note)
     if args.profile == "seed" and not weights.weights_file("coco", "v1").is_file():
@@ -292,13 +292,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run {name!r} ({args.profile}): {paths.run}"
         + (f", overrides {overrides}" if overrides else "")
     )
-    for done in headless.run_notebooks(
+    side_by_side = () if args.one_at_a_time else notebook_runner.SIDE_BY_SIDE
+    for line in notebook_runner.plan_lines(notebook_runner.plan_stages(notebooks, side_by_side)):
+        print(line)
+    for done in notebook_runner.run_notebooks(
         args.profile,
         out,
         run_name=name,
         overrides=overrides,
         overwrite=args.overwrite,
         notebooks=notebooks,
+        side_by_side=side_by_side,
         timeout=args.timeout,
     ):
         print(f"executed {done}", flush=True)

@@ -1,97 +1,32 @@
-"""Headless execution of the notebook series (``python -m seglib run``), its pre-flight check,
-and the check of what the notebooks produced.
+"""The headless run's pre-flight check (``python -m seglib run``), and the check of what the
+notebooks produced.
 
-The notebooks are the product's face; this module runs them in order with nbclient, the same
-way a learner would step through them, and keeps the executed copies in the run folder. The
-kernels get their parameters through the environment: ``$SEGLIB_PROFILE``, ``$SEGLIB_SET``
-(TrainConfig overrides, which the notebooks' forms start from), ``$SEGLIB_RUN`` (the run
-name) and ``$SEGLIB_OVERWRITE``. ``check_outputs`` then reads the files they wrote: every
-declared figure by content, the metrics files, their provenance.
+``preflight`` says whether the seed profile can run here (COCO, weights, network) before any
+notebook starts; ``seglib.app.notebook_runner`` then executes the notebooks, and
+``check_outputs`` reads the files they wrote: every declared figure by content, the metrics
+files, their provenance.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from queue import Empty
-from typing import Any
 from urllib.parse import urlparse
 
 from seglib.app import provenance, runs
-from seglib.app.runs import OVERWRITE_ENV
-from seglib.core.atomic import write_bytes_atomic
-from seglib.core.overrides import OVERRIDES_ENV
-from seglib.core.paths import RUN_ENV, Paths, RunFolder
+from seglib.core.paths import Paths, RunFolder
 from seglib.models.weights import weights_file
 from seglib.studies.comparison_report import models_without_scores
 from seglib.viz import files
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-#: Seconds of each wait for a kernel message in ``run_notebooks`` (see ``stepwise_get_msg``).
-POLL_SECONDS = 1.0
-#: Notebooks an offline profile's run leaves out unless asked for by name: each trains a dozen
-#: models or more (notebook 08: 3 seeds of 4 augmentation rows and 2 more data sizes, about
-#: half an hour on 2 CPU cores in the demo profile). The seed profile runs them.
-LONG_STUDIES = ("08_augmentation_and_data",)
 COCO_HOST = "http://images.cocodataset.org"
 WEIGHTS_HOST = "https://download.pytorch.org"
 
 
 class PreflightError(RuntimeError):
     """The seed profile cannot run here (no COCO, no weights, no network)."""
-
-
-class NotebookRunError(RuntimeError):
-    """A notebook cell raised; the message names the notebook and keeps the kernel's error."""
-
-
-def notebook_paths(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The ordered series ``01_*.ipynb`` ... ``08_*.ipynb``.
-
-    Raises:
-        FileNotFoundError: the folder holds no numbered notebooks.
-    """
-    found = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
-    if not found:
-        raise FileNotFoundError(f"no numbered notebooks (01_*.ipynb ...) in {notebooks_dir}")
-    return found
-
-
-def select_notebooks(
-    profile: str, chosen: Iterable[str] | None = None, notebooks_dir: str | Path = NOTEBOOKS_DIR
-) -> tuple[list[Path], list[str]]:
-    """The notebooks a run executes, and a sentence for each one it leaves out.
-
-    ``chosen`` names notebooks by number ("08") or stem; None takes the whole series, less
-    ``LONG_STUDIES`` in an offline profile (the sentence says how to run them).
-
-    Raises:
-        ValueError: a name that matches no notebook.
-    """
-    series = notebook_paths(notebooks_dir)
-    if chosen is not None:
-        chosen = list(chosen)
-        unknown = [c for c in chosen if not any(nb.stem.startswith(c) for nb in series)]
-        if unknown:
-            names = ", ".join(nb.stem for nb in series)
-            raise ValueError(f"no notebook {unknown} in {notebooks_dir}; there are {names}")
-        return [nb for nb in series if any(nb.stem.startswith(c) for c in chosen)], []
-    if profile == "seed":
-        return series, []
-    left_out = [nb for nb in series if nb.stem in LONG_STUDIES]
-    notes = [
-        f"LEFT OUT: {nb.stem} is not part of the {profile} run: its studies train a dozen "
-        "models or more (about half an hour on 2 CPU cores in the demo profile). Run it with "
-        f"`make study PROFILE={profile}` (python -m seglib run --profile {profile} --notebooks "
-        f"{nb.stem[:2]}), or `python -m seglib study augmentation --profile {profile}` and "
-        "`... study data`."
-        for nb in left_out
-    ]
-    return [nb for nb in series if nb not in left_out], notes
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
@@ -158,120 +93,6 @@ def preflight(profile: str, paths: Paths, *, arch: str = "v1") -> list[str]:
             "or run `make demo` for the offline smoke profile."
         )
     return notes
-
-
-@contextlib.contextmanager
-def kernel_environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, unset) environment variables for the kernels started inside, then
-    restore them: a kernel inherits this process's environment."""
-    previous = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def stepwise_get_msg(
-    get_msg: Callable[..., Awaitable[dict]], step: float = POLL_SECONDS
-) -> Callable[..., Awaitable[dict]]:
-    """A channel's async ``get_msg`` that waits without a timeout in polls of ``step`` seconds.
-
-    nbclient waits for a cell's ``execute_reply`` with one poll of the shell socket without a
-    timeout. In a headless ``make demo`` that poll once never returned: the kernel had finished
-    the cell (its idle status had arrived on iopub, which the kernel sends after the reply) and
-    sat idle, the reply never came out of the socket, and the run waited for ever (nbclient#312
-    describes the same hang around widget cells). A poll that times out checks the socket
-    again, so a reply that is there is read within ``step`` seconds. Waits with a timeout pass
-    through unchanged.
-    """
-
-    async def wait(timeout: float | None = None) -> dict:
-        if timeout is not None:
-            return await get_msg(timeout=timeout)
-        while True:
-            try:
-                return await get_msg(timeout=step)
-            except Empty:
-                continue
-
-    return wait
-
-
-def _poll_stepwise(client: Any) -> None:
-    """Make ``client``'s kernel channels wait for messages in steps (``stepwise_get_msg``)."""
-    for channel in (client.kc.shell_channel, client.kc.iopub_channel):
-        channel.get_msg = stepwise_get_msg(channel.get_msg)
-
-
-def run_notebooks(
-    profile: str,
-    out_dir: str | Path,
-    *,
-    run_name: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
-    notebooks_dir: str | Path = NOTEBOOKS_DIR,
-    notebooks: Iterable[Path] | None = None,
-    timeout: int | None = None,
-    kernel_name: str = "python3",
-) -> Iterator[Path]:
-    """Execute the series in order with nbclient, yielding each executed copy as it is written.
-
-    ``notebooks`` (``select_notebooks``' choice) replaces the whole series of ``notebooks_dir``.
-
-    Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
-    ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
-    notebooks build their config, and so their forms' defaults, from them) and
-    ``SEGLIB_OVERWRITE=1`` when ``overwrite``. Executed copies, outputs included, go to
-    ``out_dir``; the sources are not modified.
-
-    Raises:
-        NotebookRunError: a cell failed; the partly executed copy is still written, and the
-            message names it and the notebook to fix.
-    """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellControlSignal, DeadKernelError
-
-    out_dir = Path(out_dir)
-    env = {
-        "SEGLIB_PROFILE": profile,
-        RUN_ENV: run_name,
-        OVERRIDES_ENV: json.dumps(dict(overrides)) if overrides else None,
-        OVERWRITE_ENV: "1" if overwrite else None,
-    }
-    with kernel_environment(env):
-        for source in notebook_paths(notebooks_dir) if notebooks is None else notebooks:
-            nb = nbformat.read(source, as_version=4)
-            client = NotebookClient(
-                nb,
-                timeout=timeout,
-                kernel_name=kernel_name,
-                resources={"metadata": {"path": str(source.parent)}},
-            )
-            client.on_notebook_start = lambda client=client, **_: _poll_stepwise(client)
-            target = out_dir / source.name
-            try:
-                client.execute()
-            except (
-                CellControlSignal,
-                DeadKernelError,
-            ) as e:  # a cell raised or timed out, or the kernel died
-                write_bytes_atomic(target, nbformat.writes(nb).encode())
-                raise NotebookRunError(
-                    f"{source.name} failed (executed copy: {target}):\n{e}"
-                ) from e
-            write_bytes_atomic(target, nbformat.writes(nb).encode())
-            yield target
 
 
 # --- what the notebooks produced --------------------------------------------------------------

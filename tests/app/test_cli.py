@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from seglib.app import commands, headless
+from seglib.app import commands, headless, notebook_runner
 from seglib.app.cli import build_parser, main
 from seglib.app.commands import config_from_args
 from seglib.core.config import TrainConfig
@@ -461,8 +461,8 @@ def stubbed(monkeypatch, tmp_path, synthetic_subset):
         return iter([])
 
     monkeypatch.setattr(headless, "preflight", lambda profile, paths: [])
-    monkeypatch.setattr(headless, "run_notebooks", run_notebooks)
-    monkeypatch.setattr(headless, "notebook_paths", lambda *a: [])
+    monkeypatch.setattr(notebook_runner, "run_notebooks", run_notebooks)
+    monkeypatch.setattr(notebook_runner, "notebook_paths", lambda *a: [])
     monkeypatch.setattr(headless, "check_outputs", lambda paths, stems: [])
     monkeypatch.setattr(commands, "headline_ap", lambda paths: {"segm_AP50": 0.5})
     return seen

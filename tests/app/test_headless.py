@@ -1,53 +1,13 @@
 import json
-import os
 
-import nbformat
 import pytest
 
-from seglib.app import headless, provenance
-from seglib.app.headless import (
-    NotebookRunError,
-    PreflightError,
-    notebook_paths,
-    preflight,
-    run_notebooks,
-)
+from seglib.app import headless, notebook_runner, provenance
+from seglib.app.headless import PreflightError, preflight
 from seglib.app.operating_point import OperatingPoint
 from seglib.core.paths import get_paths
 from seglib.studies import comparison_report
 from seglib.viz import charts, common, files
-
-
-def _write_notebook(path, *sources):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    nbformat.write(nb, path)
-
-
-def test_the_series_is_the_numbered_notebooks_in_order():
-    names = [p.name for p in notebook_paths()]
-    assert names == sorted(names) and len(names) >= 5
-    assert names[0] == "01_data_subset.ipynb" and names[4] == "05_inference_viz.ipynb"
-
-
-def test_offline_runs_leave_the_long_studies_out_and_say_how_to_run_them(tmp_path):
-    for stem in ("01_data_subset", "03_train", "08_augmentation_and_data"):
-        _write_notebook(tmp_path / f"{stem}.ipynb", "1")
-    stems = lambda nbs: [nb.stem for nb in nbs]  # noqa: E731
-    chosen, notes = headless.select_notebooks("seed", notebooks_dir=tmp_path)
-    assert stems(chosen) == ["01_data_subset", "03_train", "08_augmentation_and_data"]
-    assert notes == []
-    for profile in ("demo", "smoke"):
-        chosen, (note,) = headless.select_notebooks(profile, notebooks_dir=tmp_path)
-        assert stems(chosen) == ["01_data_subset", "03_train"]
-        assert note.startswith("LEFT OUT: 08_augmentation_and_data")
-        assert f"make study PROFILE={profile}" in note and "--notebooks 08" in note
-        assert f"study augmentation --profile {profile}" in note
-    # asked for by number or name: exactly those, in series order, with nothing left to say
-    chosen, notes = headless.select_notebooks("demo", ["08", "01_data_subset"], tmp_path)
-    assert stems(chosen) == ["01_data_subset", "08_augmentation_and_data"] and notes == []
-    with pytest.raises(ValueError, match=r"no notebook \['09'\].*01_data_subset, 03_train"):
-        headless.select_notebooks("demo", ["09"], tmp_path)
 
 
 def test_smoke_needs_nothing(tmp_path):
@@ -80,73 +40,6 @@ def test_seed_with_files_in_place_needs_no_network(tmp_path, monkeypatch):
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
     assert preflight("seed", paths) == []
-
-
-@pytest.mark.slow
-def test_runs_notebooks_in_order_with_the_profile_and_keeps_executed_copies(tmp_path):
-    src = tmp_path / "nbs"
-    src.mkdir()
-    log = tmp_path / "log.jsonl"
-    cell = (
-        "import json, os, pathlib\n"
-        "keys = ['SEGLIB_PROFILE', 'SEGLIB_RUN', 'SEGLIB_SET', 'SEGLIB_OVERWRITE']\n"
-        f"with open({str(log)!r}, 'a') as f:\n"
-        "    f.write(json.dumps([pathlib.Path.cwd().name] + [os.environ.get(k) for k in keys]) + '\\n')\n"
-        "print('done')"
-    )
-    _write_notebook(src / "02_second.ipynb", cell)
-    _write_notebook(src / "01_first.ipynb", cell)
-    out = tmp_path / "out"
-    done = list(
-        run_notebooks(
-            "smoke",
-            out,
-            run_name="lr-test",
-            overrides={"lr": 0.002},
-            overwrite=True,
-            notebooks_dir=src,
-            timeout=60,
-        )
-    )
-    assert [p.name for p in done] == ["01_first.ipynb", "02_second.ipynb"]
-    expected = ["nbs", "smoke", "lr-test", '{"lr": 0.002}', "1"]
-    assert [json.loads(line) for line in log.read_text().splitlines()] == [expected] * 2
-    assert "SEGLIB_RUN" not in os.environ and "SEGLIB_SET" not in os.environ  # restored
-    executed = nbformat.read(out / "01_first.ipynb", as_version=4)
-    assert executed.cells[0].outputs[0]["text"] == "done\n"
-    assert not (src / "01_first.ipynb").read_text().count('"done')  # sources stay output-free
-
-
-@pytest.mark.slow
-def test_a_failing_cell_names_the_notebook_and_stops_the_series(tmp_path):
-    src = tmp_path / "nbs"
-    src.mkdir()
-    _write_notebook(src / "01_ok.ipynb", "x = 1")
-    _write_notebook(src / "02_bad.ipynb", "raise ValueError('subset missing: run 01 first')")
-    _write_notebook(src / "03_never.ipynb", "x = 3")
-    out = tmp_path / "out"
-    with pytest.raises(NotebookRunError, match="02_bad.ipynb") as err:
-        list(run_notebooks("smoke", out, notebooks_dir=src, timeout=60))
-    assert "run 01 first" in str(err.value)
-    assert sorted(p.name for p in out.iterdir()) == ["01_ok.ipynb", "02_bad.ipynb"]
-
-
-@pytest.mark.slow
-def test_a_dead_kernel_is_reported_as_a_failed_notebook(tmp_path):
-    src = tmp_path / "nbs"
-    src.mkdir()
-    _write_notebook(src / "01_dies.ipynb", "import os\nos._exit(1)")
-    with pytest.raises(NotebookRunError, match="01_dies.ipynb"):
-        list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
-    assert (tmp_path / "out" / "01_dies.ipynb").is_file()
-
-
-def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
-    monkeypatch.setenv("SEGLIB_RUN", "outer")
-    monkeypatch.delenv("SEGLIB_SET", raising=False)
-    with headless.kernel_environment({"SEGLIB_RUN": None, "SEGLIB_SET": '{"lr": 0.1}'}):
-        assert "SEGLIB_RUN" not in os.environ and os.environ["SEGLIB_SET"] == '{"lr": 0.1}'
-    assert os.environ["SEGLIB_RUN"] == "outer" and "SEGLIB_SET" not in os.environ
 
 
 def _fake_outputs(paths, ap50=0.3):
@@ -254,9 +147,9 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
         _fake_outputs(get_paths(profile, tmp_path, run=kwargs["run_name"]), ap50=0.4321)
         yield out / "01_data_subset.ipynb"
 
-    monkeypatch.setattr(headless, "run_notebooks", fake_run)
+    monkeypatch.setattr(notebook_runner, "run_notebooks", fake_run)
     monkeypatch.setattr(
-        headless, "notebook_paths", lambda *a: [tmp_path / f"{s}.ipynb" for s in STEMS]
+        notebook_runner, "notebook_paths", lambda *a: [tmp_path / f"{s}.ipynb" for s in STEMS]
     )
     argv = [
         "run",
@@ -274,58 +167,20 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
     assert profile == "smoke" and out == tmp_path / "runs" / "smoke" / "exp1" / "notebooks"
     assert kwargs["run_name"] == "exp1" and kwargs["overrides"] == {"lr": 0.002, "num_epochs": 3}
     assert kwargs["overwrite"] is False
+    assert kwargs["side_by_side"] == notebook_runner.SIDE_BY_SIDE
     assert "val mask AP50: 0.432" in capsys.readouterr().out
     # the same name again: refused before any notebook runs, unless --overwrite
     assert cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err and len(calls) == 1
     monkeypatch.setattr(runs, "clear_run", lambda run_dir: None)
-    monkeypatch.setattr(headless, "run_notebooks", lambda *a, **k: iter(calls.append(k) or []))
+    monkeypatch.setattr(
+        notebook_runner, "run_notebooks", lambda *a, **k: iter(calls.append(k) or [])
+    )
     assert cli.main([*argv, "--overwrite"]) == 0 and calls[-1]["overwrite"] is True
+    assert cli.main([*argv, "--overwrite", "--one-at-a-time"]) == 0
+    assert calls[-1]["side_by_side"] == ()
     # a bad value fails at once, naming the field
     assert cli.main(["run", "--profile", "smoke", "--set", "lr=-1"]) == 2
     assert "lr" in capsys.readouterr().err
     assert cli.main(["run", "--profile", "smoke", "--set", "learning_rate=1"]) == 2
     assert "not a TrainConfig field" in capsys.readouterr().err
-
-
-def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
-    import asyncio
-    from queue import Empty
-
-    calls = []
-
-    async def get_msg(timeout=None):
-        calls.append(timeout)
-        if len(calls) < 3:
-            raise Empty
-        return {"msg_type": "execute_reply"}
-
-    wait = headless.stepwise_get_msg(get_msg, step=0.5)
-    assert asyncio.run(wait())["msg_type"] == "execute_reply"
-    assert calls == [0.5, 0.5, 0.5]  # never one unbounded poll
-    calls.clear()
-    with pytest.raises(Empty):
-        asyncio.run(wait(timeout=2.0))
-    assert calls == [2.0]
-
-
-def test_the_notebook_runs_read_kernel_messages_stepwise(tmp_path, monkeypatch):
-    """Every wait of a real run without a timeout goes through the stepwise poll."""
-    waits = []
-    real = headless.stepwise_get_msg
-
-    def recording(get_msg, step=headless.POLL_SECONDS):
-        wait = real(get_msg, step)
-
-        async def recorded(timeout=None):
-            waits.append(timeout)
-            return await wait(timeout)
-
-        return recorded
-
-    monkeypatch.setattr(headless, "stepwise_get_msg", recording)
-    src = tmp_path / "nbs"
-    src.mkdir()
-    _write_notebook(src / "01_only.ipynb", "print('hi')", "1 + 1")
-    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src))
-    assert None in waits  # the cells' replies were waited for without a timeout, in steps

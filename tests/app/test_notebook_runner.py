@@ -1,0 +1,278 @@
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from seglib.app import notebook_runner
+from seglib.app.notebook_runner import (
+    SIDE_BY_SIDE,
+    NotebookRunError,
+    notebook_paths,
+    plan_lines,
+    plan_stages,
+    run_notebooks,
+    stage_threads,
+)
+
+SERIES = [
+    Path(f"{stem}.ipynb")
+    for stem in (
+        "01_data_subset",
+        "02_data_augmentations",
+        "03_train",
+        "04_evaluate",
+        "05_inference_viz",
+        "06_occlusion_study",
+        "07_detr_comparison",
+        "08_augmentation_and_data",
+    )
+]
+
+
+def _write_notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+
+
+def test_the_series_is_the_numbered_notebooks_in_order():
+    names = [p.name for p in notebook_paths()]
+    assert names == sorted(names) and len(names) >= 5
+    assert names[0] == "01_data_subset.ipynb" and names[4] == "05_inference_viz.ipynb"
+
+
+def test_offline_runs_leave_the_long_studies_out_and_say_how_to_run_them(tmp_path):
+    for stem in ("01_data_subset", "03_train", "08_augmentation_and_data"):
+        _write_notebook(tmp_path / f"{stem}.ipynb", "1")
+    stems = lambda nbs: [nb.stem for nb in nbs]  # noqa: E731
+    chosen, notes = notebook_runner.select_notebooks("seed", notebooks_dir=tmp_path)
+    assert stems(chosen) == ["01_data_subset", "03_train", "08_augmentation_and_data"]
+    assert notes == []
+    for profile in ("demo", "smoke"):
+        chosen, (note,) = notebook_runner.select_notebooks(profile, notebooks_dir=tmp_path)
+        assert stems(chosen) == ["01_data_subset", "03_train"]
+        assert note.startswith("LEFT OUT: 08_augmentation_and_data")
+        assert f"make study PROFILE={profile}" in note and "--notebooks 08" in note
+        assert f"study augmentation --profile {profile}" in note
+    # asked for by number or name: exactly those, in series order, with nothing left to say
+    chosen, notes = notebook_runner.select_notebooks("demo", ["08", "01_data_subset"], tmp_path)
+    assert stems(chosen) == ["01_data_subset", "08_augmentation_and_data"] and notes == []
+    with pytest.raises(ValueError, match=r"no notebook \['09'\].*01_data_subset, 03_train"):
+        notebook_runner.select_notebooks("demo", ["09"], tmp_path)
+
+
+@pytest.mark.slow
+def test_runs_notebooks_in_order_with_the_profile_and_keeps_executed_copies(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    log = tmp_path / "log.jsonl"
+    cell = (
+        "import json, os, pathlib\n"
+        "keys = ['SEGLIB_PROFILE', 'SEGLIB_RUN', 'SEGLIB_SET', 'SEGLIB_OVERWRITE']\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(json.dumps([pathlib.Path.cwd().name] + [os.environ.get(k) for k in keys]) + '\\n')\n"
+        "print('done')"
+    )
+    _write_notebook(src / "02_second.ipynb", cell)
+    _write_notebook(src / "01_first.ipynb", cell)
+    out = tmp_path / "out"
+    done = list(
+        run_notebooks(
+            "smoke",
+            out,
+            run_name="lr-test",
+            overrides={"lr": 0.002},
+            overwrite=True,
+            notebooks_dir=src,
+            timeout=60,
+        )
+    )
+    assert [p.name for p in done] == ["01_first.ipynb", "02_second.ipynb"]
+    expected = ["nbs", "smoke", "lr-test", '{"lr": 0.002}', "1"]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [expected] * 2
+    assert "SEGLIB_RUN" not in os.environ and "SEGLIB_SET" not in os.environ  # restored
+    executed = nbformat.read(out / "01_first.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "done\n"
+    assert not (src / "01_first.ipynb").read_text().count('"done')  # sources stay output-free
+
+
+@pytest.mark.slow
+def test_a_failing_cell_names_the_notebook_and_stops_the_series(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_ok.ipynb", "x = 1")
+    _write_notebook(src / "02_bad.ipynb", "raise ValueError('subset missing: run 01 first')")
+    _write_notebook(src / "03_never.ipynb", "x = 3")
+    out = tmp_path / "out"
+    with pytest.raises(NotebookRunError, match="02_bad.ipynb") as err:
+        list(run_notebooks("smoke", out, notebooks_dir=src, timeout=60))
+    assert "run 01 first" in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["01_ok.ipynb", "02_bad.ipynb"]
+
+
+@pytest.mark.slow
+def test_a_dead_kernel_is_reported_as_a_failed_notebook(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_dies.ipynb", "import os\nos._exit(1)")
+    with pytest.raises(NotebookRunError, match="01_dies.ipynb"):
+        list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
+    assert (tmp_path / "out" / "01_dies.ipynb").is_file()
+
+
+def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
+    monkeypatch.setenv("SEGLIB_RUN", "outer")
+    monkeypatch.delenv("SEGLIB_SET", raising=False)
+    with notebook_runner.kernel_environment({"SEGLIB_RUN": None, "SEGLIB_SET": '{"lr": 0.1}'}):
+        assert "SEGLIB_RUN" not in os.environ and os.environ["SEGLIB_SET"] == '{"lr": 0.1}'
+    assert os.environ["SEGLIB_RUN"] == "outer" and "SEGLIB_SET" not in os.environ
+
+
+def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
+    import asyncio
+    from queue import Empty
+
+    calls = []
+
+    async def get_msg(timeout=None):
+        calls.append(timeout)
+        if len(calls) < 3:
+            raise Empty
+        return {"msg_type": "execute_reply"}
+
+    wait = notebook_runner.stepwise_get_msg(get_msg, step=0.5)
+    assert asyncio.run(wait())["msg_type"] == "execute_reply"
+    assert calls == [0.5, 0.5, 0.5]  # never one unbounded poll
+    calls.clear()
+    with pytest.raises(Empty):
+        asyncio.run(wait(timeout=2.0))
+    assert calls == [2.0]
+
+
+def test_the_notebook_runs_read_kernel_messages_stepwise(tmp_path, monkeypatch):
+    """Every wait of a real run without a timeout goes through the stepwise poll."""
+    waits = []
+    real = notebook_runner.stepwise_get_msg
+
+    def recording(get_msg, step=notebook_runner.POLL_SECONDS):
+        wait = real(get_msg, step)
+
+        async def recorded(timeout=None):
+            waits.append(timeout)
+            return await wait(timeout)
+
+        return recorded
+
+    monkeypatch.setattr(notebook_runner, "stepwise_get_msg", recording)
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_only.ipynb", "print('hi')", "1 + 1")
+    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src))
+    assert None in waits  # the cells' replies were waited for without a timeout, in steps
+
+
+def _stems(stages):
+    return [[[nb.stem[:2] for nb in chain] for chain in stage] for stage in stages]
+
+
+def test_after_03_the_chains_04_05_06_and_07_form_one_stage_and_the_rest_run_alone():
+    assert [nb.stem for nb in SERIES] == [nb.stem for nb in notebook_paths()]
+    assert _stems(plan_stages(SERIES)) == [
+        [["01"]],
+        [["02"]],
+        [["03"]],
+        [["04", "05"], ["06"], ["07"]],
+        [["08"]],
+    ]
+    chosen = [SERIES[i] for i in (0, 4, 5)]  # 05 without 04: 05 and 06 side by side
+    assert _stems(plan_stages(chosen)) == [[["01"]], [["05"], ["06"]]]
+    assert _stems(plan_stages(SERIES[3:5])) == [[["04", "05"]]]
+    assert _stems(plan_stages(SERIES, side_by_side=())) == [[[nb.stem[:2]]] for nb in SERIES]
+
+
+def test_side_by_side_kernels_share_the_cpus_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    three, alone = plan_stages(SERIES)[3], plan_stages(SERIES)[2]
+    assert stage_threads(alone, cpus=2) is None  # torch's own default
+    assert stage_threads(three, cpus=2) == 1 and stage_threads(three, cpus=16) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # set by the user: never exceeded
+    assert stage_threads(three, cpus=16) == 2 and stage_threads(three, cpus=2) == 1
+    (line,) = plan_lines(plan_stages(SERIES))
+    assert "04_evaluate -> 05_inference_viz | 06_occlusion_study | 07_detr_comparison" in line
+    assert "--one-at-a-time" in line
+    assert plan_lines(plan_stages(SERIES, side_by_side=())) == []
+
+
+def _interval(log, name):
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    (row,) = [r for r in rows if r["name"] == name]
+    return row
+
+
+@pytest.mark.slow
+def test_chains_run_at_the_same_time_on_warmed_kernels_with_their_threads(tmp_path, monkeypatch):
+    """02 and 03 side by side after 01: their cells overlap in time, each kernel got its
+    thread count, and the later stage's kernels had imported WARM_UP before their first cell."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    src, log = tmp_path / "nbs", tmp_path / "log.jsonl"
+    src.mkdir()
+    cell = (
+        "import json, os, sys, time\n"
+        "start = time.time()\n"
+        "warm = 'torch' in sys.modules\n"
+        "time.sleep(3)\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({'name': NAME,"
+        " 'start': start, 'end': time.time(), 'warm': warm,"
+        " 'threads': os.environ.get('OMP_NUM_THREADS')}) + '\\n')\n"
+    )
+    for name in ("01_first", "02_left", "03_right"):
+        _write_notebook(src / f"{name}.ipynb", f"NAME = {name!r}", cell)
+    side = (("02_left",), ("03_right",))
+    cpus = len(os.sched_getaffinity(0))
+    out = tmp_path / "out"
+    done = list(run_notebooks("smoke", out, notebooks_dir=src, side_by_side=side, timeout=120))
+    assert sorted(p.name for p in done) == ["01_first.ipynb", "02_left.ipynb", "03_right.ipynb"]
+    first, left, right = (_interval(log, n) for n in ("01_first", "02_left", "03_right"))
+    assert left["start"] < right["end"] and right["start"] < left["end"]  # overlapping
+    assert min(left["start"], right["start"]) >= first["end"]  # after the stage before
+    threads = str(max(1, cpus // 2))
+    assert left["threads"] == right["threads"] == threads and first["threads"] is None
+    assert left["warm"] and right["warm"] and not first["warm"]  # 01 started cold
+    executed = nbformat.read(out / "02_left.ipynb", as_version=4)
+    assert executed.metadata.seglib["torch_threads"] == int(threads)
+    started, finished = (
+        datetime.fromisoformat(executed.metadata.seglib[k]) for k in ("started", "finished")
+    )
+    assert started < finished
+    assert [c.execution_count for c in executed.cells] == [1, 2]  # the warm-up left no trace
+
+
+@pytest.mark.slow
+def test_a_failing_chain_lets_its_neighbours_finish_and_stops_later_stages(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _write_notebook(src / "01_bad.ipynb", "raise ValueError('no best.pt: run 03 first')")
+    _write_notebook(src / "02_slow.ipynb", "import time\ntime.sleep(2)\nx = 2")
+    _write_notebook(src / "03_never.ipynb", "x = 3")  # warmed while 01 and 02 ran
+    out = tmp_path / "out"
+    side = (("01_bad",), ("02_slow",))
+    with pytest.raises(NotebookRunError, match="01_bad.ipynb") as err:
+        list(run_notebooks("smoke", out, notebooks_dir=src, side_by_side=side, timeout=60))
+    assert "run 03 first" in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["01_bad.ipynb", "02_slow.ipynb"]
+    slow = nbformat.read(out / "02_slow.ipynb", as_version=4)
+    assert slow.cells[0].execution_count == 1  # it ran to its end
+    kernels = [
+        p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
+    ]
+    assert kernels == []  # the warmed kernel of 03 was shut down too
+
+
+def test_the_demo_series_chains_name_real_notebooks():
+    stems = {nb.stem for nb in notebook_paths()}
+    assert {stem for chain in SIDE_BY_SIDE for stem in chain} <= stems
