@@ -1,23 +1,27 @@
 """Wall time of the whole demo as a user runs it: ``make demo``, per notebook and per stage.
 
-    python bench/bench_demo.py [--profile demo|smoke] [--set FIELD=VALUE ...] [--keep] [--json FILE]
+    python bench/bench_demo.py [--profile demo|smoke] [--set FIELD=VALUE ...] [--one-at-a-time]
+                               [--keep] [--json FILE]
 
 Runs ``make demo``'s command, ``python -m seglib run --profile PROFILE [--set ...]``, as a
 subprocess in a fresh data folder (``$SEGLIB_DATA`` set to a new temporary folder, removed
 afterwards unless ``--keep``), so it measures what a user gets: synthetic data built from
 nothing, a model trained from scratch, every notebook executed headless by nbclient.
 ``$SEGLIB_SET`` passes through to the run as it would from a shell. The run's output is
-echoed as it comes; the child gets ``PYTHONUNBUFFERED=1`` so each line is time-stamped when
-it is printed, not when a buffer fills.
+echoed as it comes (the child gets ``PYTHONUNBUFFERED=1``).
 
 Then it prints a table, one row per notebook (01 ... 07), then per stage: data (01, 02),
-training (03), evaluation (04, 05), study (06), comparison (07), and the total:
+training (03), evaluation (04, 05), study (06), comparison (07), and the total. The run
+executes 04 -> 05, 06 and 07 side by side (``seglib.app.notebook_runner``), so the stages
+after training overlap in time:
 
 - ``cells_s``: the notebook's code, from nbclient's cell timing in the executed copy the run
   keeps (``runs/<profile>/<run>/notebooks/``; each code cell's ``metadata.execution``): the
   first cell's ``iopub.execute_input`` to the last cell's ``shell.execute_reply``;
-- ``wall_s``: from the previous ``executed <notebook>`` line of the run (for 01, its
-  ``run '<name>'`` line) to this notebook's: kernel start-up, the cells, writing the copy;
+- ``from_s`` and ``to_s``: when the notebook started and finished executing, in seconds from
+  the command's start (the copy's ``metadata.seglib``, which the runner writes; a kernel
+  started ahead of its notebook did so while the ones before it ran);
+- a stage's ``from_s`` and ``to_s``: its first start and its last finish;
 - total: the subprocess from start to exit (Python start-up, imports, the output checks).
 
 Then the val mask AP50 the run printed, the machine (CPU model and count from ``lscpu``),
@@ -45,7 +49,7 @@ from typing import Any
 
 import torch
 
-from seglib.app.headless import notebook_paths, select_notebooks
+from seglib.app.notebook_runner import notebook_paths, select_notebooks
 from seglib.core.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +67,6 @@ STAGES: dict[str, str] = {
 STAGE_ORDER = ("data", "training", "evaluation", "study", "comparison")
 AP_LINE = re.compile(r"^val mask AP50: (\S+)")
 EXECUTED_LINE = re.compile(r"^executed (.+\.ipynb)$")
-RUN_LINE = re.compile(r"^run '.*' \(\w+\): ")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="FIELD=VALUE",
         help="passed to the run as is, e.g. --set num_epochs=1 (repeatable)",
+    )
+    p.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="passed to the run: every notebook alone, in order (the baseline of side by side)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     p.add_argument("--json", type=Path, default=None, help="write the table here as JSON")
@@ -165,45 +173,62 @@ def bf16_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
+def ran_between(notebook: Path, since: float) -> tuple[float | None, float | None]:
+    """When an executed copy started and finished executing (``metadata.seglib``, from the
+    runner), in seconds after ``since`` (seconds since the epoch); None where unrecorded."""
+    meta = json.loads(notebook.read_text()).get("metadata", {}).get("seglib", {})
+    return tuple(  # type: ignore[return-value]
+        round(_stamp(meta[key]) - since, 1) if key in meta else None
+        for key in ("started", "finished")
+    )
+
+
 def build_table(
-    run_dir: Path | None,
-    wall: dict[str, float] | None = None,
-    notebooks: list[str] | None = None,
+    run_dir: Path | None, since: float | None = None, notebooks: list[str] | None = None
 ) -> dict[str, Any]:
     """Per-notebook and per-stage seconds of a run from its executed copies under
-    ``run_dir/notebooks`` (``cells_s``) and ``wall`` (notebook stem -> seconds, ``wall_s``).
+    ``run_dir/notebooks``: ``cells_s``, and ``from_s``/``to_s`` after ``since`` (the
+    command's start, seconds since the epoch).
 
     ``notebooks`` (stems) are the rows, by default the series in ``notebooks/``; one the run
-    did not execute has None. A stage's seconds are the sum of its notebooks' (None unless all
-    of them have some), and so are the notebooks' together.
+    did not execute has None. A stage's ``cells_s`` is the sum of its notebooks' and its
+    ``from_s``/``to_s`` their first start and last finish (None unless all of them have
+    some); so are the notebooks' together.
     """
-    wall = wall or {}
     stems = notebooks or [p.stem for p in notebook_paths()]
     rows = []
     for stem in stems:
         copy = run_dir / "notebooks" / f"{stem}.ipynb" if run_dir else None
+        ran = copy is not None and copy.is_file()
+        started, finished = ran_between(copy, since) if ran and since else (None, None)
         rows.append(
             {
                 "notebook": stem,
                 "stage": STAGES.get(stem[:2], "other"),
-                "cells_s": cells_seconds(copy) if copy and copy.is_file() else None,
-                "wall_s": wall.get(stem),
+                "cells_s": cells_seconds(copy) if ran else None,
+                "from_s": started,
+                "to_s": finished,
             }
         )
 
-    def total(values: list[float | None]) -> float | None:
-        return None if None in values else round(sum(values), 1)
+    def summary(group: list[dict[str, Any]]) -> dict[str, float | None]:
+        def known(key: str) -> list[float] | None:
+            values = [r[key] for r in group]
+            return None if None in values else values
+
+        cells, starts, ends = known("cells_s"), known("from_s"), known("to_s")
+        return {
+            "cells_s": round(sum(cells), 1) if cells else None,
+            "from_s": min(starts) if starts else None,
+            "to_s": max(ends) if ends else None,
+        }
 
     stages = {
-        stage: {
-            key: total([r[key] for r in rows if r["stage"] == stage])
-            for key in ("cells_s", "wall_s")
-        }
+        stage: summary([r for r in rows if r["stage"] == stage])
         for stage in (*STAGE_ORDER, "other")
         if any(r["stage"] == stage for r in rows)
     }
-    sums = {key: total([r[key] for r in rows]) for key in ("cells_s", "wall_s")}
-    return {"notebooks": rows, "stages": stages, "notebooks_total": sums}
+    return {"notebooks": rows, "stages": stages, "notebooks_total": summary(rows)}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -212,17 +237,20 @@ def format_table(result: dict[str, Any]) -> str:
     def cell(value: float | None) -> str:
         return f"{value:8.1f}" if value is not None else f"{'-':>8}"
 
-    lines = [f"{'':<26}{'cells_s':>8}  {'wall_s':>8}"]
-    for r in result["notebooks"]:
-        lines.append(f"{r['notebook']:<26}{cell(r['cells_s'])}  {cell(r['wall_s'])}")
+    def row(name: str, r: dict[str, Any]) -> str:
+        return f"{name:<26}{cell(r['cells_s'])}  {cell(r['from_s'])}  {cell(r['to_s'])}"
+
+    lines = [f"{'':<26}{'cells_s':>8}  {'from_s':>8}  {'to_s':>8}"]
+    lines += [row(r["notebook"], r) for r in result["notebooks"]]
     lines.append("stages")
     for stage, s in result["stages"].items():
         nbs = ", ".join(r["notebook"][:2] for r in result["notebooks"] if r["stage"] == stage)
-        lines.append(f"  {f'{stage} ({nbs})':<24}{cell(s['cells_s'])}  {cell(s['wall_s'])}")
-    sums = result["notebooks_total"]
-    lines.append(f"{'notebooks together':<26}{cell(sums['cells_s'])}  {cell(sums['wall_s'])}")
+        lines.append(row(f"  {stage} ({nbs})", s))
+    lines.append(row("notebooks together", result["notebooks_total"]))
     if "total_s" in result:
-        lines.append(f"{'total (the whole command)':<26}{'':>8}  {cell(result['total_s'])}")
+        lines.append(
+            f"{'total (the whole command)':<26}{'':>8}  {'':>8}  {cell(result['total_s'])}"
+        )
     m = result.get("machine", {})
     ap = result.get("val_mask_ap50")
     bf16 = result.get("bf16", {})
@@ -238,18 +266,19 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(profile: str, sets: list[str], data: Path) -> dict[str, Any]:
-    """Run ``python -m seglib run`` with ``$SEGLIB_DATA=data``, echoing and time-stamping its
-    lines. Returns its exit status, total seconds, per-notebook wall seconds, the executed
-    copies' folder, the AP50 it printed and its problem lines."""
+def run_demo(
+    profile: str, sets: list[str], data: Path, one_at_a_time: bool = False
+) -> dict[str, Any]:
+    """Run ``python -m seglib run`` with ``$SEGLIB_DATA=data``, echoing its lines. Returns its exit status, start (seconds since the epoch) and total seconds, the
+    executed copies' folder, the AP50 it printed and its problem lines."""
     cmd = [sys.executable, "-m", "seglib", "run", "--profile", profile]
+    cmd += ["--one-at-a-time"] if one_at_a_time else []
     for item in sets:
         cmd += ["--set", item]
     env = {**os.environ, "SEGLIB_DATA": str(data), "PYTHONUNBUFFERED": "1"}
     print(f"$ SEGLIB_DATA={data} python {' '.join(cmd[1:])}", flush=True)
-    wall: dict[str, float] = {}
     run_dir, ap50, problems = None, None, []
-    start = mark = time.perf_counter()
+    since, start = time.time(), time.perf_counter()
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -261,16 +290,11 @@ def run_demo(profile: str, sets: list[str], data: Path) -> dict[str, Any]:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        now = time.perf_counter()
         sys.stdout.write(line)
         sys.stdout.flush()
         line = line.rstrip("\n")
-        if RUN_LINE.match(line):
-            mark = now
-        elif m := EXECUTED_LINE.match(line):
-            path = Path(m.group(1))
-            wall[path.stem] = round(now - mark, 1)
-            run_dir, mark = path.parent.parent, now
+        if m := EXECUTED_LINE.match(line):
+            run_dir = Path(m.group(1)).parent.parent
         elif m := AP_LINE.match(line):
             ap50 = float(m.group(1))
         elif line.startswith("problem: "):
@@ -283,8 +307,8 @@ def run_demo(profile: str, sets: list[str], data: Path) -> dict[str, Any]:
     return {
         "command": ["python", *cmd[1:]],
         "exit_status": status,
+        "since": since,
         "total_s": total,
-        "wall": wall,
         "run_dir": run_dir,
         "val_mask_ap50": ap50,
         "problems": problems,
@@ -295,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="seglib-bench-demo-"))
     try:
-        run = run_demo(args.profile, args.set, data)
+        run = run_demo(args.profile, args.set, data, args.one_at_a_time)
         result = {
             "profile": args.profile,
             "sets": args.set,
@@ -305,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "problems": run["problems"],
             # the notebooks `make demo` runs (an offline profile leaves 08 out, and says so)
             **build_table(
-                run["run_dir"], run["wall"], [nb.stem for nb in select_notebooks(args.profile)[0]]
+                run["run_dir"], run["since"], [nb.stem for nb in select_notebooks(args.profile)[0]]
             ),
             "total_s": run["total_s"],
             "val_mask_ap50": run["val_mask_ap50"],

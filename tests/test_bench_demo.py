@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def bench_demo():
 
 
 def _notebook(folder: Path, stem: str, spans: list[tuple[str, str]], text: str = "") -> None:
-    """An executed copy whose code cells ran over ``spans`` (start, reply) seconds past 03:00."""
+    """An executed copy whose code cells ran over ``spans`` (start, reply) seconds past 03:00,
+    and which the runner recorded as running from a second before its first cell to a second
+    after its last."""
     cells = [{"cell_type": "markdown", "metadata": {}, "source": "# title"}]
     for start, reply in spans:
         cells.append(
@@ -36,8 +39,12 @@ def _notebook(folder: Path, stem: str, spans: list[tuple[str, str]], text: str =
                 "source": "",
             }
         )
+    ran = {
+        "started": f"2026-12-02T03:00:{float(spans[0][0]) - 1:09.6f}+00:00",
+        "finished": f"2026-12-02T03:00:{float(spans[-1][1]) + 1:09.6f}+00:00",
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.ipynb").write_text(json.dumps({"cells": cells, "metadata": {}}))
+    (folder / f"{stem}.ipynb").write_text(json.dumps({"cells": cells, "metadata": {"seglib": ran}}))
 
 
 def test_table_from_run_folder(bench_demo, tmp_path):
@@ -53,9 +60,8 @@ def test_table_from_run_folder(bench_demo, tmp_path):
     (nbs / "04_evaluate.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
     stems = ["01_data_subset", "02_data_augmentations", "03_train", "04_evaluate"]
 
-    table = bench_demo.build_table(
-        tmp_path, {"01_data_subset": 6.0, "02_data_augmentations": 3.0}, stems
-    )
+    since = datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone.utc).timestamp()
+    table = bench_demo.build_table(tmp_path, since, stems)
 
     cells = {r["notebook"]: r["cells_s"] for r in table["notebooks"]}
     assert cells == {
@@ -64,10 +70,13 @@ def test_table_from_run_folder(bench_demo, tmp_path):
         "03_train": 30.2,
         "04_evaluate": None,  # no timed cell
     }
-    assert table["stages"]["data"] == {"cells_s": 6.0, "wall_s": 9.0}
-    assert table["stages"]["training"] == {"cells_s": 30.2, "wall_s": None}
-    assert table["stages"]["evaluation"]["cells_s"] is None
-    assert table["notebooks_total"] == {"cells_s": None, "wall_s": None}
+    spans = {r["notebook"]: (r["from_s"], r["to_s"]) for r in table["notebooks"]}
+    assert spans["01_data_subset"] == (0.0, 6.0) and spans["03_train"] == (19.0, 51.2)
+    assert spans["04_evaluate"] == (None, None)  # no record of the runner's
+    assert table["stages"]["data"] == {"cells_s": 6.0, "from_s": 0.0, "to_s": 13.0}
+    assert table["stages"]["training"] == {"cells_s": 30.2, "from_s": 19.0, "to_s": 51.2}
+    assert table["stages"]["evaluation"] == {"cells_s": None, "from_s": None, "to_s": None}
+    assert table["notebooks_total"] == {"cells_s": None, "from_s": None, "to_s": None}
     assert bench_demo.training_precision(nbs / "03_train.ipynb").startswith(
         "training precision: bf16 autocast"
     )
