@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seglib.core.config import TrainConfig
-from seglib.engine.schedule import make_optimizer, optimizer_impl_kwargs
+from seglib.engine.schedule import clip_gradients, make_optimizer, optimizer_impl_kwargs
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,34 @@ def test_frozen_parameters_are_not_optimised():
         opt = make_optimizer(model, TrainConfig(optimizer=name))
         held = {id(p) for g in opt.param_groups for p in g["params"]}
         assert held == {id(p) for p in model[1].parameters()}
+
+
+def _with_grads(scale: float) -> list[torch.nn.Parameter]:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (7, 300, 64)]
+    for p in params:
+        p.grad = torch.randn_like(p) * scale
+    params.append(torch.nn.Parameter(torch.randn(3)))  # no gradient: left out, as torch does
+    return params
+
+
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_clipping_matches_torch_bit_for_bit_above_and_below_the_limit(scale):
+    ours, theirs = _with_grads(scale), _with_grads(scale)
+    norm = clip_gradients(ours, max_norm=5.0)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm=5.0)
+    assert torch.equal(norm, expected)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours[:3], theirs[:3], strict=True))
+    assert (norm > 5.0) == (scale == 10.0)  # both regimes are exercised
+
+
+def test_clipping_leaves_gradients_under_the_limit_untouched_on_the_cpu(monkeypatch):
+    calls = []
+    real = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    clip_gradients(_with_grads(0.01), max_norm=5.0)
+    assert calls == []  # nothing to clip: no pass over the gradients
+    clip_gradients(_with_grads(10.0), max_norm=5.0)
+    assert calls == [1]
