@@ -39,6 +39,15 @@ def _write_notebook(path, *sources):
     nbformat.write(nb, path)
 
 
+def _series(tmp_path: Path, **cells: str) -> Path:
+    """Notebooks 01_<name>, 02_<name>, ... of one cell each, in keyword order, in a new folder."""
+    src = tmp_path / "nbs"
+    src.mkdir()
+    for number, (name, cell) in enumerate(cells.items(), start=1):
+        _write_notebook(src / f"{number:02d}_{name}.ipynb", cell)
+    return src
+
+
 def test_the_series_is_the_numbered_notebooks_in_order():
     names = [p.name for p in notebook_paths()]
     assert names == sorted(names) and len(names) >= 5
@@ -101,17 +110,34 @@ def test_runs_notebooks_in_order_with_the_profile_and_keeps_executed_copies(tmp_
 
 
 @pytest.mark.slow
-def test_a_failing_cell_names_the_notebook_and_stops_the_series(tmp_path):
-    src = tmp_path / "nbs"
-    src.mkdir()
-    _write_notebook(src / "01_ok.ipynb", "x = 1")
-    _write_notebook(src / "02_bad.ipynb", "raise ValueError('subset missing: run 01 first')")
-    _write_notebook(src / "03_never.ipynb", "x = 3")
+@pytest.mark.parametrize(
+    "side_by_side", [(), (("01_bad",), ("02_slow",))], ids=["one at a time", "side by side"]
+)
+def test_a_failing_notebook_is_named_and_no_later_stage_runs(tmp_path, side_by_side):
+    """One at a time, the series stops at the failure; side by side, the chain beside it
+    finishes first. Either way no later notebook runs and no kernel is left behind (03's was
+    warmed while 01 ran)."""
+    src = _series(
+        tmp_path,
+        bad="raise ValueError('no best.pt: run 03 first')",
+        slow="import time\ntime.sleep(2)\nx = 2",
+        never="x = 3",
+    )
     out = tmp_path / "out"
-    with pytest.raises(NotebookRunError, match="02_bad.ipynb") as err:
-        list(run_notebooks("smoke", out, notebooks_dir=src, timeout=60))
-    assert "run 01 first" in str(err.value)
-    assert sorted(p.name for p in out.iterdir()) == ["01_ok.ipynb", "02_bad.ipynb"]
+    with pytest.raises(NotebookRunError, match="01_bad.ipynb") as err:
+        list(run_notebooks("smoke", out, notebooks_dir=src, side_by_side=side_by_side, timeout=60))
+    assert "run 03 first" in str(err.value)
+    written = sorted(p.name for p in out.iterdir())
+    if side_by_side:
+        assert written == ["01_bad.ipynb", "02_slow.ipynb"]
+        slow = nbformat.read(out / "02_slow.ipynb", as_version=4)
+        assert slow.cells[0].execution_count == 1  # it ran to its end
+    else:
+        assert written == ["01_bad.ipynb"]
+    kernels = [
+        p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
+    ]
+    assert kernels == []
 
 
 @pytest.mark.slow
@@ -250,27 +276,6 @@ def test_chains_run_at_the_same_time_on_warmed_kernels_with_their_threads(tmp_pa
     )
     assert started < finished
     assert [c.execution_count for c in executed.cells] == [1, 2]  # the warm-up left no trace
-
-
-@pytest.mark.slow
-def test_a_failing_chain_lets_its_neighbours_finish_and_stops_later_stages(tmp_path):
-    src = tmp_path / "nbs"
-    src.mkdir()
-    _write_notebook(src / "01_bad.ipynb", "raise ValueError('no best.pt: run 03 first')")
-    _write_notebook(src / "02_slow.ipynb", "import time\ntime.sleep(2)\nx = 2")
-    _write_notebook(src / "03_never.ipynb", "x = 3")  # warmed while 01 and 02 ran
-    out = tmp_path / "out"
-    side = (("01_bad",), ("02_slow",))
-    with pytest.raises(NotebookRunError, match="01_bad.ipynb") as err:
-        list(run_notebooks("smoke", out, notebooks_dir=src, side_by_side=side, timeout=60))
-    assert "run 03 first" in str(err.value)
-    assert sorted(p.name for p in out.iterdir()) == ["01_bad.ipynb", "02_slow.ipynb"]
-    slow = nbformat.read(out / "02_slow.ipynb", as_version=4)
-    assert slow.cells[0].execution_count == 1  # it ran to its end
-    kernels = [
-        p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
-    ]
-    assert kernels == []  # the warmed kernel of 03 was shut down too
 
 
 def test_the_demo_series_chains_name_real_notebooks():
