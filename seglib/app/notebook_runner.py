@@ -35,15 +35,14 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 POLL_SECONDS = 1.0
 #: Chains of notebooks that read only what 01-03 wrote, so a run executes them side by side
 #: (``plan_stages``): 05 reads 04's cached test predictions, so it follows 04; 06 reads 03's
-#: best.pt; 07 reuses 03's run and trains the rest. 1 torch thread each on 2 cores, they took
-#: 65 s against 93 s one after the other (docs/benchmarks.md).
+#: best.pt; 07 reuses 03's run and trains the rest. Their threads: ``stage_threads``.
 SIDE_BY_SIDE = (
     ("04_evaluate", "05_inference_viz"),
     ("06_occlusion_study",),
     ("07_detr_comparison",),
 )
-#: Imported by a kernel started ahead of its notebook (``run_notebooks``): 3 s of the 3.1 a
-#: setup cell takes, spent while the notebook before it runs.
+#: Imported by a kernel started ahead of its notebook (``run_notebooks``): 3.0 s of the 3.1 s a
+#: setup cell took on the 2-core Intel Xeon kind, spent while the notebook before it runs.
 WARM_UP = (
     "import torch, torchvision, matplotlib.pyplot, albumentations, pycocotools.coco, ipywidgets"
 )
@@ -195,8 +194,9 @@ def stage_threads(stage: Stage, cpus: int | None = None) -> int | None:
     chain; else the usable CPUs shared out, at least 1, and never more than an
     ``$OMP_NUM_THREADS`` already set.
 
-    Kernels side by side with torch's default threads each ran 04-07 in 234 s on 2 cores,
-    against 93 s one after the other and 65 s with 1 thread each (docs/benchmarks.md).
+    On the 2-core Intel Xeon kind, kernels side by side with torch's default threads each ran
+    04-07 in 234 s, against 93 s one after the other and 65 s with 1 thread each
+    (docs/benchmarks.md).
     """
     if len(stage) == 1:
         return None
