@@ -12,7 +12,7 @@ in the same process, one after the other:
     pinned host tensors copied with non_blocking=True, losses read back once per log interval;
 (b) plain: ``model.train(); loss = sum(model(images, targets).values()); zero_grad;
     backward; step`` in fp32 with blocking copies of float images (made float on the host,
-    as a dataset returning float tensors gives them) and no clipping.
+    as a dataset returning float tensors gives them), torchvision's RoIAlign and no clipping.
 
 Both loops print their time per iteration and, on CUDA, their peak memory
 (``torch.cuda.max_memory_allocated``), then the ratios seglib/plain of both.
@@ -51,6 +51,7 @@ from seglib.data.synthetic import make_synthetic_coco
 from seglib.engine.schedule import make_lr_scheduler, make_optimizer
 from seglib.engine.trainer import train_one_epoch
 from seglib.models.builder import build_model, build_model_structure
+from seglib.models.roi_align import MultiScaleRoIAlign
 from seglib.models.weights import weights_file
 
 
@@ -209,11 +210,18 @@ def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> tuple[flo
             optimizer.step()
         return loss
 
-    steps(warmup)
-    sync(device)
-    start = time.perf_counter()
-    loss = steps(iters)
-    sync(device)
+    pools = [m for m in model.modules() if isinstance(m, MultiScaleRoIAlign)]
+    for pool in pools:  # torchvision's own RoIAlign, as a stock model pools
+        pool.sparse = False
+    try:
+        steps(warmup)
+        sync(device)
+        start = time.perf_counter()
+        loss = steps(iters)
+        sync(device)
+    finally:
+        for pool in pools:
+            pool.sparse = cfg.roi_align == "auto"
     return time.perf_counter() - start, loss.item()
 
 

@@ -38,9 +38,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: bf16 autocast in training on the CPU: "auto" where the CPU computes bf16 natively (AMX or
 #: AVX512-BF16; measured in docs/benchmarks.md), "bf16" always, "off" never.
 CPU_AMP_CHOICES = ("auto", "bf16", "off")
-#: "sgd" (with momentum; the seed recipe's) or "adamw" (decoupled weight decay, none on
-#: norms and biases; the demo's: it learns the shapes from scratch in half the steps,
-#: docs/benchmarks.md).
+#: "sgd" (with momentum; the seed recipe's) or "adamw" (decoupled weight decay, none on norms
+#: and biases; the demo's: it learns the shapes from scratch in half the steps).
 OPTIMIZERS = ("sgd", "adamw")
 #: How the optimizer updates the weights (torch's implementations of the same update):
 #: "auto" is "fused" on the CPU and CUDA, which torch supports there (one kernel over all
@@ -51,17 +50,16 @@ DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
 POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
+#: "auto": seglib.models.roi_align's sparse product on the CPU; "torchvision": its op always.
+ROI_ALIGN_CHOICES = ("auto", "torchvision")
 #: Scale jitter's factor range per choice (seglib.data.scale_jitter; docs/augmentation.md).
 SCALE_JITTERS = {"none": None, "standard": (0.8, 1.25), "large": (0.1, 2.0)}
 
 
 def postprocess_applies(arch: str, postprocess: str = "nms", tta_hflip: bool = False) -> bool:
-    """Whether a model of ``arch`` can take the suppression rule ``postprocess`` and flip TTA.
-
-    ``seglib.models.postprocess`` (the rules other than "nms", and flip TTA) works inside
-    torchvision's Mask R-CNN, in place of its box NMS. Mask2Former predicts a fixed set of
-    masks and suppresses nothing, so only the model's own output ("nms", no flip) applies to it.
-    """
+    """Whether a model of ``arch`` can take the suppression rule ``postprocess`` and flip TTA:
+    ``seglib.models.postprocess``'s rules and flip TTA replace the box NMS inside torchvision's
+    Mask R-CNN; Mask2Former suppresses nothing, so only "nms" without flip applies to it."""
     return arch != "mask2former" or (postprocess == "nms" and not tta_hflip)
 
 
@@ -147,9 +145,10 @@ class TrainConfig:
     rpn_post_nms_top_n_test: int = 1000
     # ROIs sampled per image for the box/mask heads; dominates CPU cost at small sizes.
     box_batch_size_per_image: int = 512
-    # RoIAlign's samples per bin side in the box and mask heads: 2 is torchvision's (and its
-    # COCO weights'); 1 halves the CPU's serial RoIAlign backward (docs/benchmarks.md).
+    # RoIAlign in the box and mask heads: samples per bin side (2 is torchvision's and its COCO
+    # weights'; 1 is cheaper), and which op pools (ROI_ALIGN_CHOICES; docs/benchmarks.md).
     roi_sampling_ratio: int = 2
+    roi_align: str = "auto"
     # Inference: detections scoring below this are dropped inside the model (torchvision's 0.05).
     box_score_thresh: float = field(default=0.05, metadata=_slider(0.0, 1.0, 0.01))
     # Inference: IoU above which per-class box NMS suppresses the lower-scored box.
@@ -415,6 +414,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "rpn_post_nms_top_n_test": rules.COUNT,
         "box_batch_size_per_image": rules.COUNT,
         "roi_sampling_ratio": rules.COUNT,
+        "roi_align": rules.OneOf(ROI_ALIGN_CHOICES),
         "box_score_thresh": rules.FRACTION,
         "box_nms_thresh": rules.POSITIVE_FRACTION,
         "detections_per_img": rules.COUNT,

@@ -1,8 +1,8 @@
 """The models and what turns their raw output into detections.
 
 Mask R-CNN and Mask2Former behind one contract, the zero-shot baselines, the architecture
-table, weights and checkpoints, the suppression rules and flip TTA hooked into a model, and
-the bf16 parts of prediction.
+table, weights and checkpoints, the suppression rules and flip TTA hooked into a model,
+the bf16 parts of prediction, and RoIAlign as a sparse product on the CPU.
 
 Imports: ``seglib.core`` only. ``data`` and ``models`` never import each other.
 """
@@ -16,6 +16,7 @@ __all__ = [
     "overlaps",
     "postprocess",
     "precision",
+    "roi_align",
     "suppression",
     "weights",
     "zeroshot",

@@ -24,6 +24,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from seglib.core.config import WEIGHT_CHOICES, TrainConfig
 from seglib.models.checkpoint import CheckpointError, load_model_state, load_state_file
+from seglib.models.roi_align import MultiScaleRoIAlign
 from seglib.models.weights import load_weight_file, weights_file
 
 COCO_NUM_CLASSES = 91  # torchvision's label space: index == COCO category id, 0 = background
@@ -117,8 +118,11 @@ def _skeleton(
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
     )
-    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+    heads = model.roi_heads
+    for name in ("box_roi_pool", "mask_roi_pool"):
+        pool = MultiScaleRoIAlign.replacing(getattr(heads, name), sparse=cfg.roi_align == "auto")
         pool.sampling_ratio = cfg.roi_sampling_ratio
+        setattr(heads, name, pool)
     if cfg.norm == "gn":
         model.backbone = _groupnorm_backbone()
     if pretrained and arch == "v1":
