@@ -50,7 +50,7 @@ DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
 POSTPROCESS_METHODS = ("nms", "soft-nms-gaussian", "soft-nms-linear", "matrix-nms", "mask-nms")
 MATRIX_NMS_KERNELS = ("gaussian", "linear")
-#: "auto": seglib.models.roi_align's sparse product on the CPU; "torchvision": its op always.
+#: "auto": seglib.models.roi_align's sparse product in CPU training; "torchvision": its op always.
 ROI_ALIGN_CHOICES = ("auto", "torchvision")
 #: Scale jitter's factor range per choice (seglib.data.scale_jitter; docs/augmentation.md).
 SCALE_JITTERS = {"none": None, "standard": (0.8, 1.25), "large": (0.1, 2.0)}

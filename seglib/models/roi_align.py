@@ -14,8 +14,12 @@ The numbers are torchvision's ``roi_align(..., aligned=False)`` with a fixed
 at ``start + (bin + (i + 0.5) / ratio) * bin_size``, clamped to the edge pixel within one
 pixel of the map and zero beyond (tested against torchvision's op, forward and backward).
 Under autocast the product runs in fp32 and the result comes back in the features' dtype, as
-torchvision's autocast rule for its op does. ``sampling_ratio <= 0`` (samples per ROI size)
-and CUDA keep torchvision's kernels.
+torchvision's autocast rule for its op does.
+
+Only training pools this way (4-5x faster forward and backward at the demo's and the seed's
+sizes, ``bench/bench_roi_align.py``). Without gradients the forward alone gains 0.8-2.3x, and
+loses on one thread in some shapes, as the side-by-side notebooks run it; so prediction and
+validation keep torchvision's op, and their numbers bit for bit. ``sampling_ratio <= 0`` (samples per ROI size) and CUDA keep it too.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def multiscale_roi_align(
 
 
 class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
-    """torchvision's pooler, pooling with ``multiscale_roi_align`` on the CPU when
+    """torchvision's pooler, pooling with ``multiscale_roi_align`` in training on the CPU when
     ``sparse`` and the sampling ratio is fixed; torchvision's own op elsewhere."""
 
     def __init__(self, *args, sparse: bool = True, **kwargs) -> None:
@@ -139,7 +143,13 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         features = poolers._filter_input(x, self.featmap_names)
-        if not self.sparse or self.sampling_ratio <= 0 or features[0].device.type != "cpu":
+        training = torch.is_grad_enabled() and features[0].requires_grad
+        if not (
+            self.sparse
+            and training
+            and self.sampling_ratio > 0
+            and features[0].device.type == "cpu"
+        ):
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = poolers._setup_scales(

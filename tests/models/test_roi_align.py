@@ -94,7 +94,7 @@ def test_one_level_matches_roi_align(ratio):
 
 def test_under_bf16_autocast_it_returns_the_features_dtype_as_torchvision():
     size = (128, 128)
-    features = {k: v.bfloat16() for k, v in _features(size).items()}
+    features = {k: v.bfloat16().requires_grad_(True) for k, v in _features(size).items()}
     boxes = [_boxes(size, 30, seed=5), _boxes(size, 30, seed=6)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         theirs = torchvision.ops.MultiScaleRoIAlign(NAMES, 7, 2)(features, boxes, [size] * 2)
@@ -112,9 +112,21 @@ def test_no_boxes_gives_an_empty_result_and_a_zero_gradient():
     assert all(g is None or g.abs().max() == 0 for g in grads)
 
 
+def test_prediction_pools_with_torchvision_exactly():
+    size = (480, 640)
+    features = {k: v.requires_grad_(True) for k, v in _features(size).items()}
+    boxes = [_boxes(size, 30, seed=9)]
+    reference = torchvision.ops.MultiScaleRoIAlign(NAMES, 14, 2)(features, boxes, [size])
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            assert torch.equal(MultiScaleRoIAlign(NAMES, 14, 2)(features, boxes, [size]), reference)
+    frozen = {k: v.detach() for k, v in features.items()}
+    assert torch.equal(MultiScaleRoIAlign(NAMES, 14, 2)(frozen, boxes, [size]), reference.detach())
+
+
 def test_adaptive_sampling_and_the_torchvision_choice_use_torchvision_exactly():
     size = (128, 128)
-    features = _features(size)
+    features = {k: v.requires_grad_(True) for k, v in _features(size).items()}
     boxes = [_boxes(size, 20, seed=7)]
     reference = torchvision.ops.MultiScaleRoIAlign(NAMES, 7, 0)(features, boxes, [size])
     adaptive = MultiScaleRoIAlign(NAMES, 7, 0)(features, boxes, [size])
@@ -173,7 +185,7 @@ def test_a_training_step_gives_torchvisions_losses_and_gradients():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_it_is_torchvisions_op():
     size = (128, 128)
-    features = {k: v.cuda() for k, v in _features(size).items()}
+    features = {k: v.cuda().requires_grad_(True) for k, v in _features(size).items()}
     boxes = [_boxes(size, 20, seed=8).cuda()]
     reference = torchvision.ops.MultiScaleRoIAlign(NAMES, 7, 2)(features, boxes, [size])
     assert torch.equal(MultiScaleRoIAlign(NAMES, 7, 2)(features, boxes, [size]), reference)
