@@ -19,7 +19,8 @@ torchvision's autocast rule for its op does.
 Only training pools this way (4-5x faster forward and backward at the demo's and the seed's
 sizes, ``bench/bench_roi_align.py``). Without gradients the forward alone gains 0.8-2.3x, and
 loses on one thread in some shapes, as the side-by-side notebooks run it; so prediction and
-validation keep torchvision's op, and their numbers bit for bit. ``sampling_ratio <= 0`` (samples per ROI size) and CUDA keep it too.
+validation keep torchvision's op, and their numbers bit for bit. ``sampling_ratio <= 0``
+(samples per ROI size) and CUDA keep it too.
 """
 
 from __future__ import annotations
