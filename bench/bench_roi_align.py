@@ -72,7 +72,7 @@ def call_ms(pool, features: dict, boxes: list, size, mode: str) -> float:
         with torch.inference_mode():
             if pool.scales is None:
                 pool.scales, pool.map_levels = poolers._setup_scales(
-                    list(features.values()), [size] * 2, 224, 4
+                    list(features.values()), [size] * 2, pool.canonical_scale, pool.canonical_level
                 )
             rois = poolers._convert_to_roi_format(boxes)
             levels = pool.map_levels(boxes)

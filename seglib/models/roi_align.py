@@ -137,8 +137,15 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
 
     @classmethod
     def replacing(cls, pool: torchvision.ops.MultiScaleRoIAlign, sparse: bool):
-        """This pooler with ``pool``'s feature maps, output size and sampling ratio."""
-        return cls(pool.featmap_names, pool.output_size, pool.sampling_ratio, sparse=sparse)
+        """This pooler with ``pool``'s feature maps, output size, sampling ratio and level rule."""
+        return cls(
+            pool.featmap_names,
+            pool.output_size,
+            pool.sampling_ratio,
+            canonical_scale=pool.canonical_scale,
+            canonical_level=pool.canonical_level,
+            sparse=sparse,
+        )
 
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]

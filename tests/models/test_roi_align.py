@@ -148,6 +148,7 @@ def test_the_builder_pools_with_the_configured_op(choice):
         assert isinstance(pool, MultiScaleRoIAlign)
         assert pool.sparse is (choice == "auto")
         assert pool.sampling_ratio == cfg.roi_sampling_ratio
+        assert (pool.canonical_scale, pool.canonical_level) == (224, 4)  # torchvision's rule
     with pytest.raises(ValueError, match="roi_align"):
         TrainConfig.demo(roi_align="fast")
 
