@@ -9,7 +9,7 @@ boxes, in the shapes a Mask R-CNN step pools: the box head's 7 x 7 and the mask 
 the mask head; 100 proposals and 50 detections an image at inference) and at 480 x 640
 with the seed profile's counts. ``train`` rows time forward and backward through the two
 poolers; ``predict`` rows the forward alone under ``torch.inference_mode``, where seglib's
-pooler hands over to torchvision's, so its product (``multiscale_roi_align``) is timed
+pooler hands over to torchvision's, so its product (``pool_sparse``) is timed
 directly, level mapping included: the reason prediction keeps torchvision's op. The two
 alternate, ``--repeats`` calls each after a warm-up call; the median and the ratio are
 printed. Needs no data.
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torchvision.ops import poolers
 
-from seglib.models.roi_align import MultiScaleRoIAlign, multiscale_roi_align
+from seglib.models.roi_align import MultiScaleRoIAlign
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_demo import machine  # noqa: E402  (one lscpu reader)
@@ -70,20 +69,7 @@ def call_ms(pool, features: dict, boxes: list, size, mode: str) -> float:
         torch.autograd.grad(out, list(leaves.values()), torch.ones_like(out))
     elif isinstance(pool, MultiScaleRoIAlign):  # its product, which prediction does not use
         with torch.inference_mode():
-            if pool.scales is None:
-                pool.scales, pool.map_levels = poolers._setup_scales(
-                    list(features.values()), [size] * 2, pool.canonical_scale, pool.canonical_level
-                )
-            rois = poolers._convert_to_roi_format(boxes)
-            levels = pool.map_levels(boxes)
-            multiscale_roi_align(
-                list(features.values()),
-                rois,
-                levels,
-                pool.scales,
-                pool.output_size,
-                pool.sampling_ratio,
-            )
+            pool.pool_sparse(list(features.values()), boxes, [size] * 2)
     else:
         with torch.inference_mode():
             pool(features, boxes, [size] * 2)

@@ -210,7 +210,7 @@ def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> tuple[flo
             optimizer.step()
         return loss
 
-    pools = [m for m in model.modules() if isinstance(m, MultiScaleRoIAlign)]
+    pools = {m: m.sparse for m in model.modules() if isinstance(m, MultiScaleRoIAlign)}
     for pool in pools:  # torchvision's own RoIAlign, as a stock model pools
         pool.sparse = False
     try:
@@ -220,8 +220,8 @@ def run_plain(model, cfg, batches, device, warmup: int, iters: int) -> tuple[flo
         loss = steps(iters)
         sync(device)
     finally:
-        for pool in pools:
-            pool.sparse = cfg.roi_align == "auto"
+        for pool, sparse in pools.items():
+            pool.sparse = sparse
     return time.perf_counter() - start, loss.item()
 
 

@@ -25,6 +25,8 @@ validation keep torchvision's op, and their numbers bit for bit. ``sampling_rati
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torchvision
 from torch import Tensor
@@ -85,10 +87,8 @@ def sampling_matrix(
         return y[:, :, None, :, None], x[:, None, :, None, :]
 
     columns, weights = [], []
-    corners = ((y_low, wy_low), (y_high, wy_high))
-    for (ys, wys), (xs, wxs) in (
-        (c, d) for c in corners for d in ((x_low, wx_low), (x_high, wx_high))
-    ):
+    rows_of = ((y_low, wy_low), (y_high, wy_high))
+    for (ys, wys), (xs, wxs) in itertools.product(rows_of, ((x_low, wx_low), (x_high, wx_high))):
         y, x = grid(ys, xs)
         columns.append(image_start.view(-1, 1, 1, 1, 1) + y * widths.view(-1, 1, 1, 1, 1) + x)
         wy, wx = grid(wys, wxs)
@@ -159,6 +159,13 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
             and features[0].device.type == "cpu"
         ):
             return super().forward(x, boxes, image_shapes)
+        return self.pool_sparse(features, boxes, image_shapes)
+
+    def pool_sparse(
+        self, features: list[Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """``multiscale_roi_align`` over this pooler's ``features`` (its maps, in order), with
+        torchvision's level rule: what ``forward`` pools with in CPU training."""
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = poolers._setup_scales(
                 features, image_shapes, self.canonical_scale, self.canonical_level

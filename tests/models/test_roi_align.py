@@ -180,7 +180,9 @@ def test_a_training_step_gives_torchvisions_losses_and_gradients():
         torch.testing.assert_close(our_losses[name], value, rtol=1e-5, atol=1e-6)
     for name, grad in their_grads.items():
         relative = (our_grads[name] - grad).norm() / grad.norm().clamp(min=1e-12)
-        assert relative < 1e-4, name
+        # Rounding only: up to 7e-4 in conv1 under ATEN_CPU_CAPABILITY=default, far below the
+        # O(1) difference of a wrong sample or weight.
+        assert relative < 5e-3, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
