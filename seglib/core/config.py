@@ -1,11 +1,11 @@
 """Every default of a seglib run, written once.
 
-``TrainConfig`` is the single source of hyperparameters. Each field carries a comment (unit,
-and why that value) and, where a notebook slider edits it, the slider's range in
+``TrainConfig`` is the single source of hyperparameters. Each field carries a comment (unit, and
+why that value) and, where a notebook slider edits it, the slider's range in
 ``metadata["slider"]``. Profiles are named constructors (``seed_recipe()``, ``demo()``,
-``smoke()``); their values live in ``seglib.core.profiles``. Each field's rule (range,
-choices) is one line of ``_field_rules``, checked by ``seglib.core.rules``; the checks that
-relate fields are short ``TrainConfig`` methods.
+``smoke()``); their values live in ``seglib.core.profiles``. Each field's rule (range, choices) is
+one line of ``_field_rules``, checked by ``seglib.core.rules``; the checks that relate fields are
+short ``TrainConfig`` methods.
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ CPU_AMP_CHOICES = ("auto", "bf16", "off")
 #: "sgd" (with momentum; the seed recipe's) or "adamw" (decoupled weight decay, none on norms
 #: and biases; the demo's: it learns the shapes from scratch in half the steps).
 OPTIMIZERS = ("sgd", "adamw")
-#: How the optimizer updates the weights (torch's implementations of the same update):
-#: "auto" is "fused" on the CPU and CUDA, which torch supports there (one kernel over all
-#: parameters: SGD's step 3x faster than the for-loop on a 2-core CPU, docs/benchmarks.md),
-#: else torch's own choice; "foreach" and "for-loop" force those.
+#: How the optimizer updates the weights (torch's implementations of the same update): "auto"
+#: is "fused" on the CPU and CUDA (one kernel over all parameters: SGD's step 3x faster than
+#: the for-loop on a 2-core CPU, docs/benchmarks.md), else torch's; the others force those.
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 DATA_SOURCES = ("coco", "synthetic")
 #: Suppression methods of ``seglib.models.postprocess`` ("nms" is torchvision's own).
@@ -117,8 +116,7 @@ class TrainConfig:
     weights: str = "coco"
     # Mask2Former only: architecture preset (M2F_PRESETS); "swin-tiny" fits the COCO weights.
     m2f_config: str = "swin-tiny"
-    # Mask2Former only: Hugging Face model id or save_pretrained folder that weights="coco"
-    # loads, offline (fetch-weights mask2former). Weights CC BY-NC 4.0.
+    # Mask2Former only: the HF id or folder weights="coco" loads offline; CC BY-NC 4.0.
     m2f_pretrained: str = M2F_MODEL_ID
     # Notebook 07: epochs of every model in the comparison (None: num_epochs; 03's run reused).
     compare_epochs: int | None = None
@@ -146,9 +144,11 @@ class TrainConfig:
     # ROIs sampled per image for the box/mask heads; dominates CPU cost at small sizes.
     box_batch_size_per_image: int = 512
     # RoIAlign in the box and mask heads: samples per bin side (2 is torchvision's and its COCO
-    # weights'; 1 is cheaper), and which op pools (ROI_ALIGN_CHOICES; docs/benchmarks.md).
+    # weights'; 1 is cheaper), which op pools (ROI_ALIGN_CHOICES; docs/benchmarks.md), and the
+    # mask head's grid side (torchvision's 14; its masks come out twice as fine).
     roi_sampling_ratio: int = 2
     roi_align: str = "auto"
+    mask_pool_size: int = 14
     # Inference: detections scoring below this are dropped inside the model (torchvision's 0.05).
     box_score_thresh: float = field(default=0.05, metadata=_slider(0.0, 1.0, 0.01))
     # Inference: IoU above which per-class box NMS suppresses the lower-scored box.
@@ -330,8 +330,7 @@ class TrainConfig:
         """``seed``, ``demo`` or ``smoke``; raises ValueError naming the valid profiles otherwise."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-        make = {"seed": cls.seed_recipe, "demo": cls.demo, "smoke": cls.smoke}[profile]
-        return make(**overrides)
+        return {"seed": cls.seed_recipe, "demo": cls.demo, "smoke": cls.smoke}[profile](**overrides)
 
     # --- serialisation ----------------------------------------------------------------
     num_classes = property(lambda self: len(self.categories) + 1, doc="k + 1: with background")
@@ -415,6 +414,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "box_batch_size_per_image": rules.COUNT,
         "roi_sampling_ratio": rules.COUNT,
         "roi_align": rules.OneOf(ROI_ALIGN_CHOICES),
+        "mask_pool_size": rules.COUNT,
         "box_score_thresh": rules.FRACTION,
         "box_nms_thresh": rules.POSITIVE_FRACTION,
         "detections_per_img": rules.COUNT,

@@ -123,6 +123,7 @@ def _skeleton(
         pool = MultiScaleRoIAlign.replacing(getattr(heads, name), sparse=cfg.roi_align == "auto")
         pool.sampling_ratio = cfg.roi_sampling_ratio
         setattr(heads, name, pool)
+    heads.mask_roi_pool.output_size = (cfg.mask_pool_size, cfg.mask_pool_size)
     if cfg.norm == "gn":
         model.backbone = _groupnorm_backbone()
     if pretrained and arch == "v1":

@@ -105,6 +105,7 @@ def build_zero_shot_model(
         wide = cfg.replace(
             norm="bn",
             roi_sampling_ratio=TrainConfig.roi_sampling_ratio,
+            mask_pool_size=TrainConfig.mask_pool_size,
             detections_per_img=keep,
             postprocess_pool=max(keep, cfg.postprocess_pool),  # the pool holds every candidate
         )

@@ -78,14 +78,41 @@ def test_build_none_replaces_heads_and_trains_everything(arch, cfg):
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == cfg.box_batch_size_per_image
 
 
-def test_roi_sampling_ratio_reaches_both_heads_and_the_zero_shot_model_keeps_cocos():
-    cfg = TrainConfig.demo(roi_sampling_ratio=1)
+def test_roi_sampling_ratio_and_mask_grid_reach_the_heads_and_the_zero_shot_model_keeps_cocos():
+    cfg = TrainConfig.demo(roi_sampling_ratio=1, mask_pool_size=7)
     model = build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
     heads = model.roi_heads
     assert heads.box_roi_pool.sampling_ratio == heads.mask_roi_pool.sampling_ratio == 1
+    assert heads.mask_roi_pool.output_size == (7, 7) and heads.box_roi_pool.output_size == (7, 7)
     zero_shot = build_zero_shot_model(CATEGORIES, cfg=cfg, weights="none").model
     assert zero_shot.roi_heads.mask_roi_pool.sampling_ratio == 2  # as the COCO weights learned
-    assert TrainConfig().roi_sampling_ratio == 2  # torchvision's own
+    assert zero_shot.roi_heads.mask_roi_pool.output_size == (14, 14)
+    assert TrainConfig().roi_sampling_ratio == 2 and TrainConfig().mask_pool_size == 14
+
+
+def test_a_coarser_mask_grid_trains_and_pastes_masks_of_the_image_size():
+    """With a 7x7 mask pool the head's logits are 14x14: the loss takes targets of that size
+    and prediction pastes them into full-size masks, at 480x640 as users run it."""
+    cfg = TrainConfig.demo(mask_pool_size=7, min_size=480, max_size=640, box_score_thresh=0.0)
+    model = build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg)
+    image = torch.zeros(3, 480, 640)
+    image[:, 100:300, 200:500] = 1.0
+    target = {
+        "boxes": torch.tensor([[200.0, 100.0, 500.0, 300.0]]),
+        "labels": torch.tensor([2]),
+        "masks": (image[:1] > 0).to(torch.uint8),
+    }
+    logits = []
+    handle = model.roi_heads.mask_predictor.register_forward_hook(
+        lambda m, i, out: logits.append(out.shape)
+    )
+    losses = model.train()([image], [target])
+    assert torch.isfinite(losses["loss_mask"]) and logits[-1][-2:] == (14, 14)
+    with torch.no_grad():
+        out = model.eval()([image])[0]
+    handle.remove()
+    assert len(out["masks"]) > 0 and out["masks"].shape[-2:] == (480, 640)
+    assert logits[-1][-2:] == (14, 14)
 
 
 def _save_random_coco(arch: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
