@@ -35,8 +35,8 @@ from seglib.data import subset
 from seglib.engine import trainer
 
 
-def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]:
-    """Train ``cfg`` on its synthetic data under ``root``; return the curve and timings."""
+def prepare_data(cfg: TrainConfig, profile: str, root: Path) -> Path:
+    """The profile's synthetic data and subset under ``root``; returns the subset folder."""
     paths = get_paths(profile, root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SYNTHETIC DATA warning: this script says so itself
@@ -51,6 +51,12 @@ def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]
             seed=cfg.seed,
             progress=False,
         )
+    return paths.subset
+
+
+def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]:
+    """Train ``cfg`` on its synthetic data under ``root``; return the curve and timings."""
+    data_dir = prepare_data(cfg, profile, root)
     curve: list[dict[str, Any]] = []
     clock = {"start": time.perf_counter(), "last": time.perf_counter(), "eval": 0.0}
 
@@ -75,7 +81,7 @@ def learning_curve(cfg: TrainConfig, profile: str, root: Path) -> dict[str, Any]
             clock["last"] = now
 
     start = time.perf_counter()
-    trainer.train(cfg, paths.subset, root / "run", callback=callback)
+    trainer.train(cfg, data_dir, root / "run", callback=callback)
     return {
         "profile": profile,
         "config": cfg.to_dict(),
