@@ -41,7 +41,7 @@ DEMO: dict[str, Any] = dict(
     rpn_post_nms_top_n_test=100,
     # Once the model finds objects, every image fills its quarter of positive ROIs, and the
     # mask head's four 3x3 convolutions over them were a third of a CPU step. 24 sampled ROIs
-    # (6 positive) and a 7x7 mask grid (14x14 masks) step 1.35x faster than 48 and 14 and keep
+    # (6 positive) and a 7x7 mask grid (14x14 masks) step 1.39x faster than 48 and 14 and keep
     # mask AP50 >= 0.7: 0.75, 0.72, 0.75 over seeds 0-2 against 0.78, 0.74, 0.82. The coarser
     # masks cost mask AP: 0.40 against 0.45 for seed 0 (docs/benchmarks.md).
     box_batch_size_per_image=24,
