@@ -10,11 +10,14 @@ when the COCO weights are not cached. Inference only.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.categories import category_labels
 from seglib.core.config import TrainConfig
@@ -34,7 +37,10 @@ class ZeroShotMaskRCNN(nn.Module):
     Detections of COCO classes outside the subset are dropped, then the ``detections_per_img``
     best are kept. The wrapped model should keep more candidates than that
     (``build_zero_shot_model`` gives it ``ZERO_SHOT_CANDIDATES``), or the subset's classes get
-    only what is left of a cap shared with the other COCO classes. Inference only.
+    only what is left of a cap shared with the other COCO classes. In a torchvision Mask
+    R-CNN the narrowing happens between the box head and the mask head, so masks are
+    predicted and pasted for the kept detections only, not for all the candidates of the
+    other classes; the outputs are the same. Inference only.
     """
 
     def __init__(
@@ -61,15 +67,52 @@ class ZeroShotMaskRCNN(nn.Module):
             raise RuntimeError(
                 "the zero-shot model is for evaluation only: call .eval() and pass images alone"
             )
+        with self._narrowed_before_masks():
+            found = self.model(images)
         outputs = []
-        for out in self.model(images):
+        for out in found:
+            kept = self._kept(out["scores"], out["labels"])
             mapped = self.coco_to_label[out["labels"]]
-            kept = (mapped > 0).nonzero().squeeze(1)
-            # Best first (stable: ties keep the model's order), then the cap.
-            order = out["scores"][kept].argsort(descending=True, stable=True)
-            kept = kept[order[: self.detections_per_img]]
             outputs.append({k: (mapped if k == "labels" else v)[kept] for k, v in out.items()})
         return outputs
+
+    def _kept(self, scores: torch.Tensor, coco_labels: torch.Tensor) -> torch.Tensor:
+        """Indices of the subset's detections, best first (stable: ties keep the model's
+        order), at most ``detections_per_img``."""
+        kept = (self.coco_to_label[coco_labels] > 0).nonzero().squeeze(1)
+        order = scores[kept].argsort(descending=True, stable=True)
+        return kept[order[: self.detections_per_img]]
+
+    @contextlib.contextmanager
+    def _narrowed_before_masks(self) -> Iterator[None]:
+        """For one call: the box head's detections narrowed by ``_kept`` before the mask head.
+
+        Shadows ``RoIHeads.postprocess_detections`` (or a shadow already in place, such as
+        ``seglib.models.postprocess.PostProcessed``'s) and restores it after. A wrapped model
+        without torchvision's ``RoIHeads`` is called as it is.
+        """
+        heads = next((m for m in self.model.modules() if isinstance(m, RoIHeads)), None)
+        if heads is None:
+            yield
+            return
+        shadowed = heads.__dict__.get("postprocess_detections")
+        inner = heads.postprocess_detections
+
+        def narrowed(*args: torch.Tensor) -> tuple[list, list, list]:
+            boxes, scores, labels = inner(*args)
+            kept = [self._kept(s, lab) for s, lab in zip(scores, labels, strict=True)]
+            return tuple(
+                [t[k] for t, k in zip(ts, kept, strict=True)] for ts in (boxes, scores, labels)
+            )
+
+        heads.postprocess_detections = narrowed
+        try:
+            yield
+        finally:
+            if shadowed is None:
+                del heads.postprocess_detections
+            else:
+                heads.postprocess_detections = shadowed
 
 
 def build_zero_shot_model(

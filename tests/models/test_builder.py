@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from seglib.models import builder
 from seglib.models.builder import SegmentationModel, build_model, build_model_structure
 from seglib.models.checkpoint import CheckpointError
 from seglib.models.maskrcnn import FrozenBatchNorm2d as SeglibFrozenBatchNorm2d
+from seglib.models.postprocess import wrap
 from seglib.models.precision import predicts_in
 from seglib.models.weights import MissingWeightsError, weights_file
 from seglib.models.zeroshot import (
@@ -299,6 +301,44 @@ def test_zero_shot_maskrcnn_uses_cached_coco_weights_or_warns_about_its_stand_in
     expected = torch.load(weights_file("coco", "v1"), weights_only=True)
     key = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(real.model.state_dict()[key], expected[key])
+
+
+@pytest.mark.parametrize("postprocess, flip", [("nms", False), ("soft-nms-gaussian", True)])
+def test_zero_shot_predicts_masks_for_the_subsets_detections_only(monkeypatch, postprocess, flip):
+    """A random 91-class Mask R-CNN at 480x640 that scores every candidate: narrowing to the
+    subset before the mask head gives what narrowing after it gave, under torchvision's NMS
+    and under seglib's post-processing with flip TTA (keeping 300 candidates over the 91
+    classes too), and the mask head sees at most detections_per_img boxes a view instead of
+    the 300 candidates."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        weights="none",
+        box_score_thresh=0.0,
+        detections_per_img=60,
+        min_size=480,
+        max_size=640,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=100,
+    )
+    zero_shot = build_zero_shot_model(CATEGORIES, cfg=cfg, weights="none")
+    model = wrap(
+        zero_shot, cfg.replace(postprocess=postprocess, tta_hflip=flip, detections_per_img=300)
+    )
+    rois: list[int] = []
+    pool = zero_shot.model.roi_heads.mask_roi_pool
+    pool.register_forward_hook(lambda module, args, out: rois.append(out.shape[0]))
+    images = [torch.rand(3, 480, 640)]
+    with torch.inference_mode():
+        narrowed, narrowed_rois = model(images), list(rois)
+        rois.clear()
+        monkeypatch.setattr(ZeroShotMaskRCNN, "_narrowed_before_masks", contextlib.nullcontext)
+        after = model(images)
+    (a,), (b,) = narrowed, after
+    assert 0 < len(a["labels"]) <= 60 and set(a["labels"].tolist()) <= {1, 2, 3, 4}
+    assert max(narrowed_rois) <= 60 and max(rois) == 300
+    for key in ("boxes", "labels", "scores"):
+        assert torch.equal(a[key], b[key]), key
+    assert torch.allclose(a["masks"], b["masks"], atol=1e-5)
 
 
 # --- the interface, the architecture table, frozen BatchNorm -----------------------------------
