@@ -34,13 +34,14 @@ _CHECKBOX = {
 }
 
 
-def _picture(fig: Any) -> Image:
+def _picture(fig: Any, *, tight: bool = True) -> Image:
     """``fig`` as a PNG picture: shown as an image whatever matplotlib's backend.
 
     ``display(fig)`` relies on the inline backend's display hook; under ``MPLBACKEND=Agg`` it
-    shows the text ``<Figure size 600x300 with 2 Axes>`` instead.
+    shows the text ``<Figure size 600x300 with 2 Axes>`` instead. ``tight`` as for
+    ``jupyter.png_bytes``.
     """
-    return Image(data=jupyter.png_bytes(fig), format="png")
+    return Image(data=jupyter.png_bytes(fig, tight=tight), format="png")
 
 
 def _slider(name: str, value: float, description: str) -> W.Widget:
@@ -357,7 +358,8 @@ class LiveLossPlot:
         if not self.history:
             return
         training.draw_training(self.history, self.axes, self.eval_rows())
+        picture = _picture(self.fig, tight=False)  # constrained layout fills it; drawn once
         if self._handle is None:
-            self._handle = display(_picture(self.fig), display_id=True)
+            self._handle = display(picture, display_id=True)
         else:
-            self._handle.update(_picture(self.fig))
+            self._handle.update(picture)

@@ -21,7 +21,6 @@ import sys
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 #: matplotlib's built-in backends that only write files: figures made under them never show.
 _NON_INTERACTIVE = frozenset({"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"})
@@ -54,14 +53,14 @@ def show_in_kernel() -> bool:
     return True
 
 
-def png_bytes(fig: Figure | Axes) -> bytes:
+def png_bytes(fig: Figure | Axes, *, tight: bool = True) -> bytes:
     """The figure (of an axes) as PNG bytes, framed as the inline backend frames it (tight).
 
-    A figure under constrained layout is framed already, and is saved as it is: a tight
-    frame would lay it out and draw it twice, 1.4x the time of a live view's redraw.
+    ``tight=False`` saves the figure as it is, drawn once instead of twice: for a figure
+    redrawn often whose layout fills it (the live training view), not for image grids,
+    whose fixed-aspect panels leave bands that the tight frame crops.
     """
     fig = fig.figure if isinstance(fig, Axes) else fig
-    framed = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches=None if framed else "tight")
+    fig.savefig(buffer, format="png", bbox_inches="tight" if tight else None)
     return buffer.getvalue()

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from seglib.viz import charts, common, jupyter
@@ -76,6 +77,17 @@ def test_png_bytes_is_the_figure_as_a_png_whatever_the_backend():
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     pixels = plt.imread(io.BytesIO(data))
     assert pixels.ndim == 3 and pixels.shape[1] > pixels.shape[0] > 50  # two panels side by side
+
+
+def test_png_bytes_crops_an_image_grids_bands_unless_asked_for_the_whole_figure():
+    fig, axes = common.make_grid(2, ncols=2, size=2.0)  # 4 x 2 in, square cells
+    for ax in axes:
+        ax.imshow(np.zeros((30, 40, 3)))  # 4:3 images leave bands above and below
+        ax.axis("off")
+    tight = plt.imread(io.BytesIO(jupyter.png_bytes(fig)))
+    whole = plt.imread(io.BytesIO(jupyter.png_bytes(fig, tight=False)))
+    assert whole.shape[:2] == (round(2 * fig.dpi), round(4 * fig.dpi))
+    assert tight.shape[0] < 0.9 * whole.shape[0]
 
 
 @pytest.mark.slow
