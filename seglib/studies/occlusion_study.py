@@ -7,9 +7,10 @@ seed's suppression (box NMS at the trained ``box_nms_thresh``) with every rule o
 1. The model runs **once** per image and view with its own NMS off
    (``PostProcessed.candidates``); every rule and parameter is applied to those candidates.
    Box NMS without flip (``Settings.passthrough``: the baseline and the "nms" grid) is the
-   model's own rule, so it is the model's own predictions (``prediction.predict``), one pass
-   per threshold: the baseline *is* the model whatever ``postprocess_pool`` (NMS over the
-   pool's best candidates loses what the model keeps beyond them when the pool is tight).
+   model's own rule, so it is the model's own predictions, with the ROI heads run once per
+   threshold over one backbone pass: the baseline *is* the model whatever
+   ``postprocess_pool`` (NMS over the pool's best candidates loses what the model keeps
+   beyond them when the pool is tight).
 2. Each variant's parameter is **tuned on val** (``GRIDS``, mask AP), never on test.
 3. On **test**, each variant gets box and mask AP overall and per occlusion bucket, with
    recall and best-match IoU (``seglib.evaluation.occlusion.occlusion_ap``).
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig, postprocess_applies
@@ -93,6 +95,25 @@ def _box_nms_at(model: torch.nn.Module, thresh: float) -> Iterator[None]:
         heads.nms_thresh = saved
 
 
+def _at_each_nms(
+    model: GeneralizedRCNN, images: list[torch.Tensor], thresholds: Sequence[float]
+) -> dict[float, list[dict[str, torch.Tensor]]]:
+    """``model(images)`` with its box NMS at each of ``thresholds`` (``GeneralizedRCNN.forward``'s
+    inference steps): transform, backbone and RPN once, the ROI heads once per threshold."""
+    if not thresholds:
+        return {}
+    sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    found = {}
+    for thresh in thresholds:
+        with _box_nms_at(model, thresh):
+            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        found[thresh] = model.transform.postprocess(detections, batch.image_sizes, sizes)
+    return found
+
+
 def sweep(
     model: torch.nn.Module,
     dataset: Any,
@@ -105,38 +126,46 @@ def sweep(
     """COCO results of every named ``settings`` on ``dataset`` by a bare Mask R-CNN ``model``,
     at the precision ``cpu_amp`` asks for (``prediction.predict``'s argument).
 
-    ``passthrough`` settings (box NMS, no flip) are ``prediction.predict`` of the model with
-    its NMS at their ``box_nms_thresh``, one pass per threshold; the others come from one
-    pass per view over the candidate pool (``PostProcessed.candidates``, then ``select``).
+    ``passthrough`` settings (box NMS, no flip) are the model's own output with its NMS at
+    their ``box_nms_thresh``, from one backbone pass for all thresholds (``_at_each_nms``);
+    the others come from one pass per view over the candidate pool
+    (``PostProcessed.candidates``, then ``select``).
 
     Returns:
         ``{name: results}`` in the format of ``seglib.evaluation.prediction.predict``, in ``settings``' order.
     """
-
     device = torch.device(device)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for thresh in dict.fromkeys(s.box_nms_thresh for s in settings.values() if s.passthrough):
-        with _box_nms_at(model, thresh):
-            found = predict(model, dataset, device, batch_size=batch_size, cpu_amp=cpu_amp)
-        for name, s in settings.items():
-            if s.passthrough and s.box_nms_thresh == thresh:
-                out[name] = list(found)
+    if not isinstance(model, GeneralizedRCNN):
+        raise TypeError(f"sweep needs a bare torchvision Mask R-CNN, not {type(model).__name__}")
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
+    by_nms: dict[float, list[str]] = {}  # the passthrough settings, by box NMS threshold
+    for name, s in settings.items():
+        if s.passthrough:
+            by_nms.setdefault(s.box_nms_thresh, []).append(name)
     pooled = {name: s for name, s in settings.items() if not s.passthrough}
-    if pooled:
-        pool = PostProcessed(model, next(iter(pooled.values())))
-        flip = any(s.tta_hflip for s in pooled.values())
-        out.update({name: [] for name in pooled})
-        model.eval()
-        with torch.inference_mode(), autocast_parts(model, prediction_dtype(device, cpu_amp)):
-            for images, targets in _loader(dataset, batch_size):
-                candidates = pool.candidates(images_to_device(images, device), tta_hflip=flip)
-                for target, cand in zip(targets, candidates, strict=True):
-                    image_id, cache = int(target["image_id"]), {}  # an int or a 0-d tensor
-                    for name, s in pooled.items():
-                        out[name].extend(
-                            to_coco_results(image_id, PostProcessed.select(cand, s, cache), 0.0)
-                        )
-    return {name: out[name] for name in settings}
+    pool = PostProcessed(model, next(iter(pooled.values()))) if pooled else None
+    flip = any(s.tta_hflip for s in pooled.values())
+    model.eval()
+    with torch.inference_mode(), autocast_parts(model, prediction_dtype(device, cpu_amp)):
+        for images, targets in _loader(dataset, batch_size):
+            images = images_to_device(images, device)
+            ids = [int(t["image_id"]) for t in targets]  # an int or a 0-d tensor
+            for thresh, outputs in _at_each_nms(model, images, list(by_nms)).items():
+                found = [
+                    r for i, o in zip(ids, outputs, strict=True) for r in to_coco_results(i, o, 0.0)
+                ]
+                for name in by_nms[thresh]:
+                    out[name].extend(found)
+            if pool is None:
+                continue
+            candidates = pool.candidates(images, tta_hflip=flip)
+            for image_id, cand in zip(ids, candidates, strict=True):
+                cache: dict = {}
+                for name, s in pooled.items():
+                    out[name].extend(
+                        to_coco_results(image_id, PostProcessed.select(cand, s, cache), 0.0)
+                    )
+    return out
 
 
 def _segm_ap(gt: Any, results: list[dict]) -> float:

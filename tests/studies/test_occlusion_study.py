@@ -185,6 +185,26 @@ def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subs
     assert models[0.5].roi_heads.nms_thresh == 0.5  # the sweep put the model back
 
 
+def test_one_backbone_pass_gives_each_box_nms_threshold_its_own_output_at_480x640():
+    """A random Mask R-CNN at 480x640 that scores every candidate: the sweep's box NMS
+    settings equal the model's own predictions with its NMS at each threshold (in bf16 at
+    128 px: the test above)."""
+    from seglib.evaluation.prediction import predict
+    from seglib.models.suppression import Settings
+
+    cfg = TrainConfig.demo(min_size=480, max_size=640, box_score_thresh=0.0)
+    torch.manual_seed(0)
+    model = builder.build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg).eval()
+    data = [(torch.rand(3, 480, 640), {"image_id": i}) for i in range(2)]
+    settings = {t: Settings.from_config(cfg, box_nms_thresh=t) for t in (0.3, 0.6)}
+    swept = occlusion_study.sweep(model, data, settings, "cpu")
+    for t, results in swept.items():
+        model.roi_heads.nms_thresh = t
+        assert results == predict(model, data, "cpu"), t
+    assert swept[0.3] != swept[0.6]
+    assert model.training is False
+
+
 def test_a_mask2former_checkpoint_is_refused(synthetic_subset, monkeypatch):
 
     cfg = TrainConfig.smoke(arch="mask2former")
