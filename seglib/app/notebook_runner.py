@@ -240,7 +240,8 @@ def run_notebooks(
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
     with ``stage_threads`` torch threads. While a stage runs, the next stage's kernels start
     and import ``WARM_UP``, so a notebook starts on a ready kernel; a finished notebook's
-    kernel shuts down in the background, and the run waits for every kernel before it ends.
+    kernel is killed in the background (``_stop``), and the run waits for every kernel
+    before it ends.
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
     ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
@@ -311,6 +312,7 @@ class _StageRunner:
             timeout=self.timeout,
             kernel_name=self.kernel_name,
             resources={"metadata": {"path": str(source.parent)}},
+            shutdown_kernel="immediate",  # see _stop
         )
         client.on_notebook_start = lambda client=client, **_: _poll_stepwise(client)
         return client
@@ -349,10 +351,12 @@ class _StageRunner:
             await self.done.put(target)
 
     def _stop(self, client: NotebookClient) -> None:
-        """Shut ``client``'s kernel down in the background; ``run`` waits for it at its end.
+        """Stop ``client``'s kernel in the background; ``run`` waits for it at its end.
 
-        A kernel that imported torch took 2.4 s to shut down on the 2-core Intel Xeon kind,
-        and nbclient waits for that before it returns: the next notebook starts meanwhile.
+        The kernel is killed: its notebook's cells have finished and their files are written
+        (atomically). Asked to shut down, a kernel that had imported torch kept a core busy
+        for 2.4 s on the 2-core Intel Xeon kind until it was terminated, while nbclient waited
+        before starting the next notebook.
         """
         if client.km is not None:
             self.stopping.append(asyncio.ensure_future(client._async_cleanup_kernel()))
