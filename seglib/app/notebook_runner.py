@@ -46,6 +46,10 @@ SIDE_BY_SIDE = (
 WARM_UP = (
     "import torch, torchvision, matplotlib.pyplot, albumentations, pycocotools.coco, ipywidgets"
 )
+#: Stages whose kernels start ahead of the running one, one after another. With one stage,
+#: 03's kernel started with 02 (4-6 s of cells) and was ready 7.9-8.7 s after 02 ended; all
+#: of two stages at once slowed 01 and 02 by 5 s each (docs/benchmarks.md).
+WARM_AHEAD = 2
 #: A stage of a run: chains of notebooks run side by side, each chain in order.
 Stage = tuple[tuple[Path, ...], ...]
 #: Notebooks an offline profile's run leaves out unless asked for by name: each trains a dozen
@@ -238,8 +242,9 @@ def run_notebooks(
     ``notebooks`` (``select_notebooks``' choice) replaces the whole series of ``notebooks_dir``.
     They run in the stages of ``plan_stages``: in order, except that ``side_by_side``'s chains
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
-    with ``stage_threads`` torch threads. While a stage runs, the next stage's kernels start
-    and import ``WARM_UP``, so a notebook starts on a ready kernel; a finished notebook's
+    with ``stage_threads`` torch threads. While a stage runs, the kernels of the next
+    ``WARM_AHEAD`` stages start one after another and import ``WARM_UP``, so a notebook
+    starts on a ready kernel; a finished notebook's
     kernel is killed in the background (``_stop``), and the run waits for every kernel
     before it ends.
 
@@ -285,13 +290,16 @@ class _StageRunner:
         self.out_dir, self.timeout, self.kernel_name = out_dir, timeout, kernel_name
         self.done: asyncio.Queue[Path | None] = asyncio.Queue()
         self.warming: dict[Path, asyncio.Task] = {}
+        self.last_warm: asyncio.Task | None = None
         self.stopping: list[asyncio.Task] = []
 
     async def run(self, stages: list[Stage]) -> None:
         try:
             for k, stage in enumerate(stages):
-                for chain in stages[k + 1] if k + 1 < len(stages) else ():
-                    self._warm(chain[0], stage_threads(stages[k + 1]))
+                for ahead in stages[k + 1 : k + 1 + WARM_AHEAD]:
+                    for chain in ahead:
+                        if chain[0] not in self.warming:
+                            self._warm(chain[0], stage_threads(ahead))
                 threads = stage_threads(stage)
                 ran = await asyncio.gather(
                     *(self._chain(chain, threads) for chain in stage), return_exceptions=True
@@ -318,9 +326,14 @@ class _StageRunner:
         return client
 
     def _warm(self, source: Path, threads: int | None) -> None:
-        """Start ``source``'s kernel now, and import ``WARM_UP`` in it."""
+        """Start ``source``'s kernel once the kernels asked for before it are warm, and
+        import ``WARM_UP`` in it: one warm-up at a time, on the core the running notebook
+        leaves."""
+        before = self.last_warm
 
         async def warm() -> NotebookClient:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
             client = self._client(source)
             client.km = client.create_kernel_manager()
             await client.async_start_new_kernel(env=_kernel_env(threads))
@@ -328,7 +341,7 @@ class _StageRunner:
             await client.async_wait_for_reply(client.kc.execute(WARM_UP, silent=True))
             return client
 
-        self.warming[source] = asyncio.ensure_future(warm())
+        self.warming[source] = self.last_warm = asyncio.ensure_future(warm())
 
     async def _chain(self, chain: tuple[Path, ...], threads: int | None) -> None:
         for i, source in enumerate(chain):

@@ -242,14 +242,16 @@ def _interval(log, name):
 @pytest.mark.slow
 def test_chains_run_at_the_same_time_on_warmed_kernels_with_their_threads(tmp_path, monkeypatch):
     """02 and 03 side by side after 01: their cells overlap in time, each kernel got its
-    thread count, and the later stage's kernels had imported WARM_UP before their first cell."""
+    thread count, and the later stage's kernels had imported WARM_UP before their first cell
+    (a light one here, so both are warm, one after the other, within 01's 3 s)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(notebook_runner, "WARM_UP", "import colorsys")
     src, log = tmp_path / "nbs", tmp_path / "log.jsonl"
     src.mkdir()
     cell = (
         "import json, os, sys, time\n"
         "start = time.time()\n"
-        "warm = 'torch' in sys.modules\n"
+        "warm = 'colorsys' in sys.modules\n"
         "time.sleep(3)\n"
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(json.dumps({'name': NAME,"
@@ -297,6 +299,27 @@ def test_a_finished_notebooks_kernel_is_killed_not_left_to_exit(tmp_path):
     ]
     assert kernels == []
     assert not exited.exists()
+
+
+@pytest.mark.slow
+def test_kernels_start_two_stages_ahead_one_after_another(tmp_path, monkeypatch):
+    """While 01 runs (6 s), 02's kernel warms (2 s), then 03's: 03's kernel starts after
+    02's is warm, long before 01 ends. Kernel start times come from the same clock."""
+    monkeypatch.setattr(notebook_runner, "WARM_UP", "import time; time.sleep(2)")
+    src, log = tmp_path / "nbs", tmp_path / "log.jsonl"
+    src.mkdir()
+    cell = (
+        "import json, time, psutil\n"
+        "time.sleep(6 if NAME == '01_first' else 0)\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({'name': NAME, 'kernel': psutil.Process().create_time()}) + '\\n')\n"
+    )
+    for name in ("01_first", "02_second", "03_third"):
+        _write_notebook(src / f"{name}.ipynb", f"NAME = {name!r}", cell)
+    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, side_by_side=(), timeout=60))
+    k1, k2, k3 = (_interval(log, n)["kernel"] for n in ("01_first", "02_second", "03_third"))
+    assert k3 - k1 < 5  # during 01, not after it
+    assert k3 - k2 > 1.5  # after 02's warm-up, not beside it
 
 
 def test_the_demo_series_chains_name_real_notebooks():
