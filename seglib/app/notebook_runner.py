@@ -244,9 +244,8 @@ def run_notebooks(
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
     with ``stage_threads`` torch threads. While a stage runs, the kernels of the next
     ``WARM_AHEAD`` stages start one after another and import ``WARM_UP``, so a notebook
-    starts on a ready kernel; a finished notebook's
-    kernel is killed in the background (``_stop``), and the run waits for every kernel
-    before it ends.
+    starts on a ready kernel; a finished notebook's kernel is killed in the background
+    (``_stop``), and the run waits for every kernel before it ends.
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
     ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
