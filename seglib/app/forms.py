@@ -320,8 +320,8 @@ class LiveLossPlot:
 
     Pass it as ``trainer.train(..., callback=LiveLossPlot())``. It keeps the logged rows in
     ``history`` and the validation events in ``evals``, and redraws every ``every`` logged
-    iterations, at each epoch end and after each validation, through one display handle, so
-    the notebook shows a single live figure.
+    iterations, after each validation, and at each epoch end that no validation follows,
+    through one display handle, so the notebook shows a single live figure.
     """
 
     def __init__(self, every: int = 5):
@@ -339,8 +339,8 @@ class LiveLossPlot:
         elif event == "eval":  # {"epoch", "iteration", "metrics": evaluate_results dict}
             self.evals.append(payload)
             self.redraw()
-        elif event == "epoch_end":
-            self.redraw()
+        elif event == "epoch_end" and not payload.get("validating"):
+            self.redraw()  # else the "eval" event that follows redraws
 
     def eval_rows(self) -> list[dict[str, Any]]:
         """``{"epoch", "segm_AP", "segm_AP50"}`` per validation so far."""

@@ -233,8 +233,8 @@ def train(
             RNG). Bit-identical to an uninterrupted run on the CPU, DataLoader workers or not.
         callback: ``callback(event, payload)`` for "start" ({"device", "precision"}: where
             and at which precision training runs, and why), "iter" (a metrics row),
-            "epoch_end", "eval" ({"epoch", "iteration", "metrics"}) and "checkpoint"
-            ({"path", "kind", ...}).
+            "epoch_end" (the epoch's row; "validating": an "eval" follows), "eval" ({"epoch",
+            "iteration", "metrics"}) and "checkpoint" ({"path", "kind", ...}).
         progress: show tqdm.auto bars with the loss components (the CLI passes True).
 
     Returns:
@@ -293,10 +293,10 @@ def _train(
         if state.steps_into_epoch(iters_per_epoch) == iters_per_epoch:
             state.epoch += 1
         row = {k: v for k, v in stats.items() if k not in ("iterations", "stopped")}
-        row["complete"] = state.epoch == number
-        notify("epoch_end", dict(row))
+        row["complete"], validating = state.epoch == number, _validation_due(cfg, state, number)
+        notify("epoch_end", {**row, "validating": validating})
         improved = False
-        if _validation_due(cfg, state, number):
+        if validating:
             final, improved = _evaluate_and_keep_best(parts, device, cfg, state, number)
             row.update(val_summary(final))
             if main:

@@ -256,3 +256,20 @@ def test_live_views_display_png_images_under_the_agg_backend(
     live("epoch_end", {"epoch": 0})
     # two explorer redraws, then the live plot shown once and updated once
     assert shown == [["image/png", "text/plain"]] * 4
+
+
+def test_live_loss_plot_redraws_an_epoch_end_only_when_no_validation_follows(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    shown = _shown_mime_types(monkeypatch)
+    live = forms.LiveLossPlot(every=100)
+    live("iter", {"epoch": 0, "iteration": 0, "lr": 0.01, "loss": 1.0, "loss_mask": 0.5})
+    live("epoch_end", {"epoch": 0, "validating": False})
+    assert len(shown) == 1  # the epoch's rows, shown as it ends
+    live("iter", {"epoch": 1, "iteration": 1, "lr": 0.01, "loss": 0.9, "loss_mask": 0.4})
+    live("epoch_end", {"epoch": 1, "validating": True})
+    assert len(shown) == 1  # the validation's redraw, a moment later, shows the same rows
+    live("eval", {"epoch": 1, "iteration": 1, "metrics": {"segm": {"AP": 0.1, "AP50": 0.3}}})
+    assert len(shown) == 2
+    assert [len(line.get_xdata()) for line in live.axes[0].lines][0] == 2

@@ -338,8 +338,14 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
     cfg = TrainConfig.smoke(batch_size=2, num_epochs=2, eval_interval=2, num_workers=2)
     cfg = cfg.replace(cpu_amp_eval="bf16")
     assert cfg.aug_strength > 0 and cfg.log_interval == 1
-    events = []
-    straight = train(cfg, data, tmp_path / "a", callback=lambda e, p: events.append(e))
+    events, ends = [], []
+
+    def record(event: str, payload: dict) -> None:
+        events.append(event)
+        if event == "epoch_end":
+            ends.append(payload["validating"])
+
+    straight = train(cfg, data, tmp_path / "a", callback=record)
     assert straight["precision"].endswith("; validation predicts in bf16")
     assert (straight["epochs"], straight["iteration"], straight["stopped_by"]) == (
         2,
@@ -347,6 +353,9 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
         "num_epochs",
     )
     assert (events.count("iter"), events.count("epoch_end"), events.count("eval")) == (4, 2, 1)
+    # eval_interval=2: only the second epoch's end announces the validation that follows it
+    assert ends == [False, True]
+    assert events[events.index("eval") - 1] == "epoch_end"
     assert "checkpoint" in events and straight["best"] is not None
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "best.pt",
