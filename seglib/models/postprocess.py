@@ -23,18 +23,23 @@ score-weighted mean box and mask probabilities and the mean score, a missing cou
 counting as 0. A decayed copy left by Soft-NMS or Matrix NMS in one view is matched with
 the other view's copy, never with the detection itself, so no object is reported twice for
 having been seen twice.
+
+``on_one_backbone_pass`` runs the ROI heads under several settings (``box_nms_at`` a threshold,
+``PostProcessed.hooked``) over one backbone pass: the occlusion study's parameter sweep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import box_iou
@@ -288,7 +293,7 @@ class PostProcessed(nn.Module):
         self.train(model.training)
 
     @contextlib.contextmanager
-    def _hooked(self, box_step: Callable[[Detections], Detections] | None) -> Iterator[None]:
+    def hooked(self, box_step: Callable[[Detections], Detections] | None = None) -> Iterator[None]:
         """For one call: the model's NMS off, ``box_step`` in its place, masks left unpasted.
 
         The heads keep ``postprocess_pool`` candidates without NMS and hand each image's to
@@ -328,11 +333,15 @@ class PostProcessed(nn.Module):
             del heads.postprocess_detections, transform.postprocess
 
     def _views(
-        self, images: list[torch.Tensor], flip: bool, box_step: Callable | None
+        self,
+        images: list[torch.Tensor],
+        flip: bool,
+        box_step: Callable | None,
+        unflipped: list[Detections] | None = None,
     ) -> list[list[Detections]]:
         """Per image, the model's detections of each view (mirrored ones mapped back)."""
-        with self._hooked(box_step):
-            outputs = [self.model(images)]
+        with self.hooked(box_step):
+            outputs = [self.model(images) if unflipped is None else unflipped]
             if flip:
                 mirrored = self.model([img.flip(-1) for img in images])
                 outputs.append(
@@ -341,15 +350,21 @@ class PostProcessed(nn.Module):
         return [list(views) for views in zip(*outputs, strict=True)]
 
     def candidates(
-        self, images: list[torch.Tensor], *, tta_hflip: bool | None = None
+        self,
+        images: list[torch.Tensor],
+        *,
+        tta_hflip: bool | None = None,
+        unflipped: list[Detections] | None = None,
     ) -> list[Candidates]:
         """Per image, the model's unsuppressed candidates of every view, masks unpasted.
 
         ``tta_hflip`` overrides the settings (the occlusion study collects both views once
-        and sweeps rules over them with ``select``).
+        and sweeps rules over them with ``select``). ``unflipped``: the model's output on
+        ``images`` under ``hooked()``, when the caller has it (the study runs the ROI heads
+        so on the backbone pass it shares with its box NMS grid).
         """
         flip = self.settings.tta_hflip if tta_hflip is None else tta_hflip
-        views = self._views(images, flip, None)
+        views = self._views(images, flip, None, unflipped)
         return [
             Candidates(merge_views(v), (img.shape[-2], img.shape[-1]), flip)
             for v, img in zip(views, images, strict=True)
@@ -382,6 +397,43 @@ class PostProcessed(nn.Module):
             finish(v, (img.shape[-2], img.shape[-1]), self.settings)
             for v, img in zip(views, images, strict=True)
         ]
+
+
+@contextlib.contextmanager
+def box_nms_at(model: nn.Module, thresh: float) -> Iterator[None]:
+    """For one call, the model's own box NMS (``RoIHeads.nms_thresh``) at ``thresh``: what a
+    model built with that ``box_nms_thresh`` returns."""
+    heads = _find(model, RoIHeads)
+    saved, heads.nms_thresh = heads.nms_thresh, thresh
+    try:
+        yield
+    finally:
+        heads.nms_thresh = saved
+
+
+def on_one_backbone_pass(
+    model: GeneralizedRCNN,
+    images: list[torch.Tensor],
+    heads: Mapping[Any, Callable[[], contextlib.AbstractContextManager]],
+) -> dict[Any, list[Detections]]:
+    """Per key of ``heads``, ``model(images)`` with its ROI heads (and the transform's
+    postprocess) set by that context: ``box_nms_at`` a threshold, ``PostProcessed.hooked``.
+
+    ``GeneralizedRCNN.forward``'s inference steps, with the transform, the backbone and the
+    RPN run once for all of them (the occlusion study's sweep).
+    """
+    if not heads:
+        return {}
+    sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    found = {}
+    for key, setting in heads.items():
+        with setting():
+            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+            found[key] = model.transform.postprocess(detections, batch.image_sizes, sizes)
+    return found
 
 
 def wrap(model: nn.Module, cfg: TrainConfig) -> nn.Module:

@@ -8,9 +8,9 @@ seed's suppression (box NMS at the trained ``box_nms_thresh``) with every rule o
    (``PostProcessed.candidates``); every rule and parameter is applied to those candidates.
    Box NMS without flip (``Settings.passthrough``: the baseline and the "nms" grid) is the
    model's own rule, so it is the model's own predictions, with the ROI heads run once per
-   threshold over one backbone pass: the baseline *is* the model whatever
-   ``postprocess_pool`` (NMS over the pool's best candidates loses what the model keeps
-   beyond them when the pool is tight).
+   threshold over one backbone pass, which the pool's unflipped view shares: the baseline
+   *is* the model whatever ``postprocess_pool`` (NMS over the pool's best candidates loses
+   what the model keeps beyond them when the pool is tight).
 2. Each variant's parameter is **tuned on val** (``GRIDS``, mask AP), never on test.
 3. On **test**, each variant gets box and mask AP overall and per occlusion bucket, with
    recall and best-match IoU (``seglib.evaluation.occlusion.occlusion_ap``).
@@ -29,9 +29,9 @@ NMS to replace, and is refused.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from itertools import product
 from pathlib import Path
 from statistics import median
@@ -41,7 +41,6 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
 
 from seglib.core.config import POSTPROCESS_METHODS, TrainConfig, postprocess_applies
 from seglib.core.runtime import images_to_device, prediction_dtype, synchronize
@@ -51,7 +50,7 @@ from seglib.evaluation.coco_ap import load_detections, mean_valid
 from seglib.evaluation.coco_results import prepare, quiet, to_coco_results
 from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
-from seglib.models.postprocess import PostProcessed, wrap
+from seglib.models.postprocess import PostProcessed, box_nms_at, on_one_backbone_pass, wrap
 from seglib.models.precision import autocast_parts, predicts_in
 from seglib.models.suppression import Settings
 from seglib.studies.study import score_results
@@ -83,37 +82,6 @@ def _loader(dataset: Any, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
 
 
-@contextlib.contextmanager
-def _box_nms_at(model: torch.nn.Module, thresh: float) -> Iterator[None]:
-    """For one call, the model's own box NMS (``RoIHeads.nms_thresh``) at ``thresh``: what a
-    model built with that ``box_nms_thresh`` returns."""
-    heads = next(m for m in model.modules() if isinstance(m, RoIHeads))
-    saved, heads.nms_thresh = heads.nms_thresh, thresh
-    try:
-        yield
-    finally:
-        heads.nms_thresh = saved
-
-
-def _at_each_nms(
-    model: GeneralizedRCNN, images: list[torch.Tensor], thresholds: Sequence[float]
-) -> dict[float, list[dict[str, torch.Tensor]]]:
-    """``model(images)`` with its box NMS at each of ``thresholds`` (``GeneralizedRCNN.forward``'s
-    inference steps): transform, backbone and RPN once, the ROI heads once per threshold."""
-    if not thresholds:
-        return {}
-    sizes = [(img.shape[-2], img.shape[-1]) for img in images]
-    batch, _ = model.transform(images)
-    features = model.backbone(batch.tensors)
-    proposals, _ = model.rpn(batch, features)
-    found = {}
-    for thresh in thresholds:
-        with _box_nms_at(model, thresh):
-            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-        found[thresh] = model.transform.postprocess(detections, batch.image_sizes, sizes)
-    return found
-
-
 def sweep(
     model: torch.nn.Module,
     dataset: Any,
@@ -127,9 +95,9 @@ def sweep(
     at the precision ``cpu_amp`` asks for (``prediction.predict``'s argument).
 
     ``passthrough`` settings (box NMS, no flip) are the model's own output with its NMS at
-    their ``box_nms_thresh``, from one backbone pass for all thresholds (``_at_each_nms``);
-    the others come from one pass per view over the candidate pool
-    (``PostProcessed.candidates``, then ``select``).
+    their ``box_nms_thresh``; the others come from the candidate pool of each view
+    (``PostProcessed.candidates``, then ``select``). The thresholds and the pool's unflipped
+    view share one backbone pass per batch (``postprocess.on_one_backbone_pass``).
 
     Returns:
         ``{name: results}`` in the format of ``seglib.evaluation.prediction.predict``, in ``settings``' order.
@@ -145,20 +113,26 @@ def sweep(
     pooled = {name: s for name, s in settings.items() if not s.passthrough}
     pool = PostProcessed(model, next(iter(pooled.values()))) if pooled else None
     flip = any(s.tta_hflip for s in pooled.values())
+    heads: dict[Any, Callable] = {t: partial(box_nms_at, model, t) for t in by_nms}
+    if pool is not None:
+        heads["pool"] = pool.hooked  # its unflipped view, on the thresholds' backbone pass
     model.eval()
     with torch.inference_mode(), autocast_parts(model, prediction_dtype(device, cpu_amp)):
         for images, targets in _loader(dataset, batch_size):
             images = images_to_device(images, device)
             ids = [int(t["image_id"]) for t in targets]  # an int or a 0-d tensor
-            for thresh, outputs in _at_each_nms(model, images, list(by_nms)).items():
+            outputs = on_one_backbone_pass(model, images, heads)
+            for thresh, names in by_nms.items():
                 found = [
-                    r for i, o in zip(ids, outputs, strict=True) for r in to_coco_results(i, o, 0.0)
+                    r
+                    for i, o in zip(ids, outputs[thresh], strict=True)
+                    for r in to_coco_results(i, o, 0.0)
                 ]
-                for name in by_nms[thresh]:
+                for name in names:
                     out[name].extend(found)
             if pool is None:
                 continue
-            candidates = pool.candidates(images, tta_hflip=flip)
+            candidates = pool.candidates(images, tta_hflip=flip, unflipped=outputs["pool"])
             for image_id, cand in zip(ids, candidates, strict=True):
                 cache: dict = {}
                 for name, s in pooled.items():

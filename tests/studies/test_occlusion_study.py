@@ -185,11 +185,14 @@ def test_box_nms_settings_are_the_model_built_with_that_threshold(synthetic_subs
     assert models[0.5].roi_heads.nms_thresh == 0.5  # the sweep put the model back
 
 
-def test_one_backbone_pass_gives_each_box_nms_threshold_its_own_output_at_480x640():
+def test_one_backbone_pass_gives_each_threshold_and_the_pool_its_own_output_at_480x640():
     """A random Mask R-CNN at 480x640 that scores every candidate: the sweep's box NMS
     settings equal the model's own predictions with its NMS at each threshold (in bf16 at
-    128 px: the test above)."""
+    128 px: the test above), and its pooled ones what the candidates of a pass of their own
+    give; the backbone runs once per batch and view."""
+    from seglib.evaluation.coco_results import to_coco_results
     from seglib.evaluation.prediction import predict
+    from seglib.models.postprocess import PostProcessed
     from seglib.models.suppression import Settings
 
     cfg = TrainConfig.demo(min_size=480, max_size=640, box_score_thresh=0.0)
@@ -197,11 +200,30 @@ def test_one_backbone_pass_gives_each_box_nms_threshold_its_own_output_at_480x64
     model = builder.build_model(cfg.num_classes, cfg.weights, cfg.arch, cfg).eval()
     data = [(torch.rand(3, 480, 640), {"image_id": i}) for i in range(2)]
     settings = {t: Settings.from_config(cfg, box_nms_thresh=t) for t in (0.3, 0.6)}
-    swept = occlusion_study.sweep(model, data, settings, "cpu")
-    for t, results in swept.items():
+    pooled = {
+        ("soft-nms-gaussian", flip): Settings.from_config(
+            cfg, postprocess="soft-nms-gaussian", tta_hflip=flip
+        )
+        for flip in (False, True)
+    }
+    passes = []
+    model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    swept = occlusion_study.sweep(model, data, {**settings, **pooled}, "cpu")
+    assert len(passes) == 2  # one batch: the shared pass and the mirrored view's
+    for t in settings:
         model.roi_heads.nms_thresh = t
-        assert results == predict(model, data, "cpu"), t
+        assert swept[t] == predict(model, data, "cpu"), t
     assert swept[0.3] != swept[0.6]
+    with torch.inference_mode():
+        own = PostProcessed(model, pooled["soft-nms-gaussian", True])
+        candidates = own.candidates([image for image, _ in data], tta_hflip=True)
+    for key, s in pooled.items():
+        alone = [
+            r
+            for (_, target), c in zip(data, candidates, strict=True)
+            for r in to_coco_results(target["image_id"], PostProcessed.select(c, s), 0.0)
+        ]
+        assert swept[key] == alone and alone, key
     assert model.training is False
 
 
