@@ -17,4 +17,5 @@ __all__ = [
     "prediction_cache",
     "provenance",
     "runs",
+    "warm_up",
 ]

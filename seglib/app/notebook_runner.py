@@ -41,11 +41,9 @@ SIDE_BY_SIDE = (
     ("06_occlusion_study",),
     ("07_detr_comparison",),
 )
-#: Imported by a kernel started ahead of its notebook (``run_notebooks``): 3.0 s of the 3.1 s a
-#: setup cell took on the 2-core Intel Xeon kind, spent while the notebook before it runs.
-WARM_UP = (
-    "import torch, torchvision, matplotlib.pyplot, albumentations, pycocotools.coco, ipywidgets"
-)
+#: Run by a kernel started ahead of its notebook (``run_notebooks``): the setup cells' heavy
+#: imports, at the lowest CPU priority, while the notebooks before it run (``seglib.app.warm_up``).
+WARM_UP = "import seglib.app.warm_up as _warm; _warm.warm_up(); del _warm"
 #: Stages whose kernels start ahead of the running one, one after another. With one stage,
 #: 03's kernel started with 02 (4-6 s of cells) and was ready 7.9-8.7 s after 02 ended; all
 #: of two stages at once slowed 01 and 02 by 5 s each (docs/benchmarks.md).
@@ -243,7 +241,7 @@ def run_notebooks(
     They run in the stages of ``plan_stages``: in order, except that ``side_by_side``'s chains
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
     with ``stage_threads`` torch threads. While a stage runs, the kernels of the next
-    ``WARM_AHEAD`` stages start one after another and import ``WARM_UP``, so a notebook
+    ``WARM_AHEAD`` stages start one after another and run ``WARM_UP``, so a notebook
     starts on a ready kernel; a finished notebook's kernel is killed in the background
     (``_stop``), and the run waits for every kernel before it ends.
 
@@ -326,8 +324,7 @@ class _StageRunner:
 
     def _warm(self, source: Path, threads: int | None) -> None:
         """Start ``source``'s kernel once the kernels asked for before it are warm, and
-        import ``WARM_UP`` in it: one warm-up at a time, on the core the running notebook
-        leaves."""
+        run ``WARM_UP`` in it: one warm-up at a time, on the CPU the running notebook leaves."""
         before = self.last_warm
 
         async def warm() -> NotebookClient:

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -320,6 +321,28 @@ def test_kernels_start_two_stages_ahead_one_after_another(tmp_path, monkeypatch)
     k1, k2, k3 = (_interval(log, n)["kernel"] for n in ("01_first", "02_second", "03_third"))
     assert k3 - k1 < 5  # during 01, not after it
     assert k3 - k2 > 1.5  # after 02's warm-up, not beside it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread")
+def test_a_kernel_warmed_ahead_has_its_imports_done_and_every_thread_at_normal_priority(tmp_path):
+    """The real warm-up (``seglib.app.warm_up``): 02's kernel imported torch at nice 19 while
+    01 ran, and 02's cells run with every thread of its kernel at the kernel's own priority."""
+    seen = tmp_path / "seen.json"
+    probe = (
+        "import glob, json, os, pathlib, sys\n"
+        "warm = 'torch' in sys.modules\n"
+        "nices = {int(open(f).read().rsplit(')', 1)[1].split()[16])"
+        " for f in glob.glob(f'/proc/{os.getpid()}/task/*/stat')}\n"
+        f"pathlib.Path({str(seen)!r}).write_text(json.dumps({{'warm': warm,"
+        " 'nices': sorted(nices), 'mine': os.getpriority(os.PRIO_PROCESS, 0)}))\n"
+    )
+    src = _series(tmp_path, first="import time; time.sleep(1)", second=probe)
+    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=120))
+    record = json.loads(seen.read_text())
+    assert record["warm"] and record["nices"] == [record["mine"]] == [
+        os.getpriority(os.PRIO_PROCESS, 0)
+    ]
 
 
 def test_the_demo_series_chains_name_real_notebooks():
