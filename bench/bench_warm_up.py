@@ -34,33 +34,44 @@ import torch
 from bench_demo import machine
 from bench_learning import prepare_data
 
-from seglib.app.warm_up import MODULES
+from seglib.app.warm_up import MODULES, NICENESS, set_session_nice
 from seglib.core.config import TrainConfig
 from seglib.engine import trainer
 
+PLAIN = f"import {', '.join(MODULES)}"
+WARM_UP = "from seglib.app.warm_up import warm_up; warm_up()"
+#: mode: (the warm-ups' code, whether their session runs at nice 19)
 WARM_UPS = {
-    "beside, normal priority": f"import {', '.join(MODULES)}",
-    "beside, warm_up": "from seglib.app.warm_up import warm_up; warm_up()",
+    "beside, plain imports": (PLAIN, False),
+    "beside, warm_up": (WARM_UP, False),
+    "beside, warm_up, session at nice 19": (WARM_UP, True),
 }
 
 
-def _train(cfg: TrainConfig, data: Path, out: Path, code: str | None) -> dict[str, float]:
-    """Train ``cfg`` into ``out``, with three ``code`` subprocesses in a row beside it."""
+def _train(
+    cfg: TrainConfig, data: Path, out: Path, beside: tuple[str, bool] | None
+) -> dict[str, float]:
+    """Train ``cfg`` into ``out``, with three warm-up subprocesses in a row beside it, in a
+    session of their own as a kernel is (``beside``: their code, and whether the session
+    runs at nice 19, ``warm_up.set_session_nice``)."""
     marks: dict[str, float] = {}
 
     def callback(event: str, payload: dict) -> None:
         if event in ("start", "iter"):
             marks["start" if event == "start" else "last"] = time.perf_counter()
 
-    beside = None
-    if code is not None:
-        chain = "; ".join([f"{sys.executable} -c {json.dumps(code)}"] * 3)
-        beside = subprocess.Popen(["bash", "-c", chain])
+    chain = None
+    if beside is not None:
+        code, low = beside
+        line = "; ".join([f"{sys.executable} -c {json.dumps(code)}"] * 3)
+        chain = subprocess.Popen(["bash", "-c", line], start_new_session=True)
+        if low and not set_session_nice(chain.pid, NICENESS):
+            raise RuntimeError("this machine has no autogroup nice value to set")
     begun = time.perf_counter()
     trainer.train(cfg, data, out, callback=callback)
-    if beside is not None and beside.wait() != 0:
-        raise RuntimeError(f"a warm-up failed: {code}")
-    finished = time.perf_counter() - begun if beside is not None else float("nan")
+    if chain is not None and chain.wait() != 0:
+        raise RuntimeError(f"a warm-up failed: {beside}")
+    finished = time.perf_counter() - begun if chain is not None else float("nan")
     return {"train_s": marks["last"] - marks["start"], "warm_ups_done_s": finished}
 
 
@@ -83,12 +94,12 @@ def main() -> None:
                 print(f"round {r} {mode}: {rows[mode][-1]}", flush=True)
     cpu = machine()["cpu_model"]
     print(f"\n{args.steps} demo steps, {torch.get_num_threads()} torch threads, {cpu}")
-    print(f"{'':26}{'train_s':>10}{'x alone':>10}{'warm-ups done':>15}")
+    print(f"{'':38}{'train_s':>10}{'x alone':>10}{'warm-ups done':>15}")
     alone = statistics.median(r["train_s"] for r in rows["alone"])
     for mode, got in rows.items():
         train_s = statistics.median(r["train_s"] for r in got)
         done = statistics.median(r["warm_ups_done_s"] for r in got)
-        print(f"{mode:26}{train_s:10.1f}{train_s / alone:10.2f}{done:15.1f}")
+        print(f"{mode:38}{train_s:10.1f}{train_s / alone:10.2f}{done:15.1f}")
     if args.json:
         args.json.write_text(json.dumps({"steps": args.steps, "cpu": cpu, "rows": rows}, indent=2))
 

@@ -26,6 +26,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellControlSignal, DeadKernelError
 
 from seglib.app.runs import OVERWRITE_ENV
+from seglib.app.warm_up import NICENESS, set_session_nice
 from seglib.core.atomic import write_bytes_atomic
 from seglib.core.overrides import OVERRIDES_ENV
 from seglib.core.paths import RUN_ENV
@@ -324,7 +325,11 @@ class _StageRunner:
 
     def _warm(self, source: Path, threads: int | None) -> None:
         """Start ``source``'s kernel once the kernels asked for before it are warm, and
-        run ``WARM_UP`` in it: one warm-up at a time, on the CPU the running notebook leaves."""
+        run ``WARM_UP`` in it: one warm-up at a time, on the CPU the running notebook leaves.
+
+        The kernel's session runs at nice 19 until its notebook starts
+        (``warm_up.set_session_nice``): a kernel is a session of its own, and where sessions
+        are scheduling groups a warming kernel took one of two cores from 03's training."""
         before = self.last_warm
 
         async def warm() -> NotebookClient:
@@ -333,6 +338,7 @@ class _StageRunner:
             client = self._client(source)
             client.km = client.create_kernel_manager()
             await client.async_start_new_kernel(env=_kernel_env(threads))
+            set_session_nice(_kernel_pid(client), NICENESS)  # back to 0 when its notebook starts
             await client.async_start_new_kernel_client()
             await client.async_wait_for_reply(client.kc.execute(WARM_UP, silent=True))
             return client
@@ -343,6 +349,8 @@ class _StageRunner:
         for i, source in enumerate(chain):
             warm = self.warming.pop(source, None)
             client = await warm if warm is not None else self._client(source)
+            if warm is not None:
+                set_session_nice(_kernel_pid(client), 0)
             if i + 1 < len(chain):
                 self._warm(chain[i + 1], threads)
             started = datetime.now(timezone.utc).isoformat()
@@ -375,6 +383,11 @@ class _StageRunner:
         finished = datetime.now(timezone.utc).isoformat()
         nb.metadata["seglib"] = {"started": started, "finished": finished, "torch_threads": threads}
         write_bytes_atomic(target, nbformat.writes(nb).encode())
+
+
+def _kernel_pid(client: NotebookClient) -> int | None:
+    """The process id of ``client``'s kernel, when a local process runs it."""
+    return getattr(client.km.provisioner, "pid", None) if client.km is not None else None
 
 
 def _kernel_env(threads: int | None) -> dict[str, str]:

@@ -6,10 +6,15 @@ import threading
 
 import pytest
 
-from seglib.app.warm_up import NICENESS, warm_up
+from seglib.app.warm_up import NICENESS, set_session_nice, warm_up
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a nice value per thread is Linux's"
+)
+
+
+autogroups = pytest.mark.skipif(
+    not os.path.exists("/proc/self/autogroup"), reason="no scheduling autogroups here"
 )
 
 
@@ -61,3 +66,19 @@ def test_the_real_warm_up_leaves_no_thread_at_low_priority():
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["imported"] and len(seen["nices"]) > 1
     assert set(seen["nices"]) == {seen["main"]}
+
+
+@autogroups
+def test_a_sessions_nice_value_is_set_and_set_back():
+    session = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        group = f"/proc/{session.pid}/autogroup"
+        assert set_session_nice(session.pid, NICENESS)
+        assert open(group).read().split()[-1] == "19"
+        assert set_session_nice(session.pid, 0)  # within 100 ms of the last change: retried
+        assert open(group).read().split()[-1] == "0"
+    finally:
+        session.kill()
+        session.wait()
+    assert not set_session_nice(session.pid, 0)  # gone
+    assert not set_session_nice(None, 0)
