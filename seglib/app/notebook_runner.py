@@ -323,13 +323,15 @@ class _StageRunner:
         client.on_notebook_start = lambda client=client, **_: _poll_stepwise(client)
         return client
 
-    def _warm(self, source: Path, threads: int | None) -> None:
+    def _warm(self, source: Path, threads: int | None, *, ahead: bool = True) -> None:
         """Start ``source``'s kernel once the kernels asked for before it are warm, and
         run ``WARM_UP`` in it: one warm-up at a time, on the CPU the running notebook leaves.
 
-        The kernel's session runs at nice 19 until its notebook starts
-        (``warm_up.set_session_nice``): a kernel is a session of its own, and where sessions
-        are scheduling groups a warming kernel took one of two cores from 03's training."""
+        A kernel warmed ``ahead`` of its stage runs its session at nice 19 until its notebook
+        starts (``warm_up.set_session_nice``): a kernel is a session of its own, and where
+        sessions are scheduling groups a warming kernel took one of two cores from 03's
+        training. The next kernel of a running chain (05 after 04) is next on that chain's
+        path, and warms at normal priority beside the chains."""
         before = self.last_warm
 
         async def warm() -> NotebookClient:
@@ -338,7 +340,8 @@ class _StageRunner:
             client = self._client(source)
             client.km = client.create_kernel_manager()
             await client.async_start_new_kernel(env=_kernel_env(threads))
-            set_session_nice(_kernel_pid(client), NICENESS)  # back to 0 when its notebook starts
+            if ahead:  # back to 0 when its notebook starts
+                set_session_nice(_kernel_pid(client), NICENESS)
             await client.async_start_new_kernel_client()
             await client.async_wait_for_reply(client.kc.execute(WARM_UP, silent=True))
             return client
@@ -352,7 +355,7 @@ class _StageRunner:
             if warm is not None:
                 set_session_nice(_kernel_pid(client), 0)
             if i + 1 < len(chain):
-                self._warm(chain[i + 1], threads)
+                self._warm(chain[i + 1], threads, ahead=False)
             started = datetime.now(timezone.utc).isoformat()
             target = self.out_dir / source.name
             try:

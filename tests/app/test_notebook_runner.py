@@ -348,23 +348,18 @@ def test_a_kernel_warmed_ahead_has_its_imports_done_and_every_thread_at_normal_p
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroups here")
 def test_a_warming_kernels_session_runs_at_nice_19_and_its_notebook_at_0(tmp_path, monkeypatch):
-    """Each kernel is a session of its own: while it warms, the whole session is at the
-    lowest priority; once its notebook starts, it is back at 0."""
-    warming = tmp_path / "warming"
-    monkeypatch.setattr(
-        notebook_runner,
-        "WARM_UP",
-        f"import pathlib; pathlib.Path({str(warming)!r}).write_text(open('/proc/self/autogroup').read())",
-    )
-    running = tmp_path / "running"
-    src = _series(
-        tmp_path,
-        first="x = 1",
-        second=f"import pathlib; pathlib.Path({str(running)!r}).write_text(open('/proc/self/autogroup').read())",
-    )
-    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
-    assert warming.read_text().split()[-1] == "19"
-    assert running.read_text().split()[-1] == "0"
+    """Each kernel is a session of its own: while a kernel warms a stage ahead, its whole
+    session is at the lowest priority, and once its notebook starts it is back at 0. The next
+    kernel of a running chain (03 after 02 here) warms at normal priority."""
+    warming, running = tmp_path / "warming", tmp_path / "running"
+    record = "with open({!r}, 'a') as f: f.write(open('/proc/self/autogroup').read())"
+    monkeypatch.setattr(notebook_runner, "WARM_UP", record.format(str(warming)))
+    cell = record.format(str(running))
+    src = _series(tmp_path, first="x = 1", second=cell, third=cell)
+    chain = (("02_second", "03_third"),)
+    list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, side_by_side=chain))
+    assert [line.split()[-1] for line in warming.read_text().splitlines()] == ["19", "0"]
+    assert [line.split()[-1] for line in running.read_text().splitlines()] == ["0", "0"]
 
 
 def test_the_demo_series_chains_name_real_notebooks():
