@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,6 +290,7 @@ class _StageRunner:
         self.done: asyncio.Queue[Path | None] = asyncio.Queue()
         self.warming: dict[Path, asyncio.Task] = {}
         self.last_warm: asyncio.Task | None = None
+        self.low: set[Path] = set()  # kernels whose session waits at nice 19
         self.stopping: list[asyncio.Task] = []
 
     async def run(self, stages: list[Stage]) -> None:
@@ -340,8 +342,8 @@ class _StageRunner:
             client = self._client(source)
             client.km = client.create_kernel_manager()
             await client.async_start_new_kernel(env=_kernel_env(threads))
-            if ahead:  # back to 0 when its notebook starts
-                set_session_nice(_kernel_pid(client), NICENESS)
+            if ahead and set_session_nice(_kernel_pid(client), NICENESS):
+                self.low.add(source)  # back to 0 when its notebook starts
             await client.async_start_new_kernel_client()
             await client.async_wait_for_reply(client.kc.execute(WARM_UP, silent=True))
             return client
@@ -352,8 +354,13 @@ class _StageRunner:
         for i, source in enumerate(chain):
             warm = self.warming.pop(source, None)
             client = await warm if warm is not None else self._client(source)
-            if warm is not None:
-                set_session_nice(_kernel_pid(client), 0)
+            if source in self.low and not set_session_nice(_kernel_pid(client), 0):
+                warnings.warn(
+                    f"{source.name} runs at the lowest CPU priority: its kernel's session "
+                    "could not be set back from nice 19 (/proc/<pid>/autogroup)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
             if i + 1 < len(chain):
                 self._warm(chain[i + 1], threads, ahead=False)
             started = datetime.now(timezone.utc).isoformat()

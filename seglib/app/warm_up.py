@@ -47,8 +47,8 @@ MODULES = (
 )
 #: The importing thread's nice value, and its kernel session's: the lowest priority.
 NICENESS = 19
-#: Tries of ``set_session_nice`` while another change holds the system-wide 100 ms gap.
-RETRIES = 5
+#: Tries of ``set_session_nice`` while other changes hold the system-wide 100 ms gap.
+RETRIES = 20
 
 
 def warm_up(

@@ -362,6 +362,18 @@ def test_a_warming_kernels_session_runs_at_nice_19_and_its_notebook_at_0(tmp_pat
     assert [line.split()[-1] for line in running.read_text().splitlines()] == ["0", "0"]
 
 
+@pytest.mark.slow
+def test_a_kernel_left_at_nice_19_is_said_loudly(tmp_path, monkeypatch):
+    """Setting a warmed kernel's session back to 0 fails: the run still runs the notebook,
+    and warns that it runs at the lowest priority."""
+    monkeypatch.setattr(notebook_runner, "WARM_UP", "x = 1")
+    monkeypatch.setattr(notebook_runner, "set_session_nice", lambda pid, nice: nice > 0)
+    src = _series(tmp_path, first="x = 1", second="y = 2")
+    with pytest.warns(RuntimeWarning, match="02_second.ipynb runs at the lowest CPU priority"):
+        done = list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, timeout=60))
+    assert [p.name for p in done] == ["01_first.ipynb", "02_second.ipynb"]
+
+
 def test_the_demo_series_chains_name_real_notebooks():
     stems = {nb.stem for nb in notebook_paths()}
     assert {stem for chain in SIDE_BY_SIDE for stem in chain} <= stems
