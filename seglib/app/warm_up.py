@@ -89,7 +89,8 @@ def set_session_nice(pid: int | None, niceness: int) -> bool:
     that shares the CPUs with the others as a whole: a warming kernel's thread at nice 19
     still took one of two cores from notebook 03's training (psutil, 2-core Intel Xeon kind).
     The group's own nice value weighs the group; any value from 0 to 19 may be set, and set
-    back, without privileges (one change per 100 ms: a busy moment is retried). False where there is no such file or it cannot be written (no
+    back, without privileges (one change per 100 ms: a busy moment is retried, sleeping up
+    to ``RETRIES`` × 0.11 s). False where there is no such file or it cannot be written (no
     autogroups, another platform, no ``pid``): the per-thread value of ``warm_up`` is what
     counts there.
     """
