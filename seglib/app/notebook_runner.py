@@ -210,6 +210,13 @@ def stage_threads(stage: Stage, cpus: int | None = None) -> int | None:
     return min(threads, int(preset)) if preset.isdigit() and int(preset) > 0 else threads
 
 
+def start_order(stage: Stage) -> list[Path]:
+    """Every notebook of ``stage`` in the order they can start: each chain's first, then each
+    chain's second, and so on (04, 06, 07, then 05)."""
+    depth = max(len(chain) for chain in stage)
+    return [chain[i] for i in range(depth) for chain in stage if i < len(chain)]
+
+
 def plan_lines(stages: Sequence[Stage]) -> list[str]:
     """One line for each stage of chains run side by side, naming them and their threads."""
     lines = []
@@ -242,9 +249,9 @@ def run_notebooks(
     ``notebooks`` (``select_notebooks``' choice) replaces the whole series of ``notebooks_dir``.
     They run in the stages of ``plan_stages``: in order, except that ``side_by_side``'s chains
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
-    with ``stage_threads`` torch threads. While a stage runs, the kernels of the next
-    ``WARM_AHEAD`` stages start one after another and run ``WARM_UP``, so a notebook
-    starts on a ready kernel; a finished notebook's kernel is killed in the background
+    with ``stage_threads`` torch threads. While a stage runs, the kernels of every notebook of
+    the next ``WARM_AHEAD`` stages start one after another (``start_order``) and run
+    ``WARM_UP``, so a notebook starts on a ready kernel; a finished notebook's kernel is killed in the background
     (``_stop``), and the run waits for every kernel before it ends.
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
@@ -296,11 +303,15 @@ class _StageRunner:
     async def run(self, stages: list[Stage]) -> None:
         try:
             for k, stage in enumerate(stages):
-                for ahead in stages[k + 1 : k + 1 + WARM_AHEAD]:
-                    for chain in ahead:
-                        if chain[0] not in self.warming:
-                            self._warm(chain[0], stage_threads(ahead))
                 threads = stage_threads(stage)
+                # Chains' later notebooks that no stage before warmed: next on their paths.
+                for source in start_order(stage)[len(stage) :]:
+                    if source not in self.warming:
+                        self._warm(source, threads, ahead=False)
+                for ahead in stages[k + 1 : k + 1 + WARM_AHEAD]:
+                    for source in start_order(ahead):
+                        if source not in self.warming:
+                            self._warm(source, stage_threads(ahead))
                 ran = await asyncio.gather(
                     *(self._chain(chain, threads) for chain in stage), return_exceptions=True
                 )
@@ -332,8 +343,10 @@ class _StageRunner:
         A kernel warmed ``ahead`` of its stage runs its session at nice 19 until its notebook
         starts (``warm_up.set_session_nice``): a kernel is a session of its own, and where
         sessions are scheduling groups a warming kernel took one of two cores from 03's
-        training. The next kernel of a running chain (05 after 04) is next on that chain's
-        path, and warms at normal priority beside the chains."""
+        training. A chain's later notebook (05 after 04) warms ahead with the rest of its
+        stage: warmed beside 04 at normal priority instead, it took CPU from 04 and 06 as they
+        started. Only in a stage that nothing ran before does it warm beside its chain, at
+        normal priority (not ``ahead``), as the next on that chain's path."""
         before = self.last_warm
 
         async def warm() -> NotebookClient:
@@ -351,7 +364,7 @@ class _StageRunner:
         self.warming[source] = self.last_warm = asyncio.ensure_future(warm())
 
     async def _chain(self, chain: tuple[Path, ...], threads: int | None) -> None:
-        for i, source in enumerate(chain):
+        for source in chain:
             warm = self.warming.pop(source, None)
             client = await warm if warm is not None else self._client(source)
             if source in self.low and not set_session_nice(_kernel_pid(client), 0):
@@ -361,8 +374,6 @@ class _StageRunner:
                     RuntimeWarning,
                     stacklevel=1,
                 )
-            if i + 1 < len(chain):
-                self._warm(chain[i + 1], threads, ahead=False)
             started = datetime.now(timezone.utc).isoformat()
             target = self.out_dir / source.name
             try:

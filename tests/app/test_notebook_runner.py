@@ -349,17 +349,38 @@ def test_a_kernel_warmed_ahead_has_its_imports_done_and_every_thread_at_normal_p
 @pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroups here")
 def test_a_warming_kernels_session_runs_at_nice_19_and_its_notebook_at_0(tmp_path, monkeypatch):
     """Each kernel is a session of its own: while a kernel warms a stage ahead, its whole
-    session is at the lowest priority, and once its notebook starts it is back at 0. The next
-    kernel of a running chain (03 after 02 here) warms at normal priority."""
+    session is at the lowest priority, and once its notebook starts it is back at 0. Every
+    notebook of a chain warms ahead (03 after 02 here, as 05 after 04 in a run); in a chain
+    that nothing runs before (01 -> 02), the next kernel warms beside it at normal priority."""
     warming, running = tmp_path / "warming", tmp_path / "running"
     record = "with open({!r}, 'a') as f: f.write(open('/proc/self/autogroup').read())"
     monkeypatch.setattr(notebook_runner, "WARM_UP", record.format(str(warming)))
     cell = record.format(str(running))
+
+    def nices(file):
+        values = [line.split()[-1] for line in file.read_text().splitlines()]
+        file.unlink()
+        return values
+
     src = _series(tmp_path, first="x = 1", second=cell, third=cell)
     chain = (("02_second", "03_third"),)
     list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, side_by_side=chain))
-    assert [line.split()[-1] for line in warming.read_text().splitlines()] == ["19", "0"]
-    assert [line.split()[-1] for line in running.read_text().splitlines()] == ["0", "0"]
+    assert nices(warming) == ["19", "19"] and nices(running) == ["0", "0"]
+    chain = (("01_first", "02_second"),)
+    list(run_notebooks("smoke", tmp_path / "out2", notebooks_dir=src, side_by_side=chain))
+    assert nices(warming) == ["0", "19"]  # 02 beside 01, then 03 ahead of its stage
+    assert nices(running) == ["0", "0"]
+
+
+def test_a_stage_starts_its_chains_first_notebooks_first():
+    stages = plan_stages(SERIES, SIDE_BY_SIDE)
+    after_03 = next(stage for stage in stages if len(stage) > 1)
+    assert [nb.stem for nb in notebook_runner.start_order(after_03)] == [
+        "04_evaluate",
+        "06_occlusion_study",
+        "07_detr_comparison",
+        "05_inference_viz",
+    ]
 
 
 @pytest.mark.slow
