@@ -184,3 +184,32 @@ def test_run_command_passes_run_overrides_and_overwrite_to_the_notebooks(
     assert "lr" in capsys.readouterr().err
     assert cli.main(["run", "--profile", "smoke", "--set", "learning_rate=1"]) == 2
     assert "not a TrainConfig field" in capsys.readouterr().err
+
+
+def test_the_run_command_checks_each_notebook_as_it_is_written(tmp_path, monkeypatch, capsys):
+    """A notebook's outputs are checked before the next one is written (beside the chains still
+    running), not all at the end; every problem is printed and the run exits 1."""
+    from seglib.app import cli
+
+    monkeypatch.setenv("SEGLIB_DATA", str(tmp_path))
+    events = []
+
+    def fake_run(profile, out, **kwargs):
+        for stem in ("01_data_subset", "04_evaluate"):
+            events.append(("written", stem))
+            yield out / f"{stem}.ipynb"
+
+    def check_outputs(paths, stems):
+        events.append(("checked", *stems))
+        return [f"{stem}: a problem" for stem in stems if stem == "04_evaluate"]
+
+    monkeypatch.setattr(notebook_runner, "run_notebooks", fake_run)
+    monkeypatch.setattr(headless, "check_outputs", check_outputs)
+    assert cli.main(["run", "--profile", "smoke", "--notebooks", "01", "04"]) == 1
+    assert events == [
+        ("written", "01_data_subset"),
+        ("checked", "01_data_subset"),
+        ("written", "04_evaluate"),
+        ("checked", "04_evaluate"),
+    ]
+    assert "problem: 04_evaluate: a problem" in capsys.readouterr().err
