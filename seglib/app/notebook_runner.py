@@ -297,13 +297,16 @@ class _StageRunner:
         self.done: asyncio.Queue[Path | None] = asyncio.Queue()
         self.warming: dict[Path, asyncio.Task] = {}
         self.last_warm: asyncio.Task | None = None
-        self.low: set[Path] = set()  # kernels whose session waits at nice 19
+        self.low: dict[Path, int | None] = {}  # kernels whose session waits at nice 19: pid
+        self.current: set[Path] = set()  # the running stage's notebooks
         self.stopping: list[asyncio.Task] = []
 
     async def run(self, stages: list[Stage]) -> None:
         try:
             for k, stage in enumerate(stages):
-                threads = stage_threads(stage)
+                threads, self.current = stage_threads(stage), set(start_order(stage))
+                for source in start_order(stage):  # a warm-up still running goes on at nice 0
+                    self._normal(source)
                 # Chains' later notebooks that no stage before warmed: next on their paths.
                 for source in start_order(stage)[len(stage) :]:
                     if source not in self.warming:
@@ -340,7 +343,7 @@ class _StageRunner:
         """Start ``source``'s kernel once the kernels asked for before it are warm, and
         run ``WARM_UP`` in it: one warm-up at a time, on the CPU the running notebook leaves.
 
-        A kernel warmed ``ahead`` of its stage runs its session at nice 19 until its notebook
+        A kernel warmed ``ahead`` of its stage runs its session at nice 19 until the stage
         starts (``warm_up.set_session_nice``): a kernel is a session of its own, and where
         sessions are scheduling groups a warming kernel took one of two cores from 03's
         training. A chain's later notebook (05 after 04) warms ahead with the rest of its
@@ -355,8 +358,9 @@ class _StageRunner:
             client = self._client(source)
             client.km = client.create_kernel_manager()
             await client.async_start_new_kernel(env=_kernel_env(threads))
-            if ahead and set_session_nice(_kernel_pid(client), NICENESS):
-                self.low.add(source)  # back to 0 when its notebook starts
+            pid = _kernel_pid(client)
+            if ahead and source not in self.current and set_session_nice(pid, NICENESS):
+                self.low[source] = pid  # back to 0 when its stage starts
             await client.async_start_new_kernel_client()
             await client.async_wait_for_reply(client.kc.execute(WARM_UP, silent=True))
             return client
@@ -367,13 +371,6 @@ class _StageRunner:
         for source in chain:
             warm = self.warming.pop(source, None)
             client = await warm if warm is not None else self._client(source)
-            if source in self.low and not set_session_nice(_kernel_pid(client), 0):
-                warnings.warn(
-                    f"{source.name} runs at the lowest CPU priority: its kernel's session "
-                    "could not be set back from nice 19 (/proc/<pid>/autogroup)",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
             started = datetime.now(timezone.utc).isoformat()
             target = self.out_dir / source.name
             try:
@@ -387,6 +384,17 @@ class _StageRunner:
                 self._stop(client)
             self._write(client.nb, target, started, threads)
             await self.done.put(target)
+
+    def _normal(self, source: Path) -> None:
+        """Set the session of ``source``'s kernel, if warmed at nice 19, back to 0; warn
+        loudly where that fails."""
+        if source in self.low and not set_session_nice(self.low.pop(source), 0):
+            warnings.warn(
+                f"{source.name} runs at the lowest CPU priority: its kernel's session "
+                "could not be set back from nice 19 (/proc/<pid>/autogroup)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def _stop(self, client: NotebookClient) -> None:
         """Stop ``client``'s kernel in the background; ``run`` waits for it at its end.

@@ -1,6 +1,7 @@
 import json
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -349,9 +350,10 @@ def test_a_kernel_warmed_ahead_has_its_imports_done_and_every_thread_at_normal_p
 @pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroups here")
 def test_a_warming_kernels_session_runs_at_nice_19_and_its_notebook_at_0(tmp_path, monkeypatch):
     """Each kernel is a session of its own: while a kernel warms a stage ahead, its whole
-    session is at the lowest priority, and once its notebook starts it is back at 0. Every
+    session is at the lowest priority, and once its stage starts it is back at 0. Every
     notebook of a chain warms ahead (03 after 02 here, as 05 after 04 in a run); in a chain
-    that nothing runs before (01 -> 02), the next kernel warms beside it at normal priority."""
+    that nothing runs before (01 -> 02), the next kernel warms beside it at normal priority.
+    01 takes 4 s, so the warm-ups finish before the stage after it starts."""
     warming, running = tmp_path / "warming", tmp_path / "running"
     record = "with open({!r}, 'a') as f: f.write(open('/proc/self/autogroup').read())"
     monkeypatch.setattr(notebook_runner, "WARM_UP", record.format(str(warming)))
@@ -362,7 +364,7 @@ def test_a_warming_kernels_session_runs_at_nice_19_and_its_notebook_at_0(tmp_pat
         file.unlink()
         return values
 
-    src = _series(tmp_path, first="x = 1", second=cell, third=cell)
+    src = _series(tmp_path, first="import time; time.sleep(4)", second=cell, third=cell)
     chain = (("02_second", "03_third"),)
     list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, side_by_side=chain))
     assert nices(warming) == ["19", "19"] and nices(running) == ["0", "0"]
@@ -381,6 +383,23 @@ def test_a_stage_starts_its_chains_first_notebooks_first():
         "07_detr_comparison",
         "05_inference_viz",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroups here")
+def test_a_warm_up_still_running_when_its_stage_starts_goes_on_at_nice_0(tmp_path, monkeypatch):
+    """01 ends at once; 02's warm-up (4 s) is still running then, and the rest of it runs at
+    normal priority, as does 03's, which starts after 01 ended: neither waits at nice 19 while
+    its own stage runs."""
+    warming = tmp_path / "warming"
+    record = f"with open({str(warming)!r}, 'a') as f: f.write(open('/proc/self/autogroup').read())"
+    monkeypatch.setattr(notebook_runner, "WARM_UP", f"import time; time.sleep(4)\n{record}")
+    src = _series(tmp_path, first="x = 1", second="y = 2", third="z = 3")
+    chain = (("02_second", "03_third"),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing was left at nice 19
+        list(run_notebooks("smoke", tmp_path / "out", notebooks_dir=src, side_by_side=chain))
+    assert [line.split()[-1] for line in warming.read_text().splitlines()] == ["0", "0"]
 
 
 @pytest.mark.slow
