@@ -16,7 +16,7 @@ Two settings make a warming kernel take only the CPU the running notebook leaves
   Linux schedules each session as one group (autogroups, on by default for processes outside
   a cgroup of their own), a thread's nice value counts only inside its session. The runner
   sets the whole session of a kernel warmed a stage ahead to nice 19, and back to 0 when its
-  notebook starts.
+  stage starts.
 
 A thread pool started while a module is imported inherits the nice value of the thread that
 imports it, and would keep it for the notebook's work. The modules that start one at import
