@@ -251,8 +251,8 @@ def run_notebooks(
     (04 -> 05, 06 and 07, which read only what 01-03 wrote) run at the same time, each kernel
     with ``stage_threads`` torch threads. While a stage runs, the kernels of every notebook of
     the next ``WARM_AHEAD`` stages start one after another (``start_order``) and run
-    ``WARM_UP``, so a notebook starts on a ready kernel; a finished notebook's kernel is killed in the background
-    (``_stop``), and the run waits for every kernel before it ends.
+    ``WARM_UP``, so a notebook starts on a ready kernel; a finished notebook's kernel is
+    killed in the background (``_stop``), and the run waits for every kernel before it ends.
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
     ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
@@ -304,11 +304,12 @@ class _StageRunner:
     async def run(self, stages: list[Stage]) -> None:
         try:
             for k, stage in enumerate(stages):
-                threads, self.current = stage_threads(stage), set(start_order(stage))
-                for source in start_order(stage):  # a warm-up still running goes on at nice 0
+                threads, order = stage_threads(stage), start_order(stage)
+                self.current = set(order)
+                for source in order:  # a warm-up still running goes on at nice 0
                     self._normal(source)
                 # Chains' later notebooks that no stage before warmed: next on their paths.
-                for source in start_order(stage)[len(stage) :]:
+                for source in order[len(stage) :]:
                     if source not in self.warming:
                         self._warm(source, threads, ahead=False)
                 for ahead in stages[k + 1 : k + 1 + WARM_AHEAD]:
