@@ -8,11 +8,13 @@ never a saved NaN model).
 ``out_dir/config.json`` holds the run's TrainConfig; ``metrics.jsonl`` one JSON row per log
 interval (epoch, iteration, lr, loss and its components, time) and one per validation
 (headline metrics plus the full ``val`` dict); ``eval/val_epoch{N}.json`` each validation's
-metrics. Only rank 0 writes them.
+metrics. Only rank 0 writes them. ``RunState`` is where a run stands: every checkpoint holds
+it, and a resume continues from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +31,44 @@ from seglib.core.paths import RunFolder
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands; every checkpoint holds it and a resume continues from it.
+
+    ``epoch`` is the one epoch counter: epochs completed. The epoch in progress is index
+    ``epoch`` for the sampler and the seeds, and "epoch ``epoch + 1``" in logs and messages.
+    Every epoch is ``iters_per_epoch`` optimizer steps, so the steps already done in the
+    epoch in progress are ``iteration - epoch * iters_per_epoch``.
+    """
+
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # optimizer steps done, over the whole run
+    best: float | None = None  # best val mask AP so far
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a row per epoch
+
+    def steps_into_epoch(self, iters_per_epoch: int) -> int:
+        return self.iteration - self.epoch * iters_per_epoch
+
+    def checkpoint_fields(self, iters_per_epoch: int) -> dict[str, Any]:
+        """The ``save_checkpoint`` arguments that record this state."""
+        extra = {"history": self.history, "best_epoch": self.best_epoch}
+        extra["iters_per_epoch"] = iters_per_epoch
+        return dict(epoch=self.epoch, iteration=self.iteration, best_metric=self.best, extra=extra)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], iters_per_epoch: int) -> RunState:
+        """The state in ``ckpt``; ValueError when the epochs have changed length since."""
+        extra = ckpt.get("extra") or {}
+        if extra.get("iters_per_epoch", iters_per_epoch) != iters_per_epoch:
+            raise ValueError(
+                f"cannot resume: the run had {extra['iters_per_epoch']} batches per epoch, the training split "
+                f"now gives {iters_per_epoch}; resume with the same data and batch_size."
+            )
+        history, best_epoch = list(extra.get("history", [])), extra.get("best_epoch")
+        return cls(ckpt["epoch"], ckpt["iteration"], ckpt["best_metric"], best_epoch, history)
 
 
 # --- the loss meter ----------------------------------------------------------------------------

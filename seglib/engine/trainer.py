@@ -3,7 +3,7 @@
 - ``train_one_epoch(model, optimizer, loader, device, epoch, ...)``: one pass, every input an
   argument, with no host sync between log rows (``seglib.engine.runlog.LossMeter``).
 - ``train(cfg, data_dir, out_dir)``: the whole run, resume and torchrun/DDP included.
-  ``RunState`` is where it stands; every checkpoint holds it.
+  ``seglib.engine.runlog.RunState`` is where it stands; every checkpoint holds it.
 
 The model follows ``seglib.models.builder.SegmentationModel``: the loop sums and logs whatever
 losses it returns. Nothing prints: results come back as return values and through ``callback``.
@@ -40,6 +40,7 @@ from seglib.data.loaders import make_loaders
 from seglib.engine.runlog import (
     LossMeter,
     NonFiniteLossError,
+    RunState,
     append_row,
     prepare_run_dir,
     record_eval,
@@ -47,7 +48,7 @@ from seglib.engine.runlog import (
 )
 from seglib.engine.schedule import make_lr_scheduler, make_optimizer, optimizer_step
 from seglib.evaluation.prediction import evaluate
-from seglib.models.builder import build_model, build_model_structure
+from seglib.models.builder import build_model, build_model_structure, predicts_in_arch
 from seglib.models.checkpoint import (
     load_for_resume,
     load_model_state,
@@ -159,44 +160,6 @@ def _oom_message(epoch: int, iteration: int, batch: int, device: torch.device) -
 
 # --- the run ----------------------------------------------------------------------------------
 @dataclasses.dataclass
-class RunState:
-    """Where a run stands; every checkpoint holds it and a resume continues from it.
-
-    ``epoch`` is the one epoch counter: epochs completed. The epoch in progress is index
-    ``epoch`` for the sampler and the seeds, and "epoch ``epoch + 1``" in logs and messages.
-    Every epoch is ``iters_per_epoch`` optimizer steps, so the steps already done in the
-    epoch in progress are ``iteration - epoch * iters_per_epoch``.
-    """
-
-    epoch: int = 0  # epochs completed
-    iteration: int = 0  # optimizer steps done, over the whole run
-    best: float | None = None  # best val mask AP so far
-    best_epoch: int | None = None
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a row per epoch
-
-    def steps_into_epoch(self, iters_per_epoch: int) -> int:
-        return self.iteration - self.epoch * iters_per_epoch
-
-    def checkpoint_fields(self, iters_per_epoch: int) -> dict[str, Any]:
-        """The ``save_checkpoint`` arguments that record this state."""
-        extra = {"history": self.history, "best_epoch": self.best_epoch}
-        extra["iters_per_epoch"] = iters_per_epoch
-        return dict(epoch=self.epoch, iteration=self.iteration, best_metric=self.best, extra=extra)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], iters_per_epoch: int) -> RunState:
-        """The state in ``ckpt``; ValueError when the epochs have changed length since."""
-        extra = ckpt.get("extra") or {}
-        if extra.get("iters_per_epoch", iters_per_epoch) != iters_per_epoch:
-            raise ValueError(
-                f"cannot resume: the run had {extra['iters_per_epoch']} batches per epoch, the training split "
-                f"now gives {iters_per_epoch}; resume with the same data and batch_size."
-            )
-        history, best_epoch = list(extra.get("history", [])), extra.get("best_epoch")
-        return cls(ckpt["epoch"], ckpt["iteration"], ckpt["best_metric"], best_epoch, history)
-
-
-@dataclasses.dataclass
 class _Parts:
     """What a run trains with (built by ``_assemble``)."""
 
@@ -273,6 +236,17 @@ def _train(
         append_row(folder, row)
         notify(event, row)
 
+    # last.pt is first read lazily (mmap): a finished run resumes to nothing without reading
+    # its weights and optimizer state or building a model (1.9 s of notebook 03's last cell).
+    ckpt = load_for_resume(folder.last_checkpoint, cfg, mmap=True) if resume else None
+    batches = len(make_loaders(cfg, data_dir, device)[0]) if resume else 0
+    if ckpt is not None and _finished(cfg, state := RunState.from_checkpoint(ckpt, batches)):
+        validation = predicts_in_arch(cfg.arch, device, cfg.cpu_amp_eval)
+        precision = precision_note(device, cfg.amp, cfg.cpu_amp, validation)
+        notify("start", {"device": str(device), "precision": precision})
+        if main:
+            prepare_run_dir(cfg, folder, state.iteration)
+        return _summary(info, device, cfg, state, None, precision, folder)
     ckpt = load_for_resume(folder.last_checkpoint, cfg) if resume else None
     parts = _assemble(cfg, data_dir, device, ckpt, folder.last_checkpoint, ddp=info.enabled)
     validation = predicts_in(parts.model, device, cfg.cpu_amp_eval)  # Mask R-CNN's only
@@ -284,7 +258,7 @@ def _train(
     if main:
         prepare_run_dir(cfg, folder, state.iteration if ckpt else None)
     rng, final = ckpt["rng"] if ckpt else None, None
-    while state.epoch < cfg.num_epochs and not _capped(cfg, state):
+    while not _finished(cfg, state):
         number = state.epoch + 1
         _start_epoch(parts, cfg, state, rng, info.rank)
         rng = None  # only the first epoch of a resumed run continues a saved RNG state
@@ -311,6 +285,19 @@ def _train(
                 notify("checkpoint", {"path": str(saved[kind]), "kind": kind, **where})
         if info.enabled:
             dist.barrier()  # nobody races ahead while rank 0 writes
+    return _summary(info, device, cfg, state, final, precision, folder)
+
+
+def _summary(
+    info: DistInfo,
+    device: torch.device,
+    cfg: TrainConfig,
+    state: RunState,
+    final: dict[str, Any] | None,
+    precision: str,
+    folder: RunFolder,
+) -> dict[str, Any]:
+    """What ``train`` returns (see its docstring)."""
     return {
         "rank": info.rank,
         "world_size": info.world_size,
@@ -411,6 +398,10 @@ def _start_epoch(
 
 def _capped(cfg: TrainConfig, state: RunState) -> bool:
     return cfg.max_iters is not None and state.iteration >= cfg.max_iters
+
+
+def _finished(cfg: TrainConfig, state: RunState) -> bool:
+    return state.epoch >= cfg.num_epochs or _capped(cfg, state)
 
 
 def _validation_due(cfg: TrainConfig, state: RunState, number: int) -> bool:

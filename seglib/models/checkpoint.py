@@ -66,15 +66,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else model
 
 
-def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
+def read_torch_file(path: str | Path, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``, with damaged files reported as CheckpointError.
+    ``mmap`` maps the tensors' storage from the file instead of reading it (``torch.load``'s).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: truncated, corrupt, or holding more than tensors and plain types.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as e:  # zip, pickle and EOF errors: the file is damaged or not ours
@@ -279,7 +280,9 @@ def drop_training_state(path: str | Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``, its ``categories`` as ``class_map``
     gives them (an older seglib's 1..k class map turned into COCO's ids).
 
@@ -294,7 +297,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"checkpoint {path} not found; train one with `python -m seglib train --data DIR --out RUN_DIR` "
             f"(it writes RUN_DIR/last.pt and best.pt) or pass the path of an existing .pt file"
         )
-    ckpt = read_torch_file(path, map_location)
+    ckpt = read_torch_file(path, map_location, mmap=mmap)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
@@ -338,8 +341,9 @@ def check_class_map(
         )
 
 
-def load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """``last.pt`` of a run to continue, checked against the config it continues with.
+def load_for_resume(path: Path, cfg: TrainConfig, *, mmap: bool = False) -> dict[str, Any]:
+    """``last.pt`` of a run to continue, checked against the config it continues with;
+    ``mmap`` maps its tensors instead of reading them (enough to see where the run stands).
 
     Raises:
         FileNotFoundError: no checkpoint (says to start a fresh run).
@@ -350,7 +354,7 @@ def load_for_resume(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"cannot resume: {path} does not exist; start a fresh run (without --resume) or point --out at the run folder"
         )
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=mmap)
     saved = checkpoint_config(ckpt, path)
     # cosine and the milestones are fractions of the whole run: a new length moves them
     spans_run = cfg.lr_schedule == "cosine" or (
