@@ -369,6 +369,31 @@ def test_build_model_calls_the_archs_builder_and_names_the_choices(monkeypatch, 
         build_model(3, "none", "v3", cfg)
 
 
+def test_the_structure_for_a_checkpoint_skips_random_init_and_restores_torch_init(monkeypatch, cfg):
+    """build_model_structure fills no weight (a checkpoint overwrites them all): it draws no
+    random number, and torch.nn.init works again afterwards, also after a failed build."""
+    originals = dict(vars(nn.init))
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    model = build_model_structure(cfg)
+    assert torch.equal(torch.rand(1), expected)  # no random init ran
+    assert dict(vars(nn.init)) == originals
+    torch.manual_seed(0)
+    build_model(cfg.num_classes, "none", cfg.arch, cfg)  # a fresh model is initialised
+    assert not torch.equal(torch.rand(1), expected)
+    model.load_state_dict(build_model(cfg.num_classes, "none", cfg.arch, cfg).state_dict())
+
+    def failing(cfg, **kwargs):
+        nn.Linear(2, 2)
+        raise RuntimeError("builder failed")
+
+    monkeypatch.setitem(builder.BUILDERS, cfg.arch, failing)
+    with pytest.raises(RuntimeError, match="builder failed"):
+        build_model_structure(cfg)
+    assert dict(vars(nn.init)) == originals
+
+
 def test_only_the_mask_rcnn_archs_predict_in_bf16_and_only_where_asked(monkeypatch, cfg):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     by_arch = {arch: builder.predicts_in_arch(arch, cpu, "bf16") for arch in builder.BUILDERS}
