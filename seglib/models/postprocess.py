@@ -24,22 +24,21 @@ counting as 0. A decayed copy left by Soft-NMS or Matrix NMS in one view is matc
 the other view's copy, never with the detection itself, so no object is reported twice for
 having been seen twice.
 
-``on_one_backbone_pass`` runs the ROI heads under several settings (``box_nms_at`` a threshold,
-``PostProcessed.hooked``) over one backbone pass: the occlusion study's parameter sweep.
+``PostProcessed.hooked`` puts a rule in the model's place for one call of its ROI heads; the
+occlusion study runs it over a backbone pass shared with other settings
+(``seglib.models.one_pass``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import box_iou
@@ -397,43 +396,6 @@ class PostProcessed(nn.Module):
             finish(v, (img.shape[-2], img.shape[-1]), self.settings)
             for v, img in zip(views, images, strict=True)
         ]
-
-
-@contextlib.contextmanager
-def box_nms_at(model: nn.Module, thresh: float) -> Iterator[None]:
-    """For one call, the model's own box NMS (``RoIHeads.nms_thresh``) at ``thresh``: what a
-    model built with that ``box_nms_thresh`` returns."""
-    heads = _find(model, RoIHeads)
-    saved, heads.nms_thresh = heads.nms_thresh, thresh
-    try:
-        yield
-    finally:
-        heads.nms_thresh = saved
-
-
-def on_one_backbone_pass(
-    model: GeneralizedRCNN,
-    images: list[torch.Tensor],
-    heads: Mapping[Any, Callable[[], contextlib.AbstractContextManager]],
-) -> dict[Any, list[Detections]]:
-    """Per key of ``heads``, ``model(images)`` with its ROI heads (and the transform's
-    postprocess) set by that context: ``box_nms_at`` a threshold, ``PostProcessed.hooked``.
-
-    ``GeneralizedRCNN.forward``'s inference steps, with the transform, the backbone and the
-    RPN run once for all of them (the occlusion study's sweep).
-    """
-    if not heads:
-        return {}
-    sizes = [(img.shape[-2], img.shape[-1]) for img in images]
-    batch, _ = model.transform(images)
-    features = model.backbone(batch.tensors)
-    proposals, _ = model.rpn(batch, features)
-    found = {}
-    for key, setting in heads.items():
-        with setting():
-            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-            found[key] = model.transform.postprocess(detections, batch.image_sizes, sizes)
-    return found
 
 
 def wrap(model: nn.Module, cfg: TrainConfig) -> nn.Module:

@@ -50,7 +50,8 @@ from seglib.evaluation.coco_ap import load_detections, mean_valid
 from seglib.evaluation.coco_results import prepare, quiet, to_coco_results
 from seglib.evaluation.prediction import predict
 from seglib.models import builder, weights, zeroshot
-from seglib.models.postprocess import PostProcessed, box_nms_at, on_one_backbone_pass, wrap
+from seglib.models.one_pass import box_nms_at, on_one_backbone_pass
+from seglib.models.postprocess import PostProcessed, wrap
 from seglib.models.precision import autocast_parts, predicts_in
 from seglib.models.suppression import Settings
 from seglib.studies.study import score_results
@@ -97,7 +98,7 @@ def sweep(
     ``passthrough`` settings (box NMS, no flip) are the model's own output with its NMS at
     their ``box_nms_thresh``; the others come from the candidate pool of each view
     (``PostProcessed.candidates``, then ``select``). The thresholds and the pool's unflipped
-    view share one backbone pass per batch (``postprocess.on_one_backbone_pass``).
+    view share one backbone pass and box branch per batch (``one_pass.on_one_backbone_pass``).
 
     Returns:
         ``{name: results}`` in the format of ``seglib.evaluation.prediction.predict``, in ``settings``' order.

@@ -189,7 +189,7 @@ def test_one_backbone_pass_gives_each_threshold_and_the_pool_its_own_output_at_4
     """A random Mask R-CNN at 480x640 that scores every candidate: the sweep's box NMS
     settings equal the model's own predictions with its NMS at each threshold (in bf16 at
     128 px: the test above), and its pooled ones what the candidates of a pass of their own
-    give; the backbone runs once per batch and view."""
+    give; the backbone and the box branch run once per batch and view."""
     from seglib.evaluation.coco_results import to_coco_results
     from seglib.evaluation.prediction import predict
     from seglib.models.postprocess import PostProcessed
@@ -206,10 +206,13 @@ def test_one_backbone_pass_gives_each_threshold_and_the_pool_its_own_output_at_4
         )
         for flip in (False, True)
     }
-    passes = []
+    passes, box_heads = [], []
     model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    model.roi_heads.box_head.fc6.register_forward_hook(lambda *_: box_heads.append(1))
     swept = occlusion_study.sweep(model, data, {**settings, **pooled}, "cpu")
     assert len(passes) == 2  # one batch: the shared pass and the mirrored view's
+    assert len(box_heads) == 2  # the box branch too: 2 thresholds and the pool share one
+    assert "forward" not in vars(model.roi_heads.box_head)  # put back
     for t in settings:
         model.roi_heads.nms_thresh = t
         assert swept[t] == predict(model, data, "cpu"), t
