@@ -20,6 +20,7 @@ import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
+from seglib.models.precision import replaced_forwards
 from seglib.models.suppression import Detections
 
 
@@ -60,23 +61,11 @@ def on_one_backbone_pass(
     return found
 
 
-@contextlib.contextmanager
-def _box_branch_once(heads: RoIHeads) -> Iterator[None]:
+def _box_branch_once(heads: RoIHeads) -> contextlib.AbstractContextManager:
     """Within the block, the box RoIAlign, box head and box predictor hand back their last
-    output when called again with the very same inputs (the same objects). Each part's
-    ``forward`` is restored on exit (``precision.autocast_parts`` may have set its own)."""
+    output when called again with the very same inputs (the same objects)."""
     parts = [heads.box_roi_pool, heads.box_head, heads.box_predictor]
-    saved = [part.__dict__.get("forward") for part in parts]  # None: the class's forward
-    for part in parts:
-        part.forward = _once(part.forward)
-    try:
-        yield
-    finally:
-        for part, forward in zip(parts, saved, strict=True):
-            if forward is None:
-                del part.forward
-            else:
-                part.forward = forward
+    return replaced_forwards(parts, lambda part: _once(part.forward))
 
 
 def _once(forward: Callable[..., Any]) -> Callable[..., Any]:

@@ -14,7 +14,7 @@ Mask R-CNN inside (Mask2Former) are left in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,11 +78,21 @@ def autocast_parts(model: nn.Module, dtype: torch.dtype | None) -> Iterator[bool
     also when the block raises.
     """
     parts = bf16_parts(model) if dtype is not None else []
+    with replaced_forwards(parts, lambda part: _autocast_forward(part, dtype)):
+        yield bool(parts)
+
+
+@contextmanager
+def replaced_forwards(
+    parts: Sequence[nn.Module], make: Callable[[nn.Module], Callable[..., Any]]
+) -> Iterator[None]:
+    """Within the block, each part's ``forward`` is ``make(part)``, which may call the
+    forward it replaces; each part's own is restored on exit, also when the block raises."""
     saved = [part.__dict__.get("forward") for part in parts]  # None: the class's forward
     for part in parts:
-        part.forward = _autocast_forward(part, dtype)
+        part.forward = make(part)
     try:
-        yield bool(parts)
+        yield
     finally:
         for part, forward in zip(parts, saved, strict=True):
             if forward is None:
