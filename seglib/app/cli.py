@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from seglib.core.config import DEFAULT_CATEGORIES, M2F_MODEL_ID, POSTPROCESS_METHODS
 from seglib.core.profiles import PROFILES
@@ -320,11 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
     args = build_parser().parse_args(argv)
-    # The one seglib import inside a function: the handlers' module loads torch and the whole
-    # pipeline, which `python -m seglib --help` (and a usage error) should not wait for.
-    from seglib.app import commands
-
-    handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    handler = getattr(_handlers(), "cmd_" + args.command.replace("-", "_"))
     try:
         return handler(args)
     except Exception as e:
@@ -339,3 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _handlers() -> ModuleType:
+    """``seglib.app.commands``, imported once a command has parsed.
+
+    The one seglib import inside a function: the handlers' module loads torch and the whole
+    pipeline, which ``python -m seglib --help`` (and a usage error) should not wait for.
+
+    It goes without ``rfc3987_syntax``. nbformat (``run``'s notebook runner) validates with
+    jsonschema, which registers an IRI format checker when that optional module is installed
+    (JupyterLab's jupyter-events pulls it in), and the module builds a Lark grammar at import:
+    importing nbformat took 2.0 s with it and 0.3 s without on the AMD EPYC kind, before a run's
+    first kernel could start. The notebook schema has no IRI formats.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    from seglib.app import commands
+
+    return commands

@@ -599,3 +599,23 @@ def test_help_does_not_import_torch_or_the_handlers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_process_imports_nbformat_without_the_iri_grammar_and_still_validates():
+    # once a command has parsed, as `python -m seglib run` loads the notebook runner
+    code = (
+        "import sys\n"
+        "from seglib.app import cli\n"
+        "cli._handlers()\n"
+        "import nbformat\n"
+        "assert sys.modules['rfc3987_syntax'] is None, 'rfc3987_syntax was imported'\n"
+        "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+        "nbformat.validate(nb)\n"
+        "nb.cells[0]['bogus'] = 1\n"
+        "try:\n"
+        "    nbformat.validate(nb)\n"
+        "except nbformat.ValidationError:\n"
+        "    print('rejected')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "rejected"
