@@ -226,6 +226,8 @@ class TrainConfig:
     seed: int = 0
     # Validate (and update best.pt) every this many epochs.
     eval_interval: int = 1
+    # Save last.pt (to resume from) every this many epochs, and always when the run ends.
+    checkpoint_interval: int = 1
     # Iterations between host syncs that report losses to the callback and metrics.jsonl.
     log_interval: int = 20
     # Predictions below this score are ignored by IoU measures, overlays and the confusion matrix.
@@ -343,8 +345,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
+        if unknown := sorted(set(values) - known):
             raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
 
@@ -362,11 +363,9 @@ class TrainConfig:
         JSON or holds unknown keys."""
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
+            return cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
-        try:
-            return cls.from_dict(values)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from e
 
@@ -445,6 +444,7 @@ def _field_rules() -> dict[str, rules.Rule]:
         "cpu_amp_eval": rules.OneOf(CPU_AMP_CHOICES),
         "num_workers": rules.NON_NEGATIVE,
         "eval_interval": rules.COUNT,
+        "checkpoint_interval": rules.COUNT,
         "log_interval": rules.COUNT,
         "score_thresh": rules.FRACTION,
     }

@@ -64,6 +64,10 @@ DEMO: dict[str, Any] = dict(
     amp=False,
     num_workers=0,
     eval_interval=1,
+    # last.pt (504 MB with AdamW's moments) after epochs 2 and 4: each save took 0.9-4.5 s of
+    # a 30 s epoch on the 2-core AMD EPYC kind, where the VM backs fresh page cache slowly; a
+    # run stopped in epoch 3 or 4 resumes from epoch 2 (docs/benchmarks.md).
+    checkpoint_interval=2,
     log_interval=4,
     score_thresh=0.5,
     # Notebook 08: half the demo's epochs per contender (144 steps, about 1.5 min each on 2

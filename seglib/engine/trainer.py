@@ -186,8 +186,8 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg.arch`` on the subset in ``data_dir``; write the run into ``out_dir``.
 
-    Writes config.json, metrics.jsonl and eval/ (``seglib.engine.runlog``), last.pt every epoch and
-    best.pt at the best val mask AP, atomically. Under torchrun it joins the process group
+    Writes config.json, metrics.jsonl and eval/ (``seglib.engine.runlog``), last.pt every
+    ``checkpoint_interval`` epochs and at the end, best.pt at the best val mask AP, atomically. Under torchrun it joins the process group
     and wraps the model in DistributedDataParallel; every rank validates its share of val,
     and only rank 0 writes and calls ``callback``.
 
@@ -278,7 +278,8 @@ def _train(
                 notify("eval", {"epoch": number, "iteration": state.iteration, "metrics": final})
         state.history.append(row)
         saved = {"last": folder.last_checkpoint, "best": folder.best_checkpoint}
-        for kind in ("last", "best") if improved else ("last",):
+        kinds = ("last",) if _checkpoint_due(cfg, state, number) else ()
+        for kind in kinds + (("best",) if improved else ()):
             if main:
                 _save(saved[kind], kind, parts, cfg, state, iters_per_epoch)
                 where = {"epoch": number, "iteration": state.iteration}
@@ -409,6 +410,11 @@ def _validation_due(cfg: TrainConfig, state: RunState, number: int) -> bool:
     complete = state.epoch == number
     every = complete and number % cfg.eval_interval == 0
     return every or number == cfg.num_epochs or _capped(cfg, state)
+
+
+def _checkpoint_due(cfg: TrainConfig, state: RunState, number: int) -> bool:
+    """After every checkpoint_interval-th epoch and when the run ends (num_epochs or max_iters)."""
+    return number % cfg.checkpoint_interval == 0 or _finished(cfg, state)
 
 
 def _evaluate_and_keep_best(

@@ -24,6 +24,7 @@ NOT_LEARNED = frozenset(
         "num_workers",
         "log_interval",
         "eval_interval",
+        "checkpoint_interval",
         "compare_epochs",
         "study_seeds",
         "study_epochs",

@@ -341,7 +341,7 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
     data = tiny_subset(synthetic_subset, tmp_path / "data", n_train=4)
     # 2 epochs of 2 steps; 2 persistent workers draw the augmentations (flip, crop, jitter)
     cfg = TrainConfig.smoke(batch_size=2, num_epochs=2, eval_interval=2, num_workers=2)
-    cfg = cfg.replace(cpu_amp_eval="bf16")
+    cfg = cfg.replace(cpu_amp_eval="bf16", checkpoint_interval=1)
     assert cfg.aug_strength > 0 and cfg.log_interval == 1
     events, ends = [], []
 
@@ -394,9 +394,22 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
         train(cfg, data, tmp_path / "c", callback=_interrupt_at(3))
     assert load_checkpoint(tmp_path / "c" / "last.pt")["iteration"] == 2
     train(cfg, data, tmp_path / "c", resume=True)
+    # checkpoint_interval=2: killed in epoch 2, nothing to resume from; run whole, one last.pt
+    sparse = cfg.replace(checkpoint_interval=2)
+    with pytest.raises(_Interrupt):
+        train(sparse, data, tmp_path / "d", callback=_interrupt_at(3))
+    assert not (tmp_path / "d" / "last.pt").exists()
+    saves = []
+    train(
+        sparse,
+        data,
+        tmp_path / "e",
+        callback=lambda e, p: saves.append(p) if e == "checkpoint" else None,
+    )
+    assert [(p["epoch"], p["kind"]) for p in saves] == [(2, "last"), (2, "best")]
 
     reference = _final_state(tmp_path / "a")
-    for run in ("b", "c"):
+    for run in ("b", "c", "e"):
         state = _final_state(tmp_path / run)
         assert (state["epoch"], state["iteration"]) == (2, 4), run
         for key, value in reference["model"].items():
@@ -419,8 +432,8 @@ def test_resume_with_dataloader_workers_matches_an_uninterrupted_run_bitwise(
         train(cfg, more, tmp_path / "a", resume=True)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(cfg, data, tmp_path / "nothing-here", resume=True)
-    for run in ("a", "b", "c"):
-        shutil.rmtree(tmp_path / run)  # ~1 GB of checkpoints
+    for run in ("a", "b", "c", "d", "e"):
+        shutil.rmtree(tmp_path / run)  # ~1.5 GB of checkpoints
 
 
 @pytest.mark.slow
