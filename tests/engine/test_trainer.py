@@ -448,7 +448,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, synthetic_subs
         return loss * float("nan") if len(calls) >= 3 else loss  # from iteration 3 (epoch 2) on
 
     monkeypatch.setattr(torchvision.models.detection.roi_heads, "maskrcnn_loss", poisoned)
-    cfg = TrainConfig.smoke(batch_size=1, num_epochs=3, log_interval=5)
+    cfg = TrainConfig.smoke(batch_size=1, num_epochs=3, log_interval=5, checkpoint_interval=1)
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg, data, tmp_path / "run")
     msg = str(info.value)
