@@ -187,9 +187,9 @@ def train(
     """Train ``cfg.arch`` on the subset in ``data_dir``; write the run into ``out_dir``.
 
     Writes config.json, metrics.jsonl and eval/ (``seglib.engine.runlog``), last.pt every
-    ``checkpoint_interval`` epochs and at the end, best.pt at the best val mask AP, atomically. Under torchrun it joins the process group
-    and wraps the model in DistributedDataParallel; every rank validates its share of val,
-    and only rank 0 writes and calls ``callback``.
+    ``checkpoint_interval`` epochs and at the end, best.pt at the best val mask AP, atomically.
+    Under torchrun it joins the process group and wraps the model in DistributedDataParallel;
+    every rank validates its share of val, and only rank 0 writes and calls ``callback``.
 
     Args:
         resume: continue from out_dir/last.pt (model, optimizer, scheduler, scaler, RunState,
