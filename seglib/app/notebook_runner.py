@@ -46,6 +46,17 @@ SIDE_BY_SIDE = (
 #: Run by a kernel started ahead of its notebook (``run_notebooks``): the setup cells' heavy
 #: imports, at the lowest CPU priority, while the notebooks before it run (``seglib.app.warm_up``).
 WARM_UP = "import seglib.app.warm_up as _warm; _warm.warm_up(); del _warm"
+#: glibc's malloc settings every kernel starts with (``$GLIBC_TUNABLES``, read once, as a
+#: process starts; ``malloc_tunables``): freed memory stays in the process for reuse. By default
+#: each block over 128 KB-32 MB is a mapping of its own, unmapped when freed, so every training
+#: step faulted in fresh zeroed pages: about 20 thousand a step in the demo, where casting one
+#: 51 MB gradient took 19-23 ms into fresh pages and 2-3 ms into reused ones. The demo's
+#: notebook 03 trained in 150-156 s against 172-177 s without (AMD EPYC, docs/benchmarks.md).
+#: A kernel keeps its peak memory until it exits.
+MALLOC_TUNABLES = {
+    "glibc.malloc.mmap_threshold": "4294967295",
+    "glibc.malloc.trim_threshold": "4294967295",
+}
 #: Stages whose kernels start ahead of the running one, one after another. With one stage,
 #: 03's kernel started with 02 (4-6 s of cells) and was ready 7.9-8.7 s after 02 ended; all
 #: of two stages at once slowed 01 and 02 by 5 s each (docs/benchmarks.md).
@@ -256,10 +267,10 @@ def run_notebooks(
 
     Each notebook runs in its own folder (as in JupyterLab) with ``SEGLIB_PROFILE=profile``,
     ``SEGLIB_RUN=run_name``, the TrainConfig ``overrides`` as JSON in ``SEGLIB_SET`` (the
-    notebooks build their config, and so their forms' defaults, from them) and
-    ``SEGLIB_OVERWRITE=1`` when ``overwrite``. Executed copies, outputs included, go to
-    ``out_dir``, their metadata recording when each ran and with how many threads
-    (``metadata.seglib``); the sources are not modified.
+    notebooks build their config, and so their forms' defaults, from them),
+    ``SEGLIB_OVERWRITE=1`` when ``overwrite``, and glibc's ``MALLOC_TUNABLES``. Executed
+    copies, outputs included, go to ``out_dir``, their metadata recording when each ran and
+    with how many threads (``metadata.seglib``); the sources are not modified.
 
     Raises:
         NotebookRunError: a cell failed; the partly executed copy is still written, chains
@@ -420,6 +431,16 @@ def _kernel_pid(client: NotebookClient) -> int | None:
     return getattr(client.km.provisioner, "pid", None) if client.km is not None else None
 
 
+def malloc_tunables(current: str | None) -> str:
+    """``$GLIBC_TUNABLES`` with ``MALLOC_TUNABLES`` added; a tunable ``current`` sets is kept."""
+    entries = [entry for entry in (current or "").split(":") if entry]
+    named = {entry.split("=", 1)[0] for entry in entries}
+    added = [f"{name}={value}" for name, value in MALLOC_TUNABLES.items() if name not in named]
+    return ":".join(entries + added)
+
+
 def _kernel_env(threads: int | None) -> dict[str, str]:
-    """A kernel's environment: this process's, with ``OMP_NUM_THREADS`` when ``threads``."""
-    return {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    """A kernel's environment: this process's, with ``malloc_tunables`` and, when ``threads``,
+    ``OMP_NUM_THREADS``."""
+    env = {**os.environ, "GLIBC_TUNABLES": malloc_tunables(os.environ.get("GLIBC_TUNABLES"))}
+    return env | ({"OMP_NUM_THREADS": str(threads)} if threads else {})

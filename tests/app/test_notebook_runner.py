@@ -1,5 +1,7 @@
 import json
 import os
+import platform
+import subprocess
 import sys
 import warnings
 from datetime import datetime
@@ -11,8 +13,10 @@ import pytest
 
 from seglib.app import notebook_runner
 from seglib.app.notebook_runner import (
+    MALLOC_TUNABLES,
     SIDE_BY_SIDE,
     NotebookRunError,
+    malloc_tunables,
     notebook_paths,
     plan_lines,
     plan_stages,
@@ -160,6 +164,39 @@ def test_kernel_environment_sets_unsets_and_restores(monkeypatch):
     assert os.environ["SEGLIB_RUN"] == "outer" and "SEGLIB_SET" not in os.environ
 
 
+def test_malloc_tunables_adds_glibcs_settings_and_keeps_the_users():
+    ours = [f"{name}={value}" for name, value in MALLOC_TUNABLES.items()]
+    assert malloc_tunables(None).split(":") == malloc_tunables("").split(":") == ours
+    mine = "glibc.malloc.mmap_threshold=131072:glibc.cpu.hwcaps=-AVX2"
+    kept = malloc_tunables(mine).split(":")
+    assert kept[:2] == mine.split(":") and kept[2:] == ours[1:]  # the user's threshold wins
+
+
+_REFAULTS = """
+import resource, torch
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(12):  # 64 MB, freed at once: the heap grows until a freed block fits again
+    before = faults()
+    torch.empty(16 << 20).fill_(1)
+print(faults() - before)  # the last round's: 0, or 16 thousand fresh pages
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
+def test_a_kernels_malloc_keeps_freed_memory_where_the_default_returns_it():
+    """A process with the kernels' ``GLIBC_TUNABLES`` fills a freed 64 MB tensor's memory again
+    without faulting in new pages; with glibc's defaults it maps fresh ones."""
+
+    def refaults(env):
+        out = subprocess.run([sys.executable, "-c", _REFAULTS], env=env, capture_output=True)
+        assert out.returncode == 0, out.stderr.decode()
+        return int(out.stdout)
+
+    default = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert refaults(notebook_runner._kernel_env(None)) < 1000 < 10_000 < refaults(default)
+
+
 def test_stepwise_get_msg_waits_in_steps_and_passes_timeouts_through():
     import asyncio
     from queue import Empty
@@ -258,7 +295,8 @@ def test_chains_run_at_the_same_time_on_warmed_kernels_with_their_threads(tmp_pa
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(json.dumps({'name': NAME,"
         " 'start': start, 'end': time.time(), 'warm': warm,"
-        " 'threads': os.environ.get('OMP_NUM_THREADS')}) + '\\n')\n"
+        " 'threads': os.environ.get('OMP_NUM_THREADS'),"
+        " 'tunables': os.environ.get('GLIBC_TUNABLES')}) + '\\n')\n"
     )
     for name in ("01_first", "02_left", "03_right"):
         _write_notebook(src / f"{name}.ipynb", f"NAME = {name!r}", cell)
@@ -273,6 +311,7 @@ def test_chains_run_at_the_same_time_on_warmed_kernels_with_their_threads(tmp_pa
     threads = str(max(1, cpus // 2))
     assert left["threads"] == right["threads"] == threads and first["threads"] is None
     assert left["warm"] and right["warm"] and not first["warm"]  # 01 started cold
+    assert first["tunables"] == left["tunables"] == right["tunables"] == malloc_tunables(None)
     executed = nbformat.read(out / "02_left.ipynb", as_version=4)
     assert executed.metadata.seglib["torch_threads"] == int(threads)
     started, finished = (
