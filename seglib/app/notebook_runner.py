@@ -50,7 +50,7 @@ WARM_UP = "import seglib.app.warm_up as _warm; _warm.warm_up(); del _warm"
 #: process starts; ``malloc_tunables``): freed memory stays in the process for reuse. By default
 #: each block over 128 KB-32 MB is a mapping of its own, unmapped when freed, so every training
 #: step faulted in fresh zeroed pages: about 20 thousand a step in the demo, where casting one
-#: 51 MB gradient took 19-23 ms into fresh pages and 2-3 ms into reused ones. The demo's
+#: 51 MB gradient took 19-25 ms into fresh pages and 2-3 ms into reused ones. The demo's
 #: notebook 03 trained in 150-156 s against 172-177 s without (AMD EPYC, docs/benchmarks.md).
 #: A kernel keeps its peak memory until it exits.
 MALLOC_TUNABLES = {

@@ -173,7 +173,8 @@ def test_malloc_tunables_adds_glibcs_settings_and_keeps_the_users():
 
 
 _REFAULTS = """
-import resource, torch
+import ctypes, resource, torch
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KB pages, whatever THP's mode
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(12):  # 64 MB, freed at once: the heap grows until a freed block fits again
